@@ -1,0 +1,327 @@
+//! Decoding OTLP trace requests in the encodings the OpenTelemetry Collector's Kafka exporter
+//! writes, and small helpers for reading OTLP attribute values.
+//!
+//! The message types and their OTLP/JSON mapping (hex ids, lowerCamelCase keys, 64-bit integers
+//! as strings or numbers, enums as integers) come from the `opentelemetry-proto` crate; this module
+//! only chooses the decoder and turns every failure into a [`DecodeError`] value. Nothing here
+//! panics on malformed input: that is what lets a worker send a bad Kafka message to a
+//! dead-letter topic instead of crashing.
+
+use std::fmt;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+/// Re-exports of the OTLP types evaluators and the worker exchange, so downstream crates use the
+/// same `opentelemetry-proto` version as this one.
+pub mod types {
+    pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    pub use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
+    };
+    pub use opentelemetry_proto::tonic::resource::v1::Resource;
+    pub use opentelemetry_proto::tonic::trace::v1::{
+        ResourceSpans, ScopeSpans, Span, Status, span, status,
+    };
+}
+
+/// How a Kafka message (or a file) encodes an `ExportTraceServiceRequest`, named as the
+/// collector's Kafka exporter names its `encoding` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Protobuf bytes of `ExportTraceServiceRequest` (the collector's default).
+    #[default]
+    OtlpProto,
+    /// OTLP/JSON.
+    OtlpJson,
+}
+
+impl Encoding {
+    /// The encoding's name as it appears in collector and evalstream configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::OtlpProto => "otlp_proto",
+            Encoding::OtlpJson => "otlp_json",
+        }
+    }
+
+    /// Guesses the encoding of bytes whose origin does not say: OTLP/JSON starts with `{` (after
+    /// optional whitespace and a UTF-8 byte order mark); a protobuf `ExportTraceServiceRequest`
+    /// starts with the tag of field 1 (`0x0a`), never with `{`.
+    pub fn sniff(bytes: &[u8]) -> Encoding {
+        let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => Encoding::OtlpJson,
+            _ => Encoding::OtlpProto,
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why bytes could not be decoded as an `ExportTraceServiceRequest`.
+///
+/// The message names the encoding and, for JSON, the line and column, so it can go straight into a
+/// dead-letter header or an error line.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a valid protobuf `ExportTraceServiceRequest`.
+    #[error("invalid otlp_proto message: {0}")]
+    Proto(#[from] prost::DecodeError),
+    /// The bytes are not valid OTLP/JSON.
+    #[error("invalid otlp_json message: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The message is empty: the collector never writes an empty record.
+    #[error("empty message: expected an {0} ExportTraceServiceRequest")]
+    Empty(Encoding),
+    /// A span's trace or span id is not the length OTLP requires.
+    #[error(
+        "invalid {field} of {len} bytes in span {span_index} of resource_spans[{resource_index}]: OTLP requires {expected}"
+    )]
+    BadId {
+        /// `trace_id` or `span_id`.
+        field: &'static str,
+        /// The length found.
+        len: usize,
+        /// What OTLP requires (16 or 8 bytes).
+        expected: &'static str,
+        /// Index of the `ResourceSpans` holding the span.
+        resource_index: usize,
+        /// Index of the span within its resource, counted across scopes.
+        span_index: usize,
+    },
+}
+
+/// Decodes one `ExportTraceServiceRequest` in the given encoding and checks that every span has
+/// ids of valid length, so evaluators and score ids can rely on them.
+pub fn decode(bytes: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty(encoding));
+    }
+    let request = match encoding {
+        Encoding::OtlpProto => ExportTraceServiceRequest::decode(bytes)?,
+        Encoding::OtlpJson => serde_json::from_slice(bytes)?,
+    };
+    check_ids(&request)?;
+    Ok(request)
+}
+
+/// Decodes a file or stream of OTLP/JSON that may hold several requests one after another, as
+/// the collector's file exporter writes them (one JSON object per line).
+pub fn decode_json_stream(bytes: &[u8]) -> Result<Vec<ExportTraceServiceRequest>, DecodeError> {
+    let mut requests = Vec::new();
+    for request in serde_json::Deserializer::from_slice(bytes).into_iter() {
+        let request: ExportTraceServiceRequest = request?;
+        check_ids(&request)?;
+        requests.push(request);
+    }
+    if requests.is_empty() {
+        return Err(DecodeError::Empty(Encoding::OtlpJson));
+    }
+    Ok(requests)
+}
+
+/// Rejects spans whose ids OTLP declares invalid: a trace id of other than 16 bytes or a span id
+/// of other than 8. (An all-zero id is invalid too, but harmless to evaluate, so it is kept.)
+fn check_ids(request: &ExportTraceServiceRequest) -> Result<(), DecodeError> {
+    for (resource_index, rs) in request.resource_spans.iter().enumerate() {
+        let spans = rs.scope_spans.iter().flat_map(|ss| ss.spans.iter());
+        for (span_index, span) in spans.enumerate() {
+            let bad = |field, len, expected| DecodeError::BadId {
+                field,
+                len,
+                expected,
+                resource_index,
+                span_index,
+            };
+            if span.trace_id.len() != 16 {
+                return Err(bad("trace_id", span.trace_id.len(), "16 bytes"));
+            }
+            if span.span_id.len() != 8 {
+                return Err(bad("span_id", span.span_id.len(), "8 bytes"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lower-case hex of an id, as OTLP/JSON and the collector's Kafka keys spell trace ids.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+/// The string inside an attribute value, if it is one.
+pub fn as_str(value: &AnyValue) -> Option<&str> {
+    match &value.value {
+        Some(Value::StringValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// An attribute value read as a non-negative count: integers, integral doubles and numeric
+/// strings are all accepted, because instrumentations disagree on the type of token counts.
+pub fn as_u64(value: &AnyValue) -> Option<u64> {
+    match &value.value {
+        Some(Value::IntValue(i)) => u64::try_from(*i).ok(),
+        Some(Value::DoubleValue(d)) if *d >= 0.0 && d.fract() == 0.0 && *d < 1.8e19 => {
+            Some(*d as u64)
+        }
+        Some(Value::StringValue(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// An attribute value read as a number; numeric strings are accepted.
+pub fn as_f64(value: &AnyValue) -> Option<f64> {
+    match &value.value {
+        Some(Value::IntValue(i)) => Some(*i as f64),
+        Some(Value::DoubleValue(d)) => Some(*d),
+        Some(Value::StringValue(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Finds an attribute by key in a list (the first one, as OTLP keys are meant to be unique).
+pub fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+}
+
+/// Converts an OTLP value to JSON, for structured attributes (messages, tool definitions) that
+/// arrive as OTLP maps and arrays instead of JSON strings.
+pub fn to_json(value: &AnyValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &value.value {
+        None => J::Null,
+        Some(Value::StringValue(s)) => J::String(s.clone()),
+        Some(Value::BoolValue(b)) => J::Bool(*b),
+        Some(Value::IntValue(i)) => J::from(*i),
+        Some(Value::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or(J::Null, J::Number),
+        Some(Value::BytesValue(b)) => J::String(hex(b)),
+        Some(Value::ArrayValue(a)) => J::Array(a.values.iter().map(to_json).collect()),
+        Some(Value::KvlistValue(kv)) => J::Object(
+            kv.values
+                .iter()
+                .map(|kv| {
+                    let v = kv.value.as_ref().map_or(J::Null, to_json);
+                    (kv.key.clone(), v)
+                })
+                .collect(),
+        ),
+        Some(Value::StringValueStrindex(_)) => J::Null,
+    }
+}
+
+/// Construction helpers for requests.
+pub trait ExportTraceServiceRequestExt {
+    /// A request holding one `ResourceSpans`.
+    fn single(resource_spans: types::ResourceSpans) -> Self;
+}
+
+impl ExportTraceServiceRequestExt for ExportTraceServiceRequest {
+    fn single(resource_spans: types::ResourceSpans) -> Self {
+        ExportTraceServiceRequest {
+            resource_spans: vec![resource_spans],
+        }
+    }
+}
+
+/// Builds a string attribute.
+pub fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
+    kv(key, Value::StringValue(value.into()))
+}
+
+/// Builds an attribute from any OTLP value.
+pub fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniff_tells_json_from_proto() {
+        assert_eq!(
+            Encoding::sniff(b"  \n{\"resourceSpans\":[]}"),
+            Encoding::OtlpJson
+        );
+        assert_eq!(Encoding::sniff(b"\xEF\xBB\xBF{}"), Encoding::OtlpJson);
+        assert_eq!(
+            Encoding::sniff(&[0x0a, 0x02, 0x0a, 0x00]),
+            Encoding::OtlpProto
+        );
+    }
+
+    #[test]
+    fn empty_and_garbage_are_errors_not_panics() {
+        assert!(matches!(
+            decode(b"", Encoding::OtlpProto),
+            Err(DecodeError::Empty(_))
+        ));
+        let err = decode(b"{not json", Encoding::OtlpJson).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid otlp_json message"),
+            "{err}"
+        );
+        let err = decode(&[0xff, 0xff, 0xff], Encoding::OtlpProto).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid otlp_proto message"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn json_accepts_int64_as_string_or_number_and_rejects_bad_ids() {
+        let ok = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{
+            "traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708",
+            "name":"x","kind":3,"startTimeUnixNano":"1000","endTimeUnixNano":2000,
+            "attributes":[{"key":"n","value":{"intValue":"42"}},{"key":"m","value":{"intValue":7}}]
+        }]}]}]}"#;
+        let req = decode(ok.as_bytes(), Encoding::OtlpJson).expect("valid OTLP/JSON");
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.start_time_unix_nano, 1000);
+        assert_eq!(span.end_time_unix_nano, 2000);
+        assert_eq!(span.kind, 3);
+        assert_eq!(as_u64(span.attributes[0].value.as_ref().unwrap()), Some(42));
+        assert_eq!(as_u64(span.attributes[1].value.as_ref().unwrap()), Some(7));
+
+        let bad = ok.replace("0102030405060708\"", "0102\"");
+        let err = decode(bad.as_bytes(), Encoding::OtlpJson).unwrap_err();
+        assert!(err.to_string().contains("span_id of 2 bytes"), "{err}");
+        let not_hex = ok.replace("0102030405060708\"", "zz02030405060708\"");
+        assert!(decode(not_hex.as_bytes(), Encoding::OtlpJson).is_err());
+    }
+
+    #[test]
+    fn json_stream_reads_one_request_per_line() {
+        let line = r#"{"resourceSpans":[]}"#;
+        let two = format!("{line}\n{line}\n");
+        assert_eq!(decode_json_stream(two.as_bytes()).unwrap().len(), 2);
+        assert!(decode_json_stream(b"  ").is_err());
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(hex(&[0x0a, 0xff, 0x00]), "0aff00");
+    }
+}

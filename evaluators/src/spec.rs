@@ -1,0 +1,352 @@
+//! Evaluator configuration: the `evaluators:` list of a config file, and building it.
+//!
+//! Each entry names its `type` and that type's options, plus options every evaluator shares:
+//! `name` (defaults to the type; must be unique), `select` (which spans, see
+//! [`SelectorConfig`]) and `sample` (the fraction of traces, decided by trace id). Unknown keys are
+//! rejected with their path. The shared options are taken out before the type's own options are
+//! read, because `serde(flatten)` would silently disable `deny_unknown_fields`.
+//!
+//! An evaluator's version is its implementation version plus a hash of its options, so changing a
+//! threshold changes the version and with it every score id.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::evaluator::{
+    ConfiguredEvaluator, Evaluator, EvaluatorSet, Sampler, Selector, SelectorConfig,
+};
+use crate::scorers::cost::{CostConfig, CostScorer};
+use crate::scorers::empty_output::{EmptyOutput, EmptyOutputConfig};
+use crate::scorers::finish_reason::{FinishReasonCheck, FinishReasonConfig};
+use crate::scorers::json_valid::{JsonValid, JsonValidConfig};
+use crate::scorers::latency::{Latency, LatencyConfig};
+use crate::scorers::length::{Length, LengthConfig};
+use crate::scorers::pii::{Pii, PiiConfig};
+use crate::scorers::refusal::{Refusal, RefusalConfig};
+use crate::scorers::text_match::{Contains, ContainsConfig, RegexConfig, RegexMatch};
+use crate::span::OperationKind;
+
+/// A built-in evaluator type with its options.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EvaluatorKind {
+    /// The model declined to answer.
+    Refusal(RefusalConfig),
+    /// Personal data in the text.
+    Pii(PiiConfig),
+    /// Output that should be JSON parses.
+    JsonValid(JsonValidConfig),
+    /// A regular expression matches (or does not).
+    Regex(RegexConfig),
+    /// The text holds given values.
+    Contains(ContainsConfig),
+    /// The text holds none of given values.
+    NotContains(ContainsConfig),
+    /// The answer's length is within bounds.
+    Length(LengthConfig),
+    /// The call's duration is within a limit.
+    Latency(LatencyConfig),
+    /// The model did not stop for a bad reason.
+    FinishReason(FinishReasonConfig),
+    /// The model answered with something.
+    EmptyOutput(EmptyOutputConfig),
+    /// The call's cost in USD.
+    Cost(CostConfig),
+}
+
+impl EvaluatorKind {
+    /// The type name, as written in configuration.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EvaluatorKind::Refusal(_) => "refusal",
+            EvaluatorKind::Pii(_) => "pii",
+            EvaluatorKind::JsonValid(_) => "json_valid",
+            EvaluatorKind::Regex(_) => "regex",
+            EvaluatorKind::Contains(_) => "contains",
+            EvaluatorKind::NotContains(_) => "not_contains",
+            EvaluatorKind::Length(_) => "length",
+            EvaluatorKind::Latency(_) => "latency",
+            EvaluatorKind::FinishReason(_) => "finish_reason",
+            EvaluatorKind::EmptyOutput(_) => "empty_output",
+            EvaluatorKind::Cost(_) => "cost",
+        }
+    }
+
+    /// The operation kinds an evaluator of this type judges when `select.kinds` is not given.
+    pub fn default_kinds(&self) -> &'static [OperationKind] {
+        match self {
+            EvaluatorKind::Cost(_) | EvaluatorKind::Latency(_) => {
+                &[OperationKind::Chat, OperationKind::Embeddings]
+            }
+            _ => &[OperationKind::Chat],
+        }
+    }
+
+    /// The implementation's version: bump it when a scorer's behaviour changes.
+    fn implementation_version(&self) -> u32 {
+        1
+    }
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(match self {
+            EvaluatorKind::Refusal(c) => Box::new(Refusal::build(c)?),
+            EvaluatorKind::Pii(c) => Box::new(Pii::build(c)?),
+            EvaluatorKind::JsonValid(c) => Box::new(JsonValid::build(c)?),
+            EvaluatorKind::Regex(c) => Box::new(RegexMatch::build(c)?),
+            EvaluatorKind::Contains(c) => Box::new(Contains::build(c, false)?),
+            EvaluatorKind::NotContains(c) => Box::new(Contains::build(c, true)?),
+            EvaluatorKind::Length(c) => Box::new(Length::build(c)?),
+            EvaluatorKind::Latency(c) => Box::new(Latency::build(c)?),
+            EvaluatorKind::FinishReason(c) => Box::new(FinishReasonCheck::build(c)?),
+            EvaluatorKind::EmptyOutput(_) => Box::new(EmptyOutput),
+            EvaluatorKind::Cost(c) => Box::new(CostScorer::build(c)?),
+        })
+    }
+}
+
+/// One entry of the `evaluators:` list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvaluatorSpec {
+    /// The evaluator's name (defaults to its type).
+    pub name: Option<String>,
+    /// Which spans it judges.
+    pub select: SelectorConfig,
+    /// The fraction of traces it judges, 0 to 1.
+    pub sample: f64,
+    /// The type and its options.
+    #[serde(flatten)]
+    pub kind: EvaluatorKind,
+}
+
+impl EvaluatorSpec {
+    /// A spec for a type with default options, applying to its default span kinds.
+    pub fn of(kind: EvaluatorKind) -> EvaluatorSpec {
+        EvaluatorSpec {
+            name: None,
+            select: SelectorConfig::default(),
+            sample: 1.0,
+            kind,
+        }
+    }
+
+    /// The name scores carry: `name`, or the type.
+    pub fn effective_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.kind.type_name())
+    }
+
+    /// Compiles the spec: validates options, compiles patterns, derives the version.
+    pub fn build(&self) -> Result<ConfiguredEvaluator, String> {
+        let name = self.effective_name();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./:".contains(c))
+        {
+            return Err(format!(
+                "name: `{name}` must be non-empty and use only letters, digits and _-./:"
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample) {
+            return Err(format!(
+                "sample: must be between 0 and 1, not {}",
+                self.sample
+            ));
+        }
+        let evaluator = self.kind.build()?;
+        let options =
+            serde_json::to_string(&self.kind).map_err(|e| format!("cannot hash options: {e}"))?;
+        let version = format!(
+            "{}.{:08x}",
+            self.kind.implementation_version(),
+            xxh3_64(options.as_bytes()) as u32
+        );
+        Ok(ConfiguredEvaluator {
+            name: name.to_owned(),
+            type_name: self.kind.type_name(),
+            version,
+            selector: Selector::new(self.select.clone(), self.kind.default_kinds()),
+            sampler: Sampler::new(self.sample),
+            evaluator,
+        })
+    }
+}
+
+/// An evaluator entry that failed to build.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("evaluators[{index}] ({name}): {message}")]
+pub struct BuildError {
+    /// Position in the `evaluators:` list.
+    pub index: usize,
+    /// The evaluator's name.
+    pub name: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Builds every spec into an [`EvaluatorSet`], rejecting duplicate names.
+pub fn build_set(specs: &[EvaluatorSpec]) -> Result<EvaluatorSet, BuildError> {
+    let mut names = HashSet::new();
+    let mut built = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.iter().enumerate() {
+        let name = spec.effective_name().to_owned();
+        let err = |message| BuildError {
+            index,
+            name: name.clone(),
+            message,
+        };
+        if !names.insert(name.clone()) {
+            return Err(err(format!(
+                "another evaluator is already named `{name}`; give one of them a distinct `name`"
+            )));
+        }
+        built.push(spec.build().map_err(err)?);
+    }
+    Ok(EvaluatorSet::new(built))
+}
+
+/// The evaluators run when no configuration is given: `refusal`, `pii`, `json_valid`,
+/// `finish_reason`, `empty_output` and `cost` with the built-in prices.
+pub fn default_specs() -> Vec<EvaluatorSpec> {
+    vec![
+        EvaluatorSpec::of(EvaluatorKind::Refusal(RefusalConfig::default())),
+        EvaluatorSpec::of(EvaluatorKind::Pii(PiiConfig::default())),
+        EvaluatorSpec::of(EvaluatorKind::JsonValid(JsonValidConfig::default())),
+        EvaluatorSpec::of(EvaluatorKind::FinishReason(FinishReasonConfig::default())),
+        EvaluatorSpec::of(EvaluatorKind::EmptyOutput(EmptyOutputConfig::default())),
+        EvaluatorSpec::of(EvaluatorKind::Cost(CostConfig::default())),
+    ]
+}
+
+/// Formats a `serde_path_to_error` failure as `path: message` (or just the message at the root).
+pub fn path_error<E: fmt::Display>(err: &serde_path_to_error::Error<E>) -> String {
+    let path = err.path().to_string();
+    if path == "." {
+        err.inner().to_string()
+    } else {
+        format!("{path}: {}", err.inner())
+    }
+}
+
+impl<'de> Deserialize<'de> for EvaluatorSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        fn take<T: serde::de::DeserializeOwned, E: de::Error>(
+            map: &mut serde_json::Map<String, serde_json::Value>,
+            key: &str,
+        ) -> Result<Option<T>, E> {
+            let Some(value) = map.remove(key) else {
+                return Ok(None);
+            };
+            serde_path_to_error::deserialize(value)
+                .map(Some)
+                .map_err(|e| E::custom(format!("{key}{}", nested(&e))))
+        }
+        fn nested<E: fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+            let path = e.path().to_string();
+            if path == "." {
+                format!(": {}", e.inner())
+            } else {
+                format!(".{path}: {}", e.inner())
+            }
+        }
+        if !map.contains_key("type") {
+            return Err(de::Error::custom(
+                "missing field `type` (the evaluator type, e.g. `refusal`)",
+            ));
+        }
+        let name = take::<String, D::Error>(&mut map, "name")?;
+        let select = take::<SelectorConfig, D::Error>(&mut map, "select")?.unwrap_or_default();
+        let sample = take::<f64, D::Error>(&mut map, "sample")?.unwrap_or(1.0);
+        let kind = serde_path_to_error::deserialize(serde_json::Value::Object(map))
+            .map_err(|e| de::Error::custom(path_error(&e)))?;
+        Ok(EvaluatorSpec {
+            name,
+            select,
+            sample,
+            kind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Vec<EvaluatorSpec>, String> {
+        let mut d = serde_json::Deserializer::from_str(json);
+        serde_path_to_error::deserialize(&mut d).map_err(|e| path_error(&e))
+    }
+
+    #[test]
+    fn reads_shared_and_type_options() {
+        let specs = parse(
+            r#"[{"type":"pii","name":"pii_input","on":"input","sample":0.5,"select":{"kinds":["chat"],"services":["shop"]}},
+                {"type":"refusal"}]"#,
+        )
+        .unwrap();
+        assert_eq!(specs[0].effective_name(), "pii_input");
+        assert_eq!(specs[0].sample, 0.5);
+        assert_eq!(specs[0].select.services, ["shop"]);
+        assert!(
+            matches!(&specs[0].kind, EvaluatorKind::Pii(c) if c.on == crate::scorers::TextSource::Input)
+        );
+        assert_eq!(specs[1].effective_name(), "refusal");
+        assert!(build_set(&specs).is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_types_and_values_name_their_path() {
+        let err = parse(
+            r#"[{"type":"refusal"},{"type":"pii","kinds":["email"],"on":"output","colour":1}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("[1]") && err.contains("unknown field `colour`"),
+            "{err}"
+        );
+        let err = parse(r#"[{"type":"refusall"}]"#).unwrap_err();
+        assert!(err.contains("unknown variant `refusall`"), "{err}");
+        let err = parse(r#"[{"type":"pii","select":{"kinds":["chatt"]}}]"#).unwrap_err();
+        assert!(
+            err.contains("select.kinds[0]") && err.contains("chatt"),
+            "{err}"
+        );
+        let err = parse(r#"[{"type":"pii","select":{"kind":["chat"]}}]"#).unwrap_err();
+        assert!(err.contains("unknown field `kind`"), "{err}");
+        let err = parse(r#"[{"name":"x"}]"#).unwrap_err();
+        assert!(err.contains("missing field `type`"), "{err}");
+    }
+
+    #[test]
+    fn build_rejects_duplicates_bad_samples_and_bad_options() {
+        let dup = parse(r#"[{"type":"pii"},{"type":"pii"}]"#).unwrap();
+        let err = build_set(&dup).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(err.to_string().contains("already named `pii`"));
+        let bad = parse(r#"[{"type":"refusal","sample":1.5}]"#).unwrap();
+        assert!(build_set(&bad).unwrap_err().message.contains("sample"));
+        let regex = parse(r#"[{"type":"regex","pattern":"("}]"#).unwrap();
+        assert!(
+            build_set(&regex)
+                .unwrap_err()
+                .to_string()
+                .contains("evaluators[0] (regex): pattern")
+        );
+    }
+
+    #[test]
+    fn versions_change_with_options_only() {
+        let a = parse(r#"[{"type":"latency","max_seconds":5}]"#).unwrap();
+        let b =
+            parse(r#"[{"type":"latency","max_seconds":5,"name":"other","sample":0.1}]"#).unwrap();
+        let c = parse(r#"[{"type":"latency","max_seconds":6}]"#).unwrap();
+        let v = |s: &[EvaluatorSpec]| build_set(s).unwrap().evaluators()[0].version.clone();
+        assert_eq!(v(&a), v(&b));
+        assert_ne!(v(&a), v(&c));
+        assert!(v(&a).starts_with("1."));
+    }
+}
