@@ -1,1 +1,290 @@
+//! The `evalstream` binary, run as a user runs it: real files, real standard input, exit codes.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use evalstream_evaluators::otlp::{self, Encoding};
+use evalstream_evaluators::span::{self, OperationKind};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_evalstream"))
+}
+
+fn corpus(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/corpus")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("evalstream-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn eval_prints_one_json_object_per_evaluation_and_a_summary() {
+    let out = bin()
+        .args(["eval", &corpus("openinference.pb")])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = lines(&out);
+    assert_eq!(lines.len(), 60, "six default evaluators on ten LLM spans");
+    for l in &lines {
+        for key in [
+            "trace_id",
+            "span_id",
+            "evaluator",
+            "outcome",
+            "score",
+            "label",
+            "passed",
+            "explanation",
+        ] {
+            assert!(l.get(key).is_some(), "missing {key} in {l}");
+        }
+        assert_eq!(l["trace_id"].as_str().unwrap().len(), 32);
+        assert_eq!(l["span_id"].as_str().unwrap().len(), 16);
+    }
+    let refused = lines
+        .iter()
+        .filter(|l| l["evaluator"] == "refusal" && l["label"] == "refused")
+        .count();
+    assert_eq!(refused, 1);
+    let pii = lines
+        .iter()
+        .find(|l| l["evaluator"] == "pii" && l["passed"] == false)
+        .expect("a pii failure");
+    assert!(
+        !pii["explanation"].as_str().unwrap().contains("john.doe"),
+        "PII value echoed"
+    );
+    let summary = stderr(&out);
+    assert!(
+        summary.contains("refusal")
+            && summary.contains("pass rate")
+            && summary.contains("24 span(s)"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn standard_input_is_sniffed_and_gates_set_the_exit_code() {
+    let json = std::fs::read(corpus("otel_v2_latest.otlp.json")).expect("fixture");
+    let run = |gates: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["eval", "--no-summary"]);
+        for g in gates {
+            cmd.args(["--fail-on", g]);
+        }
+        let mut child = cmd
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&json)
+            .expect("writes");
+        child.wait_with_output().expect("runs")
+    };
+    let ok = run(&["refusal.pass_rate<0.8", "*.errors>0"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert_eq!(lines(&ok).len(), 60);
+    assert!(stderr(&ok).contains("gate passed: refusal.pass_rate<0.8"));
+
+    // One refusal among eight answered spans: a 0.95 floor fails.
+    let failed = run(&["refusal.pass_rate<0.95"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        stderr(&failed).contains("gate failed: refusal.pass_rate<0.95 (refusal: 0.8750)"),
+        "{}",
+        stderr(&failed)
+    );
+
+    let unknown = run(&["refusl.failed>0"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("no evaluator is named `refusl`"));
+
+    let bad_syntax = bin()
+        .args(["eval", "--fail-on", "refusal.pass_rate", "-"])
+        .output()
+        .expect("runs");
+    assert_eq!(bad_syntax.status.code(), Some(2));
+    assert!(stderr(&bad_syntax).contains("EVALUATOR.METRIC"));
+}
+
+#[test]
+fn a_bad_input_is_reported_and_the_others_still_run() {
+    let dir = temp_dir("bad");
+    let garbage = dir.join("garbage.pb");
+    std::fs::write(&garbage, [0xff, 0xff, 0xff, 0x01]).expect("writes");
+    let broken_json = dir.join("broken.json");
+    std::fs::write(&broken_json, b"{\"resourceSpans\": [").expect("writes");
+    let out = bin()
+        .args([
+            "eval",
+            garbage.to_str().unwrap(),
+            &corpus("traceai.pb"),
+            broken_json.to_str().unwrap(),
+            "missing.pb",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(lines(&out).len(), 60, "the good input was evaluated");
+    let err = stderr(&out);
+    assert!(
+        err.contains("garbage.pb: invalid otlp_proto message"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken.json: invalid otlp_json message"),
+        "{err}"
+    );
+    assert!(err.contains("cannot read missing.pb"), "{err}");
+    assert!(
+        err.contains("3 of 4 input(s) could not be read or decoded"),
+        "{err}"
+    );
+}
+
+#[test]
+fn output_writes_evaluator_spans_parented_to_the_judged_spans() {
+    let dir = temp_dir("output");
+    for name in ["scores.pb", "scores.json"] {
+        let path = dir.join(name);
+        let out = bin()
+            .args([
+                "eval",
+                "--no-summary",
+                "--output",
+                path.to_str().unwrap(),
+                &corpus("openllmetry.otlp.json"),
+            ])
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let lines = lines(&out);
+        let emitted: Vec<_> = lines.iter().filter(|l| l["outcome"] != "skipped").collect();
+        let bytes = std::fs::read(&path).expect("output written");
+        let encoding = if name.ends_with(".json") {
+            Encoding::OtlpJson
+        } else {
+            Encoding::OtlpProto
+        };
+        let request = otlp::decode(&bytes, encoding).expect("output decodes");
+        let spans: Vec<_> = span::spans(&request).collect();
+        assert_eq!(
+            spans.len(),
+            emitted.len(),
+            "one evaluator span per scored or errored evaluation"
+        );
+        for (s, l) in spans.iter().zip(&emitted) {
+            assert_eq!(s.kind(), OperationKind::Evaluator);
+            assert_eq!(otlp::hex(s.trace_id()), l["trace_id"].as_str().unwrap());
+            assert_eq!(
+                otlp::hex(s.parent_span_id()),
+                l["span_id"].as_str().unwrap()
+            );
+            assert_eq!(
+                s.name(),
+                format!("evaluation {}", l["evaluator"].as_str().unwrap())
+            );
+            let score = s
+                .attribute("gen_ai.evaluation.score.value")
+                .and_then(otlp::as_f64);
+            assert_eq!(score, l["score"].as_f64());
+            assert_eq!(s.raw().events[0].name, "gen_ai.evaluation.result");
+        }
+    }
+}
+
+#[test]
+fn validate_and_custom_configs() {
+    let dir = temp_dir("config");
+    let good = dir.join("good.yaml");
+    std::fs::write(
+        &good,
+        "evaluators:\n  - type: contains\n    name: cites_sources\n    values: ['[1]']\n  - type: latency\n    max_seconds: 5\n",
+    )
+    .expect("writes");
+    let out = bin()
+        .args(["validate", good.to_str().unwrap()])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 evaluators (cites_sources, latency)"));
+
+    let out = bin()
+        .args([
+            "eval",
+            "--config",
+            good.to_str().unwrap(),
+            "--no-summary",
+            &corpus("openinference.pb"),
+        ])
+        .output()
+        .expect("runs");
+    let results = lines(&out);
+    let cited: Vec<_> = results
+        .iter()
+        .filter(|l| l["evaluator"] == "cites_sources" && l["passed"] == true)
+        .collect();
+    assert_eq!(cited.len(), 2, "the two RAG answers cite [1]");
+    assert_eq!(
+        results
+            .iter()
+            .filter(|l| l["evaluator"] == "latency")
+            .count(),
+        10
+    );
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "evaluators:\n  - type: pii\n    kinds: [email, passport]\n",
+    )
+    .expect("writes");
+    let out = bin()
+        .args(["validate", bad.to_str().unwrap()])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("evaluators[0]") && err.contains("kinds[1]") && err.contains("passport"),
+        "{err}"
+    );
+
+    let out = bin()
+        .args([
+            "eval",
+            "--config",
+            bad.to_str().unwrap(),
+            &corpus("openinference.pb"),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(lines(&out).is_empty());
+}

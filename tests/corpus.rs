@@ -1,1 +1,382 @@
+//! The real-instrumentation corpus: five libraries' exports, each in both Kafka encodings, read
+//! through the canonical view and judged by the default evaluators. The expected values come from
+//! the scenario each trace was recorded for (`*.labels.json`), not from running the code.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use evalstream_evaluators::evaluator::{Evaluation, Outcome, SkipReason};
+use evalstream_evaluators::otlp::{self, Encoding, types::ExportTraceServiceRequest};
+use evalstream_evaluators::span::{self, GenAiSpan, OperationKind};
+use evalstream_evaluators::spec;
+
+const FILES: [&str; 5] = [
+    "openinference",
+    "openllmetry",
+    "otel_v2",
+    "otel_v2_latest",
+    "traceai",
+];
+
+/// What each instrumentation captures, as its README and exports show.
+struct Captures {
+    content: bool,
+    cache_read: bool,
+    reasoning: bool,
+    finish_reasons: bool,
+    tool_definitions: bool,
+}
+
+fn captures(file: &str) -> Captures {
+    match file {
+        "openinference" => Captures {
+            content: true,
+            cache_read: true,
+            reasoning: true,
+            finish_reasons: true,
+            tool_definitions: true,
+        },
+        "openllmetry" => Captures {
+            content: true,
+            cache_read: true,
+            reasoning: true,
+            finish_reasons: true,
+            tool_definitions: true,
+        },
+        "otel_v2" => Captures {
+            content: false,
+            cache_read: false,
+            reasoning: false,
+            finish_reasons: true,
+            tool_definitions: false,
+        },
+        "otel_v2_latest" => Captures {
+            content: true,
+            cache_read: false,
+            reasoning: false,
+            finish_reasons: true,
+            tool_definitions: false,
+        },
+        "traceai" => Captures {
+            content: true,
+            cache_read: false,
+            reasoning: false,
+            finish_reasons: false,
+            tool_definitions: true,
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/corpus")
+        .join(name)
+}
+
+fn load(file: &str, encoding: Encoding) -> ExportTraceServiceRequest {
+    let name = match encoding {
+        Encoding::OtlpProto => format!("{file}.pb"),
+        Encoding::OtlpJson => format!("{file}.otlp.json"),
+    };
+    let bytes = std::fs::read(fixture(&name)).expect("fixture exists");
+    otlp::decode(&bytes, encoding).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn scenarios(file: &str) -> HashMap<Vec<u8>, String> {
+    let text =
+        std::fs::read_to_string(fixture(&format!("{file}.labels.json"))).expect("labels exist");
+    let labels: Vec<serde_json::Value> = serde_json::from_str(&text).expect("labels are JSON");
+    labels
+        .iter()
+        .map(|l| {
+            let hex = l["trace_id"].as_str().expect("trace_id");
+            let id = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                .collect();
+            (id, l["scenario"].as_str().expect("scenario").to_owned())
+        })
+        .collect()
+}
+
+fn both_encodings() -> impl Iterator<Item = (&'static str, Encoding)> {
+    FILES
+        .into_iter()
+        .flat_map(|f| [(f, Encoding::OtlpProto), (f, Encoding::OtlpJson)])
+}
+
+#[test]
+fn both_encodings_decode_to_the_same_request() {
+    for file in FILES {
+        assert_eq!(
+            load(file, Encoding::OtlpProto),
+            load(file, Encoding::OtlpJson),
+            "{file}"
+        );
+    }
+}
+
+fn check_llm_span(file: &str, scenario: &str, s: &GenAiSpan<'_>) {
+    let c = captures(file);
+    let ctx = format!("{file}/{scenario}");
+    assert!(
+        s.model().is_some_and(|m| m.starts_with("gpt-4o-mini")),
+        "{ctx}: model {:?}",
+        s.model()
+    );
+    assert_eq!(s.provider(), Some("openai"), "{ctx}");
+    let u = s.usage();
+    assert_eq!((u.input, u.output), (Some(412), Some(57)), "{ctx}: usage");
+    assert_eq!(
+        u.cache_read,
+        c.cache_read.then_some(256),
+        "{ctx}: cache read"
+    );
+    assert_eq!(u.reasoning, c.reasoning.then_some(24), "{ctx}: reasoning");
+    assert_eq!(s.resource().service_name, Some("support-agent"), "{ctx}");
+    assert_eq!(
+        !s.finish_reasons().is_empty(),
+        c.finish_reasons,
+        "{ctx}: finish reasons"
+    );
+
+    assert_eq!(s.output_captured(), c.content, "{ctx}: output captured");
+    if !c.content {
+        assert!(
+            s.output_text().is_none() && s.input_messages().is_empty(),
+            "{ctx}"
+        );
+        return;
+    }
+    let question = s.last_user_text().expect("a user message");
+    assert!(
+        question.contains(&format!("#scenario:{scenario}")),
+        "{ctx}: question {question:?}"
+    );
+    assert!(
+        s.system_instructions()
+            .iter()
+            .any(|t| t.contains("helpful support agent")),
+        "{ctx}: system {:?}",
+        s.system_instructions()
+    );
+    let output = s.output_text().expect("output captured");
+    let expected_output = match scenario {
+        "rag_grounded" => Some("330 metres tall [1]"),
+        "rag_hallucinated" => Some("Leonardo da Vinci [4]"),
+        "refusal" => Some("can't help"),
+        "pii" => Some("john.doe@example.com"),
+        "clean" => Some("Paris is the capital of France."),
+        "json_valid" => Some(r#""confidence": 0.93"#),
+        _ => None,
+    };
+    if let Some(fragment) = expected_output {
+        assert!(output.contains(fragment), "{ctx}: output {output:?}");
+    }
+    if scenario.starts_with("tool_") {
+        let calls: Vec<_> = s.tool_calls().collect();
+        assert_eq!(calls.len(), 1, "{ctx}: tool calls");
+        assert_eq!(calls[0].name, "get_weather", "{ctx}");
+        let args: serde_json::Value =
+            serde_json::from_str(calls[0].arguments.as_deref().expect("arguments"))
+                .expect("JSON arguments");
+        let expected = if scenario == "tool_valid" {
+            serde_json::json!({"city": "Paris", "unit": "celsius"})
+        } else {
+            serde_json::json!({"town": 42})
+        };
+        assert_eq!(args, expected, "{ctx}");
+        if c.tool_definitions {
+            let tools = s.tool_definitions();
+            assert_eq!(tools.len(), 1, "{ctx}: tool definitions");
+            assert_eq!(tools[0].name, "get_weather");
+            let params = tools[0].parameters.as_ref().expect("parameter schema");
+            assert_eq!(params["required"], serde_json::json!(["city"]), "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn every_file_yields_the_canonical_fields() {
+    for (file, encoding) in both_encodings() {
+        let request = load(file, encoding);
+        let scenarios = scenarios(file);
+        let mut llm = 0;
+        let mut retrievers = 0;
+        let mut tools = 0;
+        for s in span::spans(&request) {
+            let scenario = scenarios
+                .get(s.trace_id())
+                .unwrap_or_else(|| panic!("{file}: unlabelled trace"));
+            match s.kind() {
+                OperationKind::Chat => {
+                    llm += 1;
+                    check_llm_span(file, scenario, &s);
+                }
+                OperationKind::Retrieval => {
+                    retrievers += 1;
+                    let ids: Vec<_> = s
+                        .documents()
+                        .iter()
+                        .map(|d| d.id.as_deref().unwrap_or(""))
+                        .collect();
+                    assert_eq!(
+                        ids,
+                        ["doc-eiffel-1", "doc-eiffel-2", "doc-paris-3"],
+                        "{file}/{scenario}"
+                    );
+                    assert!(
+                        s.documents()[0]
+                            .content
+                            .as_deref()
+                            .unwrap_or("")
+                            .contains("330 metres")
+                    );
+                    assert_eq!(s.documents()[0].score, Some(0.91));
+                    assert!(s.retrieval_query().is_some_and(|q| q.contains("Eiffel")));
+                }
+                OperationKind::Tool => {
+                    tools += 1;
+                    assert_eq!(s.tool_name(), Some("get_weather"), "{file}/{scenario}");
+                    assert!(
+                        s.tool_arguments().is_some() && s.tool_schema().is_some(),
+                        "{file}/{scenario}"
+                    );
+                }
+                OperationKind::Agent => {
+                    assert_eq!(s.agent_name(), Some("support-agent"));
+                    assert_eq!(
+                        (s.session_id(), s.user_id(), s.prompt_version()),
+                        (Some("sess-42"), Some("user-7"), Some("v3"))
+                    );
+                }
+                other => panic!(
+                    "{file}/{scenario}: unexpected kind {other:?} for span {}",
+                    s.name()
+                ),
+            }
+        }
+        assert_eq!((llm, retrievers, tools), (10, 2, 2), "{file} ({encoding})");
+    }
+}
+
+fn outcome<'a>(evaluations: &'a [Evaluation<'_>], evaluator: &str) -> &'a Outcome {
+    &evaluations
+        .iter()
+        .find(|e| e.evaluator == evaluator)
+        .unwrap_or_else(|| panic!("{evaluator} did not run"))
+        .outcome
+}
+
+fn label(o: &Outcome) -> String {
+    match o {
+        Outcome::Scored(s) => s.label.to_string(),
+        Outcome::Skipped { reason, .. } => format!("skipped:{}", reason.as_str()),
+        Outcome::Error { error_type, .. } => format!("error:{error_type}"),
+    }
+}
+
+#[test]
+fn default_evaluators_give_the_expected_verdict_per_scenario() {
+    let set = spec::build_set(&spec::default_specs()).expect("default set builds");
+    for (file, encoding) in both_encodings() {
+        let request = load(file, encoding);
+        let scenarios = scenarios(file);
+        let c = captures(file);
+        let mut evaluations = Vec::new();
+        for s in span::spans(&request).filter(|s| s.kind() == OperationKind::Chat) {
+            let scenario = scenarios[s.trace_id()].as_str();
+            let ctx = format!("{file} ({encoding}) {scenario}");
+            evaluations.clear();
+            set.evaluate(&s, &mut evaluations);
+            let got = |e: &str| label(outcome(&evaluations, e));
+            let is_tool = scenario.starts_with("tool_");
+            let is_json = scenario.starts_with("json_");
+
+            // Content scorers: a verdict where content was captured, `no content` where it was not.
+            if !c.content {
+                for e in ["refusal", "pii", "empty_output"] {
+                    assert_eq!(got(e), "skipped:no_content", "{ctx}: {e}");
+                }
+                let json = if is_json {
+                    "skipped:no_content"
+                } else {
+                    "skipped:not_applicable"
+                };
+                assert_eq!(got("json_valid"), json, "{ctx}");
+            } else {
+                let refusal = match scenario {
+                    "refusal" => "refused",
+                    _ if is_tool => "skipped:not_applicable",
+                    _ => "answered",
+                };
+                assert_eq!(got("refusal"), refusal, "{ctx}");
+                assert_eq!(
+                    got("pii"),
+                    if scenario == "pii" { "pii" } else { "clean" },
+                    "{ctx}"
+                );
+                let json = match scenario {
+                    "json_valid" | "json_invalid" => "valid",
+                    "json_broken" => "invalid",
+                    _ => "skipped:not_applicable",
+                };
+                assert_eq!(got("json_valid"), json, "{ctx}");
+                assert_eq!(got("empty_output"), "non_empty", "{ctx}");
+            }
+            if scenario == "pii" && c.content {
+                let Outcome::Scored(score) = outcome(&evaluations, "pii") else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    score.explanation, "PII in the output: 1 email, 1 credit_card, 1 phone",
+                    "{ctx}"
+                );
+            }
+            let finish = match () {
+                _ if !c.finish_reasons => "skipped:not_applicable",
+                _ if is_tool => "tool_call",
+                _ => "stop",
+            };
+            assert_eq!(got("finish_reason"), finish, "{ctx}");
+            let Outcome::Scored(cost) = outcome(&evaluations, "cost") else {
+                panic!("{ctx}: cost not scored")
+            };
+            // gpt-4o-mini list prices; cached input at the cache-read price where it is reported.
+            let cached = if c.cache_read { 256.0 } else { 0.0 };
+            let expected = ((412.0 - cached) * 0.15 + cached * 0.075 + 57.0 * 0.60) / 1e6;
+            assert!(
+                (cost.value - expected).abs() < 1e-12,
+                "{ctx}: cost {} != {expected}",
+                cost.value
+            );
+            assert!(evaluations.iter().all(|e| !matches!(
+                e.outcome,
+                Outcome::Skipped {
+                    reason: SkipReason::SampledOut,
+                    ..
+                }
+            )));
+        }
+    }
+}
+
+#[test]
+fn evaluations_are_deterministic_across_encodings_and_runs() {
+    let set = spec::build_set(&spec::default_specs()).expect("default set builds");
+    let ids = |encoding| {
+        let request = load("openllmetry", encoding);
+        let mut all = Vec::new();
+        for s in span::spans(&request) {
+            let mut evaluations = Vec::new();
+            set.evaluate(&s, &mut evaluations);
+            all.extend(evaluations.iter().map(|e| (e.score_id, label(&e.outcome))));
+        }
+        all
+    };
+    let first = ids(Encoding::OtlpProto);
+    assert_eq!(first, ids(Encoding::OtlpJson));
+    assert_eq!(first, ids(Encoding::OtlpProto));
+    assert_eq!(first.len(), 60, "six default evaluators on ten LLM spans");
+}

@@ -116,16 +116,53 @@ pub fn decode(bytes: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequ
 /// Decodes a file or stream of OTLP/JSON that may hold several requests one after another, as
 /// the collector's file exporter writes them (one JSON object per line).
 pub fn decode_json_stream(bytes: &[u8]) -> Result<Vec<ExportTraceServiceRequest>, DecodeError> {
-    let mut requests = Vec::new();
-    for request in serde_json::Deserializer::from_slice(bytes).into_iter() {
-        let request: ExportTraceServiceRequest = request?;
-        check_ids(&request)?;
-        requests.push(request);
-    }
+    let requests = json_requests(bytes).collect::<Result<Vec<_>, _>>()?;
     if requests.is_empty() {
         return Err(DecodeError::Empty(Encoding::OtlpJson));
     }
     Ok(requests)
+}
+
+/// Iterates over the OTLP/JSON requests in a stream, one at a time; [`JsonRequests::byte_offset`]
+/// tells how far it has read (for progress reporting). Stops after the first error.
+pub fn json_requests(bytes: &[u8]) -> JsonRequests<'_> {
+    JsonRequests {
+        inner: serde_json::Deserializer::from_slice(bytes).into_iter(),
+        failed: false,
+    }
+}
+
+/// The iterator of [`json_requests`].
+pub struct JsonRequests<'b> {
+    inner: serde_json::StreamDeserializer<
+        'b,
+        serde_json::de::SliceRead<'b>,
+        ExportTraceServiceRequest,
+    >,
+    failed: bool,
+}
+
+impl JsonRequests<'_> {
+    /// Bytes consumed so far.
+    pub fn byte_offset(&self) -> usize {
+        self.inner.byte_offset()
+    }
+}
+
+impl Iterator for JsonRequests<'_> {
+    type Item = Result<ExportTraceServiceRequest, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let item = match self.inner.next()? {
+            Ok(request) => check_ids(&request).map(|()| request),
+            Err(e) => Err(DecodeError::Json(e)),
+        };
+        self.failed = item.is_err();
+        Some(item)
+    }
 }
 
 /// Rejects spans whose ids OTLP declares invalid: a trace id of other than 16 bytes or a span id

@@ -31,7 +31,11 @@ use crate::scorers::text_match::{Contains, ContainsConfig, RegexConfig, RegexMat
 use crate::span::OperationKind;
 
 /// A built-in evaluator type with its options.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+///
+/// Read by [`EvaluatorKind::from_options`] rather than a derived internally tagged
+/// `Deserialize`: serde buffers internally tagged content, which loses the path of an error
+/// inside the options (`kinds[1]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EvaluatorKind {
     /// The model declined to answer.
@@ -58,7 +62,55 @@ pub enum EvaluatorKind {
     Cost(CostConfig),
 }
 
+/// Every built-in evaluator type, as written in configuration.
+pub const TYPES: [&str; 11] = [
+    "refusal",
+    "pii",
+    "json_valid",
+    "regex",
+    "contains",
+    "not_contains",
+    "length",
+    "latency",
+    "finish_reason",
+    "empty_output",
+    "cost",
+];
+
 impl EvaluatorKind {
+    /// Reads the options of evaluator type `type_name` (every key but the shared ones); errors
+    /// name the path inside the options.
+    pub fn from_options(
+        type_name: &str,
+        options: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, String> {
+        fn read<T: serde::de::DeserializeOwned>(
+            options: serde_json::Map<String, serde_json::Value>,
+        ) -> Result<T, String> {
+            serde_path_to_error::deserialize(serde_json::Value::Object(options))
+                .map_err(|e| path_error(&e))
+        }
+        Ok(match type_name {
+            "refusal" => EvaluatorKind::Refusal(read(options)?),
+            "pii" => EvaluatorKind::Pii(read(options)?),
+            "json_valid" => EvaluatorKind::JsonValid(read(options)?),
+            "regex" => EvaluatorKind::Regex(read(options)?),
+            "contains" => EvaluatorKind::Contains(read(options)?),
+            "not_contains" => EvaluatorKind::NotContains(read(options)?),
+            "length" => EvaluatorKind::Length(read(options)?),
+            "latency" => EvaluatorKind::Latency(read(options)?),
+            "finish_reason" => EvaluatorKind::FinishReason(read(options)?),
+            "empty_output" => EvaluatorKind::EmptyOutput(read(options)?),
+            "cost" => EvaluatorKind::Cost(read(options)?),
+            other => {
+                return Err(format!(
+                    "type: unknown evaluator type `{other}`, expected one of {}",
+                    TYPES.join(", ")
+                ));
+            }
+        })
+    }
+
     /// The type name, as written in configuration.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -253,16 +305,23 @@ impl<'de> Deserialize<'de> for EvaluatorSpec {
                 format!(".{path}: {}", e.inner())
             }
         }
-        if !map.contains_key("type") {
-            return Err(de::Error::custom(
-                "missing field `type` (the evaluator type, e.g. `refusal`)",
-            ));
-        }
+        let type_name = match map.remove("type") {
+            Some(serde_json::Value::String(t)) => t,
+            Some(other) => {
+                return Err(de::Error::custom(format!(
+                    "type: expected an evaluator type name, found {other}"
+                )));
+            }
+            None => {
+                return Err(de::Error::custom(
+                    "missing field `type` (the evaluator type, e.g. `refusal`)",
+                ));
+            }
+        };
         let name = take::<String, D::Error>(&mut map, "name")?;
         let select = take::<SelectorConfig, D::Error>(&mut map, "select")?.unwrap_or_default();
         let sample = take::<f64, D::Error>(&mut map, "sample")?.unwrap_or(1.0);
-        let kind = serde_path_to_error::deserialize(serde_json::Value::Object(map))
-            .map_err(|e| de::Error::custom(path_error(&e)))?;
+        let kind = EvaluatorKind::from_options(&type_name, map).map_err(de::Error::custom)?;
         Ok(EvaluatorSpec {
             name,
             select,
@@ -309,7 +368,12 @@ mod tests {
             "{err}"
         );
         let err = parse(r#"[{"type":"refusall"}]"#).unwrap_err();
-        assert!(err.contains("unknown variant `refusall`"), "{err}");
+        assert!(err.contains("unknown evaluator type `refusall`"), "{err}");
+        let err = parse(r#"[{"type":"pii","kinds":["email","passport"]}]"#).unwrap_err();
+        assert!(
+            err.contains("kinds[1]") && err.contains("passport"),
+            "{err}"
+        );
         let err = parse(r#"[{"type":"pii","select":{"kinds":["chatt"]}}]"#).unwrap_err();
         assert!(
             err.contains("select.kinds[0]") && err.contains("chatt"),

@@ -1,0 +1,495 @@
+//! The configuration file, in the OpenTelemetry Collector's vocabulary: `receivers`,
+//! `evaluators`, `exporters`, `telemetry`.
+//!
+//! Loading is three steps, each with its own error: YAML is parsed into a tree (serde-saphyr, a
+//! maintained, panic-free YAML parser); `${env:VAR}` references in string values are expanded,
+//! as the collector does (`${env:VAR:-default}` gives a default, `$$` is a literal `$`, and a
+//! value that is one whole reference is read as a YAML scalar so numbers stay numbers); then the
+//! tree is read into typed structs that reject unknown keys, with the key's path in the message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use evalstream_evaluators::otlp::Encoding;
+use evalstream_evaluators::spec::{self, BuildError, EvaluatorSpec};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where spans come from.
+    #[serde(default)]
+    pub receivers: Receivers,
+    /// The evaluators to run; the built-in default set when absent.
+    #[serde(default = "spec::default_specs")]
+    pub evaluators: Vec<EvaluatorSpec>,
+    /// Where evaluator spans go.
+    #[serde(default)]
+    pub exporters: Exporters,
+    /// evalstream's own metrics.
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            receivers: Receivers::default(),
+            evaluators: spec::default_specs(),
+            exporters: Exporters::default(),
+            telemetry: Telemetry::default(),
+        }
+    }
+}
+
+/// The `receivers:` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receivers {
+    /// A Kafka topic fed by a collector's Kafka exporter.
+    #[serde(default)]
+    pub kafka: Option<KafkaReceiver>,
+}
+
+/// `receivers.kafka`: the topic the collector's Kafka exporter writes. Defaults follow the
+/// collector's Kafka components.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaReceiver {
+    /// Bootstrap brokers, `host:port`.
+    #[serde(default = "default_brokers")]
+    pub brokers: Vec<String>,
+    /// Topics to consume.
+    #[serde(default = "default_topics")]
+    pub topics: Vec<String>,
+    /// The consumer group: workers sharing it share the partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// How messages encode spans.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Where undecodable messages go.
+    #[serde(default = "default_dlq")]
+    pub dead_letter_topic: String,
+    /// librdkafka properties passed through as they are (TLS, SASL, …).
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+/// The `exporters:` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exporters {
+    /// A Kafka topic for evaluator spans.
+    #[serde(default)]
+    pub kafka: Option<KafkaExporter>,
+}
+
+/// `exporters.kafka`: evaluator spans as `otlp_proto`, keyed by hex trace id.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaExporter {
+    /// Bootstrap brokers, `host:port`.
+    #[serde(default = "default_brokers")]
+    pub brokers: Vec<String>,
+    /// The topic.
+    #[serde(default = "default_output_topic")]
+    pub topic: String,
+    /// librdkafka properties passed through as they are.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+/// The `telemetry:` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: Option<MetricsEndpoint>,
+}
+
+/// `telemetry.metrics`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsEndpoint {
+    /// `host:port` to serve `/metrics`, `/healthz` and `/readyz` on.
+    pub listen: String,
+}
+
+fn default_brokers() -> Vec<String> {
+    vec!["localhost:9092".into()]
+}
+fn default_topics() -> Vec<String> {
+    vec!["otlp_spans".into()]
+}
+fn default_group() -> String {
+    "evalstream".into()
+}
+fn default_dlq() -> String {
+    "otlp_spans_dlq".into()
+}
+fn default_output_topic() -> String {
+    "otlp_evaluations".into()
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("{path}: invalid YAML: {message}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An `${env:…}` reference could not be expanded.
+    #[error("{path}: {message}")]
+    Env {
+        /// The file.
+        path: PathBuf,
+        /// Which key and variable.
+        message: String,
+    },
+    /// A key or value is not what the schema allows.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// `key.path: what is wrong`.
+        message: String,
+    },
+    /// An evaluator's options are invalid.
+    #[error("{path}: {source}")]
+    Evaluator {
+        /// The file.
+        path: PathBuf,
+        /// Which evaluator, and why.
+        source: BuildError,
+    },
+}
+
+impl Config {
+    /// Reads, expands and checks a configuration file (evaluators included), using the process
+    /// environment for `${env:…}`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text; `env` looks variables up. `origin` names the source in errors.
+    pub fn parse(
+        text: &str,
+        origin: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let path = origin.to_owned();
+        let mut tree: Value = if text.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+                path: path.clone(),
+                message: e.to_string(),
+            })?
+        };
+        if tree.is_null() {
+            tree = Value::Object(Default::default());
+        }
+        expand_env(&mut tree, &mut String::new(), env).map_err(|message| ConfigError::Env {
+            path: path.clone(),
+            message,
+        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Invalid {
+                path: path.clone(),
+                message: spec::path_error(&e),
+            })?;
+        config.validate().map_err(|source| match source {
+            Problem::Evaluator(source) => ConfigError::Evaluator {
+                path: path.clone(),
+                source,
+            },
+            Problem::Other(message) => ConfigError::Invalid {
+                path: path.clone(),
+                message,
+            },
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Problem> {
+        if self.evaluators.is_empty() {
+            return Err(Problem::Other(
+                "evaluators: give at least one evaluator, or leave the section out for the default set".into(),
+            ));
+        }
+        spec::build_set(&self.evaluators).map_err(Problem::Evaluator)?;
+        if let Some(k) = &self.receivers.kafka {
+            if k.brokers.is_empty() {
+                return Err(Problem::Other(
+                    "receivers.kafka.brokers: give at least one broker".into(),
+                ));
+            }
+            if k.topics.is_empty() {
+                return Err(Problem::Other(
+                    "receivers.kafka.topics: give at least one topic".into(),
+                ));
+            }
+        }
+        if let Some(m) = &self.telemetry.metrics
+            && m.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Problem::Other(format!(
+                "telemetry.metrics.listen: `{}` is not an address like 127.0.0.1:9464",
+                m.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+enum Problem {
+    Evaluator(BuildError),
+    Other(String),
+}
+
+/// Expands `${env:NAME}` and `${env:NAME:-default}` in every string of the tree, in place.
+fn expand_env(
+    value: &mut Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match value {
+        Value::String(s) if s.contains('$') => {
+            let whole = whole_reference(s);
+            let expanded =
+                expand_str(s, env).map_err(|e| format!("{}: {e}", display_path(path)))?;
+            *value = match whole {
+                // A value that is one reference is typed like YAML would type it.
+                true => serde_saphyr::from_str::<Value>(&expanded)
+                    .ok()
+                    .filter(|v| !v.is_object() && !v.is_array() && !v.is_null())
+                    .unwrap_or(Value::String(expanded)),
+                false => Value::String(expanded),
+            };
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                expand_env(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn display_path(path: &str) -> &str {
+    if path.is_empty() { "(top level)" } else { path }
+}
+
+fn whole_reference(s: &str) -> bool {
+    s.starts_with("${env:") && s.ends_with('}') && s.matches("${").count() == 1
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${env:") {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{env:` in `{s}`"))?;
+            let reference = &after[..end];
+            let (name, default) = match reference.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (reference, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{env:{reference}}}` does not name a variable"));
+            }
+            match (env(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable `{name}` is not set (write `${{env:{name}:-default}}` to give a default)"
+                    ));
+                }
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self
+            .evaluators
+            .iter()
+            .map(EvaluatorSpec::effective_name)
+            .collect();
+        write!(f, "{} evaluators ({})", names.len(), names.join(", "))?;
+        if let Some(k) = &self.receivers.kafka {
+            write!(
+                f,
+                "; kafka receiver {} on {} ({})",
+                k.topics.join(","),
+                k.brokers.join(","),
+                k.encoding
+            )?;
+        }
+        if let Some(k) = &self.exporters.kafka {
+            write!(f, "; kafka exporter {} on {}", k.topic, k.brokers.join(","))?;
+        }
+        if let Some(m) = &self.telemetry.metrics {
+            write!(f, "; metrics on {}", m.listen)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evalstream_evaluators::spec::EvaluatorKind;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let env = |name: &str| match name {
+            "RATE" => Some("0.25".to_string()),
+            "BROKER" => Some("kafka:9092".to_string()),
+            "WORD" => Some("acme".to_string()),
+            _ => None,
+        };
+        Config::parse(text, Path::new("test.yaml"), &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_documented_config_parses_with_collector_defaults() {
+        let c = parse(
+            r#"
+receivers:
+  kafka:
+    brokers: ["127.0.0.1:9092"]
+    topics: [otlp_spans]
+    group_id: evalstream
+    encoding: otlp_proto
+    client: { security.protocol: plaintext }
+evaluators:
+  - type: refusal
+  - type: pii
+exporters:
+  kafka:
+    brokers: ["127.0.0.1:9092"]
+    topic: otlp_evaluations
+telemetry:
+  metrics: { listen: "127.0.0.1:9464" }
+"#,
+        )
+        .unwrap();
+        let k = c.receivers.kafka.unwrap();
+        assert_eq!(
+            (k.encoding, k.dead_letter_topic.as_str()),
+            (Encoding::OtlpProto, "otlp_spans_dlq")
+        );
+        assert_eq!(c.evaluators.len(), 2);
+        let minimal = parse("receivers:\n  kafka: {}\n").unwrap();
+        let k = minimal.receivers.kafka.unwrap();
+        assert_eq!(
+            (k.topics[0].as_str(), k.encoding),
+            ("otlp_spans", Encoding::OtlpProto)
+        );
+        assert_eq!(minimal.evaluators.len(), spec::default_specs().len());
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let err = parse("receivers:\n  kafka:\n    topic: x\n").unwrap_err();
+        assert!(
+            err.contains("receivers.kafka") && err.contains("unknown field `topic`"),
+            "{err}"
+        );
+        let err =
+            parse("evaluators:\n  - type: pii\n  - type: refusal\n    windw: 3\n").unwrap_err();
+        assert!(
+            err.contains("evaluators[1]") && err.contains("unknown field `windw`"),
+            "{err}"
+        );
+        let err = parse("processors: {}\n").unwrap_err();
+        assert!(err.contains("unknown field `processors`"), "{err}");
+        let err = parse("evaluators:\n  - type: regex\n    pattern: '('\n").unwrap_err();
+        assert!(err.contains("evaluators[0] (regex): pattern"), "{err}");
+        let err = parse("telemetry:\n  metrics: { listen: nowhere }\n").unwrap_err();
+        assert!(err.contains("telemetry.metrics.listen"), "{err}");
+        let err = parse("receivers: [oops\n").unwrap_err();
+        assert!(err.contains("invalid YAML"), "{err}");
+    }
+
+    #[test]
+    fn env_references_expand_typed_with_defaults_and_escapes() {
+        let c = parse(
+            r#"
+receivers:
+  kafka:
+    brokers: ["${env:BROKER}"]
+    group_id: "g-${env:MISSING:-default}-$$HOME"
+evaluators:
+  - type: not_contains
+    values: ["${env:WORD}"]
+    sample: ${env:RATE}
+"#,
+        )
+        .unwrap();
+        let k = c.receivers.kafka.unwrap();
+        assert_eq!(k.brokers, ["kafka:9092"]);
+        assert_eq!(k.group_id, "g-default-$HOME");
+        assert_eq!(c.evaluators[0].sample, 0.25);
+        assert!(
+            matches!(&c.evaluators[0].kind, EvaluatorKind::NotContains(n) if n.values == ["acme"])
+        );
+        let err = parse("receivers:\n  kafka:\n    group_id: ${env:NOPE}\n").unwrap_err();
+        assert!(
+            err.contains("receivers.kafka.group_id") && err.contains("`NOPE` is not set"),
+            "{err}"
+        );
+    }
+}
