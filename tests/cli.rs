@@ -1,5 +1,7 @@
 //! The `evalstream` binary, run as a user runs it: real files, real standard input, exit codes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -2,6 +2,8 @@
 //! through the canonical view and judged by the default evaluators. The expected values come from
 //! the scenario each trace was recorded for (`*.labels.json`), not from running the code.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

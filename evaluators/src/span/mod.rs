@@ -203,6 +203,22 @@ pub struct GenAiSpan<'a> {
     content: OnceLock<Content<'a>>,
 }
 
+/// Every attribute key the view reads, with list indices written as `0`: the exact keys of all
+/// conventions, and one example key for each field of each flattened list. For documentation and
+/// for tests that generate spans.
+pub fn known_attribute_keys() -> Vec<String> {
+    let mut keys: Vec<String> = conventions::SCALARS
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    for (prefix, _, _) in conventions::LISTS {
+        for (rest, _) in conventions::ITEM_FIELDS {
+            keys.push(format!("{prefix}.0.{}", rest.replace('#', "0")));
+        }
+    }
+    keys
+}
+
 /// Iterates over every span of a request as a [`GenAiSpan`].
 pub fn spans(request: &ExportTraceServiceRequest) -> impl Iterator<Item = GenAiSpan<'_>> {
     request.resource_spans.iter().flat_map(|rs| {
