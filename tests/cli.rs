@@ -290,3 +290,20 @@ fn validate_and_custom_configs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(lines(&out).is_empty());
 }
+
+#[test]
+fn the_example_deployment_config_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/evalstream.yaml");
+    let out = bin()
+        .arg("validate")
+        .arg(&path)
+        .env_remove("KAFKA_BROKERS")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("10 evaluators") && said.contains("127.0.0.1:9092"),
+        "{said}"
+    );
+}

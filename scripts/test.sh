@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, then every test of the workspace (unit,
+# corpus, command-line and property tests, and doc examples). `.ci/run` calls this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for tool in rustfmt clippy-driver; do
+  command -v "$tool" >/dev/null 2>&1 || rustup component add "${tool%-driver}"
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
