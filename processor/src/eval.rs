@@ -146,7 +146,7 @@ fn now_nanos() -> u64 {
 }
 
 /// Runs the evaluators over every span of every request and writes the results.
-struct Evaluator<'s, W: Write> {
+struct EvalRun<'s, W: Write> {
     set: &'s EvaluatorSet,
     out: W,
     summary: Summary,
@@ -154,7 +154,7 @@ struct Evaluator<'s, W: Write> {
     scratch: Vec<Evaluation<'s>>,
 }
 
-impl<'s, W: Write> Evaluator<'s, W> {
+impl<'s, W: Write> EvalRun<'s, W> {
     fn request(&mut self, request: &ExportTraceServiceRequest) -> io::Result<()> {
         self.summary.requests += 1;
         let now = now_nanos();
@@ -251,7 +251,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         .map(|m| m.len())
         .sum();
     let progress = progress_bar(total);
-    let mut run = Evaluator {
+    let mut run = EvalRun {
         set: &set,
         out: io::BufWriter::new(out),
         summary,

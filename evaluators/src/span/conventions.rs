@@ -41,6 +41,10 @@ pub(crate) enum Slot {
     PromptVersion,
     ErrorType,
     AgentName,
+    /// Free-form metadata (OpenInference `metadata`, a JSON object as a string).
+    Metadata,
+    /// Tags (OpenInference `tag.tags`, a list of strings).
+    Tags,
     /// `gen_ai.input.messages` as one JSON string or structured value.
     InputMessages,
     /// `gen_ai.output.messages` as one JSON string or structured value.
@@ -166,6 +170,8 @@ pub(crate) static SCALARS: &[(&str, Slot)] = &[
     ("error.type", Slot::ErrorType),
     ("gen_ai.agent.name", Slot::AgentName),
     ("agent.name", Slot::AgentName),
+    ("metadata", Slot::Metadata),
+    ("tag.tags", Slot::Tags),
     // Content as whole JSON documents (current OTel GenAI, recent OpenLLMetry).
     ("gen_ai.input.messages", Slot::InputMessages),
     ("gen_ai.output.messages", Slot::OutputMessages),

@@ -356,7 +356,7 @@ impl<'a> GenAiSpan<'a> {
         self.slot_str(Slot::Provider)
     }
 
-    /// The model the application asked for; falls back to the `model` of the request parameters.
+    /// The model the application asked for (`gen_ai.request.model`).
     pub fn request_model(&self) -> Option<&'a str> {
         self.slot_str(Slot::RequestModel)
     }
@@ -438,6 +438,22 @@ impl<'a> GenAiSpan<'a> {
     /// The agent's name, on agent spans.
     pub fn agent_name(&self) -> Option<&'a str> {
         self.slot_str(Slot::AgentName)
+    }
+
+    /// Free-form metadata the application attached (OpenInference `metadata`), as JSON text.
+    pub fn metadata(&self) -> Option<Cow<'a, str>> {
+        self.slot(Slot::Metadata).map(content::json_text)
+    }
+
+    /// Tags the application attached (OpenInference `tag.tags`); a single string is one tag.
+    pub fn tags(&self) -> Vec<&'a str> {
+        match self.slot(Slot::Tags).and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::ArrayValue(a)) => {
+                a.values.iter().filter_map(otlp::as_str).collect()
+            }
+            Some(any_value::Value::StringValue(s)) if !s.is_empty() => vec![s.as_str()],
+            _ => Vec::new(),
+        }
     }
 
     /// The span status.

@@ -75,6 +75,8 @@ fn openinference_flattened_messages_contents_and_tool_calls() {
         s("llm.prompt_template.version", "v7"),
         s("session.id", "s1"),
         s("user.id", "u1"),
+        s("metadata", r#"{"tenant":"acme"}"#),
+        attr("tag.tags", array(vec![text("beta"), text("eu")])),
     ]);
     let v = view(&sp);
     assert_eq!(v.kind(), OperationKind::Chat);
@@ -105,6 +107,8 @@ fn openinference_flattened_messages_contents_and_tool_calls() {
         (v.prompt_version(), v.session_id(), v.user_id()),
         (Some("v7"), Some("s1"), Some("u1"))
     );
+    assert_eq!(v.metadata().as_deref(), Some(r#"{"tenant":"acme"}"#));
+    assert_eq!(v.tags(), ["beta", "eu"]);
 }
 
 #[test]
