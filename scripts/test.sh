@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, then every test of the workspace (unit,
-# corpus, command-line and property tests, and doc examples). `.ci/run` calls this script.
+# The project's test command: installs the test broker if missing, then formatting, lints and
+# every test of the workspace (unit, corpus, command-line, property and Kafka integration tests,
+# and doc examples). `.ci/run` calls this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 for tool in rustfmt clippy-driver; do
   command -v "$tool" >/dev/null 2>&1 || rustup component add "${tool%-driver}"
 done
+
+scripts/install-tansu.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -74,9 +74,39 @@ pub struct KafkaReceiver {
     /// Where undecodable messages go.
     #[serde(default = "default_dlq")]
     pub dead_letter_topic: String,
+    /// Where a new consumer group starts: `latest` (the collector's default) or `earliest`.
+    #[serde(default)]
+    pub initial_offset: InitialOffset,
+    /// Most messages received and not yet finished; past it, the input pauses (backpressure).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight_messages: usize,
+    /// How long shutdown and partition revocation wait for in-flight work before committing.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_seconds: f64,
     /// librdkafka properties passed through as they are (TLS, SASL, …).
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+}
+
+/// Where a consumer group without committed offsets starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialOffset {
+    /// New messages only.
+    #[default]
+    Latest,
+    /// Everything still in the topic.
+    Earliest,
+}
+
+impl InitialOffset {
+    /// The librdkafka `auto.offset.reset` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitialOffset::Latest => "latest",
+            InitialOffset::Earliest => "earliest",
+        }
+    }
 }
 
 /// The `exporters:` section.
@@ -131,6 +161,12 @@ fn default_group() -> String {
 }
 fn default_dlq() -> String {
     "otlp_spans_dlq".into()
+}
+fn default_max_in_flight() -> usize {
+    1000
+}
+fn default_drain_timeout() -> f64 {
+    30.0
 }
 fn default_output_topic() -> String {
     "otlp_evaluations".into()
@@ -248,6 +284,16 @@ impl Config {
             if k.topics.is_empty() {
                 return Err(Problem::Other(
                     "receivers.kafka.topics: give at least one topic".into(),
+                ));
+            }
+            if k.max_in_flight_messages == 0 {
+                return Err(Problem::Other(
+                    "receivers.kafka.max_in_flight_messages: must be at least 1".into(),
+                ));
+            }
+            if !(k.drain_timeout_seconds.is_finite() && k.drain_timeout_seconds >= 0.0) {
+                return Err(Problem::Other(
+                    "receivers.kafka.drain_timeout_seconds: must be a non-negative number".into(),
                 ));
             }
         }

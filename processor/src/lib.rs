@@ -1,7 +1,8 @@
 //! # evalstream
 //!
-//! The `evalstream` command: configuration ([`config`]) and the offline evaluation of trace files
-//! ([`eval`], with [`summary`] tables and [`gate`]s for CI). The scorers themselves live in the
+//! The `evalstream` command: configuration ([`config`]), the streaming worker ([`run`]: Kafka in
+//! and out in [`kafka`], evaluation in [`worker`], [`metrics`]) and the offline evaluation of
+//! trace files ([`eval`], with [`summary`] tables and [`gate`]s for CI). The scorers themselves live in the
 //! `evalstream-evaluators` crate, which has no I/O.
 
 #![deny(missing_docs)]
@@ -9,4 +10,9 @@
 pub mod config;
 pub mod eval;
 pub mod gate;
+pub mod kafka;
+pub mod loadgen;
+pub mod metrics;
+pub mod run;
 pub mod summary;
+pub mod worker;

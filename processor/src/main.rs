@@ -48,6 +48,35 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         inputs: Vec<String>,
     },
+    /// Run the streaming worker: consume OTLP spans from Kafka, evaluate them, produce evaluator
+    /// spans. Stops cleanly on SIGTERM or SIGINT (drains in-flight work and commits).
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Produce corpus-shaped traces (fresh ids, one trace per message, keyed by hex trace id) to
+    /// a topic: test traffic and the input of benchmarks.
+    Loadgen {
+        /// Bootstrap brokers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The topic.
+        #[arg(long, default_value = "otlp_spans")]
+        topic: String,
+        /// How many traces.
+        #[arg(long, default_value_t = 1000)]
+        traces: u64,
+        /// The encoding to write.
+        #[arg(long, value_parser = parse_encoding, default_value = "otlp_proto")]
+        encoding: Encoding,
+        /// Seed for ids: runs with the same seed produce the same ids.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// A librdkafka producer property, KEY=VALUE (repeatable).
+        #[arg(long = "producer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+        producer_properties: Vec<(String, String)>,
+    },
     /// Check a configuration file and print what it configures.
     Validate {
         /// The configuration file.
@@ -57,6 +86,12 @@ enum Command {
 
 fn parse_gate(s: &str) -> Result<Gate, String> {
     s.parse()
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))
 }
 
 fn parse_encoding(s: &str) -> Result<Encoding, String> {
@@ -69,12 +104,34 @@ fn parse_encoding(s: &str) -> Result<Encoding, String> {
     }
 }
 
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EVALSTREAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let cli = Cli::parse();
@@ -100,6 +157,57 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(evalstream::run::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Loadgen {
+            brokers,
+            topic,
+            traces,
+            encoding,
+            seed,
+            producer_properties,
+        } => {
+            let options = evalstream::loadgen::LoadgenOptions {
+                brokers,
+                topic,
+                traces,
+                encoding,
+                seed,
+                producer_properties,
+            };
+            match evalstream::loadgen::run(&options) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
                 }
             }
         }

@@ -1,0 +1,396 @@
+//! The worker's Prometheus metrics, and the HTTP endpoint serving them with `/healthz` and
+//! `/readyz`.
+//!
+//! Every metric is named `evalstream_*`. Labels are bounded by configuration (evaluator names,
+//! outcomes, token types), by the topic's partitions, or by a cardinality cap ([`LabelCap`]) for
+//! values that come from spans (models); never a trace id, span id, span name or free text.
+//! Per-evaluator handles are resolved once at start-up, so the hot path does no label hashing.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use evalstream_evaluators::evaluator::{ConfiguredEvaluator, Evaluation, Outcome};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Score buckets: fine below 1 for checks and rates, coarse above for measurements.
+const SCORE_BUCKETS: &[f64] = &[
+    0.0001, 0.001, 0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0, 30.0,
+    60.0, 300.0, 1000.0,
+];
+
+/// Latency buckets, seconds.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0,
+];
+
+/// Handles for one evaluator, resolved once.
+#[derive(Clone)]
+pub struct EvaluatorMetrics {
+    scored: IntCounter,
+    skipped: IntCounter,
+    errors: IntCounter,
+    passed: IntCounter,
+    failed: IntCounter,
+    score: Histogram,
+}
+
+/// A set of label values that stops growing at a cap; later values share the label `other`.
+#[derive(Debug)]
+pub struct LabelCap {
+    seen: Mutex<HashSet<String>>,
+    max: usize,
+}
+
+impl LabelCap {
+    /// A cap of `max` distinct values.
+    pub fn new(max: usize) -> LabelCap {
+        LabelCap {
+            seen: Mutex::new(HashSet::new()),
+            max,
+        }
+    }
+
+    /// The label to use for `value`.
+    pub fn label(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+/// All of the worker's metrics.
+pub struct Metrics {
+    /// The registry `/metrics` serves.
+    pub registry: Registry,
+    /// Kafka messages received.
+    pub messages: IntCounter,
+    /// Spans decoded from them.
+    pub spans: IntCounter,
+    /// Messages that could not be decoded.
+    pub decode_errors: IntCounter,
+    /// Jumps in a partition's offsets between two received messages.
+    pub offset_gaps: IntCounter,
+    /// Messages written to the dead-letter topic, by reason (`decode`, `delivery`).
+    pub dlq: IntCounterVec,
+    /// Messages whose evaluations could not be delivered nor dead-lettered (they stay uncommitted).
+    pub undeliverable: IntCounter,
+    /// Evaluator spans acknowledged by the output topic.
+    pub outputs: IntCounter,
+    /// Time to run all evaluators on one span.
+    pub evaluation_seconds: Histogram,
+    /// Now minus the judged span's end time, when its evaluations are produced.
+    pub lag_seconds: Histogram,
+    /// Consumer lag by topic and partition, from librdkafka's statistics.
+    pub consumer_lag: IntGaugeVec,
+    /// Messages queued in the output producer.
+    pub producer_queue: IntGauge,
+    /// Input messages received and not yet finished.
+    pub in_flight: IntGauge,
+    /// Whether the input is paused for backpressure (1) or not (0).
+    pub paused: IntGauge,
+    /// Brokers the consumer currently reaches.
+    pub brokers_up: IntGauge,
+    /// Kafka client errors, by kind.
+    pub kafka_errors: IntCounterVec,
+    /// Cost of judged spans in USD, by model.
+    pub cost_usd: prometheus::CounterVec,
+    /// Tokens of judged spans, by model and type.
+    pub tokens: IntCounterVec,
+    /// Up (1) once started.
+    pub up: Gauge,
+    evaluators: Vec<EvaluatorMetrics>,
+    /// Caps the `model` label.
+    pub models: LabelCap,
+    ready: AtomicBool,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    /// Registers every metric, with handles for the given evaluators.
+    pub fn new(evaluators: &[ConfiguredEvaluator]) -> prometheus::Result<Arc<Metrics>> {
+        let r = Registry::new();
+        let evaluations = counter_vec(
+            &r,
+            "evalstream_evaluations_total",
+            "Evaluations by evaluator and outcome (scored, skipped, error).",
+            &["evaluator", "outcome"],
+        )?;
+        let results = counter_vec(
+            &r,
+            "evalstream_evaluation_results_total",
+            "Scored evaluations by evaluator and result (pass, fail).",
+            &["evaluator", "result"],
+        )?;
+        let scores = HistogramVec::new(
+            HistogramOpts::new("evalstream_score", "Score values by evaluator.")
+                .buckets(SCORE_BUCKETS.to_vec()),
+            &["evaluator"],
+        )?;
+        r.register(Box::new(scores.clone()))?;
+        let per_evaluator = evaluators
+            .iter()
+            .map(|e| {
+                let n = e.name.as_str();
+                EvaluatorMetrics {
+                    scored: evaluations.with_label_values(&[n, "scored"]),
+                    skipped: evaluations.with_label_values(&[n, "skipped"]),
+                    errors: evaluations.with_label_values(&[n, "error"]),
+                    passed: results.with_label_values(&[n, "pass"]),
+                    failed: results.with_label_values(&[n, "fail"]),
+                    score: scores.with_label_values(&[n]),
+                }
+            })
+            .collect();
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "evalstream_consumer_lag_messages",
+                "Messages behind the end of each input partition.",
+            ),
+            &["topic", "partition"],
+        )?;
+        r.register(Box::new(consumer_lag.clone()))?;
+        let cost_usd = prometheus::CounterVec::new(
+            Opts::new(
+                "evalstream_span_cost_usd_total",
+                "Cost of judged LLM spans in USD, by model.",
+            ),
+            &["model"],
+        )?;
+        r.register(Box::new(cost_usd.clone()))?;
+        let up = Gauge::new("evalstream_up", "1 while the worker runs.")?;
+        r.register(Box::new(up.clone()))?;
+        up.set(1.0);
+        Ok(Arc::new(Metrics {
+            messages: counter(
+                &r,
+                "evalstream_messages_consumed_total",
+                "Kafka messages received.",
+            )?,
+            spans: counter(
+                &r,
+                "evalstream_spans_consumed_total",
+                "Spans decoded from received messages.",
+            )?,
+            decode_errors: counter(
+                &r,
+                "evalstream_decode_errors_total",
+                "Messages that could not be decoded.",
+            )?,
+            offset_gaps: counter(
+                &r,
+                "evalstream_input_offset_gaps_total",
+                "Jumps in a partition's offsets between received messages (normal only on compacted or transactional topics).",
+            )?,
+            dlq: counter_vec(
+                &r,
+                "evalstream_dlq_messages_total",
+                "Messages written to the dead-letter topic, by reason.",
+                &["reason"],
+            )?,
+            undeliverable: counter(
+                &r,
+                "evalstream_undeliverable_messages_total",
+                "Messages whose evaluations could neither be delivered nor dead-lettered; left uncommitted.",
+            )?,
+            outputs: counter(
+                &r,
+                "evalstream_output_records_total",
+                "Output records acknowledged by the broker.",
+            )?,
+            evaluation_seconds: histogram(
+                &r,
+                "evalstream_evaluation_duration_seconds",
+                "Time to run every selected evaluator on one span.",
+                SECONDS_BUCKETS,
+            )?,
+            lag_seconds: histogram(
+                &r,
+                "evalstream_end_to_end_lag_seconds",
+                "Now minus the judged span's end time, when its evaluations are produced.",
+                SECONDS_BUCKETS,
+            )?,
+            consumer_lag,
+            producer_queue: gauge(
+                &r,
+                "evalstream_producer_queue_messages",
+                "Messages queued in the output producer.",
+            )?,
+            in_flight: gauge(
+                &r,
+                "evalstream_in_flight_messages",
+                "Input messages received and not yet finished.",
+            )?,
+            paused: gauge(
+                &r,
+                "evalstream_input_paused",
+                "1 while the input is paused for backpressure.",
+            )?,
+            brokers_up: gauge(
+                &r,
+                "evalstream_brokers_up",
+                "Brokers the consumer currently reaches.",
+            )?,
+            kafka_errors: counter_vec(
+                &r,
+                "evalstream_kafka_errors_total",
+                "Kafka client errors, by kind.",
+                &["kind"],
+            )?,
+            cost_usd,
+            tokens: counter_vec(
+                &r,
+                "evalstream_span_tokens_total",
+                "Tokens of judged LLM spans, by model and type.",
+                &["model", "type"],
+            )?,
+            up,
+            evaluators: per_evaluator,
+            models: LabelCap::new(100),
+            registry: r,
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    /// Counts one evaluation by the evaluator at `index` in the configured set.
+    pub fn record(&self, index: usize, evaluation: &Evaluation<'_>) {
+        let Some(m) = self.evaluators.get(index) else {
+            return;
+        };
+        match &evaluation.outcome {
+            Outcome::Scored(s) => {
+                m.scored.inc();
+                m.score.observe(s.value);
+                if s.passed {
+                    m.passed.inc()
+                } else {
+                    m.failed.inc()
+                }
+            }
+            Outcome::Skipped { .. } => m.skipped.inc(),
+            Outcome::Error { .. } => m.errors.inc(),
+        }
+    }
+
+    /// Marks the worker ready or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the worker is ready: connected to a broker and consuming.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let for_metrics = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = for_metrics.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    if m.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: no broker reachable or no assignment yet",
+                        )
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: SocketAddr = addr.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+    })?;
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_cap_stops_growing() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.label("a"), "a");
+        assert_eq!(cap.label("b"), "b");
+        assert_eq!(cap.label("c"), "other");
+        assert_eq!(cap.label("a"), "a");
+    }
+}

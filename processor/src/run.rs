@@ -1,0 +1,168 @@
+//! `evalstream run`: the streaming worker.
+//!
+//! Threads, each owning one thing: the consumer's poll thread ([`Source`]), one evaluation
+//! [`Worker`] per core, librdkafka's producer thread (inside [`Sink`]), a thread re-routing
+//! undeliverable messages to the dead-letter topic, and the async runtime serving `/metrics`
+//! and waiting for SIGTERM/SIGINT. Every queue between them is bounded. Shutdown stops the input,
+//! drains in-flight work, commits what finished, flushes the producer and returns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use evalstream_evaluators::pricing::PriceTable;
+use evalstream_evaluators::spec::{self, EvaluatorKind};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::kafka::sink::{Pending, Sink};
+use crate::kafka::source::Source;
+use crate::metrics::{self, Metrics};
+use crate::worker::Worker;
+
+/// Runs the worker until `shutdown` completes, then drains and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Some(receiver) = config.receivers.kafka.clone() else {
+        anyhow::bail!(
+            "`evalstream run` needs a `receivers.kafka` section (see deploy/evalstream.yaml)"
+        );
+    };
+    let evaluators = Arc::new(spec::build_set(&config.evaluators)?);
+    let metrics = Metrics::new(evaluators.evaluators()).context("cannot register metrics")?;
+
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = match &config.telemetry.metrics {
+        Some(endpoint) => {
+            let listener = metrics::bind(&endpoint.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", endpoint.listen))?;
+            info!(address = %endpoint.listen, "serving /metrics, /healthz, /readyz");
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                async {
+                    let _ = http_stop_rx.await;
+                },
+            )))
+        }
+        None => None,
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pipeline = tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        let metrics = metrics.clone();
+        move || pipeline(&config, receiver, evaluators, metrics, &stop)
+    });
+    tokio::pin!(pipeline);
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        result = &mut pipeline => result,
+        () = &mut shutdown => {
+            info!("shutdown requested");
+            stop.store(true, Ordering::Release);
+            pipeline.await
+        }
+    };
+    let _ = http_stop_tx.send(());
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result.context("the pipeline thread panicked")?
+}
+
+fn pipeline(
+    config: &Config,
+    receiver: crate::config::KafkaReceiver,
+    evaluators: Arc<evalstream_evaluators::evaluator::EvaluatorSet>,
+    metrics: Arc<Metrics>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let exporter = config.exporters.kafka.as_ref();
+    let capacity = receiver.max_in_flight_messages + 1;
+    let (redirect_tx, redirect_rx) = crossbeam_channel::bounded::<(Arc<Pending>, String)>(capacity);
+    let brokers = exporter.map_or_else(|| receiver.brokers.join(","), |e| e.brokers.join(","));
+    let client = exporter.map_or(&receiver.client, |e| &e.client);
+    let sink = Arc::new(
+        Sink::new(
+            &brokers,
+            client,
+            exporter.map(|e| e.topic.clone()),
+            receiver.dead_letter_topic.clone(),
+            metrics.clone(),
+            redirect_tx,
+        )
+        .context("cannot create the output producer")?,
+    );
+    let threads = thread::available_parallelism().map_or(2, |n| n.get());
+    let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
+    let source = Source::new(&receiver, work_tx, metrics.clone())
+        .context("cannot create the input consumer")?;
+    info!(topics = ?receiver.topics, group = %receiver.group_id, workers = threads, "consuming");
+
+    let prices = config
+        .evaluators
+        .iter()
+        .find_map(|s| match &s.kind {
+            EvaluatorKind::Cost(c) => Some(PriceTable::new(c.builtin_prices, &c.prices)),
+            _ => None,
+        })
+        .unwrap_or_else(|| PriceTable::new(true, &Default::default()))
+        .map_err(anyhow::Error::msg)?;
+    let worker = Arc::new(Worker {
+        evaluators,
+        sink: sink.clone(),
+        encoding: receiver.encoding,
+        metrics: metrics.clone(),
+        prices,
+    });
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let worker = worker.clone();
+            let queue = work_rx.clone();
+            thread::Builder::new()
+                .name(format!("evalstream-worker-{i}"))
+                .spawn(move || worker.run(queue))
+        })
+        .collect::<Result<_, _>>()?;
+    drop(work_rx);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let helper = {
+        let sink = sink.clone();
+        let done = done.clone();
+        let metrics = metrics.clone();
+        thread::Builder::new().name("evalstream-redirect".into()).spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                metrics.producer_queue.set(i64::from(sink.queue_len()));
+                if let Ok((pending, reason)) = redirect_rx.recv_timeout(Duration::from_millis(200)) {
+                    warn!(%reason, offset = pending.source.offset, "sending the input message to the dead-letter topic");
+                    sink.dead_letter(&pending, "delivery", &reason);
+                    // The dead letter stands in for the failed output, which is now accounted for.
+                    pending.done();
+                }
+            }
+        })?
+    };
+
+    // The source returns once `stop` is set and in-flight work is drained and committed. It owns
+    // the work queue's sender, so the workers finish the queue and stop after it.
+    source.run(stop);
+    for w in workers {
+        let _ = w.join();
+    }
+    if !sink.flush(Duration::from_secs(10)) {
+        warn!(
+            "some outputs were not delivered before exit; their inputs are uncommitted and will be evaluated again"
+        );
+    }
+    done.store(true, Ordering::Release);
+    let _ = helper.join();
+    info!("stopped");
+    Ok(())
+}
