@@ -760,3 +760,130 @@ fn sigkill_scenario(address: &str, dir_name: &str, traces: u64, kill_at_outputs:
         "nothing unexpected"
     );
 }
+
+fn loadgen_messages(traces: u64, seed: u64) -> (Vec<ExportTraceServiceRequest>, Vec<Outgoing>) {
+    let templates = loadgen::templates().unwrap();
+    let requests: Vec<ExportTraceServiceRequest> = (0..traces)
+        .map(|i| {
+            loadgen::instantiate(
+                &templates[(i % 50) as usize],
+                seed + i,
+                1_800_000_000_000_000_000,
+            )
+        })
+        .collect();
+    let messages = requests
+        .iter()
+        .map(|r| {
+            (
+                Some(otlp::hex(
+                    &r.resource_spans[0].scope_spans[0].spans[0].trace_id,
+                )),
+                r.encode_to_vec(),
+            )
+        })
+        .collect();
+    (requests, messages)
+}
+
+#[test]
+fn two_workers_in_one_group_share_the_partitions() {
+    let broker = setup(4);
+    let (requests, messages) = loadgen_messages(2000, 50_000);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_outputs(&set, &requests);
+    let dir = temp_dir("two-workers");
+    let a = Worker::start(&dir, "a", &broker.address(), "shared", Encoding::OtlpProto);
+    let b = Worker::start(&dir, "b", &broker.address(), "shared", Encoding::OtlpProto);
+    // Let both join before the traffic starts, so the group splits the partitions.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [&a, &b]
+        .iter()
+        .any(|w| http_get(w.metrics_port, "/readyz").is_none_or(|r| !r.contains("200 OK")))
+    {
+        assert!(Instant::now() < deadline, "workers did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    produce(&broker.address(), "input", &messages);
+    let records = read_topic(&broker.address(), "output", Duration::from_secs(90), |r| {
+        output_span_ids(r).into_iter().collect::<HashSet<_>>().len() >= expected.len()
+    });
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    assert!(
+        expected.keys().all(|k| got.contains(k)),
+        "every evaluation arrives"
+    );
+    let consumed = |w: &Worker| {
+        w.metric("evalstream_messages_consumed_total")
+            .unwrap_or(0.0)
+    };
+    let (ca, cb) = (consumed(&a), consumed(&b));
+    eprintln!("two workers: {ca} + {cb} messages");
+    assert!(ca > 0.0 && cb > 0.0, "both workers consumed: {ca} and {cb}");
+    assert!(ca + cb >= messages.len() as f64);
+}
+
+#[test]
+fn the_worker_rides_out_a_broker_outage() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in ["input", "output", "dlq"] {
+        cluster.create_topic(topic, 2, 1).unwrap();
+    }
+    let address = cluster.bootstrap_servers();
+    let (requests, messages) = loadgen_messages(400, 90_000);
+    let (first_half, second_half) = messages.split_at(200);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_outputs(&set, &requests);
+    let dir = temp_dir("outage");
+    let mut worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
+    produce(&address, "input", first_half);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker
+        .metric("evalstream_messages_consumed_total")
+        .unwrap_or(0.0)
+        < 200.0
+    {
+        assert!(Instant::now() < deadline, "no progress before the outage");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    cluster.broker_down(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(worker.metrics_port, "/readyz").is_some_and(|r| r.contains("200 OK")) {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed ready while no broker was reachable"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker exited during the outage"
+    );
+    cluster.broker_up(1).unwrap();
+
+    produce(&address, "input", second_half);
+    let records = read_topic(&address, "output", Duration::from_secs(90), |r| {
+        output_span_ids(r).into_iter().collect::<HashSet<_>>().len() >= expected.len()
+    });
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    let missing = expected.keys().filter(|k| !got.contains(*k)).count();
+    assert_eq!(
+        missing, 0,
+        "every evaluation arrives after the broker comes back"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(worker.metrics_port, "/readyz").is_some_and(|r| r.contains("200 OK")) {
+        assert!(Instant::now() < deadline, "/readyz did not recover");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        worker
+            .metric("evalstream_kafka_errors_total{kind=\"all_brokers_down\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    worker.kill();
+}
