@@ -22,6 +22,10 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+/// librdkafka's mock clusters interfere when two run in one process at once (a broker taken down
+/// in one stayed "up" for the other's clients): tests using one take this lock.
+static MOCK_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A message to produce: key and payload.
 type Outgoing = (Option<String>, Vec<u8>);
 
@@ -579,6 +583,7 @@ fn a_poison_message_goes_to_the_dead_letter_topic_while_the_rest_flows() {
 fn sigkill_mid_stream_and_restart_lose_no_evaluation() {
     // librdkafka's own mock broker: a faithful Kafka protocol implementation, in this process,
     // listening on loopback, reached by the worker processes like any broker.
+    let _one_mock_at_a_time = MOCK_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     for topic in ["input", "output", "dlq"] {
         cluster.create_topic(topic, 2, 1).unwrap();
@@ -826,6 +831,7 @@ fn two_workers_in_one_group_share_the_partitions() {
 
 #[test]
 fn the_worker_rides_out_a_broker_outage() {
+    let _one_mock_at_a_time = MOCK_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     for topic in ["input", "output", "dlq"] {
         cluster.create_topic(topic, 2, 1).unwrap();
