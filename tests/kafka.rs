@@ -607,22 +607,7 @@ fn sigkill_mid_stream_and_restart_against_tansu() {
 /// acknowledged, runs a second one, and checks
 /// that every evaluation of every input LLM span is on the output topic; reports duplicates.
 fn sigkill_scenario(address: &str, dir_name: &str, traces: u64, kill_at_outputs: f64) {
-    let templates = loadgen::templates().unwrap();
-    let now = 1_800_000_000_000_000_000;
-    let requests: Vec<ExportTraceServiceRequest> = (0..traces)
-        .map(|i| loadgen::instantiate(&templates[(i % 50) as usize], 7_000 + i, now))
-        .collect();
-    let messages: Vec<_> = requests
-        .iter()
-        .map(|r| {
-            (
-                Some(otlp::hex(
-                    &r.resource_spans[0].scope_spans[0].spans[0].trace_id,
-                )),
-                r.encode_to_vec(),
-            )
-        })
-        .collect();
+    let (requests, messages) = loadgen_messages(traces, 7_000);
     produce(address, "input", &messages);
     let set = spec::build_set(&spec::default_specs()).unwrap();
     let expected = expected_outputs(&set, &requests);

@@ -104,6 +104,28 @@ fn parse_encoding(s: &str) -> Result<Encoding, String> {
     }
 }
 
+/// Loads the configuration and runs the worker until a signal stops it.
+fn run_worker(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    runtime.block_on(evalstream::run::run(config, shutdown_signal()))
+}
+
+/// The exit code of a command: 0, or 1 after printing the error.
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -160,33 +182,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match runtime.block_on(evalstream::run::run(config, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run { config } => exit(run_worker(&config)),
         Command::Loadgen {
             brokers,
             topic,
@@ -203,13 +199,7 @@ fn main() -> ExitCode {
                 seed,
                 producer_properties,
             };
-            match evalstream::loadgen::run(&options) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            exit(evalstream::loadgen::run(&options).map(drop))
         }
         Command::Validate { file } => match Config::load(&file) {
             Ok(config) => {
