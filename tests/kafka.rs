@@ -26,6 +26,20 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 /// in one stayed "up" for the other's clients): tests using one take this lock.
 static MOCK_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// librdkafka's mock broker with the test topics (two partitions each), held under
+/// [`MOCK_CLUSTER`]'s lock for as long as the guard lives.
+fn mock_setup() -> (
+    std::sync::MutexGuard<'static, ()>,
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) {
+    let guard = MOCK_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in ["input", "output", "dlq"] {
+        cluster.create_topic(topic, 2, 1).unwrap();
+    }
+    (guard, cluster)
+}
+
 /// A message to produce: key and payload.
 type Outgoing = (Option<String>, Vec<u8>);
 
@@ -583,11 +597,7 @@ fn a_poison_message_goes_to_the_dead_letter_topic_while_the_rest_flows() {
 fn sigkill_mid_stream_and_restart_lose_no_evaluation() {
     // librdkafka's own mock broker: a faithful Kafka protocol implementation, in this process,
     // listening on loopback, reached by the worker processes like any broker.
-    let _one_mock_at_a_time = MOCK_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    for topic in ["input", "output", "dlq"] {
-        cluster.create_topic(topic, 2, 1).unwrap();
-    }
+    let (_one_mock_at_a_time, cluster) = mock_setup();
     sigkill_scenario(&cluster.bootstrap_servers(), "sigkill-mock", 600, 250.0);
 }
 
@@ -816,11 +826,7 @@ fn two_workers_in_one_group_share_the_partitions() {
 
 #[test]
 fn the_worker_rides_out_a_broker_outage() {
-    let _one_mock_at_a_time = MOCK_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    for topic in ["input", "output", "dlq"] {
-        cluster.create_topic(topic, 2, 1).unwrap();
-    }
+    let (_one_mock_at_a_time, cluster) = mock_setup();
     let address = cluster.bootstrap_servers();
     let (requests, messages) = loadgen_messages(400, 90_000);
     let (first_half, second_half) = messages.split_at(200);

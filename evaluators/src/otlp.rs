@@ -60,6 +60,20 @@ impl Encoding {
     }
 }
 
+impl std::str::FromStr for Encoding {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Encoding, String> {
+        match s {
+            "otlp_proto" => Ok(Encoding::OtlpProto),
+            "otlp_json" => Ok(Encoding::OtlpJson),
+            _ => Err(format!(
+                "unknown encoding `{s}`, expected otlp_proto or otlp_json"
+            )),
+        }
+    }
+}
+
 impl fmt::Display for Encoding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -9,7 +9,6 @@
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use evalstream_evaluators::evaluator::{Evaluation, EvaluatorSet, Outcome};
@@ -139,12 +138,6 @@ fn read_input(name: &str) -> io::Result<Vec<u8>> {
     }
 }
 
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// Runs the evaluators over every span of every request and writes the results.
 struct EvalRun<'s, W: Write> {
     set: &'s EvaluatorSet,
@@ -157,7 +150,7 @@ struct EvalRun<'s, W: Write> {
 impl<'s, W: Write> EvalRun<'s, W> {
     fn request(&mut self, request: &ExportTraceServiceRequest) -> io::Result<()> {
         self.summary.requests += 1;
-        let now = now_nanos();
+        let now = crate::now_unix_nanos();
         for span in span::spans(request) {
             self.summary.spans += 1;
             self.scratch.clear();
@@ -169,7 +162,12 @@ impl<'s, W: Write> EvalRun<'s, W> {
                 if let Some(spans) = &mut self.spans_out
                     && to_otlp::emits_span(e)
                 {
-                    spans.push(to_otlp::evaluation_span(&span, e, now, now_nanos()));
+                    spans.push(to_otlp::evaluation_span(
+                        &span,
+                        e,
+                        now,
+                        crate::now_unix_nanos(),
+                    ));
                 }
             }
         }

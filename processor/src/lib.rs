@@ -16,3 +16,10 @@ pub mod metrics;
 pub mod run;
 pub mod summary;
 pub mod worker;
+
+/// Now, in nanoseconds since the Unix epoch (OTLP's timestamps).
+pub fn now_unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

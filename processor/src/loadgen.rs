@@ -6,11 +6,10 @@
 //! timestamps moved to now, so every message is distinct and lag metrics are meaningful.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use evalstream_evaluators::otlp::{self, Encoding, types::ExportTraceServiceRequest};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,56 +25,34 @@ const CORPUS: [&[u8]; 5] = [
     include_bytes!("../../tests/fixtures/corpus/traceai.pb"),
 ];
 
-/// One trace per request, from every corpus export.
+/// One trace per request, from every corpus export: each export with only one trace's spans
+/// kept (and its resources and scopes around them), as `partition_traces_by_id` writes them.
 pub fn templates() -> anyhow::Result<Vec<ExportTraceServiceRequest>> {
     let mut traces = Vec::new();
     for bytes in CORPUS {
         let request = otlp::decode(bytes, Encoding::OtlpProto).context("built-in corpus")?;
-        let mut by_trace: Vec<(Vec<u8>, ExportTraceServiceRequest)> = Vec::new();
-        for rs in &request.resource_spans {
-            for ss in &rs.scope_spans {
-                for span in &ss.spans {
-                    let index = match by_trace.iter().position(|(t, _)| *t == span.trace_id) {
-                        Some(i) => i,
-                        None => {
-                            by_trace.push((
-                                span.trace_id.clone(),
-                                ExportTraceServiceRequest::default(),
-                            ));
-                            by_trace.len() - 1
-                        }
-                    };
-                    let req = &mut by_trace[index].1;
-                    // Keep the resource and scope structure of the original.
-                    let r = match req
-                        .resource_spans
-                        .iter_mut()
-                        .find(|r| r.resource == rs.resource)
-                    {
-                        Some(r) => r,
-                        None => {
-                            req.resource_spans.push(ResourceSpans {
-                                resource: rs.resource.clone(),
-                                ..Default::default()
-                            });
-                            req.resource_spans.last_mut().expect("just pushed")
-                        }
-                    };
-                    let s = match r.scope_spans.iter_mut().find(|s| s.scope == ss.scope) {
-                        Some(s) => s,
-                        None => {
-                            r.scope_spans.push(ScopeSpans {
-                                scope: ss.scope.clone(),
-                                ..Default::default()
-                            });
-                            r.scope_spans.last_mut().expect("just pushed")
-                        }
-                    };
-                    s.spans.push(span.clone());
-                }
+        let mut trace_ids: Vec<&[u8]> = Vec::new();
+        for span in request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+        {
+            if !trace_ids.contains(&span.trace_id.as_slice()) {
+                trace_ids.push(&span.trace_id);
             }
         }
-        traces.extend(by_trace.into_iter().map(|(_, r)| r));
+        for trace_id in trace_ids {
+            let mut one = request.clone();
+            for rs in &mut one.resource_spans {
+                for ss in &mut rs.scope_spans {
+                    ss.spans.retain(|s| s.trace_id == trace_id);
+                }
+                rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+            }
+            one.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+            traces.push(one);
+        }
     }
     Ok(traces)
 }
@@ -127,21 +104,33 @@ pub fn instantiate(
     request
 }
 
-/// What `loadgen` was asked to do.
-#[derive(Debug, Clone)]
+/// What `loadgen` was asked to do (the `evalstream loadgen` arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct LoadgenOptions {
     /// Bootstrap brokers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// The topic.
+    #[arg(long, default_value = "otlp_spans")]
     pub topic: String,
     /// How many traces.
+    #[arg(long, default_value_t = 1000)]
     pub traces: u64,
     /// The encoding to write.
+    #[arg(long, default_value = "otlp_proto")]
     pub encoding: Encoding,
-    /// Seed for ids, so runs can differ or repeat.
+    /// Seed for ids: runs with the same seed produce the same ids.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// librdkafka producer properties, over the defaults.
+    /// A librdkafka producer property, KEY=VALUE (repeatable), over the defaults.
+    #[arg(long = "producer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub producer_properties: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))
 }
 
 /// Produces the traces and waits for every one to be acknowledged; returns spans produced.
@@ -163,9 +152,7 @@ pub fn run(options: &LoadgenOptions) -> anyhow::Result<u64> {
         config.create().context("cannot create the producer")?;
     let templates = templates()?;
     let started = Instant::now();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let now = crate::now_unix_nanos();
     let mut spans = 0u64;
     for i in 0..options.traces {
         let template = &templates[(i % templates.len() as u64) as usize];

@@ -39,7 +39,7 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
         /// Encoding of inputs whose name does not tell (default: sniffed).
-        #[arg(long, value_parser = parse_encoding)]
+        #[arg(long)]
         encoding: Option<Encoding>,
         /// Do not print the summary table.
         #[arg(long)]
@@ -57,26 +57,7 @@ enum Command {
     },
     /// Produce corpus-shaped traces (fresh ids, one trace per message, keyed by hex trace id) to
     /// a topic: test traffic and the input of benchmarks.
-    Loadgen {
-        /// Bootstrap brokers.
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
-        /// The topic.
-        #[arg(long, default_value = "otlp_spans")]
-        topic: String,
-        /// How many traces.
-        #[arg(long, default_value_t = 1000)]
-        traces: u64,
-        /// The encoding to write.
-        #[arg(long, value_parser = parse_encoding, default_value = "otlp_proto")]
-        encoding: Encoding,
-        /// Seed for ids: runs with the same seed produce the same ids.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// A librdkafka producer property, KEY=VALUE (repeatable).
-        #[arg(long = "producer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
-        producer_properties: Vec<(String, String)>,
-    },
+    Loadgen(evalstream::loadgen::LoadgenOptions),
     /// Check a configuration file and print what it configures.
     Validate {
         /// The configuration file.
@@ -86,22 +67,6 @@ enum Command {
 
 fn parse_gate(s: &str) -> Result<Gate, String> {
     s.parse()
-}
-
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))
-}
-
-fn parse_encoding(s: &str) -> Result<Encoding, String> {
-    match s {
-        "otlp_proto" => Ok(Encoding::OtlpProto),
-        "otlp_json" => Ok(Encoding::OtlpJson),
-        _ => Err(format!(
-            "unknown encoding `{s}`, expected otlp_proto or otlp_json"
-        )),
-    }
 }
 
 /// Loads the configuration and runs the worker until a signal stops it.
@@ -183,24 +148,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => exit(run_worker(&config)),
-        Command::Loadgen {
-            brokers,
-            topic,
-            traces,
-            encoding,
-            seed,
-            producer_properties,
-        } => {
-            let options = evalstream::loadgen::LoadgenOptions {
-                brokers,
-                topic,
-                traces,
-                encoding,
-                seed,
-                producer_properties,
-            };
-            exit(evalstream::loadgen::run(&options).map(drop))
-        }
+        Command::Loadgen(options) => exit(evalstream::loadgen::run(&options).map(drop)),
         Command::Validate { file } => match Config::load(&file) {
             Ok(config) => {
                 println!("{}: ok: {config}", file.display());

@@ -7,7 +7,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use evalstream_evaluators::evaluator::{
@@ -36,12 +36,6 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// Prices for the cost metrics.
     pub prices: PriceTable,
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Runs one evaluator, turning a panic into an `error` outcome.
@@ -109,7 +103,7 @@ impl Worker {
             if !self.sink.has_output() {
                 continue;
             }
-            let end = now_nanos();
+            let end = crate::now_unix_nanos();
             let start = end.saturating_sub(started.elapsed().as_nanos() as u64);
             let spans: Vec<Span> = evaluations
                 .iter()
@@ -135,7 +129,7 @@ impl Worker {
     fn account(&self, s: &GenAiSpan<'_>) {
         let end = s.end_time_unix_nano();
         if end > 0 {
-            let lag = now_nanos().saturating_sub(end) as f64 / 1e9;
+            let lag = crate::now_unix_nanos().saturating_sub(end) as f64 / 1e9;
             self.metrics.lag_seconds.observe(lag);
         }
         if !matches!(s.kind(), OperationKind::Chat | OperationKind::Embeddings) {

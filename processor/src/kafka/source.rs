@@ -158,6 +158,16 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// Next-offsets as a partition list, offsets as given (the next to read): `commit` and
+/// `store_offsets` take them so, unlike `store_offset`, which adds one.
+fn next_offsets(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, next) in offsets {
+        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
+    }
+    tpl
+}
+
 /// Commits the given next-offsets.
 fn commit(
     consumer: &BaseConsumer<SourceContext>,
@@ -167,25 +177,17 @@ fn commit(
     if offsets.is_empty() {
         return;
     }
-    let mut tpl = TopicPartitionList::new();
-    for (tp, next) in offsets {
-        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
-    }
-    if let Err(e) = consumer.commit(&tpl, mode) {
+    if let Err(e) = consumer.commit(&next_offsets(offsets), mode) {
         debug!(error = %e, "commit failed");
     }
 }
 
+/// Stores the given next-offsets for librdkafka's auto-commit.
 fn store(consumer: &BaseConsumer<SourceContext>, offsets: &[(TopicPartition, i64)]) {
     if offsets.is_empty() {
         return;
     }
-    let mut tpl = TopicPartitionList::new();
-    for (tp, next) in offsets {
-        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
-    }
-    // `store_offsets` takes offsets as given (the next to read), unlike `store_offset`, which adds one.
-    if let Err(e) = consumer.store_offsets(&tpl) {
+    if let Err(e) = consumer.store_offsets(&next_offsets(offsets)) {
         debug!(error = %e, "cannot store offsets (partition no longer assigned?)");
     }
 }
@@ -235,7 +237,7 @@ impl Source {
         consumer.subscribe(&topics)?;
         Ok(Source {
             consumer,
-            work: work.clone(),
+            work,
             acks: ack_tx,
             max_in_flight,
             metrics,
