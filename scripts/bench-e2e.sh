@@ -1,89 +1,165 @@
 #!/usr/bin/env bash
-# End-to-end benchmark of `evalstream run` against a local tansu broker.
+# End-to-end benchmark of `evalstream run` against a local tansu broker, with the Python peer
+# (scripts/peer/python_worker.py) on the same broker and topic in the same run.
 #
 #   scripts/bench-e2e.sh [TRACES]     (default 20000)
 #
-# Produces TRACES corpus-shaped traces (one per message, keyed by trace id) into a fresh topic,
-# then runs the release worker twice on that topic in separate consumer groups: once with the
-# default evaluators producing evaluator spans, once as a consume-only floor (an evaluator that
-# selects no span, so every message is consumed and decoded and nothing is evaluated). Prints
-# spans/s, evaluations/s and peak RSS of each run.
+# 1. Produces TRACES corpus-shaped traces (one per message, keyed by trace id) into a topic with 4
+#    partitions, then runs the release worker on it twice, in separate consumer groups: with the
+#    default evaluators producing evaluator spans, and as a consume-only floor (an evaluator that
+#    selects no span, so every message is consumed and decoded and nothing is evaluated). Prints
+#    spans/s, evaluations/s and peak RSS of each, and the ratio of the two.
+# 2. Steady load: the worker runs while loadgen produces LAG_RATE traces/s for 10 s; prints the
+#    p50/p99 end-to-end lag (span end to evaluations produced) from the worker's histogram.
+# 3. The Python peer (refusal, PII and JSON-schema checks, one process, confluent-kafka) consumes
+#    PEER_TRACES messages of the same topic; prints its spans/s and evalstream's multiple of it.
+#
+# Environment: LAG_RATE (default 5000; 0 skips step 2), PEER_TRACES (default TRACES up to 20000;
+# 0 skips step 3), OUT_CLIENT (extra output-producer properties as YAML flow-map entries, e.g.
+# 'linger.ms: "50"').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces="${1:-20000}"
+lag_rate="${LAG_RATE:-5000}"
+peer_traces="${PEER_TRACES:-$((traces < 20000 ? traces : 20000))}"
 scripts/install-tansu.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cargo build --release -q -p evalstream
 bin=target/release/evalstream
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+metrics_port=$(free_port)
 work=$(mktemp -d)
+worker_pid=
 tansu broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$port" \
   --advertised-listener-url "tcp://127.0.0.1:$port" >"$work/tansu.log" 2>&1 &
 broker_pid=$!
-trap 'kill $broker_pid 2>/dev/null; kill $worker_pid 2>/dev/null || true' EXIT
-worker_pid=
+trap 'kill $broker_pid 2>/dev/null; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-for t in bench_in bench_out bench_dlq; do
+for t in bench_in bench_out bench_dlq bench_steady peer_out; do
   tansu topic create --broker "tcp://127.0.0.1:$port" "$t" --partitions 4 >/dev/null
 done
 $bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
 
-metric() { curl -s "127.0.0.1:$metrics_port/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+scrape() { curl -s "127.0.0.1:$metrics_port/metrics"; }
+metric() { scrape | awk -v n="$1" '$1 == n { print $2 }'; }
+exporter="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], topic: bench_out, client: { ${OUT_CLIENT:-} } } }"
+floor="evaluators: [ { type: latency, select: { kinds: [guardrail] } } ]"
 
-run() { # name, evaluators yaml, exporter yaml
+start_worker() { # name, topic, evaluators/exporters yaml
   cat >"$work/$1.yaml" <<YAML
 receivers:
   kafka:
     brokers: ["127.0.0.1:$port"]
-    topics: [bench_in]
+    topics: [$2]
     group_id: bench_$1_$$
     initial_offset: earliest
     dead_letter_topic: bench_dlq
+    ${IN_FLIGHT:+max_in_flight_messages: $IN_FLIGHT}
     client: { fetch.wait.max.ms: "5", session.timeout.ms: "6000", max.poll.interval.ms: "10000" }
-$2
 $3
 telemetry:
   metrics: { listen: "127.0.0.1:$metrics_port" }
 YAML
   EVALSTREAM_LOG=warn $bin run --config "$work/$1.yaml" 2>"$work/$1.log" &
   worker_pid=$!
-  local first="" start end idle=0 last_consumed="" last_change=""
+  for _ in $(seq 100); do metric evalstream_in_flight_messages | grep -q . && break; sleep 0.1; done
+}
+
+stop_worker() {
+  kill -TERM "$worker_pid"; wait "$worker_pid" || true; worker_pid=
+}
+
+wait_consumed() { # count; prints "first_seconds end_seconds first_count"
+  local first="" start_count=0 idle=0 last_consumed="" last_change="" consumed end
   while :; do
     consumed=$(metric evalstream_messages_consumed_total); consumed=${consumed:-0}
     if [ -z "$first" ] && [ "${consumed%.*}" -gt 0 ]; then first=$(date +%s.%N); start_count=$consumed; fi
-    if [ "${consumed%.*}" -ge "$traces" ]; then
+    if [ "${consumed%.*}" -ge "$1" ]; then
       # Wait for the last outputs to be acknowledged.
       while [ "$(metric evalstream_in_flight_messages)" != "0" ]; do sleep 0.01; done
       end=$(date +%s.%N); break
     fi
-    # tansu can skip records (see README): then the count never reaches $traces. Stop once the
-    # worker is idle, counting from its last progress.
-    if [ -n "$first" ] && [ "$consumed" = "${last_consumed:-}" ] && [ "$(metric evalstream_in_flight_messages)" = "0" ]; then
+    # tansu can skip records (see README): then the count never reaches the target. Stop once
+    # the worker is idle, counting from its last progress.
+    if [ -n "$first" ] && [ "$consumed" = "$last_consumed" ] && [ "$(metric evalstream_in_flight_messages)" = "0" ]; then
       idle=$((idle + 1))
-      if [ "$idle" -ge 100 ]; then end=$last_change; break; fi
+      if [ "$idle" -ge 200 ]; then end=$last_change; break; fi
     else
       idle=0; last_consumed=$consumed; last_change=$(date +%s.%N)
     fi
     sleep 0.01
   done
+  echo "$first $end $start_count"
+}
+
+throughput() { # name, evaluators/exporters yaml; prints a result line, records spans/s in $work/NAME
+  local broker_cpu0 spans evals gaps rss cpu
+  broker_cpu0=$(cpu_seconds $broker_pid)
+  start_worker "$1" bench_in "$2"
+  read -r first end start_count < <(wait_consumed "$traces")
+  cpu="CPU: worker $(cpu_seconds $worker_pid) s, broker $(python3 -c "print(f'{$(cpu_seconds $broker_pid) - $broker_cpu0:.1f}')") s"
   spans=$(metric evalstream_spans_consumed_total)
   gaps=$(metric evalstream_input_offset_gaps_total)
   [ "${gaps:-0}" = "0" ] || echo "note: $1 saw $gaps input offset gap(s): the broker skipped records" >&2
-  evals=$(curl -s "127.0.0.1:$metrics_port/metrics" | awk '/^evalstream_evaluations_total/ { s += $2 } END { print s+0 }')
-  rss=$(awk '/VmHWM/ { print $2/1024 " MiB" }' "/proc/$worker_pid/status")
-  kill -TERM $worker_pid; wait $worker_pid || true
-  python3 - "$1" "$first" "$end" "$start_count" "$traces" "$spans" "$evals" "$rss" <<'PY'
+  evals=$(scrape | awk '/^evalstream_evaluations_total/ { s += $2 } END { print s+0 }')
+  rss=$(awk '/VmHWM/ { printf "%.0f", $2/1024 }' "/proc/$worker_pid/status")
+  stop_worker
+  python3 - "$1" "$first" "$end" "$start_count" "$traces" "$spans" "$evals" "$rss" "$work/$1" "$cpu" <<'PY'
 import sys
-name, first, end, start_count, traces, spans, evals, rss = sys.argv[1:]
+name, first, end, start_count, traces, spans, evals, rss, out, cpu = sys.argv[1:]
 t = float(end) - float(first)
 per_msg = float(spans) / float(traces)
 msgs = float(traces) - float(start_count)
-print(f"{name:14} {msgs/t:10.0f} msg/s {msgs*per_msg/t:10.0f} spans/s {float(evals)/float(spans)*msgs*per_msg/t:10.0f} evaluations/s  peak RSS {rss}")
+rate = msgs * per_msg / t
+open(out, "w").write(f"{rate}\n")
+print(f"{name:14} {msgs/t:9.0f} msg/s {rate:9.0f} spans/s {float(evals)/float(spans)*rate:9.0f} evaluations/s   peak RSS {rss} MiB   {cpu}")
 PY
 }
 
 echo "worker on $(nproc) cores, $traces traces, tansu on 127.0.0.1:$port"
-run evaluate "" "exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], topic: bench_out } }"
-run consume_only "evaluators: [ { type: latency, select: { kinds: [guardrail] } } ]" ""
+throughput evaluate "$exporter"
+throughput consume_only "$floor"
+python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); print(f'evaluate / consume-only floor: {e / f:.0%}')" \
+  "$work/evaluate" "$work/consume_only"
+
+if [ "$lag_rate" -gt 0 ]; then
+  start_worker steady bench_steady "$exporter"
+  $bin loadgen --brokers "127.0.0.1:$port" --topic bench_steady --traces $((lag_rate * 10)) --rate "$lag_rate" 2>/dev/null
+  wait_consumed $((lag_rate * 10)) >/dev/null
+  scrape | python3 -c '
+import re, sys
+buckets = []
+for line in sys.stdin:
+    m = re.match(r"evalstream_end_to_end_lag_seconds_bucket\{le=\"([^\"]+)\"\} (\S+)", line)
+    if m:
+        buckets.append((float(m.group(1)), float(m.group(2))))
+total = buckets[-1][1]
+def quantile(q):
+    # Linear interpolation inside the bucket, as PromQL histogram_quantile does.
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1)
+        lower, below = upper, count
+    return lower
+print(f"steady load    {sys.argv[1]} traces/s for 10 s: end-to-end lag p50 {quantile(0.5)*1000:.1f} ms, p99 {quantile(0.99)*1000:.1f} ms ({total:.0f} spans)")
+' "$lag_rate"
+  stop_worker
+fi
+
+if [ "$peer_traces" -gt 0 ]; then
+  venv=target/peer-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q confluent-kafka opentelemetry-proto jsonschema
+  fi
+  peer=$(PEER_NO_GROUNDING=1 "$venv/bin/python" scripts/peer/python_worker.py "127.0.0.1:$port" bench_in peer_out "$peer_traces")
+  echo "$peer"
+  python3 -c "import re, sys; p = float(re.search(r'= (\d+) spans/s', sys.argv[1]).group(1)); e = float(open(sys.argv[2]).read()); print(f'evalstream / Python peer: {e / p:.1f}x')" \
+    "$peer" "$work/evaluate"
+fi

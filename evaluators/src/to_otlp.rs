@@ -9,7 +9,8 @@
 //!   `gen_ai.evaluation.explanation`, `gen_ai.response.id` (when known), `error.type` (when the
 //!   evaluation failed), and `evalstream.evaluator.version`, `evalstream.evaluation.passed`,
 //!   `evalstream.evaluation.outcome`, `evalstream.score.id`;
-//! - one event `gen_ai.evaluation.result` with the same attributes;
+//! - one event `gen_ai.evaluation.result` with the semantic-convention subset of them
+//!   ([`EVENT_KEYS`]: name, score value and label, explanation, response id, error type);
 //! - status ERROR when the evaluation errored.
 //!
 //! Skipped evaluations produce no span: they are counted in metrics and shown by `evalstream
@@ -29,6 +30,17 @@ use crate::span::GenAiSpan;
 
 /// The instrumentation scope name of evaluator spans.
 pub const SCOPE_NAME: &str = "evalstream";
+
+/// The attributes the `gen_ai.evaluation.result` event carries, as the GenAI semantic conventions
+/// define it; the evaluator span carries these and evalstream's own.
+pub const EVENT_KEYS: [&str; 6] = [
+    "gen_ai.evaluation.name",
+    "gen_ai.evaluation.score.value",
+    "gen_ai.evaluation.score.label",
+    "gen_ai.evaluation.explanation",
+    "gen_ai.response.id",
+    "error.type",
+];
 
 /// Whether an evaluation becomes an evaluator span (scored and errored ones do).
 pub fn emits_span(evaluation: &Evaluation<'_>) -> bool {
@@ -112,7 +124,11 @@ pub fn evaluation_span(
         events: vec![span::Event {
             time_unix_nano: end,
             name: "gen_ai.evaluation.result".into(),
-            attributes: attributes.clone(),
+            attributes: attributes
+                .iter()
+                .filter(|a| EVENT_KEYS.contains(&a.key.as_str()))
+                .cloned()
+                .collect(),
             ..Default::default()
         }],
         attributes,
@@ -189,7 +205,21 @@ mod tests {
             Some("chatcmpl-1")
         );
         assert_eq!(out.events[0].name, "gen_ai.evaluation.result");
-        assert_eq!(out.events[0].attributes, out.attributes);
+        let event_keys: Vec<&str> = out.events[0]
+            .attributes
+            .iter()
+            .map(|a| a.key.as_str())
+            .collect();
+        assert_eq!(
+            event_keys,
+            [
+                "gen_ai.evaluation.name",
+                "gen_ai.evaluation.score.value",
+                "gen_ai.evaluation.score.label",
+                "gen_ai.evaluation.explanation",
+                "gen_ai.response.id"
+            ]
+        );
 
         // The evaluator span, read back, is an evaluator span: evaluators skip it by default.
         let request = export_request(vec![out]);

@@ -3,7 +3,8 @@
 //!
 //! Templates are the traces of the five real-instrumentation exports built into the binary. Each
 //! produced trace is a template with a fresh trace id, fresh span ids (parent links kept) and
-//! timestamps moved to now, so every message is distinct and lag metrics are meaningful.
+//! timestamps moved so it ends as it is produced, so every message is distinct and lag metrics are
+//! meaningful. `--rate` paces production, for measuring lag under a steady load.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -119,6 +120,9 @@ pub struct LoadgenOptions {
     /// The encoding to write.
     #[arg(long, default_value = "otlp_proto")]
     pub encoding: Encoding,
+    /// Traces per second to pace the output at; 0 produces as fast as the broker takes them.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// Seed for ids: runs with the same seed produce the same ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -152,14 +156,20 @@ pub fn run(options: &LoadgenOptions) -> anyhow::Result<u64> {
         config.create().context("cannot create the producer")?;
     let templates = templates()?;
     let started = Instant::now();
-    let now = crate::now_unix_nanos();
     let mut spans = 0u64;
     for i in 0..options.traces {
+        if options.rate > 0 {
+            let due = Duration::from_secs_f64(i as f64 / options.rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         let template = &templates[(i % templates.len() as u64) as usize];
+        // Each trace ends as it is produced, so the worker's end-to-end lag is measured from here.
         let request = instantiate(
             template,
             options.seed.wrapping_mul(1_000_003).wrapping_add(i),
-            now,
+            crate::now_unix_nanos(),
         );
         spans += evalstream_evaluators::span::spans(&request).count() as u64;
         let key = otlp::hex(&request.resource_spans[0].scope_spans[0].spans[0].trace_id);

@@ -9,6 +9,11 @@ use evalstream::eval::{self, EvalOptions};
 use evalstream::gate::Gate;
 use evalstream_evaluators::otlp::Encoding;
 
+/// Decoding OTLP and building evaluator spans allocate many small, short-lived objects; mimalloc
+/// serves them faster than glibc's allocator and holds less memory across worker threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Online evaluation of LLM traces: scores GenAI spans and reports the scores as OpenTelemetry.
 #[derive(Parser)]
 #[command(name = "evalstream", version, about)]

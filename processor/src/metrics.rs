@@ -23,6 +23,12 @@ const SCORE_BUCKETS: &[f64] = &[
     60.0, 300.0, 1000.0,
 ];
 
+/// End-to-end lag buckets, seconds: from milliseconds (a worker keeping up) to an hour (a backlog).
+const LAG_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+];
+
 /// Latency buckets, seconds.
 const SECONDS_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -252,7 +258,7 @@ impl Metrics {
                 &r,
                 "evalstream_end_to_end_lag_seconds",
                 "Now minus the judged span's end time, when its evaluations are produced.",
-                SECONDS_BUCKETS,
+                LAG_BUCKETS,
             )?,
             consumer_lag,
             producer_queue: gauge(
