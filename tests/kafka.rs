@@ -884,3 +884,159 @@ fn the_worker_rides_out_a_broker_outage() {
     );
     worker.kill();
 }
+
+/// The committed offset of every partition of `topic` for `group`, next to its high watermark.
+fn committed_vs_end(broker: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            let c = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            };
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            (c, high)
+        })
+        .collect()
+}
+
+#[test]
+fn transient_request_errors_are_retried_without_loss() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (requests, messages) = loadgen_messages(200, 70_000);
+    produce(&address, "input", &messages);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_outputs(&set, &requests);
+    // Retriable errors on the worker's first requests of each kind: output produce, fetch and
+    // offset commit.
+    use RDKafkaRespErr::*;
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ],
+    );
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
+    );
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[
+            RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
+    );
+    let dir = temp_dir("request-errors");
+    let worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
+    let records = read_topic(&address, "output", Duration::from_secs(90), |r| {
+        output_span_ids(r).into_iter().collect::<HashSet<_>>().len() >= expected.len()
+    });
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    assert_eq!(
+        expected.keys().filter(|k| !got.contains(*k)).count(),
+        0,
+        "every evaluation arrives despite the injected errors"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.metric("evalstream_in_flight_messages") != Some(0.0) {
+        assert!(Instant::now() < deadline, "work still in flight");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        worker
+            .metric("evalstream_dlq_messages_total{reason=\"delivery\"}")
+            .unwrap_or(0.0),
+        0.0,
+        "a retriable error sent nothing to the dead-letter topic"
+    );
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+    for (committed, end) in committed_vs_end(&address, "g", "input", 2) {
+        assert_eq!(committed, end, "offsets committed up to the end");
+    }
+}
+
+#[test]
+fn a_permanently_rejected_output_sends_its_input_to_the_dead_letter_topic() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (requests, messages) = loadgen_messages(100, 80_000);
+    produce(&address, "input", &messages);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_outputs(&set, &requests);
+    // The worker's first produce request is rejected for good; what it carried must not be lost.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let dir = temp_dir("rejected-output");
+    let worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.metric("evalstream_messages_consumed_total") != Some(100.0)
+        || worker.metric("evalstream_in_flight_messages") != Some(0.0)
+    {
+        assert!(Instant::now() < deadline, "the worker did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dead_letters = worker
+        .metric("evalstream_dlq_messages_total{reason=\"delivery\"}")
+        .unwrap_or(0.0) as usize;
+    assert!(
+        dead_letters >= 1,
+        "the rejected outputs' inputs were dead-lettered"
+    );
+    let dead = read_topic(&address, "dlq", Duration::from_secs(30), |r| {
+        r.len() >= dead_letters
+    });
+    assert_eq!(dead.len(), dead_letters);
+    let dead_traces: HashSet<String> = dead.iter().filter_map(|r| r.key.clone()).collect();
+    for r in &dead {
+        assert_eq!(r.headers["evalstream.error.type"], "delivery");
+        assert!(
+            r.headers["evalstream.error"].contains("cannot deliver evaluations"),
+            "{:?}",
+            r.headers
+        );
+    }
+    // Every input has its evaluations on the output topic, or is itself in the dead-letter topic.
+    let records = read_topic(&address, "output", Duration::from_secs(30), |r| {
+        let got: HashSet<Vec<u8>> = output_span_ids(r).into_iter().collect();
+        expected
+            .iter()
+            .all(|(id, trace)| got.contains(id) || dead_traces.contains(&otlp::hex(trace)))
+    });
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    let lost: Vec<String> = expected
+        .iter()
+        .filter(|(id, trace)| !got.contains(*id) && !dead_traces.contains(&otlp::hex(trace)))
+        .map(|(_, trace)| otlp::hex(trace))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "evaluations neither delivered nor dead-lettered: {lost:?}"
+    );
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+}

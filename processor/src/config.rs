@@ -148,6 +148,37 @@ pub struct Telemetry {
 pub struct MetricsEndpoint {
     /// `host:port` to serve `/metrics`, `/healthz` and `/readyz` on.
     pub listen: String,
+    /// Extra labels on the score histogram and pass/fail counters, off by default: each one
+    /// multiplies those series.
+    #[serde(default)]
+    pub segments: Vec<Segment>,
+    /// Distinct values kept per segment label; later values are counted under `other`.
+    #[serde(default = "default_max_segment_values")]
+    pub max_segment_values: usize,
+}
+
+/// A span property the score metrics can be split by. Only properties with a small, stable set
+/// of values in practice: never ids or free text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Segment {
+    /// The request model (`gen_ai.request.model` and its equivalents).
+    Model,
+    /// The resource's `service.name`.
+    Service,
+    /// The prompt version (`gen_ai.prompt.version` and its equivalents).
+    PromptVersion,
+}
+
+impl Segment {
+    /// The label name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Segment::Model => "model",
+            Segment::Service => "service",
+            Segment::PromptVersion => "prompt_version",
+        }
+    }
 }
 
 fn default_brokers() -> Vec<String> {
@@ -164,6 +195,9 @@ fn default_dlq() -> String {
 }
 fn default_max_in_flight() -> usize {
     1000
+}
+fn default_max_segment_values() -> usize {
+    100
 }
 fn default_drain_timeout() -> f64 {
     30.0

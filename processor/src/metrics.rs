@@ -3,15 +3,19 @@
 //!
 //! Every metric is named `evalstream_*`. Labels are bounded by configuration (evaluator names,
 //! outcomes, token types), by the topic's partitions, or by a cardinality cap ([`LabelCap`]) for
-//! values that come from spans (models); never a trace id, span id, span name or free text.
-//! Per-evaluator handles are resolved once at start-up, so the hot path does no label hashing.
+//! values that come from spans (models, and the opt-in segment labels of the score metrics:
+//! model, service, prompt version); never a trace id, span id, span name or free text.
+//! Per-evaluator handles are resolved once at start-up, so without segments the hot path does no
+//! label hashing.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use evalstream_evaluators::evaluator::{ConfiguredEvaluator, Evaluation, Outcome};
+use crate::config::Segment;
+use evalstream_evaluators::evaluator::{ConfiguredEvaluator, Evaluation, Outcome, Score};
+use evalstream_evaluators::span::GenAiSpan;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -41,9 +45,37 @@ pub struct EvaluatorMetrics {
     scored: IntCounter,
     skipped: IntCounter,
     errors: IntCounter,
-    passed: IntCounter,
-    failed: IntCounter,
-    score: Histogram,
+    /// Pass, fail and the score histogram, when they carry no segment labels.
+    unsegmented: Option<(IntCounter, IntCounter, Histogram)>,
+}
+
+/// The score metrics split by segment labels (opt-in): label values are looked up per
+/// evaluation, each segment capped at a number of distinct values.
+struct Segmented {
+    segments: Vec<(Segment, LabelCap)>,
+    results: IntCounterVec,
+    scores: HistogramVec,
+}
+
+impl Segmented {
+    fn record(&self, evaluator: &str, span: &GenAiSpan<'_>, score: &Score) {
+        let mut values: Vec<String> = Vec::with_capacity(self.segments.len() + 2);
+        values.push(evaluator.to_owned());
+        for (segment, cap) in &self.segments {
+            let value = match segment {
+                Segment::Model => span.model(),
+                Segment::Service => span.resource().service_name,
+                Segment::PromptVersion => span.prompt_version(),
+            };
+            // An absent property is an empty label value, which Prometheus treats as no label.
+            values.push(value.map(|v| cap.label(v)).unwrap_or_default());
+        }
+        let labels: Vec<&str> = values.iter().map(String::as_str).collect();
+        self.scores.with_label_values(&labels).observe(score.value);
+        let mut with_result = labels;
+        with_result.insert(1, if score.passed { "pass" } else { "fail" });
+        self.results.with_label_values(&with_result).inc();
+    }
 }
 
 /// A set of label values that stops growing at a cap; later values share the label `other`.
@@ -117,6 +149,7 @@ pub struct Metrics {
     /// Up (1) once started.
     pub up: Gauge,
     evaluators: Vec<EvaluatorMetrics>,
+    segmented: Option<Segmented>,
     /// Caps the `model` label.
     pub models: LabelCap,
     ready: AtomicBool,
@@ -157,8 +190,13 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntG
 }
 
 impl Metrics {
-    /// Registers every metric, with handles for the given evaluators.
-    pub fn new(evaluators: &[ConfiguredEvaluator]) -> prometheus::Result<Arc<Metrics>> {
+    /// Registers every metric, with handles for the given evaluators. `segments` adds labels to
+    /// the score histogram and the pass/fail counters, each capped at `max_segment_values`.
+    pub fn new(
+        evaluators: &[ConfiguredEvaluator],
+        segments: &[Segment],
+        max_segment_values: usize,
+    ) -> prometheus::Result<Arc<Metrics>> {
         let r = Registry::new();
         let evaluations = counter_vec(
             &r,
@@ -166,16 +204,25 @@ impl Metrics {
             "Evaluations by evaluator and outcome (scored, skipped, error).",
             &["evaluator", "outcome"],
         )?;
+        let segment_labels = segments.iter().map(|s| s.label());
+        let result_labels: Vec<&str> = ["evaluator", "result"]
+            .into_iter()
+            .chain(segment_labels.clone())
+            .collect();
         let results = counter_vec(
             &r,
             "evalstream_evaluation_results_total",
-            "Scored evaluations by evaluator and result (pass, fail).",
-            &["evaluator", "result"],
+            "Scored evaluations by evaluator and result (pass, fail), and any segment labels.",
+            &result_labels,
         )?;
+        let score_labels: Vec<&str> = std::iter::once("evaluator").chain(segment_labels).collect();
         let scores = HistogramVec::new(
-            HistogramOpts::new("evalstream_score", "Score values by evaluator.")
-                .buckets(SCORE_BUCKETS.to_vec()),
-            &["evaluator"],
+            HistogramOpts::new(
+                "evalstream_score",
+                "Score values by evaluator, and any segment labels.",
+            )
+            .buckets(SCORE_BUCKETS.to_vec()),
+            &score_labels,
         )?;
         r.register(Box::new(scores.clone()))?;
         let per_evaluator = evaluators
@@ -186,12 +233,24 @@ impl Metrics {
                     scored: evaluations.with_label_values(&[n, "scored"]),
                     skipped: evaluations.with_label_values(&[n, "skipped"]),
                     errors: evaluations.with_label_values(&[n, "error"]),
-                    passed: results.with_label_values(&[n, "pass"]),
-                    failed: results.with_label_values(&[n, "fail"]),
-                    score: scores.with_label_values(&[n]),
+                    unsegmented: segments.is_empty().then(|| {
+                        (
+                            results.with_label_values(&[n, "pass"]),
+                            results.with_label_values(&[n, "fail"]),
+                            scores.with_label_values(&[n]),
+                        )
+                    }),
                 }
             })
             .collect();
+        let segmented = (!segments.is_empty()).then(|| Segmented {
+            segments: segments
+                .iter()
+                .map(|&s| (s, LabelCap::new(max_segment_values)))
+                .collect(),
+            results: results.clone(),
+            scores: scores.clone(),
+        });
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "evalstream_consumer_lag_messages",
@@ -296,25 +355,28 @@ impl Metrics {
             )?,
             up,
             evaluators: per_evaluator,
+            segmented,
             models: LabelCap::new(100),
             registry: r,
             ready: AtomicBool::new(false),
         }))
     }
 
-    /// Counts one evaluation by the evaluator at `index` in the configured set.
-    pub fn record(&self, index: usize, evaluation: &Evaluation<'_>) {
+    /// Counts one evaluation of `span` by the evaluator at `index` in the configured set.
+    pub fn record(&self, index: usize, evaluation: &Evaluation<'_>, span: &GenAiSpan<'_>) {
         let Some(m) = self.evaluators.get(index) else {
             return;
         };
         match &evaluation.outcome {
             Outcome::Scored(s) => {
                 m.scored.inc();
-                m.score.observe(s.value);
-                if s.passed {
-                    m.passed.inc()
-                } else {
-                    m.failed.inc()
+                match (&m.unsegmented, &self.segmented) {
+                    (Some((passed, failed, score)), _) => {
+                        score.observe(s.value);
+                        if s.passed { passed } else { failed }.inc();
+                    }
+                    (None, Some(segmented)) => segmented.record(evaluation.evaluator, span, s),
+                    (None, None) => {}
                 }
             }
             Outcome::Skipped { .. } => m.skipped.inc(),
@@ -390,6 +452,69 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_labels_split_scores_and_are_capped() {
+        use evalstream_evaluators::evaluator::ScoreId;
+        use evalstream_evaluators::otlp::kv_str;
+        use evalstream_evaluators::span::ResourceView;
+        use evalstream_evaluators::spec::{build_set, default_specs};
+        use opentelemetry_proto::tonic::trace::v1::Span;
+
+        let set = build_set(&default_specs()).unwrap();
+        let metrics =
+            Metrics::new(set.evaluators(), &[Segment::Model, Segment::Service], 1).unwrap();
+        let span_of = |model: &str| Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes: vec![kv_str("gen_ai.request.model", model)],
+            ..Default::default()
+        };
+        let resource = opentelemetry_proto::tonic::resource::v1::Resource {
+            attributes: vec![kv_str("service.name", "support-bot")],
+            ..Default::default()
+        };
+        let evaluator = &set.evaluators()[0];
+        for (model, passed) in [("gpt-4o", true), ("gpt-4o", false), ("claude-x", true)] {
+            let span = span_of(model);
+            let view = GenAiSpan::new(&span, ResourceView::new(Some(&resource)), None);
+            let evaluation = Evaluation {
+                evaluator: &evaluator.name,
+                version: &evaluator.version,
+                score_id: ScoreId::new(&span.trace_id, &span.span_id, &evaluator.name, "1"),
+                outcome: Outcome::check(passed, "x", ""),
+            };
+            metrics.record(0, &evaluation, &view);
+        }
+        // Prometheus text orders labels by name.
+        let text = metrics.render();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        let e = &evaluator.name;
+        assert_eq!(
+            line(&format!(
+                "evalstream_evaluation_results_total{{evaluator=\"{e}\",model=\"gpt-4o\",result=\"pass\",service=\"support-bot\"}}"
+            ))
+            .as_deref(),
+            Some("1")
+        );
+        // The cap is one model: the second model is counted as `other`.
+        assert_eq!(
+            line(&format!(
+                "evalstream_evaluation_results_total{{evaluator=\"{e}\",model=\"other\",result=\"pass\",service=\"support-bot\"}}"
+            ))
+            .as_deref(),
+            Some("1")
+        );
+        assert!(text.contains(&format!(
+            "evalstream_score_count{{evaluator=\"{e}\",model=\"gpt-4o\",service=\"support-bot\"}} 2"
+        )));
+        assert!(!text.contains("claude-x"));
+    }
 
     #[test]
     fn label_cap_stops_growing() {

@@ -33,7 +33,13 @@ pub async fn run(
         );
     };
     let evaluators = Arc::new(spec::build_set(&config.evaluators)?);
-    let metrics = Metrics::new(evaluators.evaluators()).context("cannot register metrics")?;
+    let (segments, max_segment_values) = config
+        .telemetry
+        .metrics
+        .as_ref()
+        .map_or((&[][..], 0), |m| (&m.segments[..], m.max_segment_values));
+    let metrics = Metrics::new(evaluators.evaluators(), segments, max_segment_values)
+        .context("cannot register metrics")?;
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = match &config.telemetry.metrics {

@@ -89,7 +89,7 @@ impl Worker {
             let started = Instant::now();
             for (index, e) in self.evaluators.evaluators().iter().enumerate() {
                 if let Some(evaluation) = run_guarded(e, &s) {
-                    self.metrics.record(index, &evaluation);
+                    self.metrics.record(index, &evaluation, &s);
                     evaluations.push(evaluation);
                 }
             }
