@@ -127,6 +127,9 @@ python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); pr
 
 if [ "$lag_rate" -gt 0 ]; then
   start_worker steady bench_steady "$exporter"
+  # Lag under steady load, not the group join: produce once partitions are assigned.
+  for _ in $(seq 300); do curl -sf "127.0.0.1:$metrics_port/readyz" >/dev/null && break; sleep 0.1; done
+  sleep 1
   $bin loadgen --brokers "127.0.0.1:$port" --topic bench_steady --traces $((lag_rate * 10)) --rate "$lag_rate" 2>/dev/null
   wait_consumed $((lag_rate * 10)) >/dev/null
   scrape | python3 -c '

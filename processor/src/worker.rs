@@ -63,10 +63,12 @@ fn run_guarded<'e>(e: &'e ConfiguredEvaluator, span: &GenAiSpan<'_>) -> Option<E
 
 impl Worker {
     /// Takes work until the queue closes.
-    pub fn run(&self, queue: Receiver<Work>) {
-        for work in queue {
-            self.process(&work);
-            work.pending.done();
+    pub fn run(&self, queue: Receiver<Vec<Work>>) {
+        for batch in queue {
+            for work in batch {
+                self.process(&work);
+                work.pending.done();
+            }
         }
     }
 

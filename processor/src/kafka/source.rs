@@ -233,10 +233,14 @@ fn store(consumer: &BaseConsumer<SourceContext>, offsets: &[(TopicPartition, i64
 /// Messages taken from the partition queues per turn of the loop.
 const BATCH: usize = 256;
 
+/// Messages per hand-off to a worker: enough to make the channel's cost per message small, few
+/// enough that a batch spreads over all workers.
+const SLICE: usize = 16;
+
 /// The consumer and its loop.
 pub struct Source {
     consumer: Arc<BaseConsumer<SourceContext>>,
-    work: Sender<Work>,
+    work: Sender<Vec<Work>>,
     acks: Sender<Ack>,
     max_in_flight: usize,
     metrics: Arc<Metrics>,
@@ -246,7 +250,7 @@ impl Source {
     /// Creates the consumer and subscribes. `work` is the bounded queue to the workers.
     pub fn new(
         config: &KafkaReceiver,
-        work: Sender<Work>,
+        work: Sender<Vec<Work>>,
         metrics: Arc<Metrics>,
     ) -> Result<Source, KafkaError> {
         let max_in_flight = config.max_in_flight_messages.max(1);
@@ -408,13 +412,18 @@ impl Source {
                 self.metrics.messages.inc_by(1);
                 state.held.push_back(work);
             }
-            // Hand out what is held, waiting briefly for room: the poll thread has nothing
-            // better to do then, and the wait is short enough to keep serving the main queue.
-            while let Some(work) = state.held.pop_front() {
-                match self.work.send_timeout(work, Duration::from_millis(10)) {
+            // Hand out what is held, in slices (one channel operation per slice, not per
+            // message), waiting briefly for room: the poll thread has nothing better to do then,
+            // and the wait is short enough to keep serving the main queue.
+            while !state.held.is_empty() {
+                let n = state.held.len().min(SLICE);
+                let slice: Vec<Work> = state.held.drain(..n).collect();
+                match self.work.send_timeout(slice, Duration::from_millis(10)) {
                     Ok(()) => {}
-                    Err(SendTimeoutError::Timeout(work)) => {
-                        state.held.push_front(work);
+                    Err(SendTimeoutError::Timeout(slice)) => {
+                        for work in slice.into_iter().rev() {
+                            state.held.push_front(work);
+                        }
                         break;
                     }
                     Err(SendTimeoutError::Disconnected(_)) => return,
@@ -423,12 +432,13 @@ impl Source {
             let held_back = !state.held.is_empty() || in_flight >= self.max_in_flight;
             drop(state);
             self.metrics.paused.set(i64::from(held_back));
-            if took == 0 && !held_back {
-                // Idle: sleep until a partition queue gets messages (its callback unparks this
-                // thread), or a few milliseconds to serve the main queue.
+            if room > 0 && took == 0 {
+                // Every partition queue is empty: sleep until one gets messages (its callback
+                // unparks this thread), or a few milliseconds to serve the main queue. (Only
+                // then: a queue that stayed non-empty never calls back.)
                 std::thread::park_timeout(Duration::from_millis(5));
-            } else if took == 0 {
-                // Waiting on acknowledgements.
+            } else if held == 0 && room == 0 {
+                // Too much in flight: wait a little for acknowledgements.
                 std::thread::park_timeout(Duration::from_millis(1));
             }
         }

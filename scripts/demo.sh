@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The streaming path on this machine, end to end:
+#
+#   scripts/demo.sh [TRACES]      (default 2000)
+#
+# Installs tansu (the test broker) if missing, builds evalstream, starts tansu on a free loopback
+# port, runs `evalstream run` with the default evaluators behind topic `otlp_spans`, feeds it
+# TRACES corpus-shaped traces with `evalstream loadgen` (as a collector's Kafka exporter with
+# `partition_traces_by_id: true` would), waits until every evaluation is acknowledged, then prints
+# the scores per evaluator and the worker's key metrics from its `/metrics` endpoint, and stops
+# the worker with SIGTERM (drain, commit, exit 0). Evaluator spans are on topic
+# `otlp_evaluations`. Set KEEP=1 to leave broker and worker running for a look around.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+traces="${1:-2000}"
+scripts/install-tansu.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+cargo build --release -q -p evalstream
+bin=target/release/evalstream
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+metrics_port=$(free_port)
+work=$(mktemp -d)
+tansu broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$port" \
+  --advertised-listener-url "tcp://127.0.0.1:$port" >"$work/tansu.log" 2>&1 &
+broker_pid=$!
+worker_pid=
+cleanup() {
+  [ "${KEEP:-}" = 1 ] && return
+  [ -z "$worker_pid" ] || kill "$worker_pid" 2>/dev/null || true
+  kill "$broker_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+for t in otlp_spans otlp_evaluations; do
+  tansu topic create --broker "tcp://127.0.0.1:$port" "$t" --partitions 4 >/dev/null
+done
+tansu topic create --broker "tcp://127.0.0.1:$port" otlp_spans_dlq --partitions 1 >/dev/null
+echo "tansu on 127.0.0.1:$port; topics otlp_spans, otlp_evaluations, otlp_spans_dlq"
+
+cat >"$work/evalstream.yaml" <<YAML
+receivers:
+  kafka:
+    brokers: ["127.0.0.1:$port"]
+    topics: [otlp_spans]
+    group_id: evalstream
+    encoding: otlp_proto
+    initial_offset: earliest
+    # tansu holds every fetch for fetch.wait.max.ms; Kafka answers as soon as data is there.
+    client: { fetch.wait.max.ms: "5" }
+# No evaluators section: the default set (refusal, pii, json_valid, finish_reason, empty_output, cost).
+exporters:
+  kafka:
+    brokers: ["127.0.0.1:$port"]
+    topic: otlp_evaluations
+    # Not idempotent against tansu, which mishandles idempotent batches (see the README).
+    client: { enable.idempotence: "false" }
+telemetry:
+  metrics: { listen: "127.0.0.1:$metrics_port", segments: [model] }
+YAML
+echo "config: $work/evalstream.yaml"
+EVALSTREAM_LOG=info $bin run --config "$work/evalstream.yaml" 2>"$work/worker.log" &
+worker_pid=$!
+metrics() { curl -s "127.0.0.1:$metrics_port/metrics"; }
+metric() { metrics | awk -v n="$1" '$1 == n { print $2 }'; }
+for _ in $(seq 100); do metric evalstream_up | grep -q . && break; sleep 0.1; done
+echo "worker pid $worker_pid, metrics on http://127.0.0.1:$metrics_port/metrics, log $work/worker.log"
+
+$bin loadgen --brokers "127.0.0.1:$port" --topic otlp_spans --traces "$traces"
+deadline=$((SECONDS + 120))
+until [ "$(metric evalstream_messages_consumed_total)" = "$traces" ] && [ "$(metric evalstream_in_flight_messages)" = "0" ]; do
+  if [ $SECONDS -ge $deadline ]; then echo "the worker did not finish; see $work/worker.log" >&2; exit 1; fi
+  sleep 0.2
+done
+
+metrics >"$work/metrics.txt"
+python3 - "$work/metrics.txt" <<'PY'
+import collections, re, sys
+rows = collections.defaultdict(collections.Counter)
+sums, counts, cost, plain = collections.Counter(), collections.Counter(), {}, {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(\w+)(?:\{(.*)\})? (\S+)$", line.strip())
+    if line.startswith("#") or not m:
+        continue
+    name, value = m.group(1), float(m.group(3))
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+    if name == "evalstream_evaluations_total":
+        rows[labels["evaluator"]][labels["outcome"]] += value
+    elif name == "evalstream_evaluation_results_total":
+        rows[labels["evaluator"]][labels["result"]] += value
+    elif name == "evalstream_score_sum":
+        sums[labels["evaluator"]] += value
+    elif name == "evalstream_score_count":
+        counts[labels["evaluator"]] += value
+    elif name == "evalstream_span_cost_usd_total":
+        cost[labels["model"]] = value
+    elif not labels:
+        plain[name] = value
+print()
+print("%-16s%8s%8s%8s%9s%7s%8s" % ("evaluator", "scored", "pass", "fail", "skipped", "error", "mean"))
+for e, c in rows.items():
+    mean = "%.3f" % (sums[e] / counts[e]) if counts[e] else "-"
+    print("%-16s%8d%8d%8d%9d%7d%8s" % (e, c["scored"], c["pass"], c["fail"], c["skipped"], c["error"], mean))
+print()
+for k in ["evalstream_messages_consumed_total", "evalstream_spans_consumed_total",
+          "evalstream_output_records_total", "evalstream_decode_errors_total",
+          "evalstream_in_flight_messages"]:
+    print("%-44s %d" % (k, plain.get(k, 0)))
+for model, usd in sorted(cost.items()):
+    print("%-44s %.4f" % ('evalstream_span_cost_usd_total{model="%s"}' % model, usd))
+PY
+if [ "${KEEP:-}" = 1 ]; then
+  echo "left running: broker pid $broker_pid, worker pid $worker_pid"
+  exit 0
+fi
+kill -TERM "$worker_pid"
+status=0; wait "$worker_pid" || status=$?
+worker_pid=
+echo
+echo "worker stopped on SIGTERM with exit code $status; its last log lines:"
+tail -n 3 "$work/worker.log" | sed 's/\x1b\[[0-9;]*m//g'
