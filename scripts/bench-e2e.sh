@@ -16,7 +16,7 @@
 #
 # Environment: LAG_RATE (default 5000; 0 skips step 2), PEER_TRACES (default TRACES up to 20000;
 # 0 skips step 3), OUT_CLIENT (extra output-producer properties as YAML flow-map entries, e.g.
-# 'linger.ms: "50"').
+# 'linger.ms: "50"'), IN_FLIGHT (the receiver's max_in_flight_messages; default the worker's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces="${1:-20000}"
