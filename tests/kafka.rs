@@ -142,6 +142,18 @@ struct Worker {
 
 impl Worker {
     fn start(dir: &Path, name: &str, broker: &str, group: &str, encoding: Encoding) -> Worker {
+        Worker::start_with(dir, name, broker, group, encoding, "")
+    }
+
+    /// As [`Worker::start`], with extra `receivers.kafka` settings (YAML lines, indented 4).
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        broker: &str,
+        group: &str,
+        encoding: Encoding,
+        receiver_extra: &str,
+    ) -> Worker {
         let metrics_port = free_port();
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -157,6 +169,7 @@ receivers:
     initial_offset: earliest
     dead_letter_topic: dlq
     drain_timeout_seconds: 10
+{receiver_extra}
     client: {{ fetch.wait.max.ms: "5", session.timeout.ms: "6000", max.poll.interval.ms: "10000", heartbeat.interval.ms: "500", auto.commit.interval.ms: "200" }}
 exporters:
   kafka:
@@ -1037,6 +1050,43 @@ fn a_permanently_rejected_output_sends_its_input_to_the_dead_letter_topic() {
         lost.is_empty(),
         "evaluations neither delivered nor dead-lettered: {lost:?}"
     );
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_byte_limit_below_one_message_still_lets_every_message_through() {
+    // Backpressure by bytes must not wedge the input when one message alone exceeds the limit:
+    // it then runs one message at a time.
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (requests, messages) = loadgen_messages(60, 60_000);
+    produce(&address, "input", &messages);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_outputs(&set, &requests);
+    let dir = temp_dir("byte-limit");
+    let worker = Worker::start_with(
+        &dir,
+        "w",
+        &address,
+        "g",
+        Encoding::OtlpProto,
+        "    max_in_flight_bytes: 1",
+    );
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        output_span_ids(r).into_iter().collect::<HashSet<_>>().len() >= expected.len()
+    });
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    assert!(expected.keys().all(|k| got.contains(k)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while worker.metric("evalstream_in_flight_bytes") != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "in-flight bytes not released: {:?}",
+            worker.metric("evalstream_in_flight_bytes")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, _) = worker.terminate();
     assert_eq!(code, Some(0));
 }

@@ -77,9 +77,15 @@ pub struct KafkaReceiver {
     /// Where a new consumer group starts: `latest` (the collector's default) or `earliest`.
     #[serde(default)]
     pub initial_offset: InitialOffset,
-    /// Most messages received and not yet finished; past it, the input pauses (backpressure).
+    /// Most messages received and not yet finished; past it, the input waits (backpressure).
+    /// Each one is finished when its evaluations are acknowledged by the output topic, so this
+    /// must cover the output's round trip at full rate.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight_messages: usize,
+    /// Most bytes of received messages not yet finished; past it, the input waits. Bounds memory
+    /// when messages are large (a collector batching many spans per message).
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// How long shutdown and partition revocation wait for in-flight work before committing.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_seconds: f64,
@@ -194,7 +200,10 @@ fn default_dlq() -> String {
     "otlp_spans_dlq".into()
 }
 fn default_max_in_flight() -> usize {
-    1000
+    10_000
+}
+fn default_max_in_flight_bytes() -> usize {
+    64 << 20
 }
 fn default_max_segment_values() -> usize {
     100
@@ -323,6 +332,11 @@ impl Config {
             if k.max_in_flight_messages == 0 {
                 return Err(Problem::Other(
                     "receivers.kafka.max_in_flight_messages: must be at least 1".into(),
+                ));
+            }
+            if k.max_in_flight_bytes == 0 {
+                return Err(Problem::Other(
+                    "receivers.kafka.max_in_flight_bytes: must be at least 1".into(),
                 ));
             }
             if !(k.drain_timeout_seconds.is_finite() && k.drain_timeout_seconds >= 0.0) {

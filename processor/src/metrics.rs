@@ -136,6 +136,8 @@ pub struct Metrics {
     pub producer_queue: IntGauge,
     /// Input messages received and not yet finished.
     pub in_flight: IntGauge,
+    /// Bytes of those messages (payload and key), held until their outputs are delivered.
+    pub in_flight_bytes: IntGauge,
     /// Whether the input is paused for backpressure (1) or not (0).
     pub paused: IntGauge,
     /// Brokers the consumer currently reaches.
@@ -329,6 +331,11 @@ impl Metrics {
                 &r,
                 "evalstream_in_flight_messages",
                 "Input messages received and not yet finished.",
+            )?,
+            in_flight_bytes: gauge(
+                &r,
+                "evalstream_in_flight_bytes",
+                "Bytes of input messages received and not yet finished.",
             )?,
             paused: gauge(
                 &r,

@@ -106,7 +106,7 @@ fn pipeline(
         .context("cannot create the output producer")?,
     );
     let threads = thread::available_parallelism().map_or(2, |n| n.get());
-    let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 2);
+    let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
     let source = Source::new(&receiver, work_tx, metrics.clone())
         .context("cannot create the input consumer")?;
     info!(topics = ?receiver.topics, group = %receiver.group_id, workers = threads, "consuming");

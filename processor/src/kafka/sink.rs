@@ -26,6 +26,31 @@ use tracing::{error, warn};
 use super::offsets::TopicPartition;
 use crate::metrics::Metrics;
 
+/// Counts bytes into a shared total for as long as it lives: the input's in-flight bytes, held by
+/// a received message until the last output derived from it is delivered.
+#[derive(Debug)]
+pub struct CountedBytes {
+    total: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl CountedBytes {
+    /// Adds `bytes` to `total` until dropped.
+    pub fn new(total: &Arc<AtomicUsize>, bytes: usize) -> CountedBytes {
+        total.fetch_add(bytes, Ordering::AcqRel);
+        CountedBytes {
+            total: total.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for CountedBytes {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// A message as received from the input topic.
 #[derive(Debug)]
 pub struct Received {
@@ -37,6 +62,8 @@ pub struct Received {
     pub key: Option<Vec<u8>>,
     /// Its bytes.
     pub payload: Vec<u8>,
+    /// Its share of the input's in-flight bytes.
+    pub counted: CountedBytes,
 }
 
 /// Tells the consumer that an input message is finished.

@@ -20,7 +20,7 @@
 //! within a deadline and committed synchronously; on shutdown, everything is.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use super::offsets::{OffsetTracker, TopicPartition};
-use super::sink::{Ack, Pending, Received};
+use super::sink::{Ack, CountedBytes, Pending, Received};
 use crate::config::KafkaReceiver;
 use crate::metrics::Metrics;
 
@@ -231,11 +231,11 @@ fn store(consumer: &BaseConsumer<SourceContext>, offsets: &[(TopicPartition, i64
 }
 
 /// Messages taken from the partition queues per turn of the loop.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 /// Messages per hand-off to a worker: enough to make the channel's cost per message small, few
 /// enough that a batch spreads over all workers.
-const SLICE: usize = 16;
+const SLICE: usize = 64;
 
 /// The consumer and its loop.
 pub struct Source {
@@ -243,6 +243,8 @@ pub struct Source {
     work: Sender<Vec<Work>>,
     acks: Sender<Ack>,
     max_in_flight: usize,
+    in_flight_bytes: Arc<AtomicUsize>,
+    max_in_flight_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -277,7 +279,12 @@ impl Source {
             .set("statistics.interval.ms", "5000")
             // Prefetch per partition, which is what the input holds under backpressure: bounded
             // well below librdkafka's default (64 MiB), still many batches ahead of the workers.
-            .set("queued.max.messages.kbytes", "16384");
+            .set("queued.max.messages.kbytes", "16384")
+            // When a partition's prefetch queue is full, the fetcher looks again after this
+            // long. librdkafka's default (1 s) left the queues empty for most of a second once
+            // the workers had drained them: 67,000 msg/s with evaluation against 170,000 at
+            // 10 ms (bench, no output).
+            .set("fetch.queue.backoff.ms", "20");
         for (k, v) in &config.client {
             client.set(k, v);
         }
@@ -289,6 +296,8 @@ impl Source {
             work,
             acks: ack_tx,
             max_in_flight,
+            in_flight_bytes: Arc::new(AtomicUsize::new(0)),
+            max_in_flight_bytes: config.max_in_flight_bytes.max(1),
             metrics,
         })
     }
@@ -352,11 +361,18 @@ impl Source {
             offset = m.offset(),
             "received"
         );
+        let key = m.key().map(<[u8]>::to_vec);
+        let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let counted = CountedBytes::new(
+            &self.in_flight_bytes,
+            payload.len() + key.as_ref().map_or(0, Vec::len),
+        );
         let message = Arc::new(Received {
             tp,
             offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            key,
+            payload,
+            counted,
         });
         let pending = Pending::new(message.clone(), self.acks.clone());
         Work { message, pending }
@@ -377,8 +393,11 @@ impl Source {
             }
             // Take a batch only when the last one is handed out and there is room in flight.
             let held = ctx.state().held.len();
-            let room = if held == 0 {
-                BATCH.min(self.max_in_flight.saturating_sub(in_flight))
+            let bytes = self.in_flight_bytes.load(Ordering::Acquire);
+            self.metrics.in_flight_bytes.set(bytes as i64);
+            let full = in_flight >= self.max_in_flight || bytes >= self.max_in_flight_bytes;
+            let room = if held == 0 && !full {
+                BATCH.min(self.max_in_flight - in_flight)
             } else {
                 0
             };
@@ -429,13 +448,12 @@ impl Source {
                     Err(SendTimeoutError::Disconnected(_)) => return,
                 }
             }
-            let held_back = !state.held.is_empty() || in_flight >= self.max_in_flight;
+            let held_back = !state.held.is_empty() || full;
             drop(state);
             self.metrics.paused.set(i64::from(held_back));
             if room > 0 && took == 0 {
                 // Every partition queue is empty: sleep until one gets messages (its callback
-                // unparks this thread), or a few milliseconds to serve the main queue. (Only
-                // then: a queue that stayed non-empty never calls back.)
+                // unparks this thread), or a few milliseconds to serve the main queue.
                 std::thread::park_timeout(Duration::from_millis(5));
             } else if held == 0 && room == 0 {
                 // Too much in flight: wait a little for acknowledgements.
