@@ -382,3 +382,72 @@ fn evaluations_are_deterministic_across_encodings_and_runs() {
     assert_eq!(first, ids(Encoding::OtlpProto));
     assert_eq!(first.len(), 60, "six default evaluators on ten LLM spans");
 }
+
+#[test]
+fn schema_scorers_judge_the_json_and_tool_scenarios() {
+    // The schema the corpus' JSON scenarios were asked to meet (see the corpus README).
+    let specs: Vec<spec::EvaluatorSpec> = serde_json::from_value(serde_json::json!([
+        {"type": "tool_args"},
+        {"type": "json_schema", "schema": {
+            "type": "object",
+            "required": ["sentiment", "confidence"],
+            "properties": {
+                "sentiment": {"enum": ["positive", "negative", "neutral"]},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1}
+            }
+        }}
+    ]))
+    .unwrap();
+    let set = spec::build_set(&specs).unwrap();
+    for (file, encoding) in both_encodings() {
+        let request = load(file, encoding);
+        let scenarios = scenarios(file);
+        let c = captures(file);
+        let mut evaluations = Vec::new();
+        let mut tool_spans = 0;
+        for s in span::spans(&request) {
+            let scenario = scenarios[s.trace_id()].as_str();
+            let ctx = format!("{file} ({encoding}) {scenario} {:?}", s.kind());
+            evaluations.clear();
+            set.evaluate(&s, &mut evaluations);
+            let got = |e: &str| {
+                evaluations
+                    .iter()
+                    .find(|x| x.evaluator == e)
+                    .map(|x| label(&x.outcome))
+            };
+            match s.kind() {
+                // The execute_tool span: its arguments against its own parameter schema.
+                OperationKind::Tool => {
+                    tool_spans += 1;
+                    let expected = if scenario == "tool_valid" { "valid" } else { "invalid" };
+                    assert_eq!(got("tool_args").as_deref(), Some(expected), "{ctx}");
+                }
+                OperationKind::Chat => {
+                    let tool_args = match scenario {
+                        _ if !c.content => "skipped:no_content",
+                        "tool_valid" | "tool_invalid" if !c.tool_definitions => {
+                            "skipped:not_applicable"
+                        }
+                        "tool_valid" => "valid",
+                        "tool_invalid" => "invalid",
+                        _ => "skipped:not_applicable",
+                    };
+                    let json_schema = match scenario {
+                        _ if !c.content => "skipped:no_content",
+                        "json_valid" => "valid",
+                        "json_invalid" => "invalid",
+                        "json_broken" => "not_json",
+                        _ if scenario.starts_with("tool_") => "skipped:not_applicable",
+                        // Plain-text answers are not JSON: a route that expects JSON fails them.
+                        _ => "not_json",
+                    };
+                    assert_eq!(got("tool_args").as_deref(), Some(tool_args), "{ctx}");
+                    assert_eq!(got("json_schema").as_deref(), Some(json_schema), "{ctx}");
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(tool_spans, 2, "{file} ({encoding})");
+    }
+}

@@ -22,12 +22,14 @@ use crate::evaluator::{
 use crate::scorers::cost::{CostConfig, CostScorer};
 use crate::scorers::empty_output::{EmptyOutput, EmptyOutputConfig};
 use crate::scorers::finish_reason::{FinishReasonCheck, FinishReasonConfig};
+use crate::scorers::json_schema::{JsonSchema, JsonSchemaConfig};
 use crate::scorers::json_valid::{JsonValid, JsonValidConfig};
 use crate::scorers::latency::{Latency, LatencyConfig};
 use crate::scorers::length::{Length, LengthConfig};
 use crate::scorers::pii::{Pii, PiiConfig};
 use crate::scorers::refusal::{Refusal, RefusalConfig};
 use crate::scorers::text_match::{Contains, ContainsConfig, RegexConfig, RegexMatch};
+use crate::scorers::tool_args::{ToolArgs, ToolArgsConfig};
 use crate::span::OperationKind;
 
 /// A built-in evaluator type with its options.
@@ -44,6 +46,10 @@ pub enum EvaluatorKind {
     Pii(PiiConfig),
     /// Output that should be JSON parses.
     JsonValid(JsonValidConfig),
+    /// A JSON answer meets a JSON Schema.
+    JsonSchema(JsonSchemaConfig),
+    /// Tool calls' arguments meet their tools' parameter schemas.
+    ToolArgs(ToolArgsConfig),
     /// A regular expression matches (or does not).
     Regex(RegexConfig),
     /// The text holds given values.
@@ -63,10 +69,12 @@ pub enum EvaluatorKind {
 }
 
 /// Every built-in evaluator type, as written in configuration.
-pub const TYPES: [&str; 11] = [
+pub const TYPES: [&str; 13] = [
     "refusal",
     "pii",
     "json_valid",
+    "json_schema",
+    "tool_args",
     "regex",
     "contains",
     "not_contains",
@@ -94,6 +102,8 @@ impl EvaluatorKind {
             "refusal" => EvaluatorKind::Refusal(read(options)?),
             "pii" => EvaluatorKind::Pii(read(options)?),
             "json_valid" => EvaluatorKind::JsonValid(read(options)?),
+            "json_schema" => EvaluatorKind::JsonSchema(read(options)?),
+            "tool_args" => EvaluatorKind::ToolArgs(read(options)?),
             "regex" => EvaluatorKind::Regex(read(options)?),
             "contains" => EvaluatorKind::Contains(read(options)?),
             "not_contains" => EvaluatorKind::NotContains(read(options)?),
@@ -117,6 +127,8 @@ impl EvaluatorKind {
             EvaluatorKind::Refusal(_) => "refusal",
             EvaluatorKind::Pii(_) => "pii",
             EvaluatorKind::JsonValid(_) => "json_valid",
+            EvaluatorKind::JsonSchema(_) => "json_schema",
+            EvaluatorKind::ToolArgs(_) => "tool_args",
             EvaluatorKind::Regex(_) => "regex",
             EvaluatorKind::Contains(_) => "contains",
             EvaluatorKind::NotContains(_) => "not_contains",
@@ -134,6 +146,7 @@ impl EvaluatorKind {
             EvaluatorKind::Cost(_) | EvaluatorKind::Latency(_) => {
                 &[OperationKind::Chat, OperationKind::Embeddings]
             }
+            EvaluatorKind::ToolArgs(_) => &[OperationKind::Chat, OperationKind::Tool],
             _ => &[OperationKind::Chat],
         }
     }
@@ -148,6 +161,8 @@ impl EvaluatorKind {
             EvaluatorKind::Refusal(c) => Box::new(Refusal::build(c)?),
             EvaluatorKind::Pii(c) => Box::new(Pii::build(c)?),
             EvaluatorKind::JsonValid(c) => Box::new(JsonValid::build(c)?),
+            EvaluatorKind::JsonSchema(c) => Box::new(JsonSchema::build(c)?),
+            EvaluatorKind::ToolArgs(c) => Box::new(ToolArgs::build(c)?),
             EvaluatorKind::Regex(c) => Box::new(RegexMatch::build(c)?),
             EvaluatorKind::Contains(c) => Box::new(Contains::build(c, false)?),
             EvaluatorKind::NotContains(c) => Box::new(Contains::build(c, true)?),

@@ -52,7 +52,7 @@ impl JsonValid {
 }
 
 /// The text inside a Markdown code fence, if the whole answer is one.
-fn unfence(text: &str) -> Option<&str> {
+pub(crate) fn unfence(text: &str) -> Option<&str> {
     let body = text.trim().strip_prefix("```")?;
     let body = body.strip_suffix("```")?;
     // Drop the info string (`json`) on the opening line.

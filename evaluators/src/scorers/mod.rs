@@ -11,12 +11,15 @@ use crate::span::GenAiSpan;
 pub mod cost;
 pub mod empty_output;
 pub mod finish_reason;
+pub mod json_schema;
 pub mod json_valid;
 pub mod latency;
 pub mod length;
 pub mod pii;
 pub mod refusal;
+pub mod schema;
 pub mod text_match;
+pub mod tool_args;
 
 /// Which text of a span a text scorer reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -1,0 +1,275 @@
+//! `tool_args`: do the model's tool calls pass arguments their tools accept?
+//!
+//! On an LLM span, every tool call in the output is checked against the parameter schema of the
+//! tool of that name among the span's tool definitions (`gen_ai.tool.definitions`,
+//! `llm.tools.N.tool.json_schema`, …); a name the model made up fails. On a tool-execution span
+//! (`execute_tool`), the arguments are checked against the span's own `tool.parameters`. Schemas
+//! are compiled on first sight and cached.
+//!
+//! Scores the fraction of checked calls whose arguments are valid; passes when all are. Labels
+//! `valid`, `invalid`, or `unknown_tool` when a call names a tool that was not offered.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::schema::{self, DraftChoice, SchemaCache};
+use crate::evaluator::{Evaluator, Outcome};
+use crate::span::{GenAiSpan, OperationKind, ToolDefinition};
+
+/// Configuration of `tool_args`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolArgsConfig {
+    /// The draft of parameter schemas without `$schema`.
+    #[serde(default)]
+    pub draft: DraftChoice,
+    /// Violations listed in the explanation, per call.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: usize,
+}
+
+impl Default for ToolArgsConfig {
+    fn default() -> Self {
+        ToolArgsConfig {
+            draft: DraftChoice::default(),
+            max_errors: default_max_errors(),
+        }
+    }
+}
+
+fn default_max_errors() -> usize {
+    3
+}
+
+/// The `tool_args` scorer.
+#[derive(Debug)]
+pub struct ToolArgs {
+    config: ToolArgsConfig,
+    schemas: SchemaCache,
+}
+
+/// What checking one call found.
+enum Check {
+    Valid,
+    Invalid(String),
+    UnknownTool,
+    NoSchema,
+}
+
+impl ToolArgs {
+    /// Builds the scorer.
+    pub fn build(config: &ToolArgsConfig) -> Result<ToolArgs, String> {
+        Ok(ToolArgs {
+            config: config.clone(),
+            schemas: SchemaCache::default(),
+        })
+    }
+
+    fn check(&self, name: &str, arguments: Option<&str>, schema: Option<&Value>) -> Check {
+        let Some(schema) = schema else {
+            return Check::NoSchema;
+        };
+        let arguments = arguments
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .unwrap_or("{}");
+        let instance: Value = match serde_json::from_str(arguments) {
+            Ok(v) => v,
+            Err(e) => return Check::Invalid(format!("arguments are not JSON: {e}")),
+        };
+        let key = format!("{name}\u{0}{schema}");
+        let compiled = self.schemas.get(&key, schema, self.config.draft);
+        let validator = match compiled.as_ref() {
+            Ok(v) => v,
+            Err(e) => return Check::Invalid(format!("its parameter schema: {e}")),
+        };
+        let (shown, total) = schema::violations(validator, &instance, self.config.max_errors);
+        if total == 0 {
+            Check::Valid
+        } else {
+            Check::Invalid(schema::describe(&shown, total))
+        }
+    }
+
+    /// Scores the checked calls.
+    fn score(&self, checks: Vec<(String, Check)>) -> Outcome {
+        let mut valid = 0;
+        let mut unknown = false;
+        let mut problems = Vec::new();
+        let mut checked = 0;
+        for (name, check) in checks {
+            match check {
+                Check::NoSchema => continue,
+                Check::Valid => valid += 1,
+                Check::UnknownTool => {
+                    unknown = true;
+                    problems.push(format!("`{name}`: no such tool was offered"));
+                }
+                Check::Invalid(why) => problems.push(format!("`{name}`: {why}")),
+            }
+            checked += 1;
+        }
+        if checked == 0 {
+            return Outcome::not_applicable("no tool call with a known parameter schema");
+        }
+        let value = valid as f64 / checked as f64;
+        if problems.is_empty() {
+            let what = if checked == 1 { "call" } else { "calls" };
+            return Outcome::measured(value, true, "valid", format!("{checked} tool {what} valid"));
+        }
+        let label = if unknown { "unknown_tool" } else { "invalid" };
+        Outcome::measured(value, false, label, problems.join("; "))
+    }
+}
+
+fn definition<'d, 'a>(
+    definitions: &'d [ToolDefinition<'a>],
+    name: &str,
+) -> Option<&'d ToolDefinition<'a>> {
+    definitions.iter().find(|d| d.name == name)
+}
+
+impl Evaluator for ToolArgs {
+    fn evaluate(&self, span: &GenAiSpan<'_>) -> Outcome {
+        if span.kind() == OperationKind::Tool {
+            let Some(name) = span.tool_name() else {
+                return Outcome::not_applicable("a tool span without a tool name");
+            };
+            let Some(schema_text) = span.tool_schema() else {
+                return Outcome::not_applicable("the tool span carries no parameter schema");
+            };
+            let Ok(schema) = serde_json::from_str::<Value>(&schema_text) else {
+                return Outcome::Error {
+                    error_type: "invalid_schema".into(),
+                    message: format!("`{name}`: its parameter schema is not JSON"),
+                };
+            };
+            let arguments = span.tool_arguments();
+            let check = self.check(name, arguments.as_deref(), Some(&schema));
+            return self.score(vec![(name.to_owned(), check)]);
+        }
+        if !span.output_captured() {
+            return Outcome::no_content();
+        }
+        let calls: Vec<_> = span.tool_calls().collect();
+        if calls.is_empty() {
+            return Outcome::not_applicable("no tool call in the answer");
+        }
+        let definitions = span.tool_definitions();
+        if definitions.is_empty() {
+            return Outcome::not_applicable("the span carries no tool definitions");
+        }
+        let checks = calls
+            .iter()
+            .map(|call| {
+                let check = match definition(definitions, &call.name) {
+                    None => Check::UnknownTool,
+                    Some(d) => {
+                        self.check(&call.name, call.arguments.as_deref(), d.parameters.as_ref())
+                    }
+                };
+                (call.name.to_string(), check)
+            })
+            .collect();
+        self.score(checks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluator::SkipReason;
+    use crate::scorers::testing::{s, span, view};
+    use serde_json::json;
+
+    fn weather_tools() -> String {
+        json!([{
+            "type": "function",
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "required": ["city"],
+                "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "additionalProperties": false
+            }
+        }])
+        .to_string()
+    }
+
+    fn calling(name: &str, arguments: &str) -> opentelemetry_proto::tonic::trace::v1::Span {
+        let output = json!([{
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "id": "c1", "name": name, "arguments": serde_json::from_str::<Value>(arguments).unwrap_or(Value::String(arguments.into()))}],
+            "finish_reason": "tool_call"
+        }]);
+        span(vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.tool.definitions", &weather_tools()),
+            s("gen_ai.output.messages", &output.to_string()),
+        ])
+    }
+
+    fn scored(o: Outcome) -> (f64, bool, String, String) {
+        match o {
+            Outcome::Scored(s) => (s.value, s.passed, s.label.into_owned(), s.explanation),
+            other => panic!("not scored: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn calls_are_checked_against_the_offered_tools() {
+        let e = ToolArgs::build(&ToolArgsConfig::default()).unwrap();
+        let (v, passed, label, _) = scored(e.evaluate(&view(&calling(
+            "get_weather",
+            r#"{"city": "Paris", "unit": "celsius"}"#,
+        ))));
+        assert_eq!((v, passed, label.as_str()), (1.0, true, "valid"));
+
+        let (v, passed, label, why) =
+            scored(e.evaluate(&view(&calling("get_weather", r#"{"unit": "kelvin"}"#))));
+        assert_eq!((v, passed, label.as_str()), (0.0, false, "invalid"));
+        assert!(
+            why.contains("get_weather") && why.contains("/unit"),
+            "{why}"
+        );
+
+        let (_, passed, label, why) =
+            scored(e.evaluate(&view(&calling("get_stock_price", r#"{"ticker": "X"}"#))));
+        assert_eq!((passed, label.as_str()), (false, "unknown_tool"));
+        assert!(why.contains("get_stock_price"), "{why}");
+    }
+
+    #[test]
+    fn a_tool_span_is_checked_against_its_own_parameters() {
+        let e = ToolArgs::build(&ToolArgsConfig::default()).unwrap();
+        let schema = json!({"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}});
+        let tool = |arguments: &str| {
+            span(vec![
+                s("gen_ai.operation.name", "execute_tool"),
+                s("gen_ai.tool.name", "get_weather"),
+                s("gen_ai.tool.call.arguments", arguments),
+                s("tool.parameters", &schema.to_string()),
+            ])
+        };
+        assert!(scored(e.evaluate(&view(&tool(r#"{"city": "Oslo"}"#)))).1);
+        let (_, passed, _, why) = scored(e.evaluate(&view(&tool(r#"{"city": 7}"#))));
+        assert!(!passed);
+        assert!(why.contains("/city"), "{why}");
+        let (_, passed, _, why) = scored(e.evaluate(&view(&tool("{city"))));
+        assert!(!passed);
+        assert!(why.contains("not JSON"), "{why}");
+    }
+
+    #[test]
+    fn nothing_to_check_is_not_applicable() {
+        let e = ToolArgs::build(&ToolArgsConfig::default()).unwrap();
+        let plain = crate::scorers::testing::chat("It is sunny.");
+        assert!(matches!(
+            e.evaluate(&view(&plain)),
+            Outcome::Skipped {
+                reason: SkipReason::NotApplicable,
+                ..
+            }
+        ));
+    }
+}
