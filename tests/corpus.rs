@@ -420,7 +420,11 @@ fn schema_scorers_judge_the_json_and_tool_scenarios() {
                 // The execute_tool span: its arguments against its own parameter schema.
                 OperationKind::Tool => {
                     tool_spans += 1;
-                    let expected = if scenario == "tool_valid" { "valid" } else { "invalid" };
+                    let expected = if scenario == "tool_valid" {
+                        "valid"
+                    } else {
+                        "invalid"
+                    };
                     assert_eq!(got("tool_args").as_deref(), Some(expected), "{ctx}");
                 }
                 OperationKind::Chat => {
@@ -449,5 +453,45 @@ fn schema_scorers_judge_the_json_and_tool_scenarios() {
             }
         }
         assert_eq!(tool_spans, 2, "{file} ({encoding})");
+    }
+}
+
+#[test]
+fn citations_resolve_in_grounded_answers_and_not_in_hallucinated_ones() {
+    use evalstream_evaluators::trace::TraceView;
+    let specs: Vec<spec::EvaluatorSpec> =
+        serde_json::from_value(serde_json::json!([{"type": "citations"}])).unwrap();
+    let set = spec::build_set(&specs).unwrap();
+    for (file, encoding) in both_encodings() {
+        let request = load(file, encoding);
+        let scenarios = scenarios(file);
+        let c = captures(file);
+        let mut judged = 0;
+        for trace in TraceView::group(span::spans(&request), true) {
+            let scenario = scenarios[trace.trace_id()].as_str();
+            for s in trace.spans().iter().filter(|s| s.kind() == OperationKind::Chat) {
+                let mut evaluations = Vec::new();
+                set.evaluate_in(s, &trace, &mut evaluations);
+                let ctx = format!("{file} ({encoding}) {scenario}");
+                let got = label(&evaluations[0].outcome);
+                let expected = match scenario {
+                    _ if !scenario.starts_with("rag_") => "skipped:not_applicable",
+                    _ if !c.content => "skipped:no_content",
+                    "rag_grounded" => "resolved",
+                    _ => "unresolved",
+                };
+                assert_eq!(got, expected, "{ctx}");
+                if let Outcome::Scored(score) = &evaluations[0].outcome {
+                    judged += 1;
+                    if scenario == "rag_hallucinated" {
+                        assert!(score.explanation.contains('4'), "{ctx}: {}", score.explanation);
+                        assert!(score.value < 1.0, "{ctx}");
+                    } else {
+                        assert_eq!(score.value, 1.0, "{ctx}");
+                    }
+                }
+            }
+        }
+        assert_eq!(judged, if c.content { 2 } else { 0 }, "{file} ({encoding})");
     }
 }

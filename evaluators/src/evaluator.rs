@@ -15,14 +15,28 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, xxh3_128};
 
 use crate::span::{GenAiSpan, OperationKind};
+use crate::trace::TraceView;
 
-/// A scorer: judges one span.
+/// A scorer: judges one span, alone or in the context of its trace.
 ///
 /// Implementations must be cheap to call and must not panic on any span: missing content is a
 /// [`Outcome::Skipped`], an unusable span an [`Outcome::Error`].
 pub trait Evaluator: Send + Sync + fmt::Debug {
-    /// Judges one span.
+    /// Judges one span on its own.
     fn evaluate(&self, span: &GenAiSpan<'_>) -> Outcome;
+
+    /// Judges one span with the other spans of its trace at hand (the retrieved documents, the
+    /// tools offered). Span-level scorers ignore the trace.
+    fn evaluate_in_trace(&self, span: &GenAiSpan<'_>, trace: &TraceView<'_>) -> Outcome {
+        let _ = trace;
+        self.evaluate(span)
+    }
+
+    /// Whether this scorer needs the trace: its verdict can change as more of the trace's spans
+    /// arrive, so a streaming worker waits for the trace to complete before running it.
+    fn needs_trace(&self) -> bool {
+        false
+    }
 }
 
 /// A score: what an evaluator concluded about a span.
@@ -348,11 +362,23 @@ impl ConfiguredEvaluator {
     /// Runs the evaluator on a span if the selector matches, honouring the sampling rate.
     /// Returns `None` when the span is not selected (no evaluation at all).
     pub fn run(&self, span: &GenAiSpan<'_>) -> Option<Evaluation<'_>> {
+        self.run_in(span, None)
+    }
+
+    /// As [`ConfiguredEvaluator::run`], with the span's trace when it is at hand.
+    pub fn run_in(
+        &self,
+        span: &GenAiSpan<'_>,
+        trace: Option<&TraceView<'_>>,
+    ) -> Option<Evaluation<'_>> {
         if !self.selector.matches(span) {
             return None;
         }
         let outcome = if self.sampler.keeps(span.trace_id()) {
-            self.evaluator.evaluate(span)
+            match trace {
+                Some(trace) => self.evaluator.evaluate_in_trace(span, trace),
+                None => self.evaluator.evaluate(span),
+            }
         } else {
             Outcome::Skipped {
                 reason: SkipReason::SampledOut,
@@ -388,6 +414,25 @@ impl EvaluatorSet {
     /// Runs every selected evaluator on a span, appending the evaluations to `out`.
     pub fn evaluate<'e>(&'e self, span: &GenAiSpan<'_>, out: &mut Vec<Evaluation<'e>>) {
         out.extend(self.evaluators.iter().filter_map(|e| e.run(span)));
+    }
+
+    /// Runs every selected evaluator on a span of `trace`, appending the evaluations to `out`.
+    pub fn evaluate_in<'e>(
+        &'e self,
+        span: &GenAiSpan<'_>,
+        trace: &TraceView<'_>,
+        out: &mut Vec<Evaluation<'e>>,
+    ) {
+        out.extend(
+            self.evaluators
+                .iter()
+                .filter_map(|e| e.run_in(span, Some(trace))),
+        );
+    }
+
+    /// Whether any evaluator needs whole traces.
+    pub fn needs_traces(&self) -> bool {
+        self.evaluators.iter().any(|e| e.evaluator.needs_trace())
     }
 }
 

@@ -36,3 +36,4 @@ pub mod scorers;
 pub mod span;
 pub mod spec;
 pub mod to_otlp;
+pub mod trace;

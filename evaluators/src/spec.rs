@@ -19,6 +19,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::evaluator::{
     ConfiguredEvaluator, Evaluator, EvaluatorSet, Sampler, Selector, SelectorConfig,
 };
+use crate::scorers::citations::{Citations, CitationsConfig};
 use crate::scorers::cost::{CostConfig, CostScorer};
 use crate::scorers::empty_output::{EmptyOutput, EmptyOutputConfig};
 use crate::scorers::finish_reason::{FinishReasonCheck, FinishReasonConfig};
@@ -50,6 +51,8 @@ pub enum EvaluatorKind {
     JsonSchema(JsonSchemaConfig),
     /// Tool calls' arguments meet their tools' parameter schemas.
     ToolArgs(ToolArgsConfig),
+    /// Citations in the answer resolve to documents retrieved in the trace.
+    Citations(CitationsConfig),
     /// A regular expression matches (or does not).
     Regex(RegexConfig),
     /// The text holds given values.
@@ -69,12 +72,13 @@ pub enum EvaluatorKind {
 }
 
 /// Every built-in evaluator type, as written in configuration.
-pub const TYPES: [&str; 13] = [
+pub const TYPES: [&str; 14] = [
     "refusal",
     "pii",
     "json_valid",
     "json_schema",
     "tool_args",
+    "citations",
     "regex",
     "contains",
     "not_contains",
@@ -104,6 +108,7 @@ impl EvaluatorKind {
             "json_valid" => EvaluatorKind::JsonValid(read(options)?),
             "json_schema" => EvaluatorKind::JsonSchema(read(options)?),
             "tool_args" => EvaluatorKind::ToolArgs(read(options)?),
+            "citations" => EvaluatorKind::Citations(read(options)?),
             "regex" => EvaluatorKind::Regex(read(options)?),
             "contains" => EvaluatorKind::Contains(read(options)?),
             "not_contains" => EvaluatorKind::NotContains(read(options)?),
@@ -129,6 +134,7 @@ impl EvaluatorKind {
             EvaluatorKind::JsonValid(_) => "json_valid",
             EvaluatorKind::JsonSchema(_) => "json_schema",
             EvaluatorKind::ToolArgs(_) => "tool_args",
+            EvaluatorKind::Citations(_) => "citations",
             EvaluatorKind::Regex(_) => "regex",
             EvaluatorKind::Contains(_) => "contains",
             EvaluatorKind::NotContains(_) => "not_contains",
@@ -163,6 +169,7 @@ impl EvaluatorKind {
             EvaluatorKind::JsonValid(c) => Box::new(JsonValid::build(c)?),
             EvaluatorKind::JsonSchema(c) => Box::new(JsonSchema::build(c)?),
             EvaluatorKind::ToolArgs(c) => Box::new(ToolArgs::build(c)?),
+            EvaluatorKind::Citations(c) => Box::new(Citations::build(c)?),
             EvaluatorKind::Regex(c) => Box::new(RegexMatch::build(c)?),
             EvaluatorKind::Contains(c) => Box::new(Contains::build(c, false)?),
             EvaluatorKind::NotContains(c) => Box::new(Contains::build(c, true)?),

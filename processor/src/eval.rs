@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use evalstream_evaluators::evaluator::{Evaluation, EvaluatorSet, Outcome};
 use evalstream_evaluators::otlp::{self, DecodeError, Encoding, types::ExportTraceServiceRequest};
 use evalstream_evaluators::span::{self, GenAiSpan};
+use evalstream_evaluators::trace::TraceView;
 use evalstream_evaluators::{spec, to_otlp};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message as _;
@@ -151,19 +152,24 @@ impl<'s, W: Write> EvalRun<'s, W> {
     fn request(&mut self, request: &ExportTraceServiceRequest) -> io::Result<()> {
         self.summary.requests += 1;
         let now = crate::now_unix_nanos();
-        for span in span::spans(request) {
+        // Trace evaluators see the other spans of the same trace in this request.
+        let traces = TraceView::group(span::spans(request), false);
+        for (trace, span) in traces
+            .iter()
+            .flat_map(|t| t.spans().iter().map(move |s| (t, s)))
+        {
             self.summary.spans += 1;
             self.scratch.clear();
-            self.set.evaluate(&span, &mut self.scratch);
+            self.set.evaluate_in(span, trace, &mut self.scratch);
             for e in &self.scratch {
-                serde_json::to_writer(&mut self.out, &Line::new(&span, e))?;
+                serde_json::to_writer(&mut self.out, &Line::new(span, e))?;
                 self.out.write_all(b"\n")?;
                 self.summary.record(e);
                 if let Some(spans) = &mut self.spans_out
                     && to_otlp::emits_span(e)
                 {
                     spans.push(to_otlp::evaluation_span(
-                        &span,
+                        span,
                         e,
                         now,
                         crate::now_unix_nanos(),

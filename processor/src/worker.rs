@@ -17,6 +17,7 @@ use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::span::{self, GenAiSpan, OperationKind};
 use evalstream_evaluators::to_otlp;
+use evalstream_evaluators::trace::TraceView;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
@@ -38,9 +39,13 @@ pub struct Worker {
     pub prices: PriceTable,
 }
 
-/// Runs one evaluator, turning a panic into an `error` outcome.
-fn run_guarded<'e>(e: &'e ConfiguredEvaluator, span: &GenAiSpan<'_>) -> Option<Evaluation<'e>> {
-    match catch_unwind(AssertUnwindSafe(|| e.run(span))) {
+/// Runs one evaluator on a span of `trace`, turning a panic into an `error` outcome.
+fn run_guarded<'e>(
+    e: &'e ConfiguredEvaluator,
+    span: &GenAiSpan<'_>,
+    trace: &TraceView<'_>,
+) -> Option<Evaluation<'e>> {
+    match catch_unwind(AssertUnwindSafe(|| e.run_in(span, Some(trace)))) {
         Ok(evaluation) => evaluation,
         Err(panic) => {
             let message = panic
@@ -82,16 +87,22 @@ impl Worker {
                 return;
             }
         };
-        // Evaluator spans grouped by trace, in arrival order: one output record per trace.
+        // Evaluator spans grouped by trace: one output record per trace. Trace evaluators see
+        // the trace's spans that are in this message (with `partition_traces_by_id`, a
+        // collector batch usually holds a trace whole).
         let mut outputs: Vec<(Vec<u8>, Vec<Span>)> = Vec::new();
         let mut evaluations = Vec::new();
-        for s in span::spans(&request) {
+        let traces = TraceView::group(span::spans(&request), false);
+        for (trace, s) in traces
+            .iter()
+            .flat_map(|t| t.spans().iter().map(move |s| (t, s)))
+        {
             self.metrics.spans.inc();
             evaluations.clear();
             let started = Instant::now();
             for (index, e) in self.evaluators.evaluators().iter().enumerate() {
-                if let Some(evaluation) = run_guarded(e, &s) {
-                    self.metrics.record(index, &evaluation, &s);
+                if let Some(evaluation) = run_guarded(e, s, trace) {
+                    self.metrics.record(index, &evaluation, s);
                     evaluations.push(evaluation);
                 }
             }
@@ -101,7 +112,7 @@ impl Worker {
             self.metrics
                 .evaluation_seconds
                 .observe(started.elapsed().as_secs_f64());
-            self.account(&s);
+            self.account(s);
             if !self.sink.has_output() {
                 continue;
             }
@@ -110,7 +121,7 @@ impl Worker {
             let spans: Vec<Span> = evaluations
                 .iter()
                 .filter(|e| to_otlp::emits_span(e))
-                .map(|e| to_otlp::evaluation_span(&s, e, start, end))
+                .map(|e| to_otlp::evaluation_span(s, e, start, end))
                 .collect();
             if spans.is_empty() {
                 continue;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::span::GenAiSpan;
 
+pub mod citations;
 pub mod cost;
 pub mod empty_output;
 pub mod finish_reason;

@@ -2,9 +2,10 @@
 //!
 //! On an LLM span, every tool call in the output is checked against the parameter schema of the
 //! tool of that name among the span's tool definitions (`gen_ai.tool.definitions`,
-//! `llm.tools.N.tool.json_schema`, …); a name the model made up fails. On a tool-execution span
-//! (`execute_tool`), the arguments are checked against the span's own `tool.parameters`. Schemas
-//! are compiled on first sight and cached.
+//! `llm.tools.N.tool.json_schema`, …), or, when the span carries none, among the definitions of
+//! the other spans of its trace; a name the model made up fails. On a tool-execution span
+//! (`execute_tool`), the arguments are checked against the span's own `tool.parameters`, else
+//! the definition of that tool in the trace. Schemas are compiled on first sight and cached.
 //!
 //! Scores the fraction of checked calls whose arguments are valid; passes when all are. Labels
 //! `valid`, `invalid`, or `unknown_tool` when a call names a tool that was not offered.
@@ -15,6 +16,7 @@ use serde_json::Value;
 use super::schema::{self, DraftChoice, SchemaCache};
 use crate::evaluator::{Evaluator, Outcome};
 use crate::span::{GenAiSpan, OperationKind, ToolDefinition};
+use crate::trace::TraceView;
 
 /// Configuration of `tool_args`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -131,18 +133,42 @@ fn definition<'d, 'a>(
 
 impl Evaluator for ToolArgs {
     fn evaluate(&self, span: &GenAiSpan<'_>) -> Outcome {
+        self.evaluate_with(span, None)
+    }
+
+    fn evaluate_in_trace(&self, span: &GenAiSpan<'_>, trace: &TraceView<'_>) -> Outcome {
+        self.evaluate_with(span, Some(trace))
+    }
+
+    fn needs_trace(&self) -> bool {
+        true
+    }
+}
+
+impl ToolArgs {
+    fn evaluate_with(&self, span: &GenAiSpan<'_>, trace: Option<&TraceView<'_>>) -> Outcome {
         if span.kind() == OperationKind::Tool {
             let Some(name) = span.tool_name() else {
                 return Outcome::not_applicable("a tool span without a tool name");
             };
-            let Some(schema_text) = span.tool_schema() else {
-                return Outcome::not_applicable("the tool span carries no parameter schema");
+            let schema = match span.tool_schema() {
+                Some(text) => match serde_json::from_str::<Value>(&text) {
+                    Ok(schema) => Some(schema),
+                    Err(_) => {
+                        return Outcome::Error {
+                            error_type: "invalid_schema".into(),
+                            message: format!("`{name}`: its parameter schema is not JSON"),
+                        };
+                    }
+                },
+                None => trace
+                    .and_then(|t| t.tool_definition(name))
+                    .and_then(|d| d.parameters.clone()),
             };
-            let Ok(schema) = serde_json::from_str::<Value>(&schema_text) else {
-                return Outcome::Error {
-                    error_type: "invalid_schema".into(),
-                    message: format!("`{name}`: its parameter schema is not JSON"),
-                };
+            let Some(schema) = schema else {
+                return Outcome::not_applicable(
+                    "no parameter schema for the tool in its span or trace",
+                );
             };
             let arguments = span.tool_arguments();
             let check = self.check(name, arguments.as_deref(), Some(&schema));
@@ -156,13 +182,15 @@ impl Evaluator for ToolArgs {
             return Outcome::not_applicable("no tool call in the answer");
         }
         let definitions = span.tool_definitions();
-        if definitions.is_empty() {
-            return Outcome::not_applicable("the span carries no tool definitions");
+        let in_trace = |name: &str| trace.and_then(|t| t.tool_definition(name));
+        if definitions.is_empty() && !calls.iter().any(|c| in_trace(&c.name).is_some()) {
+            return Outcome::not_applicable("no tool definitions in the span or its trace");
         }
         let checks = calls
             .iter()
             .map(|call| {
-                let check = match definition(definitions, &call.name) {
+                let found = definition(definitions, &call.name).or_else(|| in_trace(&call.name));
+                let check = match found {
                     None => Check::UnknownTool,
                     Some(d) => {
                         self.check(&call.name, call.arguments.as_deref(), d.parameters.as_ref())
