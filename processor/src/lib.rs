@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod assembly;
 pub mod config;
 pub mod eval;
 pub mod gate;

@@ -1,0 +1,380 @@
+//! Trace assembly: buffers the spans of each trace until the trace is complete, for the
+//! evaluators that judge a span in the context of its whole trace.
+//!
+//! A trace is complete when its root span (a span without parent) has arrived — spans are
+//! exported when they end, so the root has ended — and no span of the trace has arrived for the
+//! quiet period; it is evaluated with what it has when the maximum wait from its first span has
+//! passed. Memory is bounded by a number of traces and of bytes: past either, the oldest trace is
+//! evaluated as it is. A span arriving for a trace already decided starts a new, late trace. Each
+//! buffered trace keeps *holds* (`H`), one per input message that contributed spans, so those
+//! messages are committed only after the trace's evaluations are delivered.
+//!
+//! The buffer is plain data with the clock passed in, so its rules are tested without threads.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+use serde::Deserialize;
+
+/// `traces:` in the configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssemblyConfig {
+    /// Seconds without a new span, after the root span arrived, before a trace is complete.
+    #[serde(default = "default_quiet")]
+    pub quiet_seconds: f64,
+    /// Seconds from a trace's first span after which it is evaluated as it is.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_seconds: f64,
+    /// Traces buffered at most.
+    #[serde(default = "default_max_traces")]
+    pub max_traces: usize,
+    /// Bytes of buffered spans at most (their protobuf size).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+}
+
+impl Default for AssemblyConfig {
+    fn default() -> Self {
+        AssemblyConfig {
+            quiet_seconds: default_quiet(),
+            max_wait_seconds: default_max_wait(),
+            max_traces: default_max_traces(),
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+fn default_quiet() -> f64 {
+    5.0
+}
+fn default_max_wait() -> f64 {
+    60.0
+}
+fn default_max_traces() -> usize {
+    100_000
+}
+fn default_max_bytes() -> usize {
+    512 << 20
+}
+
+/// A span kept for its trace, with what a view of it needs.
+#[derive(Debug, Clone)]
+pub struct StoredSpan {
+    /// The span.
+    pub span: Span,
+    /// Its resource, shared with the other spans of the same resource.
+    pub resource: Option<Arc<Resource>>,
+    /// Its instrumentation scope.
+    pub scope: Option<Arc<InstrumentationScope>>,
+}
+
+/// Why a trace left the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The root arrived and the trace was quiet for the quiet period.
+    Complete,
+    /// The maximum wait passed first.
+    TimedOut,
+    /// Evaluated early because the buffer was full.
+    Evicted,
+    /// Spans that arrived after their trace had been decided.
+    Late,
+    /// The worker is stopping.
+    Shutdown,
+}
+
+impl Completion {
+    /// Whether every span of the trace is known to be there.
+    pub fn is_complete(self) -> bool {
+        self == Completion::Complete
+    }
+
+    /// The name, for metrics and explanations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Completion::Complete => "complete",
+            Completion::TimedOut => "timed_out",
+            Completion::Evicted => "evicted",
+            Completion::Late => "late",
+            Completion::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A trace ready to evaluate.
+#[derive(Debug)]
+pub struct ReadyTrace<H> {
+    /// Its id.
+    pub trace_id: Vec<u8>,
+    /// Its spans, in arrival order.
+    pub spans: Vec<StoredSpan>,
+    /// One hold per contributing message.
+    pub holds: Vec<H>,
+    /// Why it is ready.
+    pub completion: Completion,
+}
+
+#[derive(Debug)]
+struct Buffered<H> {
+    spans: Vec<StoredSpan>,
+    holds: Vec<H>,
+    first_seen: Instant,
+    last_seen: Instant,
+    has_root: bool,
+    bytes: usize,
+    late: bool,
+}
+
+/// The buffer of incomplete traces.
+#[derive(Debug)]
+pub struct TraceBuffer<H> {
+    config: AssemblyConfig,
+    traces: HashMap<Vec<u8>, Buffered<H>>,
+    /// Trace ids by first arrival, oldest first (ids already gone are skipped lazily).
+    arrival: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// Recently decided trace ids, to recognise late spans (bounded, oldest forgotten first).
+    decided: HashSet<Vec<u8>>,
+    decided_order: VecDeque<Vec<u8>>,
+}
+
+impl<H> TraceBuffer<H> {
+    /// An empty buffer.
+    pub fn new(config: AssemblyConfig) -> TraceBuffer<H> {
+        TraceBuffer {
+            config,
+            traces: HashMap::new(),
+            arrival: VecDeque::new(),
+            bytes: 0,
+            decided: HashSet::new(),
+            decided_order: VecDeque::new(),
+        }
+    }
+
+    /// Traces buffered.
+    pub fn len(&self) -> usize {
+        self.traces.len()
+    }
+
+    /// Whether nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.traces.is_empty()
+    }
+
+    /// Bytes buffered.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds spans of one trace from one message, with that message's hold. Returns the traces
+    /// evicted to stay within the limits (oldest first).
+    pub fn add(
+        &mut self,
+        trace_id: &[u8],
+        spans: Vec<StoredSpan>,
+        hold: H,
+        now: Instant,
+    ) -> Vec<ReadyTrace<H>> {
+        let bytes: usize = spans.iter().map(|s| s.span.encoded_len()).sum();
+        let has_root = spans.iter().any(|s| s.span.parent_span_id.is_empty());
+        let late = self.decided.contains(trace_id);
+        match self.traces.get_mut(trace_id) {
+            Some(trace) => {
+                trace.spans.extend(spans);
+                trace.holds.push(hold);
+                trace.last_seen = now;
+                trace.has_root |= has_root;
+                trace.bytes += bytes;
+            }
+            None => {
+                self.arrival.push_back(trace_id.to_vec());
+                self.traces.insert(
+                    trace_id.to_vec(),
+                    Buffered {
+                        spans,
+                        holds: vec![hold],
+                        first_seen: now,
+                        last_seen: now,
+                        has_root,
+                        bytes,
+                        late,
+                    },
+                );
+            }
+        }
+        self.bytes += bytes;
+        let mut evicted = Vec::new();
+        while (self.traces.len() > self.config.max_traces || self.bytes > self.config.max_bytes)
+            && let Some(oldest) = self.oldest()
+        {
+            evicted.push(self.take(&oldest, Completion::Evicted));
+        }
+        evicted
+    }
+
+    fn oldest(&mut self) -> Option<Vec<u8>> {
+        while let Some(id) = self.arrival.front() {
+            if self.traces.contains_key(id) {
+                return Some(id.clone());
+            }
+            self.arrival.pop_front();
+        }
+        None
+    }
+
+    fn take(&mut self, trace_id: &[u8], completion: Completion) -> ReadyTrace<H> {
+        let trace = self
+            .traces
+            .remove(trace_id)
+            .expect("taking a buffered trace");
+        self.bytes -= trace.bytes;
+        if self.decided.insert(trace_id.to_vec()) {
+            self.decided_order.push_back(trace_id.to_vec());
+            while self.decided_order.len() > self.config.max_traces.max(1) {
+                if let Some(old) = self.decided_order.pop_front() {
+                    self.decided.remove(&old);
+                }
+            }
+        }
+        ReadyTrace {
+            trace_id: trace_id.to_vec(),
+            spans: trace.spans,
+            holds: trace.holds,
+            completion: if trace.late && completion != Completion::Shutdown {
+                Completion::Late
+            } else {
+                completion
+            },
+        }
+    }
+
+    /// The traces that are due at `now`: complete ones, and those past the maximum wait.
+    pub fn due(&mut self, now: Instant) -> Vec<ReadyTrace<H>> {
+        let quiet = Duration::from_secs_f64(self.config.quiet_seconds);
+        let max_wait = Duration::from_secs_f64(self.config.max_wait_seconds);
+        let due: Vec<(Vec<u8>, Completion)> = self
+            .traces
+            .iter()
+            .filter_map(|(id, t)| {
+                if t.has_root && now.saturating_duration_since(t.last_seen) >= quiet {
+                    Some((id.clone(), Completion::Complete))
+                } else if now.saturating_duration_since(t.first_seen) >= max_wait {
+                    Some((id.clone(), Completion::TimedOut))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        due.into_iter()
+            .map(|(id, completion)| self.take(&id, completion))
+            .collect()
+    }
+
+    /// Everything buffered, for a worker that is stopping.
+    pub fn drain(&mut self) -> Vec<ReadyTrace<H>> {
+        let ids: Vec<Vec<u8>> = self.traces.keys().cloned().collect();
+        ids.into_iter()
+            .map(|id| self.take(&id, Completion::Shutdown))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(trace: u8, id: u8, parent: Option<u8>) -> StoredSpan {
+        StoredSpan {
+            span: Span {
+                trace_id: vec![trace; 16],
+                span_id: vec![id; 8],
+                parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+                name: "x".repeat(100),
+                ..Default::default()
+            },
+            resource: None,
+            scope: None,
+        }
+    }
+
+    fn config() -> AssemblyConfig {
+        AssemblyConfig {
+            quiet_seconds: 5.0,
+            max_wait_seconds: 60.0,
+            max_traces: 100,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn a_trace_is_complete_after_its_root_and_a_quiet_period() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut buffer: TraceBuffer<u32> = TraceBuffer::new(config());
+        // Children first, across two messages; the root arrives last.
+        assert!(buffer.add(&[1; 16], vec![stored(1, 2, Some(1))], 10, s(0)).is_empty());
+        assert!(buffer.add(&[1; 16], vec![stored(1, 3, Some(1))], 11, s(2)).is_empty());
+        assert!(buffer.due(s(30)).is_empty(), "no root yet: only the maximum wait applies");
+        buffer.add(&[1; 16], vec![stored(1, 1, None)], 12, s(31));
+        assert!(buffer.due(s(35)).is_empty(), "not quiet for 5 s yet");
+        let ready = buffer.due(s(36));
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].completion, Completion::Complete);
+        assert_eq!(ready[0].spans.len(), 3);
+        assert_eq!(ready[0].holds, [10, 11, 12]);
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.bytes(), 0);
+    }
+
+    #[test]
+    fn a_rootless_trace_times_out_and_late_spans_form_a_late_trace() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut buffer: TraceBuffer<u32> = TraceBuffer::new(config());
+        buffer.add(&[2; 16], vec![stored(2, 5, Some(4))], 1, s(0));
+        let ready = buffer.due(s(60));
+        assert_eq!(ready[0].completion, Completion::TimedOut);
+        buffer.add(&[2; 16], vec![stored(2, 4, None)], 2, s(61));
+        let late = buffer.due(s(70));
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].completion, Completion::Late);
+        assert_eq!(late[0].holds, [2]);
+    }
+
+    #[test]
+    fn limits_evict_the_oldest_trace() {
+        let t0 = Instant::now();
+        let mut buffer: TraceBuffer<u32> = TraceBuffer::new(AssemblyConfig {
+            max_traces: 2,
+            ..config()
+        });
+        buffer.add(&[1; 16], vec![stored(1, 1, None)], 1, t0);
+        buffer.add(&[2; 16], vec![stored(2, 1, None)], 2, t0);
+        let evicted = buffer.add(&[3; 16], vec![stored(3, 1, None)], 3, t0);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].trace_id, vec![1; 16]);
+        assert_eq!(evicted[0].completion, Completion::Evicted);
+        assert_eq!(buffer.len(), 2);
+
+        let one = stored(9, 1, None).span.encoded_len();
+        let first = one + stored(1, 2, Some(1)).span.encoded_len();
+        let mut small: TraceBuffer<u32> = TraceBuffer::new(AssemblyConfig {
+            max_bytes: first + one - 1,
+            ..config()
+        });
+        let none = small.add(&[1; 16], vec![stored(1, 1, None), stored(1, 2, Some(1))], 1, t0);
+        assert!(none.is_empty());
+        let evicted = small.add(&[2; 16], vec![stored(2, 1, None)], 2, t0);
+        assert_eq!(evicted[0].trace_id, vec![1; 16]);
+        assert_eq!(small.bytes(), one);
+        let rest = small.drain();
+        assert_eq!(rest[0].completion, Completion::Shutdown);
+        assert_eq!(small.bytes(), 0);
+    }
+}
