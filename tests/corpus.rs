@@ -469,7 +469,11 @@ fn citations_resolve_in_grounded_answers_and_not_in_hallucinated_ones() {
         let mut judged = 0;
         for trace in TraceView::group(span::spans(&request), true) {
             let scenario = scenarios[trace.trace_id()].as_str();
-            for s in trace.spans().iter().filter(|s| s.kind() == OperationKind::Chat) {
+            for s in trace
+                .spans()
+                .iter()
+                .filter(|s| s.kind() == OperationKind::Chat)
+            {
                 let mut evaluations = Vec::new();
                 set.evaluate_in(s, &trace, &mut evaluations);
                 let ctx = format!("{file} ({encoding}) {scenario}");
@@ -484,7 +488,11 @@ fn citations_resolve_in_grounded_answers_and_not_in_hallucinated_ones() {
                 if let Outcome::Scored(score) = &evaluations[0].outcome {
                     judged += 1;
                     if scenario == "rag_hallucinated" {
-                        assert!(score.explanation.contains('4'), "{ctx}: {}", score.explanation);
+                        assert!(
+                            score.explanation.contains('4'),
+                            "{ctx}: {}",
+                            score.explanation
+                        );
                         assert!(score.value < 1.0, "{ctx}");
                     } else {
                         assert_eq!(score.value, 1.0, "{ctx}");

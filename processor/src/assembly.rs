@@ -318,9 +318,20 @@ mod tests {
         let s = |secs: u64| t0 + Duration::from_secs(secs);
         let mut buffer: TraceBuffer<u32> = TraceBuffer::new(config());
         // Children first, across two messages; the root arrives last.
-        assert!(buffer.add(&[1; 16], vec![stored(1, 2, Some(1))], 10, s(0)).is_empty());
-        assert!(buffer.add(&[1; 16], vec![stored(1, 3, Some(1))], 11, s(2)).is_empty());
-        assert!(buffer.due(s(30)).is_empty(), "no root yet: only the maximum wait applies");
+        assert!(
+            buffer
+                .add(&[1; 16], vec![stored(1, 2, Some(1))], 10, s(0))
+                .is_empty()
+        );
+        assert!(
+            buffer
+                .add(&[1; 16], vec![stored(1, 3, Some(1))], 11, s(2))
+                .is_empty()
+        );
+        assert!(
+            buffer.due(s(30)).is_empty(),
+            "no root yet: only the maximum wait applies"
+        );
         buffer.add(&[1; 16], vec![stored(1, 1, None)], 12, s(31));
         assert!(buffer.due(s(35)).is_empty(), "not quiet for 5 s yet");
         let ready = buffer.due(s(36));
@@ -368,7 +379,12 @@ mod tests {
             max_bytes: first + one - 1,
             ..config()
         });
-        let none = small.add(&[1; 16], vec![stored(1, 1, None), stored(1, 2, Some(1))], 1, t0);
+        let none = small.add(
+            &[1; 16],
+            vec![stored(1, 1, None), stored(1, 2, Some(1))],
+            1,
+            t0,
+        );
         assert!(none.is_empty());
         let evicted = small.add(&[2; 16], vec![stored(2, 1, None)], 2, t0);
         assert_eq!(evicted[0].trace_id, vec![1; 16]);
