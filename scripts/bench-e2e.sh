@@ -22,24 +22,10 @@ cd "$(dirname "$0")/.."
 traces="${1:-20000}"
 lag_rate="${LAG_RATE:-5000}"
 peer_traces="${PEER_TRACES:-$((traces < 20000 ? traces : 20000))}"
-scripts/install-tansu.sh
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-cargo build --release -q -p evalstream
-bin=target/release/evalstream
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-metrics_port=$(free_port)
-work=$(mktemp -d)
+source scripts/lib/local-broker.sh
 worker_pid=
-tansu broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$port" \
-  --advertised-listener-url "tcp://127.0.0.1:$port" >"$work/tansu.log" 2>&1 &
-broker_pid=$!
 trap 'kill $broker_pid 2>/dev/null; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-for t in bench_in bench_out bench_dlq bench_steady peer_out; do
-  tansu topic create --broker "tcp://127.0.0.1:$port" "$t" --partitions 4 >/dev/null
-done
+create_topics 4 bench_in bench_out bench_dlq bench_steady peer_out
 $bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
 
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }

@@ -13,18 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces="${1:-2000}"
-scripts/install-tansu.sh
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-cargo build --release -q -p evalstream
-bin=target/release/evalstream
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-metrics_port=$(free_port)
-work=$(mktemp -d)
-tansu broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$port" \
-  --advertised-listener-url "tcp://127.0.0.1:$port" >"$work/tansu.log" 2>&1 &
-broker_pid=$!
+source scripts/lib/local-broker.sh
 worker_pid=
 cleanup() {
   [ "${KEEP:-}" = 1 ] && return
@@ -32,11 +21,8 @@ cleanup() {
   kill "$broker_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-for t in otlp_spans otlp_evaluations; do
-  tansu topic create --broker "tcp://127.0.0.1:$port" "$t" --partitions 4 >/dev/null
-done
-tansu topic create --broker "tcp://127.0.0.1:$port" otlp_spans_dlq --partitions 1 >/dev/null
+create_topics 4 otlp_spans otlp_evaluations
+create_topics 1 otlp_spans_dlq
 echo "tansu on 127.0.0.1:$port; topics otlp_spans, otlp_evaluations, otlp_spans_dlq"
 
 cat >"$work/evalstream.yaml" <<YAML
