@@ -44,6 +44,15 @@ impl<'a> TraceView<'a> {
             .collect()
     }
 
+    /// Every span of `traces` with its trace, trace by trace.
+    pub fn each_span<'t>(
+        traces: &'t [TraceView<'a>],
+    ) -> impl Iterator<Item = (&'t TraceView<'a>, &'t GenAiSpan<'a>)> {
+        traces
+            .iter()
+            .flat_map(|t| t.spans.iter().map(move |s| (t, s)))
+    }
+
     /// The spans, by start time.
     pub fn spans(&self) -> &[GenAiSpan<'a>] {
         &self.spans

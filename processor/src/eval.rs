@@ -154,10 +154,7 @@ impl<'s, W: Write> EvalRun<'s, W> {
         let now = crate::now_unix_nanos();
         // Trace evaluators see the other spans of the same trace in this request.
         let traces = TraceView::group(span::spans(request), false);
-        for (trace, span) in traces
-            .iter()
-            .flat_map(|t| t.spans().iter().map(move |s| (t, s)))
-        {
+        for (trace, span) in TraceView::each_span(&traces) {
             self.summary.spans += 1;
             self.scratch.clear();
             self.set.evaluate_in(span, trace, &mut self.scratch);

@@ -93,10 +93,7 @@ impl Worker {
         let mut outputs: Vec<(Vec<u8>, Vec<Span>)> = Vec::new();
         let mut evaluations = Vec::new();
         let traces = TraceView::group(span::spans(&request), false);
-        for (trace, s) in traces
-            .iter()
-            .flat_map(|t| t.spans().iter().map(move |s| (t, s)))
-        {
+        for (trace, s) in TraceView::each_span(&traces) {
             self.metrics.spans.inc();
             evaluations.clear();
             let started = Instant::now();

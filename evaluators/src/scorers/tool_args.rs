@@ -122,30 +122,7 @@ impl ToolArgs {
         let label = if unknown { "unknown_tool" } else { "invalid" };
         Outcome::measured(value, false, label, problems.join("; "))
     }
-}
 
-fn definition<'d, 'a>(
-    definitions: &'d [ToolDefinition<'a>],
-    name: &str,
-) -> Option<&'d ToolDefinition<'a>> {
-    definitions.iter().find(|d| d.name == name)
-}
-
-impl Evaluator for ToolArgs {
-    fn evaluate(&self, span: &GenAiSpan<'_>) -> Outcome {
-        self.evaluate_with(span, None)
-    }
-
-    fn evaluate_in_trace(&self, span: &GenAiSpan<'_>, trace: &TraceView<'_>) -> Outcome {
-        self.evaluate_with(span, Some(trace))
-    }
-
-    fn needs_trace(&self) -> bool {
-        true
-    }
-}
-
-impl ToolArgs {
     fn evaluate_with(&self, span: &GenAiSpan<'_>, trace: Option<&TraceView<'_>>) -> Outcome {
         if span.kind() == OperationKind::Tool {
             let Some(name) = span.tool_name() else {
@@ -200,6 +177,27 @@ impl ToolArgs {
             })
             .collect();
         self.score(checks)
+    }
+}
+
+fn definition<'d, 'a>(
+    definitions: &'d [ToolDefinition<'a>],
+    name: &str,
+) -> Option<&'d ToolDefinition<'a>> {
+    definitions.iter().find(|d| d.name == name)
+}
+
+impl Evaluator for ToolArgs {
+    fn evaluate(&self, span: &GenAiSpan<'_>) -> Outcome {
+        self.evaluate_with(span, None)
+    }
+
+    fn evaluate_in_trace(&self, span: &GenAiSpan<'_>, trace: &TraceView<'_>) -> Outcome {
+        self.evaluate_with(span, Some(trace))
+    }
+
+    fn needs_trace(&self) -> bool {
+        true
     }
 }
 
