@@ -154,6 +154,19 @@ impl Worker {
         encoding: Encoding,
         receiver_extra: &str,
     ) -> Worker {
+        Worker::start_configured(dir, name, broker, group, encoding, receiver_extra, "")
+    }
+
+    /// As [`Worker::start_with`], with extra top-level sections (YAML, not indented).
+    fn start_configured(
+        dir: &Path,
+        name: &str,
+        broker: &str,
+        group: &str,
+        encoding: Encoding,
+        receiver_extra: &str,
+        top_extra: &str,
+    ) -> Worker {
         let metrics_port = free_port();
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -180,6 +193,7 @@ exporters:
     client: {{ enable.idempotence: "false" }}
 telemetry:
   metrics: {{ listen: "127.0.0.1:{metrics_port}" }}
+{top_extra}
 "#
             ),
         )
@@ -1089,4 +1103,182 @@ fn a_byte_limit_below_one_message_still_lets_every_message_through() {
     }
     let (code, _) = worker.terminate();
     assert_eq!(code, Some(0));
+}
+
+/// The attribute `key` of an output span, as text.
+fn attribute(s: &span::GenAiSpan<'_>, key: &str) -> Option<String> {
+    otlp::find(&s.raw().attributes, key).map(|v| span::attribute_text(v).into_owned())
+}
+
+/// The corpus's grounded RAG trace (a retriever and an answer citing `[1]`) split in three
+/// requests: the answer, the other spans (the root among them), the retriever.
+fn rag_trace_parts() -> (Vec<u8>, Vec<ExportTraceServiceRequest>) {
+    let templates = loadgen::templates().unwrap();
+    let rag = templates
+        .into_iter()
+        .find(|r| {
+            let spans: Vec<_> = span::spans(r).collect();
+            spans
+                .iter()
+                .any(|s| s.kind() == span::OperationKind::Retrieval)
+                && spans.iter().any(|s| {
+                    s.output_text()
+                        .is_some_and(|t| t.contains("330 metres tall [1]"))
+                })
+        })
+        .expect("the corpus has a grounded RAG trace");
+    let trace_id = span::spans(&rag).next().unwrap().trace_id().to_vec();
+    let part = |keep: &dyn Fn(&span::GenAiSpan<'_>) -> bool| {
+        let mut one = rag.clone();
+        for (rs, original) in one.resource_spans.iter_mut().zip(&rag.resource_spans) {
+            for (ss, original) in rs.scope_spans.iter_mut().zip(&original.scope_spans) {
+                ss.spans = original
+                    .spans
+                    .iter()
+                    .filter(|sp| {
+                        keep(&span::GenAiSpan::new(
+                            sp,
+                            span::ResourceView::new(None),
+                            None,
+                        ))
+                    })
+                    .cloned()
+                    .collect();
+            }
+        }
+        one
+    };
+    use span::OperationKind::{Chat, Retrieval};
+    let parts = vec![
+        // The answer first, then the rest with the root, the retriever last.
+        part(&|s| s.kind() == Chat),
+        part(&|s| !matches!(s.kind(), Chat | Retrieval)),
+        part(&|s| s.kind() == Retrieval),
+    ];
+    (trace_id, parts)
+}
+
+#[test]
+fn a_trace_split_across_messages_is_judged_whole_once_complete() {
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (trace_id, parts) = rag_trace_parts();
+    let key = otlp::hex(&trace_id);
+    let dir = temp_dir("trace-assembly");
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &address,
+        "g",
+        Encoding::OtlpProto,
+        "",
+        "evaluators:\n  - type: citations\n  - type: refusal\ntraces: { quiet_seconds: 1, max_wait_seconds: 20 }",
+    );
+    // Out of order and across messages, a little apart: the answer cites a document whose
+    // retriever span comes last.
+    for part in &parts {
+        produce(
+            &address,
+            "input",
+            &[(Some(key.clone()), part.encode_to_vec())],
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let evaluations = |records: &[Record]| -> Vec<(String, Option<String>, Option<String>)> {
+        records
+            .iter()
+            .flat_map(|r| {
+                let request = otlp::decode(&r.payload, Encoding::OtlpProto).unwrap();
+                span::spans(&request)
+                    .map(|s| {
+                        (
+                            attribute(&s, "gen_ai.evaluation.name").unwrap_or_default(),
+                            attribute(&s, "gen_ai.evaluation.score.label"),
+                            attribute(&s, "evalstream.trace.completion"),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        evaluations(r).iter().any(|(name, ..)| name == "citations")
+    });
+    let got = evaluations(&records);
+    let citations: Vec<_> = got.iter().filter(|(n, ..)| n == "citations").collect();
+    assert_eq!(citations.len(), 1, "the answer is judged once: {got:?}");
+    assert_eq!(
+        citations[0].1.as_deref(),
+        Some("resolved"),
+        "the citation resolves against the retriever span of a later message"
+    );
+    assert_eq!(citations[0].2.as_deref(), Some("complete"));
+    assert!(
+        got.iter()
+            .any(|(n, _, completion)| n == "refusal" && completion.is_none()),
+        "span evaluators run at once, outside the trace buffer: {got:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.key.as_deref() == Some(key.as_str()))
+    );
+
+    // A span of the trace after it was judged: counted late, judged as a new partial trace.
+    produce(
+        &address,
+        "input",
+        &[(Some(key.clone()), parts[0].encode_to_vec())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.metric("evalstream_traces_assembled_total{completion=\"late\"}") != Some(1.0)
+        || worker.metric("evalstream_in_flight_messages") != Some(0.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the late span is judged and every message finished"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer_spans = span::spans(&parts[0]).count();
+    assert_eq!(
+        worker.metric("evalstream_late_spans_total"),
+        Some(answer_spans as f64)
+    );
+    assert_eq!(
+        worker.metric("evalstream_traces_assembled_total{completion=\"complete\"}"),
+        Some(1.0)
+    );
+    assert_eq!(worker.metric("evalstream_traces_buffered"), Some(0.0));
+
+    // A trace without its root waits up to the maximum wait; stopping evaluates it at once, so
+    // its message is committed on the way out.
+    let mut rootless = parts[0].clone();
+    for s in rootless
+        .resource_spans
+        .iter_mut()
+        .flat_map(|r| &mut r.scope_spans)
+        .flat_map(|s| &mut s.spans)
+    {
+        s.trace_id = vec![7; 16];
+    }
+    produce(
+        &address,
+        "input",
+        &[(Some(key.clone()), rootless.encode_to_vec())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.metric("evalstream_traces_buffered") != Some(1.0) {
+        assert!(Instant::now() < deadline, "the rootless trace is buffered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, stderr) = worker.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    for (committed, end) in committed_vs_end(&address, "g", "input", 2) {
+        // The key puts every message on one partition; the other has nothing to commit.
+        assert!(
+            committed == end || end == 0,
+            "held messages are committed once their trace is judged: {committed} of {end}"
+        );
+    }
 }

@@ -15,6 +15,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use evalstream_evaluators::span::{GenAiSpan, OperationKind, ResourceView};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -50,6 +52,36 @@ impl Default for AssemblyConfig {
     }
 }
 
+impl AssemblyConfig {
+    /// Checks the limits, naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let seconds = |key: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "traces.{key}: must be a non-negative number of seconds"
+                ))
+            }
+        };
+        seconds("quiet_seconds", self.quiet_seconds)?;
+        seconds("max_wait_seconds", self.max_wait_seconds)?;
+        if self.max_wait_seconds < self.quiet_seconds {
+            return Err(format!(
+                "traces.max_wait_seconds ({}) must not be below traces.quiet_seconds ({})",
+                self.max_wait_seconds, self.quiet_seconds
+            ));
+        }
+        if self.max_traces == 0 {
+            return Err("traces.max_traces: must be at least 1".into());
+        }
+        if self.max_bytes == 0 {
+            return Err("traces.max_bytes: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 fn default_quiet() -> f64 {
     5.0
 }
@@ -74,6 +106,71 @@ pub struct StoredSpan {
     pub scope: Option<Arc<InstrumentationScope>>,
 }
 
+impl StoredSpan {
+    /// The spans of a request to keep, grouped by trace id (in order of first appearance).
+    ///
+    /// GenAI spans (model calls, retrievals, tools, agents, …) are kept whole: trace evaluators
+    /// read their content. Other spans (HTTP handlers, chains, database calls) are kept as a
+    /// skeleton — ids, parent, name, kind, times and status — which is what completion (is the
+    /// root here?) and trace structure need, so a trace's application spans cost little.
+    pub fn from_request(request: &ExportTraceServiceRequest) -> Vec<(Vec<u8>, Vec<StoredSpan>)> {
+        let mut traces: Vec<(Vec<u8>, Vec<StoredSpan>)> = Vec::new();
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+        for rs in &request.resource_spans {
+            let resource = rs.resource.clone().map(Arc::new);
+            for ss in &rs.scope_spans {
+                let scope = ss.scope.clone().map(Arc::new);
+                for span in &ss.spans {
+                    let view = GenAiSpan::new(span, ResourceView::new(rs.resource.as_ref()), None);
+                    let span = if view.kind() == OperationKind::Other {
+                        skeleton(span)
+                    } else {
+                        span.clone()
+                    };
+                    let stored = StoredSpan {
+                        span,
+                        resource: resource.clone(),
+                        scope: scope.clone(),
+                    };
+                    let i = *index
+                        .entry(stored.span.trace_id.clone())
+                        .or_insert_with(|| {
+                            traces.push((stored.span.trace_id.clone(), Vec::new()));
+                            traces.len() - 1
+                        });
+                    traces[i].1.push(stored);
+                }
+            }
+        }
+        traces
+    }
+
+    /// The evaluators' view of the span.
+    pub fn view(&self) -> GenAiSpan<'_> {
+        GenAiSpan::new(
+            &self.span,
+            ResourceView::new(self.resource.as_deref()),
+            self.scope.as_deref(),
+        )
+    }
+}
+
+/// A span without its attributes, events and links.
+fn skeleton(span: &Span) -> Span {
+    Span {
+        trace_id: span.trace_id.clone(),
+        span_id: span.span_id.clone(),
+        parent_span_id: span.parent_span_id.clone(),
+        name: span.name.clone(),
+        kind: span.kind,
+        start_time_unix_nano: span.start_time_unix_nano,
+        end_time_unix_nano: span.end_time_unix_nano,
+        status: span.status.clone(),
+        flags: span.flags,
+        ..Default::default()
+    }
+}
+
 /// Why a trace left the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
@@ -85,8 +182,8 @@ pub enum Completion {
     Evicted,
     /// Spans that arrived after their trace had been decided.
     Late,
-    /// The worker is stopping.
-    Shutdown,
+    /// Evaluated early because the worker is stopping or the trace's partition was revoked.
+    Flushed,
 }
 
 impl Completion {
@@ -102,7 +199,7 @@ impl Completion {
             Completion::TimedOut => "timed_out",
             Completion::Evicted => "evicted",
             Completion::Late => "late",
-            Completion::Shutdown => "shutdown",
+            Completion::Flushed => "flushed",
         }
     }
 }
@@ -246,7 +343,7 @@ impl<H> TraceBuffer<H> {
             trace_id: trace_id.to_vec(),
             spans: trace.spans,
             holds: trace.holds,
-            completion: if trace.late && completion != Completion::Shutdown {
+            completion: if trace.late && completion != Completion::Flushed {
                 Completion::Late
             } else {
                 completion
@@ -278,9 +375,19 @@ impl<H> TraceBuffer<H> {
 
     /// Everything buffered, for a worker that is stopping.
     pub fn drain(&mut self) -> Vec<ReadyTrace<H>> {
-        let ids: Vec<Vec<u8>> = self.traces.keys().cloned().collect();
+        self.flush_where(|_| true)
+    }
+
+    /// The traces holding any message that `held` picks (those of a revoked partition).
+    pub fn flush_where(&mut self, held: impl Fn(&H) -> bool) -> Vec<ReadyTrace<H>> {
+        let ids: Vec<Vec<u8>> = self
+            .traces
+            .iter()
+            .filter(|(_, t)| t.holds.iter().any(&held))
+            .map(|(id, _)| id.clone())
+            .collect();
         ids.into_iter()
-            .map(|id| self.take(&id, Completion::Shutdown))
+            .map(|id| self.take(&id, Completion::Flushed))
             .collect()
     }
 }
@@ -390,7 +497,7 @@ mod tests {
         assert_eq!(evicted[0].trace_id, vec![1; 16]);
         assert_eq!(small.bytes(), one);
         let rest = small.drain();
-        assert_eq!(rest[0].completion, Completion::Shutdown);
+        assert_eq!(rest[0].completion, Completion::Flushed);
         assert_eq!(small.bytes(), 0);
     }
 }

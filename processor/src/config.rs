@@ -12,6 +12,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use evalstream_evaluators::otlp::Encoding;
+
+use crate::assembly::AssemblyConfig;
 use evalstream_evaluators::spec::{self, BuildError, EvaluatorSpec};
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,6 +34,10 @@ pub struct Config {
     /// evalstream's own metrics.
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// How traces are buffered for trace evaluators (`citations`, `tool_args`, `grounding`,
+    /// `agent_loop`).
+    #[serde(default)]
+    pub traces: AssemblyConfig,
 }
 
 impl Default for Config {
@@ -41,6 +47,7 @@ impl Default for Config {
             evaluators: spec::default_specs(),
             exporters: Exporters::default(),
             telemetry: Telemetry::default(),
+            traces: AssemblyConfig::default(),
         }
     }
 }
@@ -345,6 +352,7 @@ impl Config {
                 ));
             }
         }
+        self.traces.validate().map_err(Problem::Other)?;
         if let Some(m) = &self.telemetry.metrics
             && m.listen.parse::<std::net::SocketAddr>().is_err()
         {

@@ -16,6 +16,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod run;
 pub mod summary;
+pub mod traces;
 pub mod worker;
 
 /// Now, in nanoseconds since the Unix epoch (OTLP's timestamps).

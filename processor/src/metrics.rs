@@ -148,6 +148,15 @@ pub struct Metrics {
     pub cost_usd: prometheus::CounterVec,
     /// Tokens of judged spans, by model and type.
     pub tokens: IntCounterVec,
+    /// Traces buffered for trace evaluators.
+    pub traces_buffered: IntGauge,
+    /// Bytes of their spans.
+    pub trace_buffer_bytes: IntGauge,
+    /// Traces taken from the buffer and evaluated, by completion (`complete`, `timed_out`,
+    /// `evicted`, `late`, `flushed`).
+    pub traces_assembled: IntCounterVec,
+    /// Spans that arrived after their trace had been evaluated.
+    pub late_spans: IntCounter,
     /// Up (1) once started.
     pub up: Gauge,
     evaluators: Vec<EvaluatorMetrics>,
@@ -273,6 +282,27 @@ impl Metrics {
         r.register(Box::new(up.clone()))?;
         up.set(1.0);
         Ok(Arc::new(Metrics {
+            traces_buffered: gauge(
+                &r,
+                "evalstream_traces_buffered",
+                "Traces buffered until complete, for trace evaluators.",
+            )?,
+            trace_buffer_bytes: gauge(
+                &r,
+                "evalstream_trace_buffer_bytes",
+                "Bytes of the buffered traces' spans.",
+            )?,
+            traces_assembled: counter_vec(
+                &r,
+                "evalstream_traces_assembled_total",
+                "Traces evaluated by trace evaluators, by how they left the buffer (complete, timed_out, evicted, late, flushed).",
+                &["completion"],
+            )?,
+            late_spans: counter(
+                &r,
+                "evalstream_late_spans_total",
+                "Spans that arrived after their trace had been evaluated (evaluated again as a late, partial trace).",
+            )?,
             messages: counter(
                 &r,
                 "evalstream_messages_consumed_total",

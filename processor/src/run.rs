@@ -1,10 +1,13 @@
 //! `evalstream run`: the streaming worker.
 //!
 //! Threads, each owning one thing: the consumer's poll thread ([`Source`]), one evaluation
-//! [`Worker`] per core, librdkafka's producer thread (inside [`Sink`]), a thread re-routing
-//! undeliverable messages to the dead-letter topic, and the async runtime serving `/metrics`
-//! and waiting for SIGTERM/SIGINT. Every queue between them is bounded. Shutdown stops the input,
-//! drains in-flight work, commits what finished, flushes the producer and returns.
+//! [`Worker`] per core, with trace evaluators one trace-buffer shard per core ([`Assembler`]),
+//! librdkafka's producer thread (inside [`Sink`]), a thread re-routing undeliverable messages to
+//! the dead-letter topic, and the async runtime serving `/metrics` and waiting for SIGTERM/SIGINT.
+//! Work queues are bounded; the two that carry acknowledgements and failed outputs back are
+//! bounded by the messages in flight instead, so the producer's thread never waits on them.
+//! Shutdown stops the input, evaluates buffered traces with what they have, drains in-flight
+//! work, commits what finished, flushes the producer and returns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +20,11 @@ use evalstream_evaluators::spec::{self, EvaluatorKind};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::kafka::sink::{Pending, Sink};
+use crate::kafka::sink::{Redirect, Sink};
 use crate::kafka::source::Source;
 use crate::metrics::{self, Metrics};
-use crate::worker::Worker;
+use crate::traces::Assembler;
+use crate::worker::{Judge, Worker};
 
 /// Runs the worker until `shutdown` completes, then drains and returns.
 pub async fn run(
@@ -90,8 +94,7 @@ fn pipeline(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let exporter = config.exporters.kafka.as_ref();
-    let capacity = receiver.max_in_flight_messages + 1;
-    let (redirect_tx, redirect_rx) = crossbeam_channel::bounded::<(Arc<Pending>, String)>(capacity);
+    let (redirect_tx, redirect_rx) = crossbeam_channel::unbounded::<Redirect>();
     let brokers = exporter.map_or_else(|| receiver.brokers.join(","), |e| e.brokers.join(","));
     let client = exporter.map_or(&receiver.client, |e| &e.client);
     let sink = Arc::new(
@@ -106,11 +109,6 @@ fn pipeline(
         .context("cannot create the output producer")?,
     );
     let threads = thread::available_parallelism().map_or(2, |n| n.get());
-    let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
-    let source = Source::new(&receiver, work_tx, metrics.clone())
-        .context("cannot create the input consumer")?;
-    info!(topics = ?receiver.topics, group = %receiver.group_id, workers = threads, "consuming");
-
     let prices = config
         .evaluators
         .iter()
@@ -120,12 +118,28 @@ fn pipeline(
         })
         .unwrap_or_else(|| PriceTable::new(true, &Default::default()))
         .map_err(anyhow::Error::msg)?;
-    let worker = Arc::new(Worker {
+    let needs_traces = evaluators.needs_traces();
+    let judge = Arc::new(Judge {
         evaluators,
         sink: sink.clone(),
-        encoding: receiver.encoding,
         metrics: metrics.clone(),
         prices,
+    });
+    let (assembler, shards) = if needs_traces {
+        let (assembler, shards) = Assembler::start(&config.traces, threads, judge.clone())?;
+        (Some(assembler), shards)
+    } else {
+        (None, Vec::new())
+    };
+    let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
+    let source = Source::new(&receiver, work_tx, assembler.clone(), metrics.clone())
+        .context("cannot create the input consumer")?;
+    info!(topics = ?receiver.topics, group = %receiver.group_id, workers = threads,
+        trace_buffer = needs_traces, "consuming");
+    let worker = Arc::new(Worker {
+        judge,
+        encoding: receiver.encoding,
+        traces: assembler,
     });
     let workers: Vec<_> = (0..threads)
         .map(|i| {
@@ -146,11 +160,19 @@ fn pipeline(
         thread::Builder::new().name("evalstream-redirect".into()).spawn(move || {
             while !done.load(Ordering::Acquire) {
                 metrics.producer_queue.set(i64::from(sink.queue_len()));
-                if let Ok((pending, reason)) = redirect_rx.recv_timeout(Duration::from_millis(200)) {
-                    warn!(%reason, offset = pending.source.offset, "sending the input message to the dead-letter topic");
-                    sink.dead_letter(&pending, "delivery", &reason);
-                    // The dead letter stands in for the failed output, which is now accounted for.
-                    pending.done();
+                // The dead letter stands in for the failed output, which is then accounted for.
+                match redirect_rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Redirect::Input(pending, reason)) => {
+                        warn!(%reason, offset = pending.source.offset, "sending the input message to the dead-letter topic");
+                        sink.dead_letter(&pending, "delivery", &reason);
+                        pending.done();
+                    }
+                    Ok(Redirect::Output { inputs, key, payload, reason }) => {
+                        warn!(%reason, inputs = inputs.len(), "sending the undeliverable output to the dead-letter topic");
+                        sink.dead_letter_output(&inputs, key.as_deref(), &payload, &reason);
+                        inputs.iter().for_each(|p| p.done());
+                    }
+                    Err(_) => {}
                 }
             }
         })?
@@ -161,6 +183,11 @@ fn pipeline(
     source.run(stop);
     for w in workers {
         let _ = w.join();
+    }
+    // The workers' handles are gone with them; this last one lets the shards stop.
+    drop(worker);
+    for s in shards {
+        let _ = s.join();
     }
     if !sink.flush(Duration::from_secs(10)) {
         warn!(

@@ -1,9 +1,13 @@
-//! Evaluation workers: decode a message, run every evaluator on every span, send the evaluator
+//! Evaluation workers: decode a message, run the evaluators on its spans, send the evaluator
 //! spans (one record per trace, keyed by hex trace id) or the message to the dead-letter topic.
 //!
 //! Workers are plain threads, one per core: evaluation is CPU work and must not sit on an async
 //! runtime. An evaluator that panics on a span yields an `error` outcome for that span; the worker
 //! and the partition carry on.
+//!
+//! When trace evaluators are configured, a worker runs only the span evaluators and hands each
+//! trace's spans to the trace buffer ([`Assembler`]), holding the message until the trace is
+//! evaluated; the buffer's threads run the trace evaluators through the same [`Judge`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -18,21 +22,43 @@ use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::span::{self, GenAiSpan, OperationKind};
 use evalstream_evaluators::to_otlp;
 use evalstream_evaluators::trace::TraceView;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
-use crate::kafka::sink::Sink;
+use crate::assembly::{Completion, StoredSpan};
+use crate::kafka::sink::{Pending, Sink};
 use crate::kafka::source::Work;
 use crate::metrics::Metrics;
+use crate::traces::Assembler;
 
-/// What every worker shares.
-pub struct Worker {
+/// Which evaluators a pass over spans runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Every evaluator, trace evaluators seeing the spans at hand.
+    All,
+    /// Evaluators of single spans (trace evaluators run when the trace is assembled).
+    Spans,
+    /// Trace evaluators, on an assembled trace.
+    Traces(Completion),
+}
+
+impl Pass {
+    fn runs(self, e: &ConfiguredEvaluator) -> bool {
+        match self {
+            Pass::All => true,
+            Pass::Spans => !e.evaluator.needs_trace(),
+            Pass::Traces(_) => e.evaluator.needs_trace(),
+        }
+    }
+}
+
+/// Runs evaluators and sends their results: what the workers and the trace buffer share.
+pub struct Judge {
     /// The configured evaluators.
     pub evaluators: Arc<EvaluatorSet>,
     /// Where outputs go.
     pub sink: Arc<Sink>,
-    /// How input messages are encoded.
-    pub encoding: Encoding,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Prices for the cost metrics.
@@ -66,72 +92,81 @@ fn run_guarded<'e>(
     }
 }
 
-impl Worker {
-    /// Takes work until the queue closes.
-    pub fn run(&self, queue: Receiver<Vec<Work>>) {
-        for batch in queue {
-            for work in batch {
-                self.process(&work);
-                work.pending.done();
+impl Judge {
+    /// Runs the pass's evaluators on every span of `traces`, records the metrics and sends the
+    /// evaluator spans, one record per trace, acknowledging `inputs` on delivery.
+    pub fn judge<'p>(
+        &self,
+        traces: &[TraceView<'_>],
+        pass: Pass,
+        inputs: impl Iterator<Item = &'p Arc<Pending>> + Clone,
+    ) {
+        let mut evaluations = Vec::new();
+        let mut output: Vec<Span> = Vec::new();
+        for trace in traces {
+            for s in trace.spans() {
+                if !matches!(pass, Pass::Traces(_)) {
+                    self.metrics.spans.inc();
+                }
+                evaluations.clear();
+                let started = Instant::now();
+                for (index, e) in self.evaluators.evaluators().iter().enumerate() {
+                    if pass.runs(e)
+                        && let Some(evaluation) = run_guarded(e, s, trace)
+                    {
+                        self.metrics.record(index, &evaluation, s);
+                        evaluations.push(evaluation);
+                    }
+                }
+                if self.accounts(pass, s, !evaluations.is_empty()) {
+                    self.account(s);
+                }
+                if evaluations.is_empty() {
+                    continue;
+                }
+                self.metrics
+                    .evaluation_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if !self.sink.has_output() {
+                    continue;
+                }
+                let end = crate::now_unix_nanos();
+                let start = end.saturating_sub(started.elapsed().as_nanos() as u64);
+                output.extend(
+                    evaluations
+                        .iter()
+                        .filter(|e| to_otlp::emits_span(e))
+                        .map(|e| {
+                            let mut span = to_otlp::evaluation_span(s, e, start, end);
+                            if let Pass::Traces(completion) = pass {
+                                span.attributes.push(completion_attribute(completion));
+                            }
+                            span
+                        }),
+                );
+            }
+            if !output.is_empty() {
+                let payload = to_otlp::export_request(std::mem::take(&mut output)).encode_to_vec();
+                self.sink
+                    .output(&otlp::hex(trace.trace_id()), &payload, inputs.clone());
             }
         }
     }
 
-    fn process(&self, work: &Work) {
-        let request = match otlp::decode(&work.message.payload, self.encoding) {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.decode_errors.inc();
-                self.sink
-                    .dead_letter(&work.pending, "decode", &e.to_string());
-                return;
+    /// Whether this pass accounts a span's lag, tokens and cost: each span once, in the pass
+    /// that sees it first (the workers'), when any evaluator judges it.
+    fn accounts(&self, pass: Pass, s: &GenAiSpan<'_>, evaluated: bool) -> bool {
+        match pass {
+            Pass::All => evaluated,
+            Pass::Spans => {
+                evaluated
+                    || self
+                        .evaluators
+                        .evaluators()
+                        .iter()
+                        .any(|e| e.evaluator.needs_trace() && e.selector.matches(s))
             }
-        };
-        // Evaluator spans grouped by trace: one output record per trace. Trace evaluators see
-        // the trace's spans that are in this message (with `partition_traces_by_id`, a
-        // collector batch usually holds a trace whole).
-        let mut outputs: Vec<(Vec<u8>, Vec<Span>)> = Vec::new();
-        let mut evaluations = Vec::new();
-        let traces = TraceView::group(span::spans(&request), false);
-        for (trace, s) in TraceView::each_span(&traces) {
-            self.metrics.spans.inc();
-            evaluations.clear();
-            let started = Instant::now();
-            for (index, e) in self.evaluators.evaluators().iter().enumerate() {
-                if let Some(evaluation) = run_guarded(e, s, trace) {
-                    self.metrics.record(index, &evaluation, s);
-                    evaluations.push(evaluation);
-                }
-            }
-            if evaluations.is_empty() {
-                continue;
-            }
-            self.metrics
-                .evaluation_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.account(s);
-            if !self.sink.has_output() {
-                continue;
-            }
-            let end = crate::now_unix_nanos();
-            let start = end.saturating_sub(started.elapsed().as_nanos() as u64);
-            let spans: Vec<Span> = evaluations
-                .iter()
-                .filter(|e| to_otlp::emits_span(e))
-                .map(|e| to_otlp::evaluation_span(s, e, start, end))
-                .collect();
-            if spans.is_empty() {
-                continue;
-            }
-            match outputs.iter_mut().find(|(t, _)| t == s.trace_id()) {
-                Some((_, group)) => group.extend(spans),
-                None => outputs.push((s.trace_id().to_vec(), spans)),
-            }
-        }
-        for (trace_id, spans) in outputs {
-            let payload = to_otlp::export_request(spans).encode_to_vec();
-            self.sink
-                .output(&otlp::hex(&trace_id), &payload, &work.pending);
+            Pass::Traces(_) => false,
         }
     }
 
@@ -173,6 +208,68 @@ impl Worker {
                 .cost_usd
                 .with_label_values(&[label.as_str()])
                 .inc_by(cost.total_usd);
+        }
+    }
+}
+
+/// `evalstream.trace.completion` on a trace evaluator's span: whether the trace it judged was
+/// complete, or evaluated with what it had (`timed_out`, `evicted`, `late`, `flushed`).
+fn completion_attribute(completion: Completion) -> KeyValue {
+    otlp::kv_str("evalstream.trace.completion", completion.as_str())
+}
+
+/// A worker thread's view of what it shares.
+pub struct Worker {
+    /// Runs the evaluators.
+    pub judge: Arc<Judge>,
+    /// How input messages are encoded.
+    pub encoding: Encoding,
+    /// The trace buffer, when trace evaluators are configured.
+    pub traces: Option<Assembler>,
+}
+
+impl Worker {
+    /// Takes work until the queue closes.
+    pub fn run(&self, queue: Receiver<Vec<Work>>) {
+        for batch in queue {
+            for work in batch {
+                self.process(&work);
+                work.pending.done();
+            }
+        }
+    }
+
+    fn process(&self, work: &Work) {
+        let decoded = work
+            .message
+            .with_payload(|payload| otlp::decode(payload.unwrap_or_default(), self.encoding));
+        let request = match decoded {
+            Ok(r) => r,
+            Err(e) => {
+                self.judge.metrics.decode_errors.inc();
+                self.judge
+                    .sink
+                    .dead_letter(&work.pending, "decode", &e.to_string());
+                return;
+            }
+        };
+        let traces = TraceView::group(span::spans(&request), false);
+        let Some(assembler) = &self.traces else {
+            // Trace evaluators (if any) see the trace's spans that are in this message.
+            self.judge
+                .judge(&traces, Pass::All, std::iter::once(&work.pending));
+            return;
+        };
+        self.judge
+            .judge(&traces, Pass::Spans, std::iter::once(&work.pending));
+        let mut held = false;
+        for (trace_id, spans) in StoredSpan::from_request(&request) {
+            assembler.add(trace_id, spans, &work.pending);
+            held = true;
+        }
+        if held {
+            // The buffer keeps what the trace evaluators read; the raw bytes can go.
+            work.message.release_payload();
         }
     }
 }

@@ -10,9 +10,17 @@
 //! backpressure instead of loss. A *permanent* delivery failure of an output re-routes the
 //! original message to the dead-letter topic with the reason, so it is neither lost nor retried
 //! forever; if even that fails the message stays uncommitted and is counted.
+//!
+//! Trace evaluators make one output depend on several inputs: every message that contributed
+//! spans to a buffered trace keeps a [`Hold`] on its [`Pending`] until the trace's evaluations are
+//! queued, and that output's delivery acknowledges all of them. A held message gives up its raw
+//! bytes ([`Received::release_payload`]) — the trace buffer keeps only the spans' fields — so when
+//! an output of a released message fails for good, the dead-letter topic gets the failed output
+//! itself, with headers naming every input it came from: the evaluations are kept and the inputs
+//! are still in the input topic at the offsets named.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -60,10 +68,49 @@ pub struct Received {
     pub offset: i64,
     /// Its key (the hex trace id when the collector partitions by trace).
     pub key: Option<Vec<u8>>,
-    /// Its bytes.
-    pub payload: Vec<u8>,
-    /// Its share of the input's in-flight bytes.
-    pub counted: CountedBytes,
+    /// Its bytes, counted in the input's in-flight bytes until released.
+    body: Mutex<Option<(Vec<u8>, CountedBytes)>>,
+}
+
+impl Received {
+    /// A received message whose key and payload count into `in_flight_bytes`.
+    pub fn new(
+        tp: TopicPartition,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        in_flight_bytes: &Arc<AtomicUsize>,
+    ) -> Received {
+        let counted = CountedBytes::new(
+            in_flight_bytes,
+            payload.len() + key.as_ref().map_or(0, Vec::len),
+        );
+        Received {
+            tp,
+            offset,
+            key,
+            body: Mutex::new(Some((payload, counted))),
+        }
+    }
+
+    fn body(&self) -> MutexGuard<'_, Option<(Vec<u8>, CountedBytes)>> {
+        self.body.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls `f` with the payload, `None` once released.
+    pub fn with_payload<R>(&self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        f(self.body().as_ref().map(|(payload, _)| &payload[..]))
+    }
+
+    /// Frees the payload (and its share of the in-flight bytes) of a message that stays in
+    /// flight only because a buffered trace holds it.
+    pub fn release_payload(&self) {
+        self.body().take();
+    }
+
+    fn is_released(&self) -> bool {
+        self.body().is_none()
+    }
 }
 
 /// Tells the consumer that an input message is finished.
@@ -86,8 +133,8 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// A pending message holding one guard; `acks` must have room for every message in flight
-    /// (the consumer bounds how many there are), so acknowledging never blocks.
+    /// A pending message holding one guard. `acks` should be unbounded: acknowledging must never
+    /// block the producer's thread, and its length is bounded by the messages in flight.
     pub fn new(source: Arc<Received>, acks: Sender<Ack>) -> Arc<Pending> {
         Arc::new(Pending {
             source,
@@ -114,16 +161,106 @@ impl Pending {
     }
 }
 
-/// What a produced record is, for its delivery report.
-pub struct Delivery {
+/// A buffered trace's claim on one input message: keeps the message uncommitted until dropped,
+/// which happens once the trace's evaluations are queued (their delivery then keeps it). Counted
+/// in a shared total so the consumer can tell held messages from ones still being worked on.
+#[derive(Debug)]
+pub struct Hold {
     pending: Arc<Pending>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Hold {
+    /// Holds `pending`, counting into `held`.
+    pub fn new(pending: &Arc<Pending>, held: &Arc<AtomicUsize>) -> Hold {
+        pending.add();
+        held.fetch_add(1, Ordering::AcqRel);
+        Hold {
+            pending: pending.clone(),
+            held: held.clone(),
+        }
+    }
+
+    /// The held message.
+    pub fn pending(&self) -> &Arc<Pending> {
+        &self.pending
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        self.pending.done();
+    }
+}
+
+/// A failed output, for the thread that dead-letters it.
+#[derive(Debug)]
+pub enum Redirect {
+    /// Send this input message to the dead-letter topic instead of its output.
+    Input(Arc<Pending>, String),
+    /// Inputs whose payloads were released: send the failed output record itself.
+    Output {
+        /// The inputs it came from.
+        inputs: Vec<Arc<Pending>>,
+        /// Its key.
+        key: Option<Vec<u8>>,
+        /// Its payload (evaluator spans).
+        payload: Vec<u8>,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// What a produced record is, for its delivery report: the inputs it acknowledges.
+pub struct Delivery {
+    inputs: Vec<Arc<Pending>>,
     dead_letter: Option<&'static str>,
 }
 
 /// Delivery reports, on the producer's own thread.
 pub struct SinkContext {
     metrics: Arc<Metrics>,
-    redirect: Sender<(Arc<Pending>, String)>,
+    redirect: Sender<Redirect>,
+}
+
+impl SinkContext {
+    /// Routes a failed output to the dead-letter topic: each input whose payload is still at hand
+    /// goes there itself, once per input; otherwise the output record goes, for all its inputs.
+    fn redirect(
+        &self,
+        inputs: Vec<Arc<Pending>>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: String,
+    ) {
+        if inputs.iter().any(|p| p.source.is_released()) {
+            let redirect = Redirect::Output {
+                inputs,
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+                reason,
+            };
+            if self.redirect.send(redirect).is_err() {
+                self.metrics.undeliverable.inc();
+            }
+            return;
+        }
+        for pending in inputs {
+            // The first failed output sends the whole input message to the dead-letter topic;
+            // that record stands in for this output. Later failures of the same message are
+            // covered by it.
+            if pending.redirected.swap(true, Ordering::AcqRel) {
+                pending.done();
+            } else if self
+                .redirect
+                .send(Redirect::Input(pending, reason.clone()))
+                .is_err()
+            {
+                self.metrics.undeliverable.inc();
+            }
+        }
+    }
 }
 
 impl ClientContext for SinkContext {
@@ -140,6 +277,7 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        let delivery = *delivery;
         match (result, delivery.dead_letter) {
             (Ok(m), None) => {
                 self.metrics.outputs.inc();
@@ -147,37 +285,30 @@ impl ProducerContext for SinkContext {
                     key = %String::from_utf8_lossy(m.key().unwrap_or_default()),
                     partition = m.partition(),
                     offset = m.offset(),
-                    input_offset = delivery.pending.source.offset,
+                    inputs = delivery.inputs.len(),
                     "output delivered"
                 );
-                delivery.pending.done();
+                delivery.inputs.iter().for_each(|p| p.done());
             }
             (Ok(_), Some(reason)) => {
                 self.metrics.dlq.with_label_values(&[reason]).inc();
-                delivery.pending.done();
+                delivery.inputs.iter().for_each(|p| p.done());
             }
-            (Err((e, _)), None) => {
-                // The first failed output sends the whole input message to the dead-letter topic;
-                // that record stands in for this output. Later failures of the same message are
-                // covered by it.
-                if delivery.pending.redirected.swap(true, Ordering::AcqRel) {
-                    delivery.pending.done();
-                } else {
-                    let reason = format!("cannot deliver evaluations: {e}");
-                    if self
-                        .redirect
-                        .send((delivery.pending.clone(), reason))
-                        .is_err()
-                    {
-                        self.metrics.undeliverable.inc();
-                    }
-                }
+            (Err((e, m)), None) => {
+                let reason = format!("cannot deliver evaluations: {e}");
+                self.redirect(
+                    delivery.inputs,
+                    m.key(),
+                    m.payload().unwrap_or_default(),
+                    reason,
+                );
             }
             (Err((e, _)), Some(_)) => {
                 self.metrics.undeliverable.inc();
-                let s = &delivery.pending.source;
-                error!(error = %e, topic = %s.tp.topic, partition = s.tp.partition, offset = s.offset,
-                    "cannot write to the dead-letter topic; the message stays uncommitted");
+                for s in delivery.inputs.iter().map(|p| &p.source) {
+                    error!(error = %e, topic = %s.tp.topic, partition = s.tp.partition, offset = s.offset,
+                        "cannot write to the dead-letter topic; the message stays uncommitted");
+                }
             }
         }
     }
@@ -198,7 +329,7 @@ impl Sink {
         output_topic: Option<String>,
         dlq_topic: String,
         metrics: Arc<Metrics>,
-        redirect: Sender<(Arc<Pending>, String)>,
+        redirect: Sender<Redirect>,
     ) -> Result<Sink, KafkaError> {
         let mut config = ClientConfig::new();
         config
@@ -231,22 +362,21 @@ impl Sink {
                 Err((e, r)) => {
                     // Not queued (an invalid record, a closing producer): count the output as
                     // failed through the same path as a failed delivery.
-                    let delivery = r.delivery_opaque;
                     warn!(error = %e, "cannot queue a record");
-                    let pending = delivery.pending.clone();
+                    let context = self.producer.context();
+                    let delivery = *r.delivery_opaque;
                     if delivery.dead_letter.is_some() {
                         // Not even the dead-letter topic: leave the message uncommitted.
-                        self.producer.context().metrics.undeliverable.inc();
+                        context.metrics.undeliverable.inc();
                         return;
                     }
-                    if !pending.redirected.swap(true, Ordering::AcqRel) {
-                        self.dead_letter(
-                            &pending,
-                            "delivery",
-                            &format!("cannot queue evaluations: {e}"),
-                        );
-                    }
-                    pending.done();
+                    let reason = format!("cannot queue evaluations: {e}");
+                    context.redirect(
+                        delivery.inputs,
+                        r.key,
+                        r.payload.unwrap_or_default(),
+                        reason,
+                    );
                     return;
                 }
             }
@@ -258,14 +388,20 @@ impl Sink {
         self.output_topic.is_some()
     }
 
-    /// Produces evaluator spans for one trace, keyed by its hex trace id.
-    pub fn output(&self, key: &str, payload: &[u8], pending: &Arc<Pending>) {
+    /// Produces evaluator spans for one trace, keyed by its hex trace id; the inputs they came
+    /// from are acknowledged when it is delivered.
+    pub fn output<'p>(
+        &self,
+        key: &str,
+        payload: &[u8],
+        inputs: impl IntoIterator<Item = &'p Arc<Pending>>,
+    ) {
         let Some(topic) = &self.output_topic else {
             return;
         };
-        pending.add();
+        let inputs: Vec<Arc<Pending>> = inputs.into_iter().inspect(|p| p.add()).cloned().collect();
         let delivery = Box::new(Delivery {
-            pending: pending.clone(),
+            inputs,
             dead_letter: None,
         });
         self.send(
@@ -276,11 +412,59 @@ impl Sink {
     }
 
     /// Produces the input message to the dead-letter topic with headers naming the error and its
-    /// source topic, partition and offset.
+    /// source topic, partition and offset. A message whose payload was released goes with an
+    /// empty payload (only [`Redirect::Output`] reaches here for those, and it writes the output).
     pub fn dead_letter(&self, pending: &Arc<Pending>, reason: &'static str, message: &str) {
         let source = &pending.source;
-        let partition = source.tp.partition.to_string();
-        let offset = source.offset.to_string();
+        let payload = source.with_payload(|p| p.unwrap_or_default().to_vec());
+        let mut record = BaseRecord::with_opaque_to(
+            &self.dlq_topic,
+            self.dead_letter_delivery(std::slice::from_ref(pending), reason),
+        )
+        .payload(&payload[..])
+        .headers(Self::error_headers(
+            reason,
+            message,
+            std::slice::from_ref(pending),
+        ));
+        if let Some(key) = &source.key {
+            record = record.key(&key[..]);
+        }
+        self.send(record);
+    }
+
+    /// Produces a failed output record to the dead-letter topic, with headers naming the error and
+    /// the inputs it came from (`evalstream.source.offsets`: `topic/partition@offset`, comma
+    /// separated).
+    pub fn dead_letter_output(
+        &self,
+        inputs: &[Arc<Pending>],
+        key: Option<&[u8]>,
+        payload: &[u8],
+        message: &str,
+    ) {
+        let reason = "delivery";
+        let mut record =
+            BaseRecord::with_opaque_to(&self.dlq_topic, self.dead_letter_delivery(inputs, reason))
+                .payload(payload)
+                .headers(Self::error_headers(reason, message, inputs));
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.send(record);
+    }
+
+    fn dead_letter_delivery(&self, inputs: &[Arc<Pending>], reason: &'static str) -> Box<Delivery> {
+        inputs.iter().for_each(|p| p.add());
+        Box::new(Delivery {
+            inputs: inputs.to_vec(),
+            dead_letter: Some(reason),
+        })
+    }
+
+    /// The error and where the record came from. One input: its topic, partition and offset each
+    /// in a header; several: `evalstream.source.offsets`.
+    fn error_headers(reason: &str, message: &str, inputs: &[Arc<Pending>]) -> OwnedHeaders {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "evalstream.error",
@@ -289,7 +473,26 @@ impl Sink {
             .insert(Header {
                 key: "evalstream.error.type",
                 value: Some(reason),
-            })
+            });
+        let [pending] = inputs else {
+            let offsets: Vec<String> = inputs
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}/{}@{}",
+                        p.source.tp.topic, p.source.tp.partition, p.source.offset
+                    )
+                })
+                .collect();
+            return headers.insert(Header {
+                key: "evalstream.source.offsets",
+                value: Some(&offsets.join(",")),
+            });
+        };
+        let source = &pending.source;
+        let partition = source.tp.partition.to_string();
+        let offset = source.offset.to_string();
+        headers
             .insert(Header {
                 key: "evalstream.source.topic",
                 value: Some(source.tp.topic.as_ref()),
@@ -301,19 +504,7 @@ impl Sink {
             .insert(Header {
                 key: "evalstream.source.offset",
                 value: Some(&offset),
-            });
-        pending.add();
-        let delivery = Box::new(Delivery {
-            pending: pending.clone(),
-            dead_letter: Some(reason),
-        });
-        let mut record = BaseRecord::with_opaque_to(&self.dlq_topic, delivery)
-            .payload(&source.payload[..])
-            .headers(headers);
-        if let Some(key) = &source.key {
-            record = record.key(&key[..]);
-        }
-        self.send(record);
+            })
     }
 
     /// Messages waiting in the producer.

@@ -17,7 +17,13 @@
 //! Acknowledgements come back on a bounded channel; finished offsets advance a contiguous prefix
 //! per partition ([`OffsetTracker`]), which is stored for librdkafka's auto-commit
 //! (`enable.auto.offset.store=false`). On revoke, the revoked partitions' in-flight work is drained
-//! within a deadline and committed synchronously; on shutdown, everything is.
+//! within a deadline and committed synchronously; on shutdown, everything is. Traces buffered for
+//! trace evaluators are evaluated first, with what they have ([`Assembler::flush`]): their
+//! messages could not finish otherwise.
+//!
+//! Messages that stay in flight only because a buffered trace holds them do not count against
+//! `max_in_flight_messages`: the trace buffer's own limits bound them, and they have given up
+//! their bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,9 +43,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use super::offsets::{OffsetTracker, TopicPartition};
-use super::sink::{Ack, CountedBytes, Pending, Received};
+use super::sink::{Ack, Pending, Received};
 use crate::config::KafkaReceiver;
 use crate::metrics::Metrics;
+use crate::traces::Assembler;
 
 /// One message handed to a worker, with the token that acknowledges it.
 pub struct Work {
@@ -92,6 +99,7 @@ pub struct SourceContext {
     state: Mutex<State>,
     drain_timeout: Duration,
     assignment_changed: AtomicBool,
+    traces: Option<Assembler>,
 }
 
 impl SourceContext {
@@ -148,6 +156,9 @@ impl ConsumerContext for SourceContext {
                 partition: e.partition(),
             })
             .collect();
+        if let Some(traces) = &self.traces {
+            traces.flush(Some(&revoked));
+        }
         let mut state = self.state();
         let left = state.drain(Some(&revoked), Instant::now() + self.drain_timeout);
         let offsets: Vec<(TopicPartition, i64)> = state
@@ -156,9 +167,13 @@ impl ConsumerContext for SourceContext {
             .into_iter()
             .filter(|(tp, _)| revoked.contains(tp))
             .collect();
+        store(consumer, &offsets);
         commit(consumer, &offsets, CommitMode::Sync);
         for tp in &revoked {
             state.tracker.forget(tp);
+        }
+        if let Some(traces) = &self.traces {
+            traces.resume(&revoked);
         }
         info!(
             partitions = revoked.len(),
@@ -245,19 +260,27 @@ pub struct Source {
     max_in_flight: usize,
     in_flight_bytes: Arc<AtomicUsize>,
     max_in_flight_bytes: usize,
+    /// Messages held by buffered traces (a message may be counted once per trace it holds).
+    held_by_traces: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
 impl Source {
-    /// Creates the consumer and subscribes. `work` is the bounded queue to the workers.
+    /// Creates the consumer and subscribes. `work` is the bounded queue to the workers; `traces`,
+    /// when trace evaluators are configured, the trace buffer to flush on revoke and shutdown.
     pub fn new(
         config: &KafkaReceiver,
         work: Sender<Vec<Work>>,
+        traces: Option<Assembler>,
         metrics: Arc<Metrics>,
     ) -> Result<Source, KafkaError> {
         let max_in_flight = config.max_in_flight_messages.max(1);
-        // Room for every in-flight message's ack: acknowledging never blocks a producer thread.
-        let (ack_tx, ack_rx) = crossbeam_channel::bounded(max_in_flight + 1);
+        // Unbounded so that acknowledging never blocks the producer's thread; its length is at
+        // most the messages in flight, which the loop below and the trace buffer bound.
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let held_by_traces = traces
+            .as_ref()
+            .map_or_else(Default::default, Assembler::held);
         let context = SourceContext {
             metrics: metrics.clone(),
             state: Mutex::new(State {
@@ -267,6 +290,7 @@ impl Source {
             }),
             drain_timeout: Duration::from_secs_f64(config.drain_timeout_seconds),
             assignment_changed: AtomicBool::new(false),
+            traces,
         };
         let mut client = ClientConfig::new();
         client
@@ -298,6 +322,7 @@ impl Source {
             max_in_flight,
             in_flight_bytes: Arc::new(AtomicUsize::new(0)),
             max_in_flight_bytes: config.max_in_flight_bytes.max(1),
+            held_by_traces,
             metrics,
         })
     }
@@ -324,7 +349,8 @@ impl Source {
             .collect()
     }
 
-    /// Takes acknowledgements, stores the offsets they free and returns the messages in flight.
+    /// Takes acknowledgements, stores the offsets they free and returns the messages in flight
+    /// that buffered traces do not hold.
     fn settle(&self) -> usize {
         let ctx = self.consumer.context();
         let mut state = ctx.state();
@@ -333,7 +359,7 @@ impl Source {
         store(&self.consumer, &advances);
         let in_flight = state.tracker.in_flight();
         self.metrics.in_flight.set(in_flight as i64);
-        in_flight
+        in_flight.saturating_sub(self.held_by_traces.load(Ordering::Acquire))
     }
 
     /// Makes a work item of a received message, checking its offset follows the last one read.
@@ -363,17 +389,13 @@ impl Source {
         );
         let key = m.key().map(<[u8]>::to_vec);
         let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
-        let counted = CountedBytes::new(
-            &self.in_flight_bytes,
-            payload.len() + key.as_ref().map_or(0, Vec::len),
-        );
-        let message = Arc::new(Received {
+        let message = Arc::new(Received::new(
             tp,
-            offset: m.offset(),
+            m.offset(),
             key,
             payload,
-            counted,
-        });
+            &self.in_flight_bytes,
+        ));
         let pending = Pending::new(message.clone(), self.acks.clone());
         Work { message, pending }
     }
@@ -473,12 +495,18 @@ impl Source {
         info!("stopping: draining in-flight work");
         self.metrics.paused.set(1);
         let ctx = self.consumer.context();
+        if let Some(traces) = &ctx.traces {
+            traces.flush(None);
+        }
         let mut state = ctx.state();
         let unfinished = state.drain(None, Instant::now() + ctx.drain_timeout);
         // Commit what finished, synchronously: not the consumed positions, which would skip
         // unfinished work.
         let offsets = state.tracker.committable();
         drop(state);
+        // Stored too: closing the consumer auto-commits the stored offsets, which would otherwise
+        // take the commit back to before the work that finished while draining.
+        store(&self.consumer, &offsets);
         commit(&self.consumer, &offsets, CommitMode::Sync);
         info!(unfinished, "input stopped");
     }

@@ -1,0 +1,243 @@
+//! The trace buffer's threads: trace evaluators judge a span with its whole trace, so the spans
+//! of each trace are buffered ([`TraceBuffer`]) until it is complete and then evaluated.
+//!
+//! The buffer is sharded by trace id over one thread per core: each shard owns its traces, so
+//! shards never lock, and trace evaluation (citations, grounding) runs in parallel. Workers hand
+//! spans to a shard through a bounded queue, which is backpressure when shards fall behind.
+//! Shards only ever wait on the output producer, never on the workers or the consumer, so the
+//! pipeline cannot deadlock.
+//!
+//! Every message that contributed spans to a buffered trace is held ([`Hold`]) until that
+//! trace's evaluations are queued: its offset is not committed before, so a crash loses nothing.
+//! When partitions are revoked, or the worker stops, the shards evaluate the affected traces at
+//! once with what they have (`flushed`), so their messages can be committed before another
+//! worker takes the partitions over.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use evalstream_evaluators::trace::TraceView;
+use tracing::debug;
+
+use crate::assembly::{AssemblyConfig, Completion, ReadyTrace, StoredSpan, TraceBuffer};
+use crate::kafka::offsets::TopicPartition;
+use crate::kafka::sink::{Hold, Pending};
+use crate::worker::{Judge, Pass};
+
+/// How often a shard looks for complete and timed-out traces.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Commands queued per shard.
+const QUEUE: usize = 1024;
+
+enum Command {
+    Add {
+        trace_id: Vec<u8>,
+        spans: Vec<StoredSpan>,
+        hold: Hold,
+    },
+    Flush(Option<Vec<TopicPartition>>),
+    Resume(Vec<TopicPartition>),
+}
+
+/// The handle to the trace buffer's shards; cloned into the workers and the consumer. The
+/// shards stop when every handle is dropped, evaluating what they still hold.
+#[derive(Clone)]
+pub struct Assembler {
+    shards: Vec<Sender<Command>>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Assembler {
+    /// Starts `shards` threads (at least one), splitting the buffer's limits between them.
+    pub fn start(
+        config: &AssemblyConfig,
+        shards: usize,
+        judge: Arc<Judge>,
+    ) -> std::io::Result<(Assembler, Vec<JoinHandle<()>>)> {
+        let shards = shards.max(1);
+        let per_shard = AssemblyConfig {
+            max_traces: (config.max_traces / shards).max(1),
+            max_bytes: (config.max_bytes / shards).max(1),
+            ..config.clone()
+        };
+        let mut senders = Vec::with_capacity(shards);
+        let mut threads = Vec::with_capacity(shards);
+        for i in 0..shards {
+            let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+            let shard = Shard {
+                buffer: TraceBuffer::new(per_shard.clone()),
+                judge: judge.clone(),
+                flush_all: false,
+                flushing: HashSet::new(),
+                reported: (0, 0),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("evalstream-traces-{i}"))
+                    .spawn(move || shard.run(&rx))?,
+            );
+            senders.push(tx);
+        }
+        Ok((
+            Assembler {
+                shards: senders,
+                held: Arc::new(AtomicUsize::new(0)),
+            },
+            threads,
+        ))
+    }
+
+    /// Messages held by buffered traces (counted once per trace), for the consumer's limits.
+    pub fn held(&self) -> Arc<AtomicUsize> {
+        self.held.clone()
+    }
+
+    fn shard(&self, trace_id: &[u8]) -> &Sender<Command> {
+        // Trace ids are random: their last bytes spread traces evenly.
+        let tail = trace_id
+            .iter()
+            .rev()
+            .take(8)
+            .fold(0u64, |h, &b| (h << 8) | u64::from(b));
+        &self.shards[(tail % self.shards.len() as u64) as usize]
+    }
+
+    /// Buffers spans of one trace from the message `pending`, holding it until they are judged.
+    /// Waits while the shard's queue is full.
+    pub fn add(&self, trace_id: Vec<u8>, spans: Vec<StoredSpan>, pending: &Arc<Pending>) {
+        let hold = Hold::new(pending, &self.held);
+        let shard = self.shard(&trace_id);
+        // A shard stops only after every handle is gone, so this cannot fail; if it did, the
+        // hold is dropped and the message acknowledged without its trace evaluations.
+        let _ = shard.send(Command::Add {
+            trace_id,
+            spans,
+            hold,
+        });
+    }
+
+    /// Evaluates now, with what they have, the traces holding messages of `partitions` (every
+    /// trace when `None`); spans of those partitions that arrive until [`Assembler::resume`] are
+    /// evaluated at once. `None` is for stopping, and lasts.
+    pub fn flush(&self, partitions: Option<&[TopicPartition]>) {
+        for shard in &self.shards {
+            let _ = shard.send(Command::Flush(partitions.map(<[_]>::to_vec)));
+        }
+    }
+
+    /// Buffers spans of `partitions` again (they were flushed for a revoke that has finished).
+    pub fn resume(&self, partitions: &[TopicPartition]) {
+        for shard in &self.shards {
+            let _ = shard.send(Command::Resume(partitions.to_vec()));
+        }
+    }
+}
+
+struct Shard {
+    buffer: TraceBuffer<Hold>,
+    judge: Arc<Judge>,
+    flush_all: bool,
+    flushing: HashSet<TopicPartition>,
+    /// Traces and bytes last added to the shared gauges.
+    reported: (i64, i64),
+}
+
+impl Shard {
+    fn run(mut self, commands: &Receiver<Command>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            match commands.recv_deadline(next_tick) {
+                Ok(Command::Add {
+                    trace_id,
+                    spans,
+                    hold,
+                }) => {
+                    if self.flush_all || self.flushing.contains(&hold.pending().source.tp) {
+                        self.evaluate(ReadyTrace {
+                            trace_id,
+                            spans,
+                            holds: vec![hold],
+                            completion: Completion::Flushed,
+                        });
+                    } else {
+                        for evicted in self.buffer.add(&trace_id, spans, hold, Instant::now()) {
+                            self.evaluate(evicted);
+                        }
+                    }
+                }
+                Ok(Command::Flush(None)) => {
+                    self.flush_all = true;
+                    for ready in self.buffer.drain() {
+                        self.evaluate(ready);
+                    }
+                }
+                Ok(Command::Flush(Some(partitions))) => {
+                    let flushed = self
+                        .buffer
+                        .flush_where(|h| partitions.contains(&h.pending().source.tp));
+                    debug!(
+                        traces = flushed.len(),
+                        "flushing traces of revoked partitions"
+                    );
+                    for ready in flushed {
+                        self.evaluate(ready);
+                    }
+                    self.flushing.extend(partitions);
+                }
+                Ok(Command::Resume(partitions)) => {
+                    for tp in &partitions {
+                        self.flushing.remove(tp);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                for ready in self.buffer.due(now) {
+                    self.evaluate(ready);
+                }
+                next_tick = now + TICK;
+                self.report();
+            }
+        }
+        for ready in self.buffer.drain() {
+            self.evaluate(ready);
+        }
+        self.report();
+    }
+
+    /// Runs the trace evaluators on a trace that left the buffer, then lets go of its messages
+    /// (the evaluations' delivery now keeps them).
+    fn evaluate(&self, ready: ReadyTrace<Hold>) {
+        let metrics = &self.judge.metrics;
+        metrics
+            .traces_assembled
+            .with_label_values(&[ready.completion.as_str()])
+            .inc();
+        if ready.completion == Completion::Late {
+            metrics.late_spans.inc_by(ready.spans.len() as u64);
+        }
+        let views = ready.spans.iter().map(StoredSpan::view).collect();
+        let trace = TraceView::new(views, ready.completion.is_complete());
+        self.judge.judge(
+            std::slice::from_ref(&trace),
+            Pass::Traces(ready.completion),
+            ready.holds.iter().map(Hold::pending),
+        );
+    }
+
+    /// Moves the shared gauges by this shard's change since the last report.
+    fn report(&mut self) {
+        let now = (self.buffer.len() as i64, self.buffer.bytes() as i64);
+        let metrics = &self.judge.metrics;
+        metrics.traces_buffered.add(now.0 - self.reported.0);
+        metrics.trace_buffer_bytes.add(now.1 - self.reported.1);
+        self.reported = now;
+    }
+}
