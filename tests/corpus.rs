@@ -503,3 +503,123 @@ fn citations_resolve_in_grounded_answers_and_not_in_hallucinated_ones() {
         assert_eq!(judged, if c.content { 2 } else { 0 }, "{file} ({encoding})");
     }
 }
+
+#[test]
+fn grounding_passes_grounded_answers_and_quotes_the_hallucinated_claim() {
+    use evalstream_evaluators::trace::TraceView;
+    let specs: Vec<spec::EvaluatorSpec> =
+        serde_json::from_value(serde_json::json!([{"type": "grounding"}])).unwrap();
+    let set = spec::build_set(&specs).unwrap();
+    for (file, encoding) in both_encodings() {
+        let request = load(file, encoding);
+        let scenarios = scenarios(file);
+        let c = captures(file);
+        let mut judged = 0;
+        for trace in TraceView::group(span::spans(&request), true) {
+            let scenario = scenarios[trace.trace_id()].as_str();
+            for s in trace
+                .spans()
+                .iter()
+                .filter(|s| s.kind() == OperationKind::Chat)
+            {
+                let mut evaluations = Vec::new();
+                set.evaluate_in(s, &trace, &mut evaluations);
+                let ctx = format!("{file} ({encoding}) {scenario}");
+                let expected = match scenario {
+                    // Their prompts hold no context and their traces no retriever.
+                    _ if !scenario.starts_with("rag_") => "skipped:not_applicable",
+                    _ if !c.content => "skipped:no_content",
+                    "rag_grounded" => "grounded",
+                    _ => "ungrounded",
+                };
+                let outcome = &evaluations[0].outcome;
+                assert_eq!(label(outcome), expected, "{ctx}");
+                if let Outcome::Scored(score) = outcome {
+                    judged += 1;
+                    if scenario == "rag_grounded" {
+                        assert!(score.passed && score.value == 1.0, "{ctx}: {score:?}");
+                    } else {
+                        assert!(!score.passed && score.value < 0.5, "{ctx}: {score:?}");
+                        for quoted in ["Leonardo da Vinci", "512 metres", "not found: 512"] {
+                            assert!(
+                                score.explanation.contains(quoted),
+                                "{ctx}: {}",
+                                score.explanation
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(judged, if c.content { 2 } else { 0 }, "{file} ({encoding})");
+    }
+}
+
+#[test]
+fn agent_loop_judges_each_trace_once_at_its_root_and_passes_the_corpus() {
+    use evalstream_evaluators::trace::TraceView;
+    let specs: Vec<spec::EvaluatorSpec> = serde_json::from_value(
+        serde_json::json!([{"type": "agent_loop", "max_total_tokens": 1000, "max_cost_usd": 0.01}]),
+    )
+    .unwrap();
+    let set = spec::build_set(&specs).unwrap();
+    for (file, encoding) in both_encodings() {
+        let request = load(file, encoding);
+        let scenarios = scenarios(file);
+        let traces = TraceView::group(span::spans(&request), true);
+        assert_eq!(traces.len(), scenarios.len(), "{file}");
+        for trace in &traces {
+            let scenario = scenarios[trace.trace_id()].as_str();
+            let ctx = format!("{file} ({encoding}) {scenario}");
+            let mut scored = Vec::new();
+            let mut evaluated = 0;
+            for s in trace.spans() {
+                let mut evaluations = Vec::new();
+                set.evaluate_in(s, trace, &mut evaluations);
+                let Some(evaluation) = evaluations.first() else {
+                    continue;
+                };
+                evaluated += 1;
+                match &evaluation.outcome {
+                    Outcome::Scored(score) => scored.push((s.kind(), score.clone())),
+                    Outcome::Skipped {
+                        reason: SkipReason::NotApplicable,
+                        ..
+                    } => {}
+                    other => panic!("{ctx}: {other:?}"),
+                }
+            }
+            assert_eq!(scored.len(), 1, "{ctx}: judged once");
+            assert_eq!(evaluated, 1, "{ctx}: the other spans get no evaluation");
+            let (kind, score) = &scored[0];
+            // The root: the agent run.
+            assert_eq!(*kind, OperationKind::Agent, "{ctx}");
+            assert_eq!(
+                (score.value, score.passed, score.label.as_ref()),
+                (1.0, true, "ok"),
+                "{ctx}: {}",
+                score.explanation
+            );
+            // One LLM call of 412 + 57 tokens at gpt-4o-mini prices.
+            assert!(
+                score.explanation.contains(
+                    "1 LLM call (limit 25); 0 retries (limit 3); 469 tokens (limit 1,000); $0.0000"
+                ),
+                "{ctx}: {}",
+                score.explanation
+            );
+            // The tool scenarios' call is counted once, though both the LLM span (where
+            // content is captured) and the execute_tool span record it.
+            let tools = if scenario.starts_with("tool_") {
+                "get_weather called 1× with the same arguments (limit 3; 1 tool call)"
+            } else {
+                "no tool calls"
+            };
+            assert!(
+                score.explanation.starts_with(tools),
+                "{ctx}: {}",
+                score.explanation
+            );
+        }
+    }
+}

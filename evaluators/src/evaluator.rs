@@ -37,6 +37,14 @@ pub trait Evaluator: Send + Sync + fmt::Debug {
     fn needs_trace(&self) -> bool {
         false
     }
+
+    /// Whether this span of `trace` is one the scorer judges at all. A trace-level scorer judges
+    /// a trace once, on one span (its root); the others get no evaluation rather than a skip, so
+    /// the skip counters stay meaningful.
+    fn judges_in_trace(&self, span: &GenAiSpan<'_>, trace: &TraceView<'_>) -> bool {
+        let _ = (span, trace);
+        true
+    }
 }
 
 /// A score: what an evaluator concluded about a span.
@@ -371,7 +379,9 @@ impl ConfiguredEvaluator {
         span: &GenAiSpan<'_>,
         trace: Option<&TraceView<'_>>,
     ) -> Option<Evaluation<'_>> {
-        if !self.selector.matches(span) {
+        if !self.selector.matches(span)
+            || trace.is_some_and(|t| !self.evaluator.judges_in_trace(span, t))
+        {
             return None;
         }
         let outcome = if self.sampler.keeps(span.trace_id()) {

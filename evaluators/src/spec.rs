@@ -19,10 +19,12 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::evaluator::{
     ConfiguredEvaluator, Evaluator, EvaluatorSet, Sampler, Selector, SelectorConfig,
 };
+use crate::scorers::agent_loop::{AgentLoop, AgentLoopConfig};
 use crate::scorers::citations::{Citations, CitationsConfig};
 use crate::scorers::cost::{CostConfig, CostScorer};
 use crate::scorers::empty_output::{EmptyOutput, EmptyOutputConfig};
 use crate::scorers::finish_reason::{FinishReasonCheck, FinishReasonConfig};
+use crate::scorers::grounding::{Grounding, GroundingConfig};
 use crate::scorers::json_schema::{JsonSchema, JsonSchemaConfig};
 use crate::scorers::json_valid::{JsonValid, JsonValidConfig};
 use crate::scorers::latency::{Latency, LatencyConfig};
@@ -53,6 +55,10 @@ pub enum EvaluatorKind {
     ToolArgs(ToolArgsConfig),
     /// Citations in the answer resolve to documents retrieved in the trace.
     Citations(CitationsConfig),
+    /// Each claim of the answer is supported by a document retrieved in the trace.
+    Grounding(GroundingConfig),
+    /// The trace shows no runaway agent: tool loops, too many LLM calls, retries, budgets.
+    AgentLoop(AgentLoopConfig),
     /// A regular expression matches (or does not).
     Regex(RegexConfig),
     /// The text holds given values.
@@ -72,13 +78,15 @@ pub enum EvaluatorKind {
 }
 
 /// Every built-in evaluator type, as written in configuration.
-pub const TYPES: [&str; 14] = [
+pub const TYPES: [&str; 16] = [
     "refusal",
     "pii",
     "json_valid",
     "json_schema",
     "tool_args",
     "citations",
+    "grounding",
+    "agent_loop",
     "regex",
     "contains",
     "not_contains",
@@ -109,6 +117,8 @@ impl EvaluatorKind {
             "json_schema" => EvaluatorKind::JsonSchema(read(options)?),
             "tool_args" => EvaluatorKind::ToolArgs(read(options)?),
             "citations" => EvaluatorKind::Citations(read(options)?),
+            "grounding" => EvaluatorKind::Grounding(read(options)?),
+            "agent_loop" => EvaluatorKind::AgentLoop(read(options)?),
             "regex" => EvaluatorKind::Regex(read(options)?),
             "contains" => EvaluatorKind::Contains(read(options)?),
             "not_contains" => EvaluatorKind::NotContains(read(options)?),
@@ -135,6 +145,8 @@ impl EvaluatorKind {
             EvaluatorKind::JsonSchema(_) => "json_schema",
             EvaluatorKind::ToolArgs(_) => "tool_args",
             EvaluatorKind::Citations(_) => "citations",
+            EvaluatorKind::Grounding(_) => "grounding",
+            EvaluatorKind::AgentLoop(_) => "agent_loop",
             EvaluatorKind::Regex(_) => "regex",
             EvaluatorKind::Contains(_) => "contains",
             EvaluatorKind::NotContains(_) => "not_contains",
@@ -153,6 +165,17 @@ impl EvaluatorKind {
                 &[OperationKind::Chat, OperationKind::Embeddings]
             }
             EvaluatorKind::ToolArgs(_) => &[OperationKind::Chat, OperationKind::Tool],
+            // Judged on the trace's root, whatever its kind (see `scorers::agent_loop`); never
+            // on evalstream's own evaluator spans.
+            EvaluatorKind::AgentLoop(_) => &[
+                OperationKind::Agent,
+                OperationKind::Chat,
+                OperationKind::Tool,
+                OperationKind::Retrieval,
+                OperationKind::Embeddings,
+                OperationKind::Guardrail,
+                OperationKind::Other,
+            ],
             _ => &[OperationKind::Chat],
         }
     }
@@ -170,6 +193,8 @@ impl EvaluatorKind {
             EvaluatorKind::JsonSchema(c) => Box::new(JsonSchema::build(c)?),
             EvaluatorKind::ToolArgs(c) => Box::new(ToolArgs::build(c)?),
             EvaluatorKind::Citations(c) => Box::new(Citations::build(c)?),
+            EvaluatorKind::Grounding(c) => Box::new(Grounding::build(c)?),
+            EvaluatorKind::AgentLoop(c) => Box::new(AgentLoop::build(c)?),
             EvaluatorKind::Regex(c) => Box::new(RegexMatch::build(c)?),
             EvaluatorKind::Contains(c) => Box::new(Contains::build(c, false)?),
             EvaluatorKind::NotContains(c) => Box::new(Contains::build(c, true)?),

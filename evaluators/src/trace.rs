@@ -98,6 +98,20 @@ impl<'a> TraceView<'a> {
         }
     }
 
+    /// The span that stands for the whole trace: the root (no parent) when it is in view, else
+    /// the earliest span. Trace-level scorers judge the trace once, on this span.
+    pub fn root(&self) -> Option<&GenAiSpan<'a>> {
+        self.spans
+            .iter()
+            .find(|s| s.parent_span_id().iter().all(|&b| b == 0))
+            .or_else(|| self.spans.first())
+    }
+
+    /// Whether `span` is the trace's [`root`](TraceView::root).
+    pub fn is_root(&self, span: &GenAiSpan<'_>) -> bool {
+        self.root().is_some_and(|r| r.span_id() == span.span_id())
+    }
+
     /// A tool definition of that name from any span of the trace.
     pub fn tool_definition(&self, name: &str) -> Option<&ToolDefinition<'a>> {
         self.spans
@@ -172,5 +186,28 @@ mod tests {
             ["earlier", "later"]
         );
         assert!(traces[1].documents().is_empty());
+    }
+
+    #[test]
+    fn the_root_is_the_parentless_span_else_the_earliest() {
+        let mut child = span(1, 2, 10, vec![]);
+        child.parent_span_id = vec![1; 8];
+        let root = span(1, 1, 20, vec![]);
+        let mut orphan = span(1, 3, 30, vec![]);
+        orphan.parent_span_id = vec![9; 8];
+        let spans = [child, root, orphan];
+        fn views(s: &[Span]) -> Vec<GenAiSpan<'_>> {
+            s.iter()
+                .map(|s| GenAiSpan::new(s, ResourceView::default(), None))
+                .collect()
+        }
+        let whole = TraceView::new(views(&spans), true);
+        assert_eq!(whole.root().unwrap().span_id(), &[1; 8]);
+        assert!(whole.is_root(&whole.spans()[1]) && !whole.is_root(&whole.spans()[0]));
+        // Without its root, the earliest span stands for the trace.
+        let rest = [spans[2].clone(), spans[0].clone()];
+        let partial = TraceView::new(views(&rest), false);
+        assert_eq!(partial.root().unwrap().span_id(), &[2; 8]);
+        assert!(TraceView::new(Vec::new(), true).root().is_none());
     }
 }

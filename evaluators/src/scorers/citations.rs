@@ -89,42 +89,76 @@ impl Citations {
     pub fn references(&self, text: &str) -> Vec<String> {
         let mut seen = BTreeSet::new();
         let mut found: Vec<(usize, String)> = Vec::new();
-        for re in &self.patterns {
-            for captures in re.captures_iter(text) {
-                let Some(group) = captures.get(1) else {
-                    continue;
-                };
-                // A marker followed by `(` is a Markdown link, not a citation.
-                let whole = captures.get(0).map_or(group.end(), |m| m.end());
-                if text[whole..].starts_with('(') {
-                    continue;
-                }
-                // `[1, 2]` and `(Sources: a; b)` cite several.
-                for reference in group.as_str().split([',', ';']) {
-                    let reference = reference.trim();
-                    if !reference.is_empty() && seen.insert(reference.to_lowercase()) {
-                        found.push((group.start(), reference.to_owned()));
-                    }
+        for marker in self.markers(text) {
+            for (at, reference) in marker.references {
+                if seen.insert(reference.to_lowercase()) {
+                    found.push((at, reference.to_owned()));
                 }
             }
         }
         found.sort_by_key(|(at, _)| *at);
         found.into_iter().map(|(_, r)| r).collect()
     }
+
+    /// Every citation marker in `text` with where it is, pattern by pattern (not in text order;
+    /// markers of different patterns may overlap). `grounding` uses the positions to attach
+    /// citations to the claim they follow and to cut the markers out of the claim's text.
+    pub(crate) fn markers<'t>(&self, text: &'t str) -> Vec<Marker<'t>> {
+        let mut markers = Vec::new();
+        for re in &self.patterns {
+            for captures in re.captures_iter(text) {
+                let (Some(whole), Some(group)) = (captures.get(0), captures.get(1)) else {
+                    continue;
+                };
+                // A marker followed by `(` is a Markdown link, not a citation.
+                if text[whole.end()..].starts_with('(') {
+                    continue;
+                }
+                // `[1, 2]` and `(Sources: a; b)` cite several.
+                let references = group
+                    .as_str()
+                    .split([',', ';'])
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(|r| (group.start(), r))
+                    .collect();
+                markers.push(Marker {
+                    range: whole.range(),
+                    references,
+                });
+            }
+        }
+        markers
+    }
+}
+
+/// One citation marker found in a text.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Marker<'t> {
+    /// Where the whole marker is (`[1, 2]`, brackets included).
+    pub range: std::ops::Range<usize>,
+    /// The references it cites, each with the offset of the group holding it.
+    pub references: Vec<(usize, &'t str)>,
 }
 
 /// Whether `reference` names one of `documents`: by 1-based position or by id.
 pub fn resolves(reference: &str, documents: &[&Document<'_>]) -> bool {
+    position_of(reference, documents.iter().map(|d| d.id.as_deref())).is_some()
+}
+
+/// The 0-based index of the document `reference` names among documents with these ids: a number
+/// is a 1-based position, anything else an id compared case-insensitively.
+pub(crate) fn position_of<'d>(
+    reference: &str,
+    mut ids: impl ExactSizeIterator<Item = Option<&'d str>>,
+) -> Option<usize> {
     if let Ok(n) = reference.parse::<usize>()
         && n >= 1
-        && n <= documents.len()
+        && n <= ids.len()
     {
-        return true;
+        return Some(n - 1);
     }
-    documents.iter().any(|d| {
-        d.id.as_deref()
-            .is_some_and(|id| id.eq_ignore_ascii_case(reference))
-    })
+    ids.position(|id| id.is_some_and(|id| id.eq_ignore_ascii_case(reference)))
 }
 
 impl Evaluator for Citations {

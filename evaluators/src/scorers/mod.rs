@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::span::GenAiSpan;
 
+pub mod agent_loop;
 pub mod citations;
 pub mod cost;
 pub mod empty_output;
 pub mod finish_reason;
+pub mod grounding;
 pub mod json_schema;
 pub mod json_valid;
 pub mod latency;
