@@ -8,7 +8,8 @@
 #    partitions, then runs the release worker on it twice, in separate consumer groups: with the
 #    default evaluators producing evaluator spans, and as a consume-only floor (an evaluator that
 #    selects no span, so every message is consumed and decoded and nothing is evaluated). Prints
-#    spans/s, evaluations/s and peak RSS of each, and the ratio of the two.
+#    spans/s, evaluations/s and peak RSS of each, and the ratio of the two. A third run adds the
+#    trace evaluators (citations, grounding, tool_args, agent_loop) with trace assembly.
 # 2. Steady load: the worker runs while loadgen produces LAG_RATE traces/s for 10 s; prints the
 #    p50/p99 end-to-end lag (span end to evaluations produced) from the worker's histogram.
 # 3. The Python peer (refusal, PII and JSON-schema checks, one process, confluent-kafka) consumes
@@ -33,6 +34,11 @@ scrape() { curl -s "127.0.0.1:$metrics_port/metrics"; }
 metric() { scrape | awk -v n="$1" '$1 == n { print $2 }'; }
 exporter="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], topic: bench_out, client: { ${OUT_CLIENT:-} } } }"
 floor="evaluators: [ { type: latency, select: { kinds: [guardrail] } } ]"
+# The default set plus the trace evaluators, whose traces are buffered until complete (a short
+# quiet period: the whole topic is there at once, and the run ends when the last trace is judged).
+with_traces="evaluators: [ {type: refusal}, {type: pii}, {type: json_valid}, {type: finish_reason}, {type: empty_output}, {type: cost}, {type: citations}, {type: grounding}, {type: tool_args}, {type: agent_loop} ]
+traces: { quiet_seconds: 0.5 }
+$exporter"
 
 start_worker() { # name, topic, evaluators/exporters yaml
   cat >"$work/$1.yaml" <<YAML
@@ -108,6 +114,7 @@ PY
 echo "worker on $(nproc) cores, $traces traces, tansu on 127.0.0.1:$port"
 throughput evaluate "$exporter"
 throughput consume_only "$floor"
+throughput with_traces "$with_traces"
 python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); print(f'evaluate / consume-only floor: {e / f:.0%}')" \
   "$work/evaluate" "$work/consume_only"
 

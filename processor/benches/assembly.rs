@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use evalstream::assembly::{AssemblyConfig, StoredSpan, TraceBuffer};
+use evalstream::assembly::{AssemblyConfig, DecodedSpan, StoredSpan, TraceBuffer};
 use evalstream::loadgen;
 use evalstream_evaluators::spec::{self, EvaluatorSpec};
 use evalstream_evaluators::trace::TraceView;
@@ -108,7 +108,8 @@ fn main() {
     let mut evaluations = 0usize;
     let mut out = Vec::new();
     for trace in &ready {
-        let views = trace.spans.iter().map(StoredSpan::view).collect();
+        let decoded: Vec<_> = trace.spans.iter().map(StoredSpan::decode).collect();
+        let views = decoded.iter().map(DecodedSpan::view).collect();
         let view = TraceView::new(views, trace.completion.is_complete());
         for s in view.spans() {
             out.clear();
@@ -118,7 +119,7 @@ fn main() {
     }
     let judged = started.elapsed();
     println!(
-        "judging complete traces (citations, tool_args, grounding, agent_loop): {:.0} traces/s, {:.0} spans/s, {evaluations} evaluations (one thread)",
+        "judging complete traces (decode, citations, tool_args, grounding, agent_loop): {:.0} traces/s, {:.0} spans/s, {evaluations} evaluations (one thread)",
         traces as f64 / judged.as_secs_f64(),
         spans as f64 / judged.as_secs_f64()
     );

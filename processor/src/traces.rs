@@ -23,7 +23,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use evalstream_evaluators::trace::TraceView;
 use tracing::debug;
 
-use crate::assembly::{AssemblyConfig, Completion, ReadyTrace, StoredSpan, TraceBuffer};
+use crate::assembly::{
+    AssemblyConfig, Completion, DecodedSpan, ReadyTrace, StoredSpan, TraceBuffer,
+};
 use crate::kafka::offsets::TopicPartition;
 use crate::kafka::sink::{Hold, Pending};
 use crate::worker::{Judge, Pass};
@@ -223,7 +225,8 @@ impl Shard {
         if ready.completion == Completion::Late {
             metrics.late_spans.inc_by(ready.spans.len() as u64);
         }
-        let views = ready.spans.iter().map(StoredSpan::view).collect();
+        let decoded: Vec<_> = ready.spans.iter().map(StoredSpan::decode).collect();
+        let views = decoded.iter().map(DecodedSpan::view).collect();
         let trace = TraceView::new(views, ready.completion.is_complete());
         self.judge.judge(
             std::slice::from_ref(&trace),

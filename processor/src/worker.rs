@@ -264,8 +264,17 @@ impl Worker {
             .judge(&traces, Pass::Spans, std::iter::once(&work.pending));
         let mut held = false;
         for (trace_id, spans) in StoredSpan::from_request(&request) {
-            assembler.add(trace_id, spans, &work.pending);
-            held = true;
+            // A trace no trace evaluator samples is not buffered at all.
+            if self
+                .judge
+                .evaluators
+                .evaluators()
+                .iter()
+                .any(|e| e.evaluator.needs_trace() && e.sampler.keeps(&trace_id))
+            {
+                assembler.add(trace_id, spans, &work.pending);
+                held = true;
+            }
         }
         if held {
             // The buffer keeps what the trace evaluators read; the raw bytes can go.
