@@ -603,6 +603,7 @@ fn a_poison_message_goes_to_the_dead_letter_topic_while_the_rest_flows() {
         "{h:?}"
     );
     assert_eq!(h["evalstream.error.type"], "decode");
+    assert_eq!(h["evalstream.dead_letter.content"], "input");
     assert_eq!(h["evalstream.source.topic"], "input");
     assert_eq!(h["evalstream.source.partition"], "0");
     let empty = by_offset("7");
@@ -1356,4 +1357,86 @@ fn a_revoked_partitions_buffered_traces_are_judged_and_committed_before_handover
     );
     assert_eq!(first.terminate().0, Some(0));
     assert_eq!(second.terminate().0, Some(0));
+}
+
+#[test]
+fn a_rejected_trace_output_goes_to_the_dead_letter_topic_itself() {
+    use evalstream_evaluators::trace::TraceView;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (requests, messages) = loadgen_messages(100, 90_000);
+    produce(&address, "input", &messages);
+    let specs: Vec<spec::EvaluatorSpec> =
+        serde_json::from_value(serde_json::json!([{"type": "citations"}, {"type": "tool_args"}]))
+            .unwrap();
+    let set = spec::build_set(&specs).unwrap();
+    let mut expected: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for request in &requests {
+        let traces = TraceView::group(span::spans(request), true);
+        for (trace, s) in TraceView::each_span(&traces) {
+            let mut evaluations = Vec::new();
+            set.evaluate_in(s, trace, &mut evaluations);
+            for e in evaluations.iter().filter(|e| to_otlp::emits_span(e)) {
+                expected.insert(e.score_id.span_id().to_vec(), s.trace_id().to_vec());
+            }
+        }
+    }
+    assert!(!expected.is_empty());
+    // The first trace outputs are rejected for good. Their inputs gave up their bytes when their
+    // traces were buffered, so the dead-letter topic gets the evaluations themselves.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let dir = temp_dir("rejected-trace-output");
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &address,
+        "g",
+        Encoding::OtlpProto,
+        "",
+        "evaluators: [{type: citations}, {type: tool_args}]\ntraces: { quiet_seconds: 0.2 }",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.metric("evalstream_messages_consumed_total") != Some(100.0)
+        || worker.metric("evalstream_in_flight_messages") != Some(0.0)
+    {
+        assert!(Instant::now() < deadline, "the worker did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dead_letters = worker
+        .metric("evalstream_dlq_messages_total{reason=\"delivery\"}")
+        .unwrap_or(0.0) as usize;
+    assert!(dead_letters >= 1, "a rejected output was dead-lettered");
+    let dead = read_topic(&address, "dlq", Duration::from_secs(30), |r| {
+        r.len() >= dead_letters
+    });
+    assert_eq!(dead.len(), dead_letters);
+    for r in &dead {
+        assert_eq!(r.headers["evalstream.dead_letter.content"], "evaluations");
+        assert!(
+            r.headers["evalstream.source.offsets"].starts_with("input/"),
+            "{:?}",
+            r.headers
+        );
+    }
+    // Every evaluation is on the output topic or, as an evaluator span, in the dead-letter topic.
+    let dead_ids: HashSet<Vec<u8>> = output_span_ids(&dead).into_iter().collect();
+    let records = read_topic(&address, "output", Duration::from_secs(30), |r| {
+        let got: HashSet<Vec<u8>> = output_span_ids(r).into_iter().collect();
+        expected
+            .keys()
+            .all(|id| got.contains(id) || dead_ids.contains(id))
+    });
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    let lost = expected
+        .keys()
+        .filter(|id| !got.contains(*id) && !dead_ids.contains(*id))
+        .count();
+    assert_eq!(lost, 0, "evaluations neither delivered nor dead-lettered");
+    assert!(!dead_ids.is_empty());
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
 }

@@ -157,25 +157,16 @@ fn pipeline(
         let sink = sink.clone();
         let done = done.clone();
         let metrics = metrics.clone();
-        thread::Builder::new().name("evalstream-redirect".into()).spawn(move || {
-            while !done.load(Ordering::Acquire) {
-                metrics.producer_queue.set(i64::from(sink.queue_len()));
-                // The dead letter stands in for the failed output, which is then accounted for.
-                match redirect_rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Redirect::Input(pending, reason)) => {
-                        warn!(%reason, offset = pending.source.offset, "sending the input message to the dead-letter topic");
-                        sink.dead_letter(&pending, "delivery", &reason);
-                        pending.done();
+        thread::Builder::new()
+            .name("evalstream-redirect".into())
+            .spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    metrics.producer_queue.set(i64::from(sink.queue_len()));
+                    if let Ok(redirect) = redirect_rx.recv_timeout(Duration::from_millis(200)) {
+                        sink.reroute(redirect);
                     }
-                    Ok(Redirect::Output { inputs, key, payload, reason }) => {
-                        warn!(%reason, inputs = inputs.len(), "sending the undeliverable output to the dead-letter topic");
-                        sink.dead_letter_output(&inputs, key.as_deref(), &payload, &reason);
-                        inputs.iter().for_each(|p| p.done());
-                    }
-                    Err(_) => {}
                 }
-            }
-        })?
+            })?
     };
 
     // The source returns once `stop` is set and in-flight work is drained and committed. It owns

@@ -107,10 +107,6 @@ impl Received {
     pub fn release_payload(&self) {
         self.body().take();
     }
-
-    fn is_released(&self) -> bool {
-        self.body().is_none()
-    }
 }
 
 /// Tells the consumer that an input message is finished.
@@ -194,22 +190,17 @@ impl Drop for Hold {
     }
 }
 
-/// A failed output, for the thread that dead-letters it.
+/// A failed output, for the thread that dead-letters it ([`Sink::reroute`]).
 #[derive(Debug)]
-pub enum Redirect {
-    /// Send this input message to the dead-letter topic instead of its output.
-    Input(Arc<Pending>, String),
-    /// Inputs whose payloads were released: send the failed output record itself.
-    Output {
-        /// The inputs it came from.
-        inputs: Vec<Arc<Pending>>,
-        /// Its key.
-        key: Option<Vec<u8>>,
-        /// Its payload (evaluator spans).
-        payload: Vec<u8>,
-        /// Why it failed.
-        reason: String,
-    },
+pub struct Redirect {
+    /// The inputs it came from.
+    inputs: Vec<Arc<Pending>>,
+    /// Its key.
+    key: Option<Vec<u8>>,
+    /// Its payload (evaluator spans).
+    payload: Vec<u8>,
+    /// Why it failed.
+    reason: String,
 }
 
 /// What a produced record is, for its delivery report: the inputs it acknowledges.
@@ -227,6 +218,8 @@ pub struct SinkContext {
 impl SinkContext {
     /// Routes a failed output to the dead-letter topic: each input whose payload is still at hand
     /// goes there itself, once per input; otherwise the output record goes, for all its inputs.
+    /// Hands a failed output to the redirect thread: producing from the producer's own thread
+    /// could wait on a full queue that only this thread drains.
     fn redirect(
         &self,
         inputs: Vec<Arc<Pending>>,
@@ -234,31 +227,14 @@ impl SinkContext {
         payload: &[u8],
         reason: String,
     ) {
-        if inputs.iter().any(|p| p.source.is_released()) {
-            let redirect = Redirect::Output {
-                inputs,
-                key: key.map(<[u8]>::to_vec),
-                payload: payload.to_vec(),
-                reason,
-            };
-            if self.redirect.send(redirect).is_err() {
-                self.metrics.undeliverable.inc();
-            }
-            return;
-        }
-        for pending in inputs {
-            // The first failed output sends the whole input message to the dead-letter topic;
-            // that record stands in for this output. Later failures of the same message are
-            // covered by it.
-            if pending.redirected.swap(true, Ordering::AcqRel) {
-                pending.done();
-            } else if self
-                .redirect
-                .send(Redirect::Input(pending, reason.clone()))
-                .is_err()
-            {
-                self.metrics.undeliverable.inc();
-            }
+        let redirect = Redirect {
+            inputs,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            reason,
+        };
+        if self.redirect.send(redirect).is_err() {
+            self.metrics.undeliverable.inc();
         }
     }
 }
@@ -411,22 +387,76 @@ impl Sink {
         );
     }
 
+    /// Sends a failed output's inputs to the dead-letter topic, each input message once (the
+    /// first failed output of a message sends it; it stands in for that output and later failures
+    /// of the same message are covered by it), or, when an input has given up its payload, the
+    /// failed output record itself. Then the failed output is accounted for.
+    pub fn reroute(&self, redirect: Redirect) {
+        let Redirect {
+            inputs,
+            key,
+            payload,
+            reason,
+        } = redirect;
+        let mut released = Vec::new();
+        for pending in &inputs {
+            if pending.redirected.load(Ordering::Acquire) {
+                continue;
+            }
+            match pending.source.with_payload(|p| p.map(<[u8]>::to_vec)) {
+                Some(input) => {
+                    if !pending.redirected.swap(true, Ordering::AcqRel) {
+                        warn!(%reason, offset = pending.source.offset, "sending the input message to the dead-letter topic");
+                        self.dead_letter_input(pending, &input, "delivery", &reason);
+                    }
+                }
+                None => released.push(pending.clone()),
+            }
+        }
+        if !released.is_empty() {
+            warn!(%reason, inputs = released.len(), "sending the undeliverable output to the dead-letter topic");
+            self.dead_letter_output(&released, key.as_deref(), &payload, &reason);
+        }
+        inputs.iter().for_each(|p| p.done());
+    }
+
     /// Produces the input message to the dead-letter topic with headers naming the error and its
-    /// source topic, partition and offset. A message whose payload was released goes with an
-    /// empty payload (only [`Redirect::Output`] reaches here for those, and it writes the output).
+    /// source topic, partition and offset.
     pub fn dead_letter(&self, pending: &Arc<Pending>, reason: &'static str, message: &str) {
+        let payload = pending
+            .source
+            .with_payload(|p| p.unwrap_or_default().to_vec());
+        self.dead_letter_input(pending, &payload, reason, message);
+    }
+
+    fn dead_letter_input(
+        &self,
+        pending: &Arc<Pending>,
+        payload: &[u8],
+        reason: &'static str,
+        message: &str,
+    ) {
         let source = &pending.source;
-        let payload = source.with_payload(|p| p.unwrap_or_default().to_vec());
         let mut record = BaseRecord::with_opaque_to(
             &self.dlq_topic,
             self.dead_letter_delivery(std::slice::from_ref(pending), reason),
         )
-        .payload(&payload[..])
-        .headers(Self::error_headers(
-            reason,
-            message,
-            std::slice::from_ref(pending),
-        ));
+        .payload(payload)
+        .headers(
+            Self::error_headers(reason, message, "input")
+                .insert(Header {
+                    key: "evalstream.source.topic",
+                    value: Some(source.tp.topic.as_ref()),
+                })
+                .insert(Header {
+                    key: "evalstream.source.partition",
+                    value: Some(&source.tp.partition.to_string()),
+                })
+                .insert(Header {
+                    key: "evalstream.source.offset",
+                    value: Some(&source.offset.to_string()),
+                }),
+        );
         if let Some(key) = &source.key {
             record = record.key(&key[..]);
         }
@@ -435,7 +465,7 @@ impl Sink {
 
     /// Produces a failed output record to the dead-letter topic, with headers naming the error and
     /// the inputs it came from (`evalstream.source.offsets`: `topic/partition@offset`, comma
-    /// separated).
+    /// separated); `evalstream.dead_letter.content` is `evaluations` (an input's is `input`).
     pub fn dead_letter_output(
         &self,
         inputs: &[Arc<Pending>],
@@ -444,10 +474,21 @@ impl Sink {
         message: &str,
     ) {
         let reason = "delivery";
+        let offsets: Vec<String> = inputs
+            .iter()
+            .map(|p| {
+                let s = &p.source;
+                format!("{}/{}@{}", s.tp.topic, s.tp.partition, s.offset)
+            })
+            .collect();
+        let headers = Self::error_headers(reason, message, "evaluations").insert(Header {
+            key: "evalstream.source.offsets",
+            value: Some(&offsets.join(",")),
+        });
         let mut record =
             BaseRecord::with_opaque_to(&self.dlq_topic, self.dead_letter_delivery(inputs, reason))
                 .payload(payload)
-                .headers(Self::error_headers(reason, message, inputs));
+                .headers(headers);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -462,10 +503,9 @@ impl Sink {
         })
     }
 
-    /// The error and where the record came from. One input: its topic, partition and offset each
-    /// in a header; several: `evalstream.source.offsets`.
-    fn error_headers(reason: &str, message: &str, inputs: &[Arc<Pending>]) -> OwnedHeaders {
-        let headers = OwnedHeaders::new()
+    /// The error, and what the record is (`input` or `evaluations`).
+    fn error_headers(reason: &str, message: &str, content: &str) -> OwnedHeaders {
+        OwnedHeaders::new()
             .insert(Header {
                 key: "evalstream.error",
                 value: Some(message),
@@ -473,37 +513,10 @@ impl Sink {
             .insert(Header {
                 key: "evalstream.error.type",
                 value: Some(reason),
-            });
-        let [pending] = inputs else {
-            let offsets: Vec<String> = inputs
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{}/{}@{}",
-                        p.source.tp.topic, p.source.tp.partition, p.source.offset
-                    )
-                })
-                .collect();
-            return headers.insert(Header {
-                key: "evalstream.source.offsets",
-                value: Some(&offsets.join(",")),
-            });
-        };
-        let source = &pending.source;
-        let partition = source.tp.partition.to_string();
-        let offset = source.offset.to_string();
-        headers
-            .insert(Header {
-                key: "evalstream.source.topic",
-                value: Some(source.tp.topic.as_ref()),
             })
             .insert(Header {
-                key: "evalstream.source.partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "evalstream.source.offset",
-                value: Some(&offset),
+                key: "evalstream.dead_letter.content",
+                value: Some(content),
             })
     }
 
