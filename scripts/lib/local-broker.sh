@@ -5,8 +5,13 @@
 
 scripts/install-tansu.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-cargo build --release -q -p evalstream
-bin=target/release/evalstream
+# EVALSTREAM_BIN runs another build instead (to compare two versions on one machine).
+if [ -n "${EVALSTREAM_BIN:-}" ]; then
+  bin=$EVALSTREAM_BIN
+else
+  cargo build --release -q -p evalstream
+  bin=target/release/evalstream
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
