@@ -913,6 +913,27 @@ fn the_worker_rides_out_a_broker_outage() {
     worker.kill();
 }
 
+/// Polls `done` every 100 ms until it holds; fails saying `what` after `timeout`.
+fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the worker has consumed `messages` and finished them all, and returns how many
+/// went to the dead-letter topic for a delivery failure.
+fn finish_and_count_dead_letters(worker: &Worker, messages: usize) -> usize {
+    wait_for(Duration::from_secs(60), "the worker did not finish", || {
+        worker.metric("evalstream_messages_consumed_total") == Some(messages as f64)
+            && worker.metric("evalstream_in_flight_messages") == Some(0.0)
+    });
+    worker
+        .metric("evalstream_dlq_messages_total{reason=\"delivery\"}")
+        .unwrap_or(0.0) as usize
+}
+
 /// The committed offset of every partition of `topic` for `group`, next to its high watermark.
 fn committed_vs_end(broker: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -1021,16 +1042,7 @@ fn a_permanently_rejected_output_sends_its_input_to_the_dead_letter_topic() {
     );
     let dir = temp_dir("rejected-output");
     let worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while worker.metric("evalstream_messages_consumed_total") != Some(100.0)
-        || worker.metric("evalstream_in_flight_messages") != Some(0.0)
-    {
-        assert!(Instant::now() < deadline, "the worker did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let dead_letters = worker
-        .metric("evalstream_dlq_messages_total{reason=\"delivery\"}")
-        .unwrap_or(0.0) as usize;
+    let dead_letters = finish_and_count_dead_letters(&worker, 100);
     assert!(
         dead_letters >= 1,
         "the rejected outputs' inputs were dead-lettered"
@@ -1231,16 +1243,14 @@ fn a_trace_split_across_messages_is_judged_whole_once_complete() {
         "input",
         &[(Some(key.clone()), parts[0].encode_to_vec())],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while worker.metric("evalstream_traces_assembled_total{completion=\"late\"}") != Some(1.0)
-        || worker.metric("evalstream_in_flight_messages") != Some(0.0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the late span is judged and every message finished"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        Duration::from_secs(30),
+        "the late span is judged and every message finished",
+        || {
+            worker.metric("evalstream_traces_assembled_total{completion=\"late\"}") == Some(1.0)
+                && worker.metric("evalstream_in_flight_messages") == Some(0.0)
+        },
+    );
     let answer_spans = span::spans(&parts[0]).count();
     assert_eq!(
         worker.metric("evalstream_late_spans_total"),
@@ -1268,11 +1278,11 @@ fn a_trace_split_across_messages_is_judged_whole_once_complete() {
         "input",
         &[(Some(key.clone()), rootless.encode_to_vec())],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while worker.metric("evalstream_traces_buffered") != Some(1.0) {
-        assert!(Instant::now() < deadline, "the rootless trace is buffered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        Duration::from_secs(30),
+        "the rootless trace is buffered",
+        || worker.metric("evalstream_traces_buffered") == Some(1.0),
+    );
     let (code, stderr) = worker.terminate();
     assert_eq!(code, Some(0), "{stderr}");
     for (committed, end) in committed_vs_end(&address, "g", "input", 2) {
@@ -1308,14 +1318,11 @@ fn a_revoked_partitions_buffered_traces_are_judged_and_committed_before_handover
     let top =
         "evaluators:\n  - type: citations\ntraces: { quiet_seconds: 1, max_wait_seconds: 600 }";
     let first = Worker::start_configured(&dir, "a", &address, "g", Encoding::OtlpProto, "", top);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while first.metric("evalstream_traces_buffered") != Some(messages.len() as f64) {
-        assert!(
-            Instant::now() < deadline,
-            "every rootless trace is buffered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        Duration::from_secs(60),
+        "every rootless trace is buffered",
+        || first.metric("evalstream_traces_buffered") == Some(messages.len() as f64),
+    );
     // A second worker joins: the first gives up its partitions, judging what it buffered.
     let second = Worker::start_configured(&dir, "b", &address, "g", Encoding::OtlpProto, "", top);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1335,17 +1342,15 @@ fn a_revoked_partitions_buffered_traces_are_judged_and_committed_before_handover
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(dir.join("b.log"))
-        .unwrap_or_default()
-        .contains("partitions assigned")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the second worker gets partitions"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        Duration::from_secs(60),
+        "the second worker gets partitions",
+        || {
+            std::fs::read_to_string(dir.join("b.log"))
+                .unwrap_or_default()
+                .contains("partitions assigned")
+        },
+    );
     assert_eq!(
         first.metric("evalstream_traces_assembled_total{completion=\"flushed\"}"),
         Some(messages.len() as f64)
@@ -1399,16 +1404,7 @@ fn a_rejected_trace_output_goes_to_the_dead_letter_topic_itself() {
         "",
         "evaluators: [{type: citations}, {type: tool_args}]\ntraces: { quiet_seconds: 0.2 }",
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while worker.metric("evalstream_messages_consumed_total") != Some(100.0)
-        || worker.metric("evalstream_in_flight_messages") != Some(0.0)
-    {
-        assert!(Instant::now() < deadline, "the worker did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let dead_letters = worker
-        .metric("evalstream_dlq_messages_total{reason=\"delivery\"}")
-        .unwrap_or(0.0) as usize;
+    let dead_letters = finish_and_count_dead_letters(&worker, 100);
     assert!(dead_letters >= 1, "a rejected output was dead-lettered");
     let dead = read_topic(&address, "dlq", Duration::from_secs(30), |r| {
         r.len() >= dead_letters
