@@ -456,11 +456,16 @@ fn schema_scorers_judge_the_json_and_tool_scenarios() {
     }
 }
 
-#[test]
-fn citations_resolve_in_grounded_answers_and_not_in_hallucinated_ones() {
+/// Runs one trace evaluator (its spec as JSON) on every LLM span of every corpus file, with the
+/// span's whole trace, and calls `check(scenario, captures, context, outcome)` on each; a
+/// scored outcome must come for every RAG answer of a file that captures content, and only then.
+fn check_rag_answers(
+    evaluator: serde_json::Value,
+    check: impl Fn(&str, &Captures, &str, &Outcome),
+) {
     use evalstream_evaluators::trace::TraceView;
     let specs: Vec<spec::EvaluatorSpec> =
-        serde_json::from_value(serde_json::json!([{"type": "citations"}])).unwrap();
+        serde_json::from_value(serde_json::json!([evaluator])).unwrap();
     let set = spec::build_set(&specs).unwrap();
     for (file, encoding) in both_encodings() {
         let request = load(file, encoding);
@@ -476,28 +481,16 @@ fn citations_resolve_in_grounded_answers_and_not_in_hallucinated_ones() {
             {
                 let mut evaluations = Vec::new();
                 set.evaluate_in(s, &trace, &mut evaluations);
-                let ctx = format!("{file} ({encoding}) {scenario}");
-                let got = label(&evaluations[0].outcome);
-                let expected = match scenario {
-                    _ if !scenario.starts_with("rag_") => "skipped:not_applicable",
-                    _ if !c.content => "skipped:no_content",
-                    "rag_grounded" => "resolved",
-                    _ => "unresolved",
-                };
-                assert_eq!(got, expected, "{ctx}");
-                if let Outcome::Scored(score) = &evaluations[0].outcome {
+                let outcome = &evaluations[0].outcome;
+                if matches!(outcome, Outcome::Scored(_)) {
                     judged += 1;
-                    if scenario == "rag_hallucinated" {
-                        assert!(
-                            score.explanation.contains('4'),
-                            "{ctx}: {}",
-                            score.explanation
-                        );
-                        assert!(score.value < 1.0, "{ctx}");
-                    } else {
-                        assert_eq!(score.value, 1.0, "{ctx}");
-                    }
                 }
+                check(
+                    scenario,
+                    &c,
+                    &format!("{file} ({encoding}) {scenario}"),
+                    outcome,
+                );
             }
         }
         assert_eq!(judged, if c.content { 2 } else { 0 }, "{file} ({encoding})");
@@ -505,54 +498,63 @@ fn citations_resolve_in_grounded_answers_and_not_in_hallucinated_ones() {
 }
 
 #[test]
+fn citations_resolve_in_grounded_answers_and_not_in_hallucinated_ones() {
+    check_rag_answers(
+        serde_json::json!({"type": "citations"}),
+        |scenario, c, ctx, outcome| {
+            let got = label(outcome);
+            let expected = match scenario {
+                _ if !scenario.starts_with("rag_") => "skipped:not_applicable",
+                _ if !c.content => "skipped:no_content",
+                "rag_grounded" => "resolved",
+                _ => "unresolved",
+            };
+            assert_eq!(got, expected, "{ctx}");
+            if let Outcome::Scored(score) = outcome {
+                if scenario == "rag_hallucinated" {
+                    assert!(
+                        score.explanation.contains('4'),
+                        "{ctx}: {}",
+                        score.explanation
+                    );
+                    assert!(score.value < 1.0, "{ctx}");
+                } else {
+                    assert_eq!(score.value, 1.0, "{ctx}");
+                }
+            }
+        },
+    );
+}
+
+#[test]
 fn grounding_passes_grounded_answers_and_quotes_the_hallucinated_claim() {
-    use evalstream_evaluators::trace::TraceView;
-    let specs: Vec<spec::EvaluatorSpec> =
-        serde_json::from_value(serde_json::json!([{"type": "grounding"}])).unwrap();
-    let set = spec::build_set(&specs).unwrap();
-    for (file, encoding) in both_encodings() {
-        let request = load(file, encoding);
-        let scenarios = scenarios(file);
-        let c = captures(file);
-        let mut judged = 0;
-        for trace in TraceView::group(span::spans(&request), true) {
-            let scenario = scenarios[trace.trace_id()].as_str();
-            for s in trace
-                .spans()
-                .iter()
-                .filter(|s| s.kind() == OperationKind::Chat)
-            {
-                let mut evaluations = Vec::new();
-                set.evaluate_in(s, &trace, &mut evaluations);
-                let ctx = format!("{file} ({encoding}) {scenario}");
-                let expected = match scenario {
-                    // Their prompts hold no context and their traces no retriever.
-                    _ if !scenario.starts_with("rag_") => "skipped:not_applicable",
-                    _ if !c.content => "skipped:no_content",
-                    "rag_grounded" => "grounded",
-                    _ => "ungrounded",
-                };
-                let outcome = &evaluations[0].outcome;
-                assert_eq!(label(outcome), expected, "{ctx}");
-                if let Outcome::Scored(score) = outcome {
-                    judged += 1;
-                    if scenario == "rag_grounded" {
-                        assert!(score.passed && score.value == 1.0, "{ctx}: {score:?}");
-                    } else {
-                        assert!(!score.passed && score.value < 0.5, "{ctx}: {score:?}");
-                        for quoted in ["Leonardo da Vinci", "512 metres", "not found: 512"] {
-                            assert!(
-                                score.explanation.contains(quoted),
-                                "{ctx}: {}",
-                                score.explanation
-                            );
-                        }
+    check_rag_answers(
+        serde_json::json!({"type": "grounding"}),
+        |scenario, c, ctx, outcome| {
+            let expected = match scenario {
+                // Their prompts hold no context and their traces no retriever.
+                _ if !scenario.starts_with("rag_") => "skipped:not_applicable",
+                _ if !c.content => "skipped:no_content",
+                "rag_grounded" => "grounded",
+                _ => "ungrounded",
+            };
+            assert_eq!(label(outcome), expected, "{ctx}");
+            if let Outcome::Scored(score) = outcome {
+                if scenario == "rag_grounded" {
+                    assert!(score.passed && score.value == 1.0, "{ctx}: {score:?}");
+                } else {
+                    assert!(!score.passed && score.value < 0.5, "{ctx}: {score:?}");
+                    for quoted in ["Leonardo da Vinci", "512 metres", "not found: 512"] {
+                        assert!(
+                            score.explanation.contains(quoted),
+                            "{ctx}: {}",
+                            score.explanation
+                        );
                     }
                 }
             }
-        }
-        assert_eq!(judged, if c.content { 2 } else { 0 }, "{file} ({encoding})");
-    }
+        },
+    );
 }
 
 #[test]
