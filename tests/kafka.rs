@@ -724,7 +724,9 @@ fn sigkill_scenario(address: &str, dir_name: &str, traces: u64, kill_at_outputs:
     );
     if missing > 0 {
         let log = std::fs::read_to_string(dir.join("first.log")).unwrap_or_default()
-            + &std::fs::read_to_string(dir.join("second.log")).unwrap_or_default();
+            + std::fs::read_to_string(dir.join("second.log"))
+                .unwrap_or_default()
+                .as_str();
         let missing_traces: HashSet<String> = expected
             .iter()
             .filter(|(k, _)| !unique.contains(*k))

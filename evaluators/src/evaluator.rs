@@ -45,6 +45,12 @@ pub trait Evaluator: Send + Sync + fmt::Debug {
         let _ = (span, trace);
         true
     }
+
+    /// What the scorer's behaviour depends on beyond its options (a script's text), hashed: it
+    /// goes into the evaluator's version, so score ids change when it does.
+    fn fingerprint(&self) -> u64 {
+        0
+    }
 }
 
 /// A score: what an evaluator concluded about a span.

@@ -31,6 +31,7 @@ use crate::scorers::latency::{Latency, LatencyConfig};
 use crate::scorers::length::{Length, LengthConfig};
 use crate::scorers::pii::{Pii, PiiConfig};
 use crate::scorers::refusal::{Refusal, RefusalConfig};
+use crate::scorers::script::{Script, ScriptConfig};
 use crate::scorers::text_match::{Contains, ContainsConfig, RegexConfig, RegexMatch};
 use crate::scorers::tool_args::{ToolArgs, ToolArgsConfig};
 use crate::span::OperationKind;
@@ -59,6 +60,8 @@ pub enum EvaluatorKind {
     Grounding(GroundingConfig),
     /// The trace shows no runaway agent: tool loops, too many LLM calls, retries, budgets.
     AgentLoop(AgentLoopConfig),
+    /// A user scorer written as a Rhai script.
+    Rhai(ScriptConfig),
     /// A regular expression matches (or does not).
     Regex(RegexConfig),
     /// The text holds given values.
@@ -78,7 +81,7 @@ pub enum EvaluatorKind {
 }
 
 /// Every built-in evaluator type, as written in configuration.
-pub const TYPES: [&str; 16] = [
+pub const TYPES: [&str; 17] = [
     "refusal",
     "pii",
     "json_valid",
@@ -87,6 +90,7 @@ pub const TYPES: [&str; 16] = [
     "citations",
     "grounding",
     "agent_loop",
+    "rhai",
     "regex",
     "contains",
     "not_contains",
@@ -119,6 +123,7 @@ impl EvaluatorKind {
             "citations" => EvaluatorKind::Citations(read(options)?),
             "grounding" => EvaluatorKind::Grounding(read(options)?),
             "agent_loop" => EvaluatorKind::AgentLoop(read(options)?),
+            "rhai" => EvaluatorKind::Rhai(read(options)?),
             "regex" => EvaluatorKind::Regex(read(options)?),
             "contains" => EvaluatorKind::Contains(read(options)?),
             "not_contains" => EvaluatorKind::NotContains(read(options)?),
@@ -147,6 +152,7 @@ impl EvaluatorKind {
             EvaluatorKind::Citations(_) => "citations",
             EvaluatorKind::Grounding(_) => "grounding",
             EvaluatorKind::AgentLoop(_) => "agent_loop",
+            EvaluatorKind::Rhai(_) => "rhai",
             EvaluatorKind::Regex(_) => "regex",
             EvaluatorKind::Contains(_) => "contains",
             EvaluatorKind::NotContains(_) => "not_contains",
@@ -195,6 +201,7 @@ impl EvaluatorKind {
             EvaluatorKind::Citations(c) => Box::new(Citations::build(c)?),
             EvaluatorKind::Grounding(c) => Box::new(Grounding::build(c)?),
             EvaluatorKind::AgentLoop(c) => Box::new(AgentLoop::build(c)?),
+            EvaluatorKind::Rhai(c) => Box::new(Script::build(c)?),
             EvaluatorKind::Regex(c) => Box::new(RegexMatch::build(c)?),
             EvaluatorKind::Contains(c) => Box::new(Contains::build(c, false)?),
             EvaluatorKind::NotContains(c) => Box::new(Contains::build(c, true)?),
@@ -256,8 +263,12 @@ impl EvaluatorSpec {
             ));
         }
         let evaluator = self.kind.build()?;
-        let options =
+        let mut options =
             serde_json::to_string(&self.kind).map_err(|e| format!("cannot hash options: {e}"))?;
+        let fingerprint = evaluator.fingerprint();
+        if fingerprint != 0 {
+            options.push_str(&format!("#{fingerprint:016x}"));
+        }
         let version = format!(
             "{}.{:08x}",
             self.kind.implementation_version(),

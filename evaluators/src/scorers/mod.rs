@@ -21,6 +21,7 @@ pub mod length;
 pub mod pii;
 pub mod refusal;
 pub mod schema;
+pub mod script;
 pub mod text_match;
 pub mod tool_args;
 

@@ -1,0 +1,278 @@
+//! `rhai`: a scorer written by the user as a Rhai script, loaded from a file at start-up.
+//!
+//! The script defines `fn score(span)` (or `fn score(span, params)` to receive the evaluator's
+//! `params`). `span` is a read-only map of the canonical fields (see [`span_map`]). It returns:
+//! - a number: the score, passing when it is at least `threshold`;
+//! - a map `#{ score, label, passed, explanation }`: `score` is required, the rest optional
+//!   (`passed` defaults to `score >= threshold`, `label` to `pass` / `fail`);
+//! - `()`: the span is skipped (`not_applicable`).
+//!
+//! The script is compiled once; the compiled AST and the engine are shared by every worker
+//! thread, and each call runs the function without re-running the script's top level. It runs
+//! in a sandbox ([`sandbox`]) with explicit limits: a script that loops for ever, allocates
+//! without bound, recurses too deeply or throws yields an `error` outcome for that span (error
+//! type `script_limit` or `script_error`), counted under the evaluator's name, and the worker
+//! carries on. The evaluator's version includes a hash of the script, so changing the script
+//! changes the score ids.
+//!
+//! With `trace: true` the scorer judges a span with its whole trace: `span.trace` is the
+//! trace's spans (as maps), `span.documents` the documents retrieved before it, and the
+//! streaming worker waits for the trace to be complete.
+
+pub mod sandbox;
+pub mod span_map;
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Scope};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::evaluator::{Evaluator, Outcome};
+use crate::pricing::PriceTable;
+use crate::span::GenAiSpan;
+use crate::trace::TraceView;
+use sandbox::ScriptLimits;
+use span_map::{Fields, span_map};
+
+/// Configuration of `rhai`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptConfig {
+    /// The script file (relative paths are read from the working directory).
+    pub script: PathBuf,
+    /// Passed to `score(span, params)` as a map.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// A numeric result passes at this score or above.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// Judge spans with their whole trace (`span.trace`).
+    #[serde(default)]
+    pub trace: bool,
+    /// Limits on one call.
+    #[serde(default)]
+    pub limits: ScriptLimits,
+}
+
+fn default_threshold() -> f64 {
+    0.5
+}
+
+/// The `rhai` scorer.
+pub struct Script {
+    name: String,
+    engine: Engine,
+    ast: Arc<AST>,
+    takes_params: bool,
+    params: Dynamic,
+    fields: Fields,
+    threshold: f64,
+    trace: bool,
+    prices: PriceTable,
+    hash: u64,
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script")
+            .field("script", &self.name)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Script {
+    /// Reads and compiles the script.
+    pub fn build(config: &ScriptConfig) -> Result<Script, String> {
+        let path = &config.script;
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| format!("script: cannot read {}: {e}", path.display()))?;
+        Script::compile(&path.display().to_string(), &source, config)
+    }
+
+    /// Compiles script text; `name` names it in errors and logs.
+    pub fn compile(name: &str, source: &str, config: &ScriptConfig) -> Result<Script, String> {
+        config.limits.validate()?;
+        if !config.threshold.is_finite() {
+            return Err("threshold: must be a number".into());
+        }
+        let engine = sandbox::engine(&config.limits, name);
+        let ast = engine
+            .compile(source)
+            .map_err(|e| format!("script: {name}: {e}"))?;
+        let arities: Vec<usize> = ast
+            .iter_functions()
+            .filter(|f| f.name == "score")
+            .map(|f| f.params.len())
+            .collect();
+        let takes_params = match arities.as_slice() {
+            [1] => false,
+            [2] => true,
+            [] => return Err(format!("script: {name}: defines no `fn score(span)`")),
+            _ => {
+                return Err(format!(
+                    "script: {name}: define `score` once, as `fn score(span)` or `fn score(span, params)`"
+                ));
+            }
+        };
+        let params = serde_json::to_string(&config.params)
+            .ok()
+            .and_then(|json| engine.parse_json(json, true).ok())
+            .map_or(Dynamic::UNIT, Dynamic::from);
+        Ok(Script {
+            name: name.to_owned(),
+            fields: Fields::used_by(source),
+            takes_params,
+            params,
+            threshold: config.threshold,
+            trace: config.trace,
+            prices: PriceTable::new(true, &Default::default())?,
+            hash: xxh3_64(source.as_bytes()),
+            engine,
+            ast: Arc::new(ast),
+        })
+    }
+
+    /// A hash of the script's text.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn run(&self, span: &GenAiSpan<'_>, trace: Option<&TraceView<'_>>) -> Outcome {
+        let map = span_map(span, trace, self.fields, &self.prices);
+        let mut scope = Scope::new();
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        let result = if self.takes_params {
+            self.engine.call_fn_with_options::<Dynamic>(
+                options,
+                &mut scope,
+                &self.ast,
+                "score",
+                (map, self.params.clone()),
+            )
+        } else {
+            self.engine.call_fn_with_options::<Dynamic>(
+                options,
+                &mut scope,
+                &self.ast,
+                "score",
+                (map,),
+            )
+        };
+        match result {
+            Ok(value) => self.outcome(value),
+            Err(e) => error_outcome(&e),
+        }
+    }
+
+    /// Reads what `score` returned.
+    fn outcome(&self, value: Dynamic) -> Outcome {
+        if value.is_unit() {
+            return Outcome::not_applicable("the script returned ()");
+        }
+        if let Some(score) = number(&value) {
+            return self.scored(score, None, None, String::new());
+        }
+        let Some(map) = value.clone().try_cast::<Map>() else {
+            return Outcome::Error {
+                error_type: "script_result".into(),
+                message: format!(
+                    "score returned a {}; expected a number, a map or ()",
+                    value.type_name()
+                ),
+            };
+        };
+        let Some(score) = map.get("score").and_then(number) else {
+            return Outcome::Error {
+                error_type: "script_result".into(),
+                message: "score returned a map without a numeric `score`".into(),
+            };
+        };
+        let passed = map.get("passed").and_then(|v| v.as_bool().ok());
+        let label = map
+            .get("label")
+            .filter(|v| !v.is_unit())
+            .map(|v| v.to_string());
+        let explanation = map
+            .get("explanation")
+            .filter(|v| !v.is_unit())
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        self.scored(score, passed, label, explanation)
+    }
+
+    fn scored(
+        &self,
+        score: f64,
+        passed: Option<bool>,
+        label: Option<String>,
+        explanation: String,
+    ) -> Outcome {
+        if !score.is_finite() {
+            return Outcome::Error {
+                error_type: "script_result".into(),
+                message: format!("score returned {score}, not a finite number"),
+            };
+        }
+        let passed = passed.unwrap_or(score >= self.threshold);
+        let label: Cow<'static, str> = match label {
+            Some(l) => l.into(),
+            None if passed => "pass".into(),
+            None => "fail".into(),
+        };
+        Outcome::measured(score, passed, label, explanation)
+    }
+}
+
+/// A Rhai number (integer or float) as `f64`.
+fn number(value: &Dynamic) -> Option<f64> {
+    value
+        .as_float()
+        .ok()
+        .or_else(|| value.as_int().ok().map(|i| i as f64))
+}
+
+/// An error outcome for a failed call: a limit reached, or an error the script raised.
+fn error_outcome(error: &EvalAltResult) -> Outcome {
+    let limit = matches!(
+        error,
+        EvalAltResult::ErrorTooManyOperations(..)
+            | EvalAltResult::ErrorTooManyVariables(..)
+            | EvalAltResult::ErrorStackOverflow(..)
+            | EvalAltResult::ErrorDataTooLarge(..)
+            | EvalAltResult::ErrorTooManyModules(..)
+    );
+    Outcome::Error {
+        error_type: if limit {
+            "script_limit"
+        } else {
+            "script_error"
+        }
+        .into(),
+        message: error.to_string(),
+    }
+}
+
+impl Evaluator for Script {
+    fn evaluate(&self, span: &GenAiSpan<'_>) -> Outcome {
+        self.run(span, None)
+    }
+
+    fn evaluate_in_trace(&self, span: &GenAiSpan<'_>, trace: &TraceView<'_>) -> Outcome {
+        self.run(span, Some(trace))
+    }
+
+    fn needs_trace(&self) -> bool {
+        self.trace
+    }
+
+    fn fingerprint(&self) -> u64 {
+        self.hash
+    }
+}
+
+#[cfg(test)]
+mod tests;
