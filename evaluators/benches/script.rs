@@ -56,7 +56,7 @@ fn span() -> Span {
             kv_str("gen_ai.request.model", "gpt-4o-mini"),
             kv("gen_ai.usage.input_tokens", Value::IntValue(812)),
             kv("gen_ai.usage.output_tokens", Value::IntValue(96)),
-            kv_str("gen_ai.output.messages", &output.to_string()),
+            kv_str("gen_ai.output.messages", output.to_string()),
         ],
         ..Default::default()
     }
