@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs the test broker if missing, then formatting, lints and
 # every test of the workspace (unit, corpus, command-line, property and Kafka integration tests,
-# and doc examples). `.ci/run` calls this script.
+# and doc examples), then the tests of every Rhai scorer in scripts/scorers. `.ci/run` calls this
+# script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +19,5 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== script tests (scripts/scorers/*.rhai)"
+cargo run -q --locked -p evalstream -- script test scripts/scorers/*.rhai

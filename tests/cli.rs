@@ -307,3 +307,74 @@ fn the_example_deployment_config_validates() {
         "{said}"
     );
 }
+
+#[test]
+fn script_test_shows_what_differs_and_fails() {
+    let dir = temp_dir("script-test");
+    let script = dir.join("short.rhai");
+    std::fs::write(
+        &script,
+        "fn score(span, params) { word_count(span.output) <= params.max }",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("short.test.yaml"),
+        r#"
+params: { max: 3 }
+cases:
+  - name: three words pass
+    output: "Ships tomorrow, promised."
+    expect: { passed: true }
+  - name: this expectation is wrong
+    output: "It ships tomorrow morning by courier."
+    expect: { passed: true, label: pass }
+"#,
+    )
+    .unwrap();
+    // `score` returns a boolean here, which is not a score: the first case fails too.
+    let out = bin()
+        .args(["script", "test"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("FAIL"), "{said}");
+    assert!(said.contains("got: error script_result"), "{said}");
+
+    std::fs::write(
+        &script,
+        "fn score(span, params) { if word_count(span.output) <= params.max { 1 } else { 0 } }",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["script", "test"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("ok    ") && said.contains("three words pass"),
+        "{said}"
+    );
+    assert!(
+        said.contains("passed: expected true, got false")
+            && said.contains("label: expected pass, got fail"),
+        "{said}"
+    );
+    assert!(said.contains("1 passed, 1 failed"), "{said}");
+
+    std::fs::remove_file(dir.join("short.test.yaml")).unwrap();
+    let out = bin()
+        .args(["script", "test"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a script without tests is an error"
+    );
+    assert!(stderr(&out).contains("short.test.yaml"), "{}", stderr(&out));
+}

@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod loadgen;
 pub mod metrics;
 pub mod run;
+pub mod script_test;
 pub mod summary;
 pub mod traces;
 pub mod worker;

@@ -68,6 +68,20 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// Work on Rhai scorers.
+    #[command(subcommand)]
+    Script(ScriptCommand),
+}
+
+#[derive(Subcommand)]
+enum ScriptCommand {
+    /// Run each script's cases (`NAME.rhai` → `NAME.test.yaml`) and show what differs. Exit
+    /// codes: 0 all passed, 1 a case failed, 2 a script or test file is invalid.
+    Test {
+        /// The scripts.
+        #[arg(required = true)]
+        scripts: Vec<PathBuf>,
+    },
 }
 
 fn parse_gate(s: &str) -> Result<Gate, String> {
@@ -154,6 +168,16 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => exit(run_worker(&config)),
         Command::Loadgen(options) => exit(evalstream::loadgen::run(&options).map(drop)),
+        Command::Script(ScriptCommand::Test { scripts }) => {
+            match evalstream::script_test::run(&scripts, &mut std::io::stdout().lock()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Validate { file } => match Config::load(&file) {
             Ok(config) => {
                 println!("{}: ok: {config}", file.display());

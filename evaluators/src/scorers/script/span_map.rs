@@ -15,7 +15,7 @@ use crate::trace::TraceView;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
 /// The fields of the span map, in bit order.
-const FIELDS: [&str; 24] = [
+const FIELDS: [&str; 26] = [
     "kind",
     "name",
     "model",
@@ -39,6 +39,9 @@ const FIELDS: [&str; 24] = [
     "span_id",
     "is_root",
     "finish_reasons",
+    "user_id",
+    "session_id",
+    // Last: `trace_bit` is its bit.
     "trace",
 ];
 
@@ -278,6 +281,12 @@ pub fn span_map(
     }
     if f("is_root") {
         put("is_root", Dynamic::from(span.parent_span_id().is_empty()));
+    }
+    if f("user_id") {
+        put("user_id", opt_text(span.user_id()));
+    }
+    if f("session_id") {
+        put("session_id", opt_text(span.session_id()));
     }
     if f("trace") {
         let spans: Array = trace.map_or_else(Array::new, |t| {
