@@ -1438,3 +1438,76 @@ fn a_rejected_trace_output_goes_to_the_dead_letter_topic_itself() {
     let (code, _) = worker.terminate();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn an_edited_script_is_reloaded_while_the_worker_runs() {
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let dir = temp_dir("script-reload");
+    let script = dir.join("answer_words.rhai");
+    std::fs::write(&script, "fn score(span) { 1 }").unwrap();
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &address,
+        "g",
+        Encoding::OtlpProto,
+        "",
+        &format!(
+            "evaluators: [{{type: rhai, name: words, script: \"{}\"}}]",
+            script.display()
+        ),
+    );
+    let (_, first) = loadgen_messages(1, 95_000);
+    // The scores and versions of the `words` evaluator spans in the output, in order.
+    let scores = |records: &[Record]| -> Vec<(String, String)> {
+        records
+            .iter()
+            .flat_map(|r| {
+                let request = otlp::decode(&r.payload, Encoding::OtlpProto).unwrap();
+                span::spans(&request)
+                    .map(|s| {
+                        (
+                            attribute(&s, "gen_ai.evaluation.score.value").unwrap_or_default(),
+                            attribute(&s, "evalstream.evaluator.version").unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    produce(&address, "input", &first);
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        !scores(r).is_empty()
+    });
+    let before = scores(&records);
+    assert!(before.iter().all(|(score, _)| score == "1.0"), "{before:?}");
+
+    std::fs::write(&script, "fn score(span) { 0 }").unwrap();
+    wait_for(Duration::from_secs(30), "the script is reloaded", || {
+        worker.metric("evalstream_script_reloads_total{evaluator=\"words\",result=\"reloaded\"}")
+            == Some(1.0)
+    });
+    std::fs::write(&script, "fn score(span) { ").unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the broken version is reported",
+        || {
+            worker.metric("evalstream_script_reloads_total{evaluator=\"words\",result=\"failed\"}")
+                == Some(1.0)
+        },
+    );
+    let (_, second) = loadgen_messages(1, 96_000);
+    produce(&address, "input", &second);
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        scores(r).len() > before.len()
+    });
+    let after: Vec<_> = scores(&records).into_iter().skip(before.len()).collect();
+    assert!(!after.is_empty());
+    for (score, version) in &after {
+        assert_eq!(score, "0.0", "the last version that compiled runs: {after:?}");
+        assert_ne!(version, &before[0].1, "its version follows the script");
+    }
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+}

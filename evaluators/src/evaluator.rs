@@ -51,6 +51,22 @@ pub trait Evaluator: Send + Sync + fmt::Debug {
     fn fingerprint(&self) -> u64 {
         0
     }
+
+    /// Picks up a changed definition (a script file edited), for scorers that have one.
+    fn reload(&self) -> Reload {
+        Reload::Unchanged
+    }
+}
+
+/// What [`Evaluator::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// Nothing changed (or nothing can).
+    Unchanged,
+    /// A new definition is in use from now on.
+    Reloaded,
+    /// The new definition was rejected; the old one keeps running.
+    Failed(String),
 }
 
 /// A score: what an evaluator concluded about a span.
@@ -349,8 +365,14 @@ pub struct ConfiguredEvaluator {
     pub name: String,
     /// The evaluator type (`refusal`, `pii`, …).
     pub type_name: &'static str,
-    /// Changes whenever the implementation or its parameters change, so score ids do too.
+    /// Changes whenever the implementation or its parameters change, so score ids do too. For a
+    /// scorer whose definition can be reloaded this is the version it started with; evaluations
+    /// carry the current one.
     pub version: String,
+    /// The options, as hashed into the version.
+    pub(crate) options: String,
+    /// The scorer's fingerprint hashed into `version`.
+    pub(crate) fingerprint: u64,
     /// Which spans it judges.
     pub selector: Selector,
     /// Which traces it samples.
@@ -364,8 +386,8 @@ pub struct ConfiguredEvaluator {
 pub struct Evaluation<'e> {
     /// The evaluator's name.
     pub evaluator: &'e str,
-    /// The evaluator's version.
-    pub version: &'e str,
+    /// The evaluator's version (when it was reloaded since start, not the configured one).
+    pub version: Cow<'e, str>,
     /// The deterministic score id.
     pub score_id: ScoreId,
     /// What the evaluator concluded.
@@ -401,13 +423,38 @@ impl ConfiguredEvaluator {
                 detail: Cow::Borrowed(""),
             }
         };
+        let version = self.current_version();
         Some(Evaluation {
             evaluator: &self.name,
-            version: &self.version,
-            score_id: ScoreId::new(span.trace_id(), span.span_id(), &self.name, &self.version),
+            score_id: ScoreId::new(span.trace_id(), span.span_id(), &self.name, &version),
+            version,
             outcome,
         })
     }
+
+    /// The version of what runs now: the configured one, or, after a reload changed the scorer's
+    /// fingerprint, one derived the same way from the new fingerprint.
+    pub fn current_version(&self) -> Cow<'_, str> {
+        let fingerprint = self.evaluator.fingerprint();
+        if fingerprint == self.fingerprint {
+            Cow::Borrowed(&self.version)
+        } else {
+            let implementation = self.version.split('.').next().unwrap_or_default();
+            Cow::Owned(version(implementation, &self.options, fingerprint))
+        }
+    }
+}
+
+/// A version: the implementation's, then a hash of the options and the scorer's fingerprint.
+pub(crate) fn version(implementation: &str, options: &str, fingerprint: u64) -> String {
+    let mut hashed = options.to_owned();
+    if fingerprint != 0 {
+        hashed.push_str(&format!("#{fingerprint:016x}"));
+    }
+    format!(
+        "{implementation}.{:08x}",
+        xxhash_rust::xxh3::xxh3_64(hashed.as_bytes()) as u32
+    )
 }
 
 /// The evaluators of one configuration, run in order on each span.

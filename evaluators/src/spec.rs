@@ -14,7 +14,6 @@ use std::fmt;
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::evaluator::{
     ConfiguredEvaluator, Evaluator, EvaluatorSet, Sampler, Selector, SelectorConfig,
@@ -263,21 +262,20 @@ impl EvaluatorSpec {
             ));
         }
         let evaluator = self.kind.build()?;
-        let mut options =
+        let options =
             serde_json::to_string(&self.kind).map_err(|e| format!("cannot hash options: {e}"))?;
         let fingerprint = evaluator.fingerprint();
-        if fingerprint != 0 {
-            options.push_str(&format!("#{fingerprint:016x}"));
-        }
-        let version = format!(
-            "{}.{:08x}",
-            self.kind.implementation_version(),
-            xxh3_64(options.as_bytes()) as u32
+        let version = crate::evaluator::version(
+            &self.kind.implementation_version().to_string(),
+            &options,
+            fingerprint,
         );
         Ok(ConfiguredEvaluator {
             name: name.to_owned(),
             type_name: self.kind.type_name(),
             version,
+            options,
+            fingerprint,
             selector: Selector::new(self.select.clone(), self.kind.default_kinds()),
             sampler: Sampler::new(self.sample),
             evaluator,

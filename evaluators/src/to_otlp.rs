@@ -88,7 +88,10 @@ pub fn evaluation_attributes(judged: &GenAiSpan<'_>, evaluation: &Evaluation<'_>
     if let Some(id) = judged.response_id() {
         attrs.push(kv_str("gen_ai.response.id", id));
     }
-    attrs.push(kv_str("evalstream.evaluator.version", evaluation.version));
+    attrs.push(kv_str(
+        "evalstream.evaluator.version",
+        evaluation.version.as_ref(),
+    ));
     attrs.push(kv_str(
         "evalstream.evaluation.outcome",
         evaluation.outcome.as_str(),
@@ -179,7 +182,7 @@ mod tests {
         let v = view(&judged);
         let evaluation = Evaluation {
             evaluator: "refusal",
-            version: "1.abcd",
+            version: "1.abcd".into(),
             score_id: ScoreId::new(v.trace_id(), v.span_id(), "refusal", "1.abcd"),
             outcome: Outcome::check(false, "refused", "refusal: \"no\""),
         };
@@ -234,7 +237,7 @@ mod tests {
         let v = view(&judged);
         let mut evaluation = Evaluation {
             evaluator: "x",
-            version: "1",
+            version: "1".into(),
             score_id: ScoreId([1; 16]),
             outcome: Outcome::Error {
                 error_type: "timeout".into(),

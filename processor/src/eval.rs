@@ -106,7 +106,7 @@ impl<'a> Line<'a> {
             model: span.model(),
             service: span.resource().service_name,
             evaluator: e.evaluator,
-            evaluator_version: e.version,
+            evaluator_version: &e.version,
             score_id: e.score_id.to_hex(),
             outcome: e.outcome.as_str(),
             score,

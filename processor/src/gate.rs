@@ -212,7 +212,7 @@ mod tests {
         let mut add = |evaluator, outcome| {
             s.record(&Evaluation {
                 evaluator,
-                version: "1",
+                version: "1".into(),
                 score_id: ScoreId([0; 16]),
                 outcome,
             });

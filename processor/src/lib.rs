@@ -14,6 +14,7 @@ pub mod gate;
 pub mod kafka;
 pub mod loadgen;
 pub mod metrics;
+pub mod reload;
 pub mod run;
 pub mod script_test;
 pub mod summary;

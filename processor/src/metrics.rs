@@ -157,6 +157,8 @@ pub struct Metrics {
     pub traces_assembled: IntCounterVec,
     /// Spans that arrived after their trace had been evaluated.
     pub late_spans: IntCounter,
+    /// Script reloads, by evaluator and result (`reloaded`, `failed`).
+    pub script_reloads: IntCounterVec,
     /// Up (1) once started.
     pub up: Gauge,
     evaluators: Vec<EvaluatorMetrics>,
@@ -282,6 +284,12 @@ impl Metrics {
         r.register(Box::new(up.clone()))?;
         up.set(1.0);
         Ok(Arc::new(Metrics {
+            script_reloads: counter_vec(
+                &r,
+                "evalstream_script_reloads_total",
+                "Rhai scripts reloaded after their file changed, by evaluator and result (reloaded, failed: the old version keeps running).",
+                &["evaluator", "result"],
+            )?,
             traces_buffered: gauge(
                 &r,
                 "evalstream_traces_buffered",
@@ -517,7 +525,7 @@ mod tests {
             let view = GenAiSpan::new(&span, ResourceView::new(Some(&resource)), None);
             let evaluation = Evaluation {
                 evaluator: &evaluator.name,
-                version: &evaluator.version,
+                version: evaluator.version.as_str().into(),
                 score_id: ScoreId::new(&span.trace_id, &span.span_id, &evaluator.name, "1"),
                 outcome: Outcome::check(passed, "x", ""),
             };

@@ -153,6 +153,7 @@ fn pipeline(
     drop(work_rx);
 
     let done = Arc::new(AtomicBool::new(false));
+    let reloader = crate::reload::start(&worker.judge.evaluators, &metrics, &done)?;
     let helper = {
         let sink = sink.clone();
         let done = done.clone();
@@ -187,6 +188,9 @@ fn pipeline(
     }
     done.store(true, Ordering::Release);
     let _ = helper.join();
+    if let Some(reloader) = reloader {
+        let _ = reloader.join();
+    }
     info!("stopped");
     Ok(())
 }

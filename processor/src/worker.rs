@@ -79,10 +79,11 @@ fn run_guarded<'e>(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "evaluator panicked".into());
+            let version = e.current_version();
             Some(Evaluation {
                 evaluator: &e.name,
-                version: &e.version,
-                score_id: ScoreId::new(span.trace_id(), span.span_id(), &e.name, &e.version),
+                score_id: ScoreId::new(span.trace_id(), span.span_id(), &e.name, &version),
+                version,
                 outcome: Outcome::Error {
                     error_type: "panic".into(),
                     message,

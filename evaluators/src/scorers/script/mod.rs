@@ -15,6 +15,10 @@
 //! carries on. The evaluator's version includes a hash of the script, so changing the script
 //! changes the score ids.
 //!
+//! **Hot reload**: [`Evaluator::reload`] reads the file again; when its text changed, the new
+//! version is compiled and swapped in atomically (calls already running finish on the old one).
+//! A version that does not compile is reported and the old one keeps running.
+//!
 //! With `trace: true` the scorer judges a span with its whole trace: `span.trace` is the
 //! trace's spans (as maps), `span.documents` the documents retrieved before it, and the
 //! streaming worker waits for the trace to be complete.
@@ -26,11 +30,12 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Scope};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::evaluator::{Evaluator, Outcome};
+use crate::evaluator::{Evaluator, Outcome, Reload};
 use crate::pricing::PriceTable;
 use crate::span::GenAiSpan;
 use crate::trace::TraceView;
@@ -64,14 +69,21 @@ fn default_threshold() -> f64 {
 /// The `rhai` scorer.
 pub struct Script {
     name: String,
+    /// The file it was read from, for reloads (none for a script given as text).
+    path: Option<PathBuf>,
     engine: Engine,
-    ast: Arc<AST>,
-    takes_params: bool,
+    compiled: ArcSwap<Compiled>,
     params: Dynamic,
-    fields: Fields,
     threshold: f64,
     trace: bool,
     prices: PriceTable,
+}
+
+/// One version of the script, compiled.
+struct Compiled {
+    ast: AST,
+    takes_params: bool,
+    fields: Fields,
     hash: u64,
 }
 
@@ -79,9 +91,38 @@ impl std::fmt::Debug for Script {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Script")
             .field("script", &self.name)
-            .field("hash", &self.hash)
+            .field("hash", &self.hash())
             .finish_non_exhaustive()
     }
+}
+
+/// Compiles one version of a script, checking it defines `score` once, with one or two
+/// parameters.
+fn compile(engine: &Engine, name: &str, source: &str) -> Result<Compiled, String> {
+    let ast = engine
+        .compile(source)
+        .map_err(|e| format!("script: {name}: {e}"))?;
+    let arities: Vec<usize> = ast
+        .iter_functions()
+        .filter(|f| f.name == "score")
+        .map(|f| f.params.len())
+        .collect();
+    let takes_params = match arities.as_slice() {
+        [1] => false,
+        [2] => true,
+        [] => return Err(format!("script: {name}: defines no `fn score(span)`")),
+        _ => {
+            return Err(format!(
+                "script: {name}: define `score` once, as `fn score(span)` or `fn score(span, params)`"
+            ));
+        }
+    };
+    Ok(Compiled {
+        ast,
+        takes_params,
+        fields: Fields::used_by(source),
+        hash: xxh3_64(source.as_bytes()),
+    })
 }
 
 impl Script {
@@ -90,7 +131,9 @@ impl Script {
         let path = &config.script;
         let source = std::fs::read_to_string(path)
             .map_err(|e| format!("script: cannot read {}: {e}", path.display()))?;
-        Script::compile(&path.display().to_string(), &source, config)
+        let mut script = Script::compile(&path.display().to_string(), &source, config)?;
+        script.path = Some(path.clone());
+        Ok(script)
     }
 
     /// Compiles script text; `name` names it in errors and logs.
@@ -100,56 +143,60 @@ impl Script {
             return Err("threshold: must be a number".into());
         }
         let engine = sandbox::engine(&config.limits, name);
-        let ast = engine
-            .compile(source)
-            .map_err(|e| format!("script: {name}: {e}"))?;
-        let arities: Vec<usize> = ast
-            .iter_functions()
-            .filter(|f| f.name == "score")
-            .map(|f| f.params.len())
-            .collect();
-        let takes_params = match arities.as_slice() {
-            [1] => false,
-            [2] => true,
-            [] => return Err(format!("script: {name}: defines no `fn score(span)`")),
-            _ => {
-                return Err(format!(
-                    "script: {name}: define `score` once, as `fn score(span)` or `fn score(span, params)`"
-                ));
-            }
-        };
+        let compiled = compile(&engine, name, source)?;
         let params = serde_json::to_string(&config.params)
             .ok()
             .and_then(|json| engine.parse_json(json, true).ok())
             .map_or(Dynamic::UNIT, Dynamic::from);
         Ok(Script {
             name: name.to_owned(),
-            fields: Fields::used_by(source),
-            takes_params,
+            path: None,
+            compiled: ArcSwap::from_pointee(compiled),
             params,
             threshold: config.threshold,
             trace: config.trace,
             prices: PriceTable::new(true, &Default::default())?,
-            hash: xxh3_64(source.as_bytes()),
             engine,
-            ast: Arc::new(ast),
         })
     }
 
-    /// A hash of the script's text.
+    /// A hash of the text of the version running.
     pub fn hash(&self) -> u64 {
-        self.hash
+        self.compiled.load().hash
+    }
+
+    /// Reads the script's file again and swaps in the new version if the text changed and
+    /// compiles; otherwise the running version stays.
+    fn reload_file(&self) -> Reload {
+        let Some(path) = &self.path else {
+            return Reload::Unchanged;
+        };
+        let source = match std::fs::read_to_string(path) {
+            Ok(source) => source,
+            Err(e) => return Reload::Failed(format!("cannot read {}: {e}", path.display())),
+        };
+        if xxh3_64(source.as_bytes()) == self.hash() {
+            return Reload::Unchanged;
+        }
+        match compile(&self.engine, &self.name, &source) {
+            Ok(compiled) => {
+                self.compiled.store(Arc::new(compiled));
+                Reload::Reloaded
+            }
+            Err(e) => Reload::Failed(e),
+        }
     }
 
     fn run(&self, span: &GenAiSpan<'_>, trace: Option<&TraceView<'_>>) -> Outcome {
-        let map = span_map(span, trace, self.fields, &self.prices);
+        let compiled = self.compiled.load();
+        let map = span_map(span, trace, compiled.fields, &self.prices);
         let mut scope = Scope::new();
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-        let result = if self.takes_params {
+        let result = if compiled.takes_params {
             self.engine.call_fn_with_options::<Dynamic>(
                 options,
                 &mut scope,
-                &self.ast,
+                &compiled.ast,
                 "score",
                 (map, self.params.clone()),
             )
@@ -157,7 +204,7 @@ impl Script {
             self.engine.call_fn_with_options::<Dynamic>(
                 options,
                 &mut scope,
-                &self.ast,
+                &compiled.ast,
                 "score",
                 (map,),
             )
@@ -270,7 +317,11 @@ impl Evaluator for Script {
     }
 
     fn fingerprint(&self) -> u64 {
-        self.hash
+        self.hash()
+    }
+
+    fn reload(&self) -> Reload {
+        self.reload_file()
     }
 }
 

@@ -255,3 +255,51 @@ fn a_script_that_changes_changes_the_version() {
     let b = Script::compile("a.rhai", "fn score(span) { 0 }", &config()).unwrap();
     assert_ne!(a.fingerprint(), b.fingerprint());
 }
+
+#[test]
+fn a_changed_file_is_reloaded_and_a_broken_one_keeps_the_old_version() {
+    let dir = std::env::temp_dir().join(format!("evalstream-script-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("reload.rhai");
+    std::fs::write(&path, "fn score(span) { 1 }").unwrap();
+    let specs: Vec<crate::spec::EvaluatorSpec> = serde_json::from_value(
+        serde_json::json!([{"type": "rhai", "name": "reload", "script": path}]),
+    )
+    .unwrap();
+    let set = crate::spec::build_set(&specs).unwrap();
+    let e = &set.evaluators()[0];
+    let sp = chat("Paris.");
+    let first = e.run(&view(&sp)).unwrap();
+    assert_eq!(first.outcome.score().unwrap().value, 1.0);
+    assert_eq!(first.version, e.version.as_str());
+    assert_eq!(e.evaluator.reload(), Reload::Unchanged);
+
+    std::fs::write(&path, "fn score(span) { 0 }").unwrap();
+    assert_eq!(e.evaluator.reload(), Reload::Reloaded);
+    let second = e.run(&view(&sp)).unwrap();
+    assert_eq!(second.outcome.score().unwrap().value, 0.0);
+    assert_ne!(
+        second.version, first.version,
+        "the version follows the script"
+    );
+    assert_ne!(second.score_id, first.score_id);
+
+    std::fs::write(&path, "fn score(span) { ").unwrap();
+    match e.evaluator.reload() {
+        Reload::Failed(message) => assert!(message.contains("reload.rhai"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let third = e.run(&view(&sp)).unwrap();
+    assert_eq!(
+        third.outcome.score().unwrap().value,
+        0.0,
+        "the last good version runs"
+    );
+    assert_eq!(third.version, second.version);
+
+    // Back to the first text: back to the first version and score ids.
+    std::fs::write(&path, "fn score(span) { 1 }").unwrap();
+    assert_eq!(e.evaluator.reload(), Reload::Reloaded);
+    assert_eq!(e.run(&view(&sp)).unwrap().score_id, first.score_id);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
