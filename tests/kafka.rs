@@ -1505,7 +1505,10 @@ fn an_edited_script_is_reloaded_while_the_worker_runs() {
     let after: Vec<_> = scores(&records).into_iter().skip(before.len()).collect();
     assert!(!after.is_empty());
     for (score, version) in &after {
-        assert_eq!(score, "0.0", "the last version that compiled runs: {after:?}");
+        assert_eq!(
+            score, "0.0",
+            "the last version that compiled runs: {after:?}"
+        );
         assert_ne!(version, &before[0].1, "its version follows the script");
     }
     let (code, _) = worker.terminate();

@@ -98,6 +98,11 @@ impl Refusal {
         })
     }
 
+    /// Whether `text` opens with a refusal phrase (for scripts: `refusal(text)`).
+    pub fn is_refusal(&self, text: &str) -> bool {
+        self.phrase(text).is_some()
+    }
+
     fn phrase<'t>(&self, text: &'t str) -> Option<&'t str> {
         let opening = prefix_chars(text, self.window);
         let normalised;

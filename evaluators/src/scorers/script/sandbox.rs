@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::scorers::compile_regex;
 use crate::scorers::pii::{self, PiiKind};
+use crate::scorers::refusal::{Refusal, RefusalConfig};
 
 /// Limits on one call of a script. Each one stops a different runaway: a loop (operations), deep
 /// recursion (call levels), deeply nested expressions (expression depth), and unbounded
@@ -154,9 +155,13 @@ pub fn engine(limits: &ScriptLimits, script: &str) -> Engine {
 }
 
 /// `regex_match(text, pattern)`, `regex_find(text, pattern)` (the first match or `()`),
-/// `regex_find_all(text, pattern)`, `word_count(text)`, and `pii(text)` (the kinds of personal
-/// data found, as the `pii` scorer finds them).
+/// `regex_find_all(text, pattern)`, `word_count(text)`, and the built-in scorers' detectors:
+/// `pii(text)` (the kinds of personal data found) and `refusal(text)` (whether it opens with a
+/// refusal), so scripts compose them rather than re-implement them.
 fn register_helpers(engine: &mut Engine) {
+    if let Ok(refusal) = Refusal::build(&RefusalConfig::default()) {
+        engine.register_fn("refusal", move |text: &str| refusal.is_refusal(text));
+    }
     let cache = Arc::new(RegexCache::default());
     let c = cache.clone();
     engine.register_fn(

@@ -150,7 +150,8 @@ fn helpers_match_regexes_parse_json_and_find_pii() {
             let email = regex_find(data.contact, "[a-z]+@[a-z.]+");
             let kinds = pii(span.output);
             #{ score: if regex_match(data.contact, "^mail") && email == "ann@example.com"
-                && kinds.contains("email") { 1 } else { 0 } }
+                && kinds.contains("email") && !refusal(span.output)
+                && refusal("I'm sorry, but I can't help with that.") { 1 } else { 0 } }
         }"#,
         &config(),
         r#"{"contact": "mail ann@example.com"}"#,
@@ -240,6 +241,17 @@ fn eval_is_disabled_and_scripts_must_define_score() {
     assert!(err.contains("fn score(span)"), "{err}");
     let err = Script::compile("syntax.rhai", "fn score(span) { ", &config()).unwrap_err();
     assert!(err.contains("syntax.rhai"), "{err}");
+    // No modules, no clock: there is nothing to import and no time to read.
+    let err = Script::compile(
+        "i.rhai",
+        r#"import "os" as os; fn score(span) { 1 }"#,
+        &config(),
+    )
+    .unwrap_err();
+    assert!(err.contains("i.rhai"), "{err}");
+    let (kind, message) = error(run("fn score(span) { timestamp() }"));
+    assert_eq!(kind, "script_error");
+    assert!(message.contains("timestamp"), "{message}");
     let mut c = config();
     c.limits.max_operations = 0;
     assert!(
