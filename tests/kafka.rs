@@ -1125,6 +1125,19 @@ fn attribute(s: &span::GenAiSpan<'_>, key: &str) -> Option<String> {
     otlp::find(&s.raw().attributes, key).map(|v| span::attribute_text(v).into_owned())
 }
 
+/// The attributes `keys` of every evaluator span in output records, in order.
+fn output_attributes(records: &[Record], keys: &[&str]) -> Vec<Vec<Option<String>>> {
+    records
+        .iter()
+        .flat_map(|r| {
+            let request = otlp::decode(&r.payload, Encoding::OtlpProto).unwrap();
+            span::spans(&request)
+                .map(|s| keys.iter().map(|k| attribute(&s, k)).collect())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The corpus's grounded RAG trace (a retriever and an answer citing `[1]`) split in three
 /// requests: the answer, the other spans (the root among them), the retriever.
 fn rag_trace_parts() -> (Vec<u8>, Vec<ExportTraceServiceRequest>) {
@@ -1200,20 +1213,14 @@ fn a_trace_split_across_messages_is_judged_whole_once_complete() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let evaluations = |records: &[Record]| -> Vec<(String, Option<String>, Option<String>)> {
-        records
-            .iter()
-            .flat_map(|r| {
-                let request = otlp::decode(&r.payload, Encoding::OtlpProto).unwrap();
-                span::spans(&request)
-                    .map(|s| {
-                        (
-                            attribute(&s, "gen_ai.evaluation.name").unwrap_or_default(),
-                            attribute(&s, "gen_ai.evaluation.score.label"),
-                            attribute(&s, "evalstream.trace.completion"),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
+        let keys = [
+            "gen_ai.evaluation.name",
+            "gen_ai.evaluation.score.label",
+            "evalstream.trace.completion",
+        ];
+        output_attributes(records, &keys)
+            .into_iter()
+            .map(|mut v| (v[0].take().unwrap_or_default(), v[1].take(), v[2].take()))
             .collect()
     };
     let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
@@ -1461,18 +1468,17 @@ fn an_edited_script_is_reloaded_while_the_worker_runs() {
     let (_, first) = loadgen_messages(1, 95_000);
     // The scores and versions of the `words` evaluator spans in the output, in order.
     let scores = |records: &[Record]| -> Vec<(String, String)> {
-        records
-            .iter()
-            .flat_map(|r| {
-                let request = otlp::decode(&r.payload, Encoding::OtlpProto).unwrap();
-                span::spans(&request)
-                    .map(|s| {
-                        (
-                            attribute(&s, "gen_ai.evaluation.score.value").unwrap_or_default(),
-                            attribute(&s, "evalstream.evaluator.version").unwrap_or_default(),
-                        )
-                    })
-                    .collect::<Vec<_>>()
+        let keys = [
+            "gen_ai.evaluation.score.value",
+            "evalstream.evaluator.version",
+        ];
+        output_attributes(records, &keys)
+            .into_iter()
+            .map(|mut v| {
+                (
+                    v[0].take().unwrap_or_default(),
+                    v[1].take().unwrap_or_default(),
+                )
             })
             .collect()
     };
