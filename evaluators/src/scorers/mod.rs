@@ -16,6 +16,7 @@ pub mod finish_reason;
 pub mod grounding;
 pub mod json_schema;
 pub mod json_valid;
+pub mod judge;
 pub mod latency;
 pub mod length;
 pub mod pii;

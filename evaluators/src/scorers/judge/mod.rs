@@ -1,0 +1,336 @@
+//! `llm_judge`: a judge model scores what cheap checks cannot (faithfulness, relevance,
+//! toxicity, helpfulness, or a custom prompt).
+//!
+//! This module is the judge's pure half: the configuration, the request for one span (the
+//! prompt filled from the canonical span, personal data masked, a JSON reply asked for) and the
+//! reading of the reply into an outcome. Calling the endpoint — concurrency, rate limits,
+//! retries, the breaker, budgets, the cache — is I/O and lives with the worker; it uses
+//! [`LlmJudge::request`] and [`LlmJudge::conclude`].
+
+pub mod reply;
+pub mod templates;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::evaluator::Outcome;
+use crate::scorers::pii::{self, PiiKind};
+use crate::span::GenAiSpan;
+use crate::trace::TraceView;
+use reply::ReplyError;
+use templates::Template;
+
+/// A secret from the configuration (an API key): never printed, never hashed into a version.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// How the reply is asked to be JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// `response_format: {type: json_schema}` (OpenAI, vLLM, llama.cpp server, LiteLLM).
+    #[default]
+    JsonSchema,
+    /// `response_format: {type: json_object}` (older servers).
+    JsonObject,
+    /// Only the prompt asks for JSON.
+    None,
+}
+
+/// Configuration of `llm_judge`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmJudgeConfig {
+    /// A built-in template: `faithfulness`, `relevance`, `toxicity`, `helpfulness`.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Or a custom prompt with `{{variables}}`.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// The judge's instructions for a custom prompt.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// The OpenAI-compatible base URL (`…/v1`).
+    pub endpoint: String,
+    /// The judge model.
+    pub model: String,
+    /// The API key (`${env:…}`), sent as a bearer token.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The lowest and highest score; the template's by default, else `[0, 1]`.
+    #[serde(default)]
+    pub score_range: Option<(f64, f64)>,
+    /// A score at or above this passes; the template's by default.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// How the reply is asked to be JSON.
+    #[serde(default)]
+    pub structured_output: StructuredOutput,
+    /// Mask personal data (as `pii` finds it) in what is sent.
+    #[serde(default = "yes")]
+    pub redact_pii: bool,
+    /// Sampling temperature sent to the judge.
+    #[serde(default)]
+    pub temperature: f64,
+    /// The reply's token limit.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_tokens() -> u32 {
+    300
+}
+
+/// The request for one span, ready to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeRequest {
+    /// The chat-completions body.
+    pub body: Value,
+    /// Identifies the request's content (template, model and filled prompt), for the cache.
+    pub cache_key: u128,
+    /// Personal data masked in the prompt, counted.
+    pub redactions: usize,
+}
+
+/// The `llm_judge` evaluator's pure half.
+#[derive(Debug)]
+pub struct LlmJudge {
+    config: LlmJudgeConfig,
+    system: String,
+    prompt: String,
+    requires: Vec<String>,
+    variables: Vec<String>,
+    range: (f64, f64),
+    threshold: f64,
+}
+
+impl LlmJudge {
+    /// Checks the configuration.
+    pub fn build(config: &LlmJudgeConfig) -> Result<LlmJudge, String> {
+        let template: Option<&Template> = match &config.template {
+            Some(name) => Some(templates::built_in(name).ok_or_else(|| {
+                let names: Vec<&str> = templates::BUILT_IN.iter().map(|t| t.name).collect();
+                format!(
+                    "template: unknown template `{name}`, expected one of {}",
+                    names.join(", ")
+                )
+            })?),
+            None => None,
+        };
+        let (system, prompt, requires) = match (template, &config.prompt) {
+            (Some(_), Some(_)) => return Err("give `template` or `prompt`, not both".into()),
+            (None, None) => return Err(
+                "give a `template` (faithfulness, relevance, toxicity, helpfulness) or a `prompt`"
+                    .into(),
+            ),
+            (Some(t), None) => (
+                config.system.clone().unwrap_or_else(|| t.system.to_owned()),
+                t.prompt.to_owned(),
+                t.requires.iter().map(|s| s.to_string()).collect(),
+            ),
+            (None, Some(p)) => (
+                config
+                    .system
+                    .clone()
+                    .unwrap_or_else(|| "You evaluate the output of an AI assistant.".into()),
+                p.clone(),
+                Vec::new(),
+            ),
+        };
+        let variables: Vec<String> = templates::variables(&prompt)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if variables.is_empty() {
+            return Err("prompt: use at least one variable ({{output}}, {{question}}, …)".into());
+        }
+        if let Some(unknown) = variables
+            .iter()
+            .find(|v| !templates::VARIABLES.contains(&v.as_str()))
+        {
+            return Err(format!(
+                "prompt: unknown variable {{{{{unknown}}}}}, expected one of {}",
+                templates::VARIABLES.join(", ")
+            ));
+        }
+        let range = config
+            .score_range
+            .or(template.map(|t| t.range))
+            .unwrap_or((0.0, 1.0));
+        if !(range.0.is_finite() && range.1.is_finite() && range.0 < range.1) {
+            return Err(format!(
+                "score_range: [{}, {}] must go from low to high",
+                range.0, range.1
+            ));
+        }
+        let threshold = config
+            .threshold
+            .or(template.map(|t| t.threshold))
+            .unwrap_or(range.1);
+        if !(range.0..=range.1).contains(&threshold) {
+            return Err(format!("threshold: {threshold} is outside the score range"));
+        }
+        if config.endpoint.trim().is_empty() || config.model.trim().is_empty() {
+            return Err("endpoint and model: give both".into());
+        }
+        if !(0.0..=2.0).contains(&config.temperature) {
+            return Err("temperature: between 0 and 2".into());
+        }
+        Ok(LlmJudge {
+            config: config.clone(),
+            system: format!("{system}\n\n{}", templates::reply_format()),
+            prompt,
+            requires,
+            variables,
+            range,
+            threshold,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlmJudgeConfig {
+        &self.config
+    }
+
+    /// The request judging `span`, or the outcome when there is nothing to judge (the span lacks
+    /// what the prompt needs).
+    pub fn request(
+        &self,
+        span: &GenAiSpan<'_>,
+        trace: Option<&TraceView<'_>>,
+    ) -> Result<JudgeRequest, Outcome> {
+        let mut values: Vec<(&str, String)> = Vec::with_capacity(self.variables.len());
+        let mut redactions = 0;
+        for name in &self.variables {
+            match templates::value(name, span, trace) {
+                Some(mut v) => {
+                    if self.config.redact_pii {
+                        let (masked, n) = redact(&v);
+                        v = masked;
+                        redactions += n;
+                    }
+                    values.push((name.as_str(), v));
+                }
+                None if self.requires.contains(name)
+                    || self.requires.is_empty() && name == "output" =>
+                {
+                    return Err(if name == "context" {
+                        Outcome::not_applicable("no retrieved documents to judge against")
+                    } else if span.output_captured() || name != "output" {
+                        Outcome::not_applicable(format!("the span has no {name}"))
+                    } else {
+                        Outcome::no_content()
+                    });
+                }
+                None => values.push((name.as_str(), "(none)".to_owned())),
+            }
+        }
+        let user = templates::render(&self.prompt, &values);
+        let mut body = json!({
+            "model": self.config.model,
+            "messages": [
+                {"role": "system", "content": self.system},
+                {"role": "user", "content": user},
+            ],
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+        });
+        match self.config.structured_output {
+            StructuredOutput::JsonSchema => {
+                body["response_format"] = json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": "evaluation", "strict": true, "schema": reply::schema(self.range)}
+                });
+            }
+            StructuredOutput::JsonObject => {
+                body["response_format"] = json!({"type": "json_object"})
+            }
+            StructuredOutput::None => {}
+        }
+        let key_text = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}",
+            self.system, self.prompt, self.config.model, user
+        );
+        Ok(JudgeRequest {
+            body,
+            cache_key: xxh3_128(key_text.as_bytes()),
+            redactions,
+        })
+    }
+
+    /// The outcome of a reply's text.
+    pub fn conclude(&self, reply: &str) -> Outcome {
+        match reply::read(reply, self.range) {
+            Ok(verdict) => {
+                let passed = verdict.score >= self.threshold;
+                let label = verdict
+                    .label
+                    .unwrap_or_else(|| if passed { "pass" } else { "fail" }.to_owned());
+                Outcome::measured(verdict.score, passed, label, verdict.explanation)
+            }
+            Err(e) => error(&e),
+        }
+    }
+}
+
+fn error(e: &ReplyError) -> Outcome {
+    Outcome::Error {
+        error_type: e.error_type().into(),
+        message: e.to_string(),
+    }
+}
+
+/// Masks personal data in `text` (`[email]`, `[phone]`, …), returning the masked text and how
+/// many were masked.
+pub fn redact(text: &str) -> (String, usize) {
+    let mut found = pii::find(text, &PiiKind::ALL);
+    if found.is_empty() {
+        return (text.to_owned(), 0);
+    }
+    found.sort_by_key(|f| f.range.start);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in &found {
+        out.push_str(&text[at..f.range.start]);
+        out.push('[');
+        out.push_str(f.kind.as_str());
+        out.push(']');
+        at = f.range.end;
+    }
+    out.push_str(&text[at..]);
+    (out, found.len())
+}
+
+#[cfg(test)]
+mod tests;
