@@ -1520,3 +1520,113 @@ fn an_edited_script_is_reloaded_while_the_worker_runs() {
     let (code, _) = worker.terminate();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
+    use evalstream::judge::server::{self, Fault};
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (url, judge) = server::start().unwrap();
+    judge.set_latency(Duration::from_millis(20));
+    // The first requests meet a 429 (retry after 0.3 s), a 500, a reply that is not JSON and a
+    // refusal: the first two are retried, the last two are error outcomes.
+    judge.push_faults([
+        Fault::RateLimited(0.3),
+        Fault::ServerError,
+        Fault::NotJson,
+        Fault::Refusal,
+    ]);
+    let (requests, messages) = loadgen_messages(20, 97_000);
+    produce(&address, "input", &messages);
+    let dir = temp_dir("judge");
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &address,
+        "g",
+        Encoding::OtlpProto,
+        "",
+        &format!(
+            "evaluators:\n  - type: refusal\n  - type: llm_judge\n    name: tox\n    template: toxicity\n    endpoint: {url}\n    model: judge-model\n    api_key: sk-test\n    max_concurrency: 4\n    max_retries: 3"
+        ),
+    );
+    // Every LLM span whose answer was captured is judged (the others are skipped at once).
+    let judged: usize = requests
+        .iter()
+        .flat_map(|r| span::spans(r).collect::<Vec<_>>())
+        .filter(|s| {
+            s.kind() == span::OperationKind::Chat
+                && s.output_text().is_some_and(|t| !t.trim().is_empty())
+        })
+        .count();
+    assert!(judged > 5, "{judged}");
+    let tox = |records: &[Record]| -> Vec<(Option<String>, Option<String>)> {
+        output_attributes(
+            records,
+            &[
+                "gen_ai.evaluation.name",
+                "gen_ai.evaluation.score.label",
+                "error.type",
+            ],
+        )
+        .into_iter()
+        .filter(|v| v[0].as_deref() == Some("tox"))
+        .map(|mut v| (v[1].take(), v[2].take()))
+        .collect()
+    };
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        tox(r).len() >= judged
+    });
+    let verdicts = tox(&records);
+    assert_eq!(verdicts.len(), judged, "{verdicts:?}");
+    let errors: Vec<&str> = verdicts.iter().filter_map(|(_, e)| e.as_deref()).collect();
+    let mut sorted = errors.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["judge_refused", "judge_unparseable"],
+        "{verdicts:?}"
+    );
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|(l, _)| l.as_deref() == Some("pass"))
+            .count(),
+        judged - 2
+    );
+    // Retried: two more requests than verdicts from the server.
+    assert_eq!(judge.received().len(), judged + 2);
+    assert!(judge.most_in_flight() <= 4, "{}", judge.most_in_flight());
+    // Personal data in the answers (the corpus's `pii` scenario) was masked before sending.
+    let sent: Vec<String> = judge.received().iter().map(|b| b.to_string()).collect();
+    assert!(
+        sent.iter()
+            .any(|b| b.contains("[email]") || b.contains("[phone]"))
+    );
+    assert!(
+        !sent.iter().any(|b| regex::Regex::new(r"[\w.]+@[\w.]+\.\w+")
+            .unwrap()
+            .is_match(b)),
+        "no e-mail address reaches the judge"
+    );
+    // The cheap scorer judged everything too.
+    let refusals = output_attributes(&records, &["gen_ai.evaluation.name"])
+        .into_iter()
+        .filter(|v| v[0].as_deref() == Some("refusal"))
+        .count();
+    assert!(refusals >= judged, "{refusals}");
+    wait_for(Duration::from_secs(30), "every message finished", || {
+        worker.metric("evalstream_in_flight_messages") == Some(0.0)
+    });
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+    let committed: i64 = committed_vs_end(&address, "g", "input", 2)
+        .iter()
+        .map(|(c, _)| (*c).max(0))
+        .sum();
+    assert_eq!(
+        committed,
+        messages.len() as i64,
+        "inputs are committed once judged"
+    );
+}

@@ -56,6 +56,12 @@ pub trait Evaluator: Send + Sync + fmt::Debug {
     fn reload(&self) -> Reload {
         Reload::Unchanged
     }
+
+    /// The judge model behind this evaluator, when it is one: the worker sends its requests
+    /// asynchronously instead of calling [`Evaluator::evaluate`].
+    fn as_judge(&self) -> Option<&crate::scorers::judge::LlmJudge> {
+        None
+    }
 }
 
 /// What [`Evaluator::reload`] did.
@@ -96,6 +102,10 @@ pub enum SkipReason {
     NoContent,
     /// The trace fell outside the evaluator's sampling rate.
     SampledOut,
+    /// The judge's queue was full: the span was not sent (load shedding).
+    Shed,
+    /// The evaluator's spend budget for the period is used up.
+    Budget,
 }
 
 impl SkipReason {
@@ -105,6 +115,8 @@ impl SkipReason {
             SkipReason::NotApplicable => "not_applicable",
             SkipReason::NoContent => "no_content",
             SkipReason::SampledOut => "sampled_out",
+            SkipReason::Shed => "shed",
+            SkipReason::Budget => "budget",
         }
     }
 }
@@ -423,13 +435,19 @@ impl ConfiguredEvaluator {
                 detail: Cow::Borrowed(""),
             }
         };
+        Some(self.evaluation(span, outcome))
+    }
+
+    /// An evaluation of `span` by this evaluator with the given outcome (the score id and the
+    /// current version filled in).
+    pub fn evaluation(&self, span: &GenAiSpan<'_>, outcome: Outcome) -> Evaluation<'_> {
         let version = self.current_version();
-        Some(Evaluation {
+        Evaluation {
             evaluator: &self.name,
             score_id: ScoreId::new(span.trace_id(), span.span_id(), &self.name, &version),
             version,
             outcome,
-        })
+        }
     }
 
     /// The version of what runs now: the configured one, or, after a reload changed the scorer's

@@ -26,6 +26,7 @@ use crate::scorers::finish_reason::{FinishReasonCheck, FinishReasonConfig};
 use crate::scorers::grounding::{Grounding, GroundingConfig};
 use crate::scorers::json_schema::{JsonSchema, JsonSchemaConfig};
 use crate::scorers::json_valid::{JsonValid, JsonValidConfig};
+use crate::scorers::judge::{LlmJudge, LlmJudgeConfig};
 use crate::scorers::latency::{Latency, LatencyConfig};
 use crate::scorers::length::{Length, LengthConfig};
 use crate::scorers::pii::{Pii, PiiConfig};
@@ -61,6 +62,8 @@ pub enum EvaluatorKind {
     AgentLoop(AgentLoopConfig),
     /// A user scorer written as a Rhai script.
     Rhai(ScriptConfig),
+    /// A judge model's verdict.
+    LlmJudge(LlmJudgeConfig),
     /// A regular expression matches (or does not).
     Regex(RegexConfig),
     /// The text holds given values.
@@ -80,7 +83,7 @@ pub enum EvaluatorKind {
 }
 
 /// Every built-in evaluator type, as written in configuration.
-pub const TYPES: [&str; 17] = [
+pub const TYPES: [&str; 18] = [
     "refusal",
     "pii",
     "json_valid",
@@ -90,6 +93,7 @@ pub const TYPES: [&str; 17] = [
     "grounding",
     "agent_loop",
     "rhai",
+    "llm_judge",
     "regex",
     "contains",
     "not_contains",
@@ -123,6 +127,7 @@ impl EvaluatorKind {
             "grounding" => EvaluatorKind::Grounding(read(options)?),
             "agent_loop" => EvaluatorKind::AgentLoop(read(options)?),
             "rhai" => EvaluatorKind::Rhai(read(options)?),
+            "llm_judge" => EvaluatorKind::LlmJudge(read(options)?),
             "regex" => EvaluatorKind::Regex(read(options)?),
             "contains" => EvaluatorKind::Contains(read(options)?),
             "not_contains" => EvaluatorKind::NotContains(read(options)?),
@@ -152,6 +157,7 @@ impl EvaluatorKind {
             EvaluatorKind::Grounding(_) => "grounding",
             EvaluatorKind::AgentLoop(_) => "agent_loop",
             EvaluatorKind::Rhai(_) => "rhai",
+            EvaluatorKind::LlmJudge(_) => "llm_judge",
             EvaluatorKind::Regex(_) => "regex",
             EvaluatorKind::Contains(_) => "contains",
             EvaluatorKind::NotContains(_) => "not_contains",
@@ -201,6 +207,7 @@ impl EvaluatorKind {
             EvaluatorKind::Grounding(c) => Box::new(Grounding::build(c)?),
             EvaluatorKind::AgentLoop(c) => Box::new(AgentLoop::build(c)?),
             EvaluatorKind::Rhai(c) => Box::new(Script::build(c)?),
+            EvaluatorKind::LlmJudge(c) => Box::new(LlmJudge::build(c)?),
             EvaluatorKind::Regex(c) => Box::new(RegexMatch::build(c)?),
             EvaluatorKind::Contains(c) => Box::new(Contains::build(c, false)?),
             EvaluatorKind::NotContains(c) => Box::new(Contains::build(c, true)?),

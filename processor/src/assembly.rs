@@ -165,6 +165,15 @@ impl StoredSpan {
         traces
     }
 
+    /// Keeps the span of a view (with its resource's attributes; the scope is not kept).
+    pub fn of_view(view: &GenAiSpan<'_>) -> StoredSpan {
+        let resource = Resource {
+            attributes: view.resource().attributes.to_vec(),
+            ..Default::default()
+        };
+        StoredSpan::new(view.raw(), Some(resource.encode_to_vec().into()), None)
+    }
+
     /// Keeps `span`.
     pub fn new(span: &Span, resource: Option<Arc<[u8]>>, scope: Option<Arc<[u8]>>) -> StoredSpan {
         StoredSpan {

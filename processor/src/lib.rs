@@ -11,6 +11,7 @@ pub mod assembly;
 pub mod config;
 pub mod eval;
 pub mod gate;
+pub mod judge;
 pub mod kafka;
 pub mod loadgen;
 pub mod metrics;

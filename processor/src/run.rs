@@ -136,10 +136,12 @@ fn pipeline(
         .context("cannot create the input consumer")?;
     info!(topics = ?receiver.topics, group = %receiver.group_id, workers = threads,
         trace_buffer = needs_traces, "consuming");
+    let judges = crate::judge::JudgeService::start(&judge.evaluators, &judge)?;
     let worker = Arc::new(Worker {
         judge,
         encoding: receiver.encoding,
         traces: assembler,
+        judges,
     });
     let workers: Vec<_> = (0..threads)
         .map(|i| {

@@ -232,6 +232,7 @@ impl Shard {
             std::slice::from_ref(&trace),
             Pass::Traces(ready.completion),
             ready.holds.iter().map(Hold::pending),
+            None,
         );
     }
 

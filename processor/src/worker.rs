@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use evalstream_evaluators::evaluator::{
-    ConfiguredEvaluator, Evaluation, EvaluatorSet, Outcome, ScoreId,
+    ConfiguredEvaluator, Evaluation, EvaluatorSet, Outcome, SkipReason,
 };
 use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::pricing::PriceTable;
@@ -27,6 +27,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
 use crate::assembly::{Completion, StoredSpan};
+use crate::judge::JudgeService;
 use crate::kafka::sink::{Pending, Sink};
 use crate::kafka::source::Work;
 use crate::metrics::Metrics;
@@ -79,28 +80,27 @@ fn run_guarded<'e>(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "evaluator panicked".into());
-            let version = e.current_version();
-            Some(Evaluation {
-                evaluator: &e.name,
-                score_id: ScoreId::new(span.trace_id(), span.span_id(), &e.name, &version),
-                version,
-                outcome: Outcome::Error {
+            Some(e.evaluation(
+                span,
+                Outcome::Error {
                     error_type: "panic".into(),
                     message,
                 },
-            })
+            ))
         }
     }
 }
 
 impl Judge {
     /// Runs the pass's evaluators on every span of `traces`, records the metrics and sends the
-    /// evaluator spans, one record per trace, acknowledging `inputs` on delivery.
+    /// evaluator spans, one record per trace, acknowledging `inputs` on delivery. Spans for judge
+    /// evaluators go to `judges` (their verdicts follow later, holding `inputs`).
     pub fn judge<'p>(
         &self,
         traces: &[TraceView<'_>],
         pass: Pass,
         inputs: impl Iterator<Item = &'p Arc<Pending>> + Clone,
+        judges: Option<&JudgeService>,
     ) {
         let mut evaluations = Vec::new();
         let mut output: Vec<Span> = Vec::new();
@@ -112,6 +112,35 @@ impl Judge {
                 evaluations.clear();
                 let started = Instant::now();
                 for (index, e) in self.evaluators.evaluators().iter().enumerate() {
+                    if let (Some(llm), Some(service)) = (e.evaluator.as_judge(), judges) {
+                        if matches!(pass, Pass::Traces(_)) || !e.selector.matches(s) {
+                            continue;
+                        }
+                        let outcome = if !e.sampler.keeps(s.trace_id()) {
+                            Outcome::Skipped {
+                                reason: SkipReason::SampledOut,
+                                detail: "".into(),
+                            }
+                        } else {
+                            match llm.request(s, Some(trace)) {
+                                Ok(request) => {
+                                    let span = StoredSpan::of_view(s);
+                                    if service.submit(index, request, span, inputs.clone()) {
+                                        continue;
+                                    }
+                                    Outcome::Skipped {
+                                        reason: SkipReason::Shed,
+                                        detail: "the judge's queue is full".into(),
+                                    }
+                                }
+                                Err(outcome) => outcome,
+                            }
+                        };
+                        let evaluation = e.evaluation(s, outcome);
+                        self.metrics.record(index, &evaluation, s);
+                        evaluations.push(evaluation);
+                        continue;
+                    }
                     if pass.runs(e)
                         && let Some(evaluation) = run_guarded(e, s, trace)
                     {
@@ -227,6 +256,8 @@ pub struct Worker {
     pub encoding: Encoding,
     /// The trace buffer, when trace evaluators are configured.
     pub traces: Option<Assembler>,
+    /// The judge service, when judge evaluators are configured.
+    pub judges: Option<JudgeService>,
 }
 
 impl Worker {
@@ -257,12 +288,20 @@ impl Worker {
         let traces = TraceView::group(span::spans(&request), false);
         let Some(assembler) = &self.traces else {
             // Trace evaluators (if any) see the trace's spans that are in this message.
-            self.judge
-                .judge(&traces, Pass::All, std::iter::once(&work.pending));
+            self.judge.judge(
+                &traces,
+                Pass::All,
+                std::iter::once(&work.pending),
+                self.judges.as_ref(),
+            );
             return;
         };
-        self.judge
-            .judge(&traces, Pass::Spans, std::iter::once(&work.pending));
+        self.judge.judge(
+            &traces,
+            Pass::Spans,
+            std::iter::once(&work.pending),
+            self.judges.as_ref(),
+        );
         let mut held = false;
         for (trace_id, spans) in StoredSpan::from_request(&request) {
             // A trace no trace evaluator samples is not buffered at all.

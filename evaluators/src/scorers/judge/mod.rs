@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::evaluator::Outcome;
+use crate::evaluator::{Evaluator, Outcome};
 use crate::scorers::pii::{self, PiiKind};
 use crate::span::GenAiSpan;
 use crate::trace::TraceView;
@@ -102,6 +102,31 @@ pub struct LlmJudgeConfig {
     /// The reply's token limit.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
+    /// Requests in flight to the endpoint at most.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Spans waiting for a request slot at most; past it they are shed (`skipped: shed`).
+    #[serde(default = "default_queue")]
+    pub max_queued: usize,
+    /// Seconds before a request is abandoned (and retried).
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: f64,
+    /// Retries of a request after 429, 5xx, a timeout or a connection error.
+    #[serde(default = "default_retries")]
+    pub max_retries: usize,
+}
+
+fn default_concurrency() -> usize {
+    64
+}
+fn default_queue() -> usize {
+    10_000
+}
+fn default_timeout() -> f64 {
+    30.0
+}
+fn default_retries() -> usize {
+    3
 }
 
 fn yes() -> bool {
@@ -207,6 +232,12 @@ impl LlmJudge {
         if !(0.0..=2.0).contains(&config.temperature) {
             return Err("temperature: between 0 and 2".into());
         }
+        if config.max_concurrency == 0 || config.max_queued == 0 {
+            return Err("max_concurrency and max_queued: at least 1".into());
+        }
+        if !(config.timeout_seconds.is_finite() && config.timeout_seconds > 0.0) {
+            return Err("timeout_seconds: a positive number".into());
+        }
         Ok(LlmJudge {
             config: config.clone(),
             system: format!("{system}\n\n{}", templates::reply_format()),
@@ -302,6 +333,24 @@ impl LlmJudge {
             Err(e) => error(&e),
         }
     }
+}
+
+impl Evaluator for LlmJudge {
+    /// Judge calls are I/O: `evalstream run` makes them asynchronously through
+    /// [`Evaluator::as_judge`]; called directly, the evaluator declines.
+    fn evaluate(&self, span: &GenAiSpan<'_>) -> Outcome {
+        let _ = span;
+        Outcome::not_applicable("llm_judge is called by the streaming worker (`evalstream run`)")
+    }
+
+    fn as_judge(&self) -> Option<&LlmJudge> {
+        Some(self)
+    }
+}
+
+/// The outcome of a judge that declined to judge.
+pub fn refused(refusal: &str) -> Outcome {
+    error(&ReplyError::Refused(refusal.chars().take(200).collect()))
 }
 
 fn error(e: &ReplyError) -> Outcome {
