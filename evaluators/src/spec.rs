@@ -62,8 +62,8 @@ pub enum EvaluatorKind {
     AgentLoop(AgentLoopConfig),
     /// A user scorer written as a Rhai script.
     Rhai(ScriptConfig),
-    /// A judge model's verdict.
-    LlmJudge(LlmJudgeConfig),
+    /// A judge model's verdict (boxed: its options are much larger than the others').
+    LlmJudge(Box<LlmJudgeConfig>),
     /// A regular expression matches (or does not).
     Regex(RegexConfig),
     /// The text holds given values.

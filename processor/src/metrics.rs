@@ -159,6 +159,21 @@ pub struct Metrics {
     pub late_spans: IntCounter,
     /// Script reloads, by evaluator and result (`reloaded`, `failed`).
     pub script_reloads: IntCounterVec,
+    /// Judge calls, by evaluator and result (`ok` or the error type).
+    pub judge_calls: IntCounterVec,
+    /// Judge retries, by evaluator and reason (the error type retried).
+    pub judge_retries: IntCounterVec,
+    /// Spans not sent to a judge, by evaluator and reason (`cache_hit`, `shed`, `budget`,
+    /// `circuit_open`).
+    pub judge_not_sent: IntCounterVec,
+    /// Judge tokens, by evaluator and type (`input`, `output`).
+    pub judge_tokens: IntCounterVec,
+    /// Judge spend in USD, by evaluator.
+    pub judge_spend_usd: prometheus::CounterVec,
+    /// Whether a judge's circuit is open (1) or closed (0), by evaluator.
+    pub judge_circuit_open: IntGaugeVec,
+    /// Judge call latency (retries included), by evaluator.
+    pub judge_latency_seconds: HistogramVec,
     /// Up (1) once started.
     pub up: Gauge,
     evaluators: Vec<EvaluatorMetrics>,
@@ -283,7 +298,59 @@ impl Metrics {
         let up = Gauge::new("evalstream_up", "1 while the worker runs.")?;
         r.register(Box::new(up.clone()))?;
         up.set(1.0);
+        let judge_spend_usd = prometheus::CounterVec::new(
+            Opts::new(
+                "evalstream_judge_spend_usd_total",
+                "Judge spend in USD, by evaluator.",
+            ),
+            &["evaluator"],
+        )?;
+        r.register(Box::new(judge_spend_usd.clone()))?;
+        let judge_circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "evalstream_judge_circuit_open",
+                "1 while a judge endpoint's circuit is open (calls stopped), else 0.",
+            ),
+            &["evaluator"],
+        )?;
+        r.register(Box::new(judge_circuit_open.clone()))?;
+        let judge_latency_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "evalstream_judge_latency_seconds",
+                "Judge call latency, retries included, by evaluator.",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+            &["evaluator"],
+        )?;
+        r.register(Box::new(judge_latency_seconds.clone()))?;
         Ok(Arc::new(Metrics {
+            judge_calls: counter_vec(
+                &r,
+                "evalstream_judge_calls_total",
+                "Judge calls, by evaluator and result (ok, or the error type: judge_rate_limited, judge_timeout, …).",
+                &["evaluator", "result"],
+            )?,
+            judge_retries: counter_vec(
+                &r,
+                "evalstream_judge_retries_total",
+                "Judge retries, by evaluator and the error retried.",
+                &["evaluator", "reason"],
+            )?,
+            judge_not_sent: counter_vec(
+                &r,
+                "evalstream_judge_not_sent_total",
+                "Spans not sent to a judge, by evaluator and reason (cache_hit, shed, budget, circuit_open).",
+                &["evaluator", "reason"],
+            )?,
+            judge_tokens: counter_vec(
+                &r,
+                "evalstream_judge_tokens_total",
+                "Judge tokens, by evaluator and type (input, output).",
+                &["evaluator", "type"],
+            )?,
+            judge_spend_usd,
+            judge_circuit_open,
+            judge_latency_seconds,
             script_reloads: counter_vec(
                 &r,
                 "evalstream_script_reloads_total",

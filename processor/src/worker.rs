@@ -27,7 +27,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
 use crate::assembly::{Completion, StoredSpan};
-use crate::judge::JudgeService;
+use crate::judge::{JudgeService, Submitted};
 use crate::kafka::sink::{Pending, Sink};
 use crate::kafka::source::Work;
 use crate::metrics::Metrics;
@@ -123,16 +123,15 @@ impl Judge {
                             }
                         } else {
                             match llm.request(s, Some(trace)) {
-                                Ok(request) => {
-                                    let span = StoredSpan::of_view(s);
-                                    if service.submit(index, request, span, inputs.clone()) {
-                                        continue;
-                                    }
-                                    Outcome::Skipped {
-                                        reason: SkipReason::Shed,
-                                        detail: "the judge's queue is full".into(),
-                                    }
-                                }
+                                Ok(request) => match service.submit(
+                                    index,
+                                    request,
+                                    || StoredSpan::of_view(s),
+                                    inputs.clone(),
+                                ) {
+                                    Submitted::Queued => continue,
+                                    Submitted::Now(outcome) => outcome,
+                                },
                                 Err(outcome) => outcome,
                             }
                         };

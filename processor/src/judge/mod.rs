@@ -12,16 +12,22 @@
 //! network), each behind its evaluator's semaphore, retried by the client.
 
 pub mod client;
+pub mod guard;
 pub mod server;
 
-use std::sync::Arc;
+use std::num::NonZeroU32;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evalstream_evaluators::evaluator::{EvaluatorSet, Outcome};
+use evalstream_evaluators::evaluator::{ConfiguredEvaluator, EvaluatorSet, Outcome, SkipReason};
 use evalstream_evaluators::otlp;
+use evalstream_evaluators::pricing::{Price, PriceTable};
 use evalstream_evaluators::scorers::judge::{self, JudgeRequest, LlmJudge};
+use evalstream_evaluators::span::TokenUsage;
 use evalstream_evaluators::to_otlp;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as OtlpValue;
 use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
@@ -30,11 +36,10 @@ use crate::assembly::StoredSpan;
 use crate::kafka::sink::{Hold, Pending};
 use crate::worker::Judge;
 use client::{CallError, Completion, JudgeClient, RetryPolicy};
+use guard::{Breaker, Permit, Spend};
 
 /// One span to judge.
 pub struct JudgeJob {
-    /// The evaluator's index in the set.
-    pub evaluator: usize,
     /// The request.
     pub request: JudgeRequest,
     /// The judged span, for the evaluator span.
@@ -43,18 +48,47 @@ pub struct JudgeJob {
     pub holds: Vec<Hold>,
 }
 
+/// What became of a span handed to the service.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Queued: its verdict follows, holding the inputs.
+    Queued,
+    /// Decided at once (a cached verdict, or a skip: shed, budget).
+    Now(Outcome),
+}
+
 /// The handle the workers queue jobs on.
 pub struct JudgeService {
-    /// Per evaluator index: its queue (none for evaluators that are not judges).
+    /// Per evaluator index: its endpoint (none for evaluators that are not judges).
+    endpoints: Vec<Option<Arc<Endpoint>>>,
     queues: Vec<Option<mpsc::Sender<JudgeJob>>>,
     held: Arc<AtomicUsize>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// One judge evaluator's connection and limits.
 struct Endpoint {
     index: usize,
+    name: String,
     client: JudgeClient,
     slots: Arc<Semaphore>,
+    requests: Option<DefaultDirectRateLimiter>,
+    tokens: Option<DefaultDirectRateLimiter>,
+    max_tokens: u32,
+    cache: Option<moka::sync::Cache<u128, Outcome>>,
+    spend: Mutex<Spend>,
+    breaker: Mutex<Breaker>,
+    price: Option<Price>,
+    output: Arc<Judge>,
+}
+
+fn per_minute(n: Option<u32>) -> Option<DefaultDirectRateLimiter> {
+    let n = NonZeroU32::new(n?)?;
+    Some(RateLimiter::direct(Quota::per_minute(n)))
+}
+
+fn unix_seconds() -> u64 {
+    crate::now_unix_nanos() / 1_000_000_000
 }
 
 impl JudgeService {
@@ -75,9 +109,12 @@ impl JudgeService {
             .thread_name("evalstream-judge")
             .enable_all()
             .build()?;
+        let builtin = PriceTable::new(true, &Default::default()).map_err(anyhow::Error::msg)?;
+        let mut endpoints = Vec::with_capacity(evaluators.evaluators().len());
         let mut queues = Vec::with_capacity(evaluators.evaluators().len());
         for (index, e) in evaluators.evaluators().iter().enumerate() {
             let Some(llm) = e.evaluator.as_judge() else {
+                endpoints.push(None);
                 queues.push(None);
                 continue;
             };
@@ -95,43 +132,115 @@ impl JudgeService {
                 },
             )
             .map_err(|m| anyhow::anyhow!("evaluators[{index}] ({}): {m}", e.name))?;
-            let (tx, rx) = mpsc::channel(c.max_queued);
+            let price = c
+                .prices
+                .or_else(|| builtin.lookup(&c.model).map(|(_, p)| *p));
+            if price.is_none()
+                && (c.budget_usd_per_hour.is_some() || c.budget_usd_per_day.is_some())
+            {
+                anyhow::bail!(
+                    "evaluators[{index}] ({}): a budget needs the judge model's `prices` (no built-in price for `{}`)",
+                    e.name,
+                    c.model
+                );
+            }
             let endpoint = Arc::new(Endpoint {
                 index,
+                name: e.name.clone(),
                 client,
                 slots: Arc::new(Semaphore::new(c.max_concurrency)),
+                requests: per_minute(c.requests_per_minute),
+                tokens: per_minute(c.tokens_per_minute),
+                max_tokens: c.max_tokens,
+                cache: (c.cache_size > 0).then(|| {
+                    moka::sync::Cache::builder()
+                        .max_capacity(c.cache_size)
+                        .time_to_live(Duration::from_secs_f64(c.cache_ttl_seconds))
+                        .build()
+                }),
+                spend: Mutex::new(Spend::new(c.budget_usd_per_hour, c.budget_usd_per_day)),
+                breaker: Mutex::new(Breaker::new(
+                    c.breaker_failures,
+                    Duration::from_secs_f64(c.breaker_cooldown_seconds),
+                )),
+                price,
+                output: output.clone(),
             });
-            runtime.spawn(dispatch(endpoint, rx, evaluators.clone(), output.clone()));
+            output
+                .metrics
+                .judge_circuit_open
+                .with_label_values(&[e.name.as_str()])
+                .set(0);
+            let (tx, rx) = mpsc::channel(c.max_queued);
+            runtime.spawn(dispatch(endpoint.clone(), rx, evaluators.clone()));
+            endpoints.push(Some(endpoint));
             queues.push(Some(tx));
         }
         Ok(Some(JudgeService {
+            endpoints,
             queues,
             held: Arc::new(AtomicUsize::new(0)),
             runtime: Some(runtime),
         }))
     }
 
-    /// Queues a job for evaluator `index` holding `inputs`; gives the job back when the queue
-    /// is full (the caller sheds the span).
+    /// Hands a span's request for evaluator `index` to the service, holding `inputs` when it is
+    /// queued. A cached verdict, a spent budget or a full queue decide it at once.
     pub fn submit<'p>(
         &self,
         index: usize,
         request: JudgeRequest,
-        span: StoredSpan,
+        span: impl FnOnce() -> StoredSpan,
         inputs: impl Iterator<Item = &'p Arc<Pending>>,
-    ) -> bool {
-        let Some(Some(queue)) = self.queues.get(index) else {
-            return false;
+    ) -> Submitted {
+        let (Some(Some(endpoint)), Some(Some(queue))) =
+            (self.endpoints.get(index), self.queues.get(index))
+        else {
+            return Submitted::Now(Outcome::not_applicable("not a judge"));
         };
+        let not_sent = |reason: &str| {
+            endpoint
+                .output
+                .metrics
+                .judge_not_sent
+                .with_label_values(&[endpoint.name.as_str(), reason])
+                .inc();
+        };
+        if let Some(outcome) = endpoint
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&request.cache_key))
+        {
+            not_sent("cache_hit");
+            return Submitted::Now(outcome);
+        }
+        if !endpoint
+            .spend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allows(unix_seconds())
+        {
+            not_sent("budget");
+            return Submitted::Now(Outcome::Skipped {
+                reason: SkipReason::Budget,
+                detail: "the judge's spend budget for the period is used up".into(),
+            });
+        }
         let holds = inputs.map(|p| Hold::new(p, &self.held)).collect();
-        queue
-            .try_send(JudgeJob {
-                evaluator: index,
-                request,
-                span,
-                holds,
-            })
-            .is_ok()
+        match queue.try_send(JudgeJob {
+            request,
+            span: span(),
+            holds,
+        }) {
+            Ok(()) => Submitted::Queued,
+            Err(_) => {
+                not_sent("shed");
+                Submitted::Now(Outcome::Skipped {
+                    reason: SkipReason::Shed,
+                    detail: "the judge's queue is full".into(),
+                })
+            }
+        }
     }
 }
 
@@ -151,39 +260,136 @@ async fn dispatch(
     endpoint: Arc<Endpoint>,
     mut jobs: mpsc::Receiver<JudgeJob>,
     evaluators: Arc<EvaluatorSet>,
-    output: Arc<Judge>,
 ) {
     while let Some(job) = jobs.recv().await {
         let Ok(slot) = endpoint.slots.clone().acquire_owned().await else {
             return;
         };
-        let (endpoint, evaluators, output) = (endpoint.clone(), evaluators.clone(), output.clone());
+        let (endpoint, evaluators) = (endpoint.clone(), evaluators.clone());
         tokio::spawn(async move {
+            let e = &evaluators.evaluators()[endpoint.index];
             let started = Instant::now();
             let start_nanos = crate::now_unix_nanos();
-            let name = &evaluators.evaluators()[endpoint.index].name;
-            let result = endpoint
-                .client
-                .call(&job.request.body, |e, wait| {
-                    warn!(evaluator = %name, error = %e, wait = ?wait, "retrying the judge");
-                })
-                .await;
+            let result = endpoint.call(&job.request).await;
             drop(slot);
-            let e = &evaluators.evaluators()[job.evaluator];
             let Some(llm) = e.evaluator.as_judge() else {
                 return;
             };
-            let outcome = verdict(llm, &result);
+            let outcome = match &result {
+                Some(result) => verdict(llm, result),
+                None => Outcome::Error {
+                    error_type: "judge_circuit_open".into(),
+                    message: "the judge endpoint failed repeatedly; calls are paused".into(),
+                },
+            };
+            if let (Some(cache), Outcome::Scored(_)) = (&endpoint.cache, &outcome) {
+                cache.insert(job.request.cache_key, outcome.clone());
+            }
+            let completion = result.as_ref().and_then(|r| r.as_ref().ok());
             deliver(
-                &output,
+                &endpoint,
                 e,
                 &job,
                 outcome,
-                &result,
+                completion,
                 start_nanos,
                 started.elapsed(),
             );
         });
+    }
+}
+
+impl Endpoint {
+    /// One call through the breaker, the rate limits and the retries; `None` when the circuit
+    /// is open. Records the call's metrics, spend and the breaker's state.
+    async fn call(&self, request: &JudgeRequest) -> Option<Result<Completion, CallError>> {
+        let metrics = &self.output.metrics;
+        let name = self.name.as_str();
+        if self
+            .breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .permit(Instant::now())
+            == Permit::Refused
+        {
+            metrics
+                .judge_not_sent
+                .with_label_values(&[name, "circuit_open"])
+                .inc();
+            return None;
+        }
+        if let Some(limiter) = &self.requests {
+            limiter.until_ready().await;
+        }
+        if let Some(limiter) = &self.tokens {
+            let estimate = request.body.to_string().len() as u32 / 4 + self.max_tokens;
+            if let Some(n) = NonZeroU32::new(estimate) {
+                // More than a minute's tokens in one request: let it through rather than never.
+                let _ = limiter.until_n_ready(n).await;
+            }
+        }
+        let started = Instant::now();
+        let result = self
+            .client
+            .call(&request.body, |e, wait| {
+                metrics
+                    .judge_retries
+                    .with_label_values(&[name, e.error_type()])
+                    .inc();
+                warn!(evaluator = %name, error = %e, wait = ?wait, "retrying the judge");
+            })
+            .await;
+        metrics
+            .judge_latency_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.error_type(),
+        };
+        metrics.judge_calls.with_label_values(&[name, label]).inc();
+        // Only the endpoint's failures count against it; a rejected request does not.
+        let failed = result.as_ref().err().is_some_and(CallError::is_retryable);
+        let opened = {
+            let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+            let opened = breaker.record(!failed, Instant::now());
+            metrics
+                .judge_circuit_open
+                .with_label_values(&[name])
+                .set(i64::from(breaker.is_open()));
+            opened
+        };
+        if opened {
+            warn!(evaluator = %name, "judge circuit opened: calls paused");
+        }
+        if let Ok(c) = &result {
+            metrics
+                .judge_tokens
+                .with_label_values(&[name, "input"])
+                .inc_by(c.input_tokens);
+            metrics
+                .judge_tokens
+                .with_label_values(&[name, "output"])
+                .inc_by(c.output_tokens);
+            if let Some(price) = &self.price {
+                let usage = TokenUsage {
+                    input: Some(c.input_tokens),
+                    output: Some(c.output_tokens),
+                    ..Default::default()
+                };
+                if let Some(cost) = PriceTable::cost(price, &usage) {
+                    self.spend
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .add(unix_seconds(), cost.total_usd);
+                    metrics
+                        .judge_spend_usd
+                        .with_label_values(&[name])
+                        .inc_by(cost.total_usd);
+                }
+            }
+        }
+        Some(result)
     }
 }
 
@@ -203,18 +409,19 @@ fn verdict(llm: &LlmJudge, result: &Result<Completion, CallError>) -> Outcome {
 
 /// Records and sends the evaluation of a job, then lets go of its inputs.
 fn deliver(
-    output: &Judge,
-    e: &evalstream_evaluators::evaluator::ConfiguredEvaluator,
+    endpoint: &Endpoint,
+    e: &ConfiguredEvaluator,
     job: &JudgeJob,
     outcome: Outcome,
-    result: &Result<Completion, CallError>,
+    completion: Option<&Completion>,
     start: u64,
     took: Duration,
 ) {
     let decoded = job.span.decode();
     let span = decoded.view();
     let evaluation = e.evaluation(&span, outcome);
-    output.metrics.record(job.evaluator, &evaluation, &span);
+    let output = &endpoint.output;
+    output.metrics.record(endpoint.index, &evaluation, &span);
     if !output.sink.has_output() || !to_otlp::emits_span(&evaluation) {
         return;
     }
@@ -227,22 +434,18 @@ fn deliver(
             llm.config().model.as_str(),
         ));
     }
-    if let Ok(c) = result {
+    if let Some(c) = completion {
         if let Some(model) = &c.model {
             out.attributes
                 .push(otlp::kv_str("gen_ai.response.model", model.as_str()));
         }
         out.attributes.push(otlp::kv(
             "gen_ai.usage.input_tokens",
-            opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(
-                c.input_tokens as i64,
-            ),
+            OtlpValue::IntValue(c.input_tokens as i64),
         ));
         out.attributes.push(otlp::kv(
             "gen_ai.usage.output_tokens",
-            opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(
-                c.output_tokens as i64,
-            ),
+            OtlpValue::IntValue(c.output_tokens as i64),
         ));
     }
     let payload = to_otlp::export_request(vec![out]).encode_to_vec();
@@ -252,3 +455,6 @@ fn deliver(
         job.holds.iter().map(Hold::pending),
     );
 }
+
+#[cfg(test)]
+mod tests;

@@ -114,6 +114,46 @@ pub struct LlmJudgeConfig {
     /// Retries of a request after 429, 5xx, a timeout or a connection error.
     #[serde(default = "default_retries")]
     pub max_retries: usize,
+    /// Requests per minute at most (a token bucket), when the provider limits them.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Tokens per minute at most (prompt estimated at 4 characters a token, plus `max_tokens`).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+    /// USD per clock hour at most; past it spans are `skipped: budget` until the next hour.
+    #[serde(default)]
+    pub budget_usd_per_hour: Option<f64>,
+    /// USD per UTC day at most.
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    /// The judge model's prices (USD per million tokens), over the built-in table.
+    #[serde(default)]
+    pub prices: Option<crate::pricing::Price>,
+    /// Verdicts remembered, keyed by template, model and the filled prompt (0: no cache).
+    #[serde(default = "default_cache_size")]
+    pub cache_size: u64,
+    /// How long a verdict is remembered.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_seconds: f64,
+    /// Failed calls in a row that open the circuit (calls stop, verdicts are errors).
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Seconds the circuit stays open before one call tries again.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown_seconds: f64,
+}
+
+fn default_cache_size() -> u64 {
+    10_000
+}
+fn default_cache_ttl() -> f64 {
+    3600.0
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> f64 {
+    30.0
 }
 
 fn default_concurrency() -> usize {
@@ -237,6 +277,24 @@ impl LlmJudge {
         }
         if !(config.timeout_seconds.is_finite() && config.timeout_seconds > 0.0) {
             return Err("timeout_seconds: a positive number".into());
+        }
+        for (key, v) in [
+            ("budget_usd_per_hour", config.budget_usd_per_hour),
+            ("budget_usd_per_day", config.budget_usd_per_day),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                return Err(format!("{key}: a non-negative number"));
+            }
+        }
+        if config.requests_per_minute == Some(0) || config.tokens_per_minute == Some(0) {
+            return Err("requests_per_minute and tokens_per_minute: at least 1".into());
+        }
+        if config.breaker_failures == 0 {
+            return Err("breaker_failures: at least 1".into());
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(config.cache_ttl_seconds) || !positive(config.breaker_cooldown_seconds) {
+            return Err("cache_ttl_seconds and breaker_cooldown_seconds: positive numbers".into());
         }
         Ok(LlmJudge {
             config: config.clone(),

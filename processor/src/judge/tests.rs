@@ -1,0 +1,228 @@
+//! The service's guards against the local judge server: the cache, the budget, the breaker and
+//! shedding, without Kafka (no output topic; the inputs' acknowledgements are watched instead).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use evalstream_evaluators::evaluator::{EvaluatorSet, Outcome, SkipReason};
+use evalstream_evaluators::pricing::PriceTable;
+use evalstream_evaluators::scorers::judge::JudgeRequest;
+use evalstream_evaluators::spec;
+
+use super::server::{self, Fault};
+use super::{JudgeService, Submitted};
+use crate::assembly::StoredSpan;
+use crate::kafka::offsets::TopicPartition;
+use crate::kafka::sink::{Ack, Pending, Received, Sink};
+use crate::metrics::Metrics;
+use crate::worker::Judge;
+
+struct Setup {
+    service: JudgeService,
+    metrics: Arc<Metrics>,
+    set: Arc<EvaluatorSet>,
+    acks: crossbeam_channel::Receiver<Ack>,
+    acks_tx: crossbeam_channel::Sender<Ack>,
+}
+
+fn setup(url: &str, extra: serde_json::Value) -> Setup {
+    let mut judge = serde_json::json!({
+        "type": "llm_judge", "name": "tox", "template": "toxicity",
+        "endpoint": url, "model": "judge-model", "max_retries": 0,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        judge[k] = v.clone();
+    }
+    let specs: Vec<spec::EvaluatorSpec> =
+        serde_json::from_value(serde_json::json!([judge])).unwrap();
+    let set = Arc::new(spec::build_set(&specs).unwrap());
+    let metrics = Metrics::new(set.evaluators(), &[], 0).unwrap();
+    let (redirect, _) = crossbeam_channel::unbounded();
+    let sink = Sink::new(
+        "127.0.0.1:9",
+        &Default::default(),
+        None,
+        "dlq".into(),
+        metrics.clone(),
+        redirect,
+    )
+    .unwrap();
+    let output = Arc::new(Judge {
+        evaluators: set.clone(),
+        sink: Arc::new(sink),
+        metrics: metrics.clone(),
+        prices: PriceTable::new(true, &Default::default()).unwrap(),
+    });
+    let service = JudgeService::start(&set, &output).unwrap().unwrap();
+    let (acks_tx, acks) = crossbeam_channel::unbounded();
+    Setup {
+        service,
+        metrics,
+        set,
+        acks,
+        acks_tx,
+    }
+}
+
+impl Setup {
+    fn pending(&self, offset: i64) -> Arc<Pending> {
+        let received = Received::new(
+            TopicPartition {
+                topic: "input".into(),
+                partition: 0,
+            },
+            offset,
+            None,
+            Vec::new(),
+            &Arc::new(AtomicUsize::new(0)),
+        );
+        Pending::new(Arc::new(received), self.acks_tx.clone())
+    }
+
+    /// Submits a request for the toxicity of `answer`, as a worker does (the worker's own hold
+    /// on the input is released right after), and returns what became of it.
+    fn submit(&self, offset: i64, answer: &str) -> Submitted {
+        let span = chat(answer);
+        let view = StoredSpan::new(&span, None, None);
+        let decoded = view.decode();
+        let llm = self.set.evaluators()[0].evaluator.as_judge().unwrap();
+        let request: JudgeRequest = llm.request(&decoded.view(), None).unwrap();
+        let pending = self.pending(offset);
+        let submitted = self
+            .service
+            .submit(0, request, || view.clone(), std::iter::once(&pending));
+        pending.done();
+        submitted
+    }
+
+    fn wait_acked(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.acks
+                .recv_timeout(left)
+                .expect("the input is acknowledged once judged");
+        }
+    }
+
+    fn count(&self, vec: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
+        vec.with_label_values(labels).get()
+    }
+}
+
+fn chat(answer: &str) -> opentelemetry_proto::tonic::trace::v1::Span {
+    use evalstream_evaluators::otlp::kv_str;
+    let output =
+        serde_json::json!([{"role": "assistant", "parts": [{"type": "text", "content": answer}]}]);
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        attributes: vec![
+            kv_str("gen_ai.operation.name", "chat"),
+            kv_str("gen_ai.output.messages", output.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_judged_prompt_is_answered_from_the_cache_the_second_time() {
+    let (url, server) = server::start().unwrap();
+    let s = setup(&url, serde_json::json!({}));
+    assert!(matches!(s.submit(0, "Have a nice day."), Submitted::Queued));
+    s.wait_acked(1);
+    match s.submit(1, "Have a nice day.") {
+        Submitted::Now(Outcome::Scored(score)) => assert_eq!(score.label, "pass"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.submit(2, "Another answer."), Submitted::Queued));
+    s.wait_acked(2);
+    assert_eq!(server.received().len(), 2);
+    assert_eq!(s.count(&s.metrics.judge_not_sent, &["tox", "cache_hit"]), 1);
+}
+
+#[test]
+fn a_spent_budget_skips_until_the_next_period() {
+    let (url, _server) = server::start().unwrap();
+    // 120 tokens a call at 1,000 USD per million input and output tokens: 0.12 USD a call.
+    let s = setup(
+        &url,
+        serde_json::json!({"budget_usd_per_hour": 0.2, "prices": {"input": 1000.0, "output": 1000.0}, "cache_size": 0}),
+    );
+    for offset in 0..2 {
+        assert!(matches!(s.submit(offset, "ok"), Submitted::Queued));
+        s.wait_acked(1);
+    }
+    match s.submit(2, "ok") {
+        Submitted::Now(Outcome::Skipped { reason, .. }) => assert_eq!(reason, SkipReason::Budget),
+        other => panic!("{other:?}"),
+    }
+    assert!((s.metrics.judge_spend_usd.with_label_values(&["tox"]).get() - 0.24).abs() < 1e-9);
+}
+
+#[test]
+fn repeated_failures_open_the_circuit_and_calls_stop() {
+    let (url, server) = server::start().unwrap();
+    server.push_faults([Fault::ServerError, Fault::ServerError, Fault::ServerError]);
+    let s = setup(
+        &url,
+        serde_json::json!({"breaker_failures": 2, "breaker_cooldown_seconds": 60, "cache_size": 0}),
+    );
+    for offset in 0..4 {
+        assert!(matches!(s.submit(offset, "ok"), Submitted::Queued));
+        s.wait_acked(1);
+    }
+    assert_eq!(
+        server.received().len(),
+        2,
+        "no call while the circuit is open"
+    );
+    assert_eq!(
+        s.count(&s.metrics.judge_not_sent, &["tox", "circuit_open"]),
+        2
+    );
+    assert_eq!(
+        s.metrics
+            .judge_circuit_open
+            .with_label_values(&["tox"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        s.count(&s.metrics.judge_calls, &["tox", "judge_server_error"]),
+        2
+    );
+}
+
+#[test]
+fn a_full_queue_sheds_at_once() {
+    let (url, server) = server::start().unwrap();
+    server.set_latency(Duration::from_millis(500));
+    let s = setup(
+        &url,
+        serde_json::json!({"max_concurrency": 1, "max_queued": 1, "cache_size": 0}),
+    );
+    let outcomes: Vec<Submitted> = (0..6)
+        .map(|i| s.submit(i, &format!("answer {i}")))
+        .collect();
+    let queued = outcomes
+        .iter()
+        .filter(|o| matches!(o, Submitted::Queued))
+        .count();
+    let shed = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Submitted::Now(Outcome::Skipped {
+                    reason: SkipReason::Shed,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert!((1..=2).contains(&queued), "{outcomes:?}");
+    assert_eq!(queued + shed, 6);
+    s.wait_acked(queued);
+}
