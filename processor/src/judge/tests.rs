@@ -222,7 +222,8 @@ fn a_full_queue_sheds_at_once() {
             )
         })
         .count();
-    assert!((1..=2).contains(&queued), "{outcomes:?}");
+    // At most: one call running, one job the dispatcher holds waiting for a slot, one queued.
+    assert!((1..=3).contains(&queued), "{outcomes:?}");
     assert_eq!(queued + shed, 6);
     s.wait_acked(queued);
 }
