@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use evalstream::assembly::{AssemblyConfig, DecodedSpan, StoredSpan, TraceBuffer};
+use evalstream::assembly::{AssemblyConfig, DecodedSpan, SharedParts, StoredSpan, TraceBuffer};
 use evalstream::loadgen;
 use evalstream_evaluators::spec::{self, EvaluatorSpec};
 use evalstream_evaluators::trace::TraceView;
@@ -47,7 +47,8 @@ fn main() {
         .map(|r| evalstream_evaluators::span::spans(r).count())
         .sum();
 
-    // Into the buffer: what a worker does per message (keep the fields, group by trace, add).
+    // Into the buffer: what a worker does per message (view and group the spans, keep the
+    // fields, add).
     let mut buffer: TraceBuffer<()> = TraceBuffer::new(AssemblyConfig {
         max_traces: traces as usize + 1,
         max_bytes: usize::MAX,
@@ -57,8 +58,10 @@ fn main() {
     let started = Instant::now();
     let t0 = Instant::now();
     for request in &requests {
-        for (trace_id, stored) in StoredSpan::from_request(request) {
-            let evicted = buffer.add(&trace_id, stored, (), t0);
+        let mut shared = SharedParts::default();
+        for trace in TraceView::group(evalstream_evaluators::span::spans(request), false) {
+            let stored = StoredSpan::from_trace(&trace, &mut shared);
+            let evicted = buffer.add(trace.trace_id(), stored, (), t0);
             assert!(evicted.is_empty());
         }
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evalstream_evaluators::span::{GenAiSpan, OperationKind, ResourceView};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use evalstream_evaluators::trace::TraceView;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -131,47 +131,34 @@ impl DecodedSpan {
 }
 
 impl StoredSpan {
-    /// The spans of a request to keep, grouped by trace id (in order of first appearance).
+    /// The spans of one trace to keep, from the views the worker already built (one attribute
+    /// pass per span, not two).
     ///
     /// GenAI spans (model calls, retrievals, tools, agents, …) are kept whole: trace evaluators
     /// read their content. Other spans (HTTP handlers, chains, database calls) are kept as a
     /// skeleton — ids, parent, name, kind, times and status — which is what completion (is the
-    /// root here?) and trace structure need, so a trace's application spans cost little.
-    pub fn from_request(request: &ExportTraceServiceRequest) -> Vec<(Vec<u8>, Vec<StoredSpan>)> {
-        let mut traces: Vec<(Vec<u8>, Vec<StoredSpan>)> = Vec::new();
-        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
-        for rs in &request.resource_spans {
-            let resource: Option<Arc<[u8]>> =
-                rs.resource.as_ref().map(|r| r.encode_to_vec().into());
-            for ss in &rs.scope_spans {
-                let scope: Option<Arc<[u8]>> = ss.scope.as_ref().map(|s| s.encode_to_vec().into());
-                for span in &ss.spans {
-                    let view = GenAiSpan::new(span, ResourceView::new(rs.resource.as_ref()), None);
-                    let span = if view.kind() == OperationKind::Other {
-                        skeleton(span)
-                    } else {
-                        span.clone()
-                    };
-                    let trace_id = span.trace_id.clone();
-                    let stored = StoredSpan::new(&span, resource.clone(), scope.clone());
-                    let i = *index.entry(trace_id.clone()).or_insert_with(|| {
-                        traces.push((trace_id, Vec::new()));
-                        traces.len() - 1
-                    });
-                    traces[i].1.push(stored);
-                }
-            }
-        }
-        traces
+    /// root here?) and trace structure need, so a trace's application spans cost little. Each
+    /// distinct resource and scope is encoded once and shared.
+    pub fn from_trace(trace: &TraceView<'_>, shared: &mut SharedParts) -> Vec<StoredSpan> {
+        trace
+            .spans()
+            .iter()
+            .map(|view| {
+                let span = view.raw();
+                let kept = if view.kind() == OperationKind::Other {
+                    skeleton(span)
+                } else {
+                    span.clone()
+                };
+                StoredSpan::new(&kept, shared.resource(view), shared.scope(view))
+            })
+            .collect()
     }
 
-    /// Keeps the span of a view (with its resource's attributes; the scope is not kept).
+    /// Keeps the span of a view, with its resource's attributes and its scope.
     pub fn of_view(view: &GenAiSpan<'_>) -> StoredSpan {
-        let resource = Resource {
-            attributes: view.resource().attributes.to_vec(),
-            ..Default::default()
-        };
-        StoredSpan::new(view.raw(), Some(resource.encode_to_vec().into()), None)
+        let mut shared = SharedParts::default();
+        StoredSpan::new(view.raw(), shared.resource(view), shared.scope(view))
     }
 
     /// Keeps `span`.
@@ -208,6 +195,42 @@ impl StoredSpan {
                 .as_deref()
                 .map(|s| InstrumentationScope::decode(s).unwrap_or_default()),
         }
+    }
+}
+
+/// Resources and scopes of one message, encoded once each: the spans of a resource share one
+/// copy. Keyed by where they are in the decoded request, which identifies them for its lifetime.
+#[derive(Default)]
+pub struct SharedParts {
+    resources: Vec<(usize, Arc<[u8]>)>,
+    scopes: Vec<(usize, Arc<[u8]>)>,
+}
+
+impl SharedParts {
+    fn resource(&mut self, view: &GenAiSpan<'_>) -> Option<Arc<[u8]>> {
+        let attributes = view.resource().attributes;
+        let key = attributes.as_ptr() as usize;
+        if let Some((_, encoded)) = self.resources.iter().find(|(k, _)| *k == key) {
+            return Some(encoded.clone());
+        }
+        let resource = Resource {
+            attributes: attributes.to_vec(),
+            ..Default::default()
+        };
+        let encoded: Arc<[u8]> = resource.encode_to_vec().into();
+        self.resources.push((key, encoded.clone()));
+        Some(encoded)
+    }
+
+    fn scope(&mut self, view: &GenAiSpan<'_>) -> Option<Arc<[u8]>> {
+        let scope = view.scope()?;
+        let key = scope as *const InstrumentationScope as usize;
+        if let Some((_, encoded)) = self.scopes.iter().find(|(k, _)| *k == key) {
+            return Some(encoded.clone());
+        }
+        let encoded: Arc<[u8]> = scope.encode_to_vec().into();
+        self.scopes.push((key, encoded.clone()));
+        Some(encoded)
     }
 }
 

@@ -19,6 +19,7 @@ use evalstream_evaluators::evaluator::{
 };
 use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::pricing::PriceTable;
+use evalstream_evaluators::scorers::judge::LlmJudge;
 use evalstream_evaluators::span::{self, GenAiSpan, OperationKind};
 use evalstream_evaluators::to_otlp;
 use evalstream_evaluators::trace::TraceView;
@@ -26,7 +27,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
-use crate::assembly::{Completion, StoredSpan};
+use crate::assembly::{Completion, SharedParts, StoredSpan};
 use crate::judge::{JudgeService, Submitted};
 use crate::kafka::sink::{Pending, Sink};
 use crate::kafka::source::Work;
@@ -112,37 +113,15 @@ impl Judge {
                 evaluations.clear();
                 let started = Instant::now();
                 for (index, e) in self.evaluators.evaluators().iter().enumerate() {
-                    if let (Some(llm), Some(service)) = (e.evaluator.as_judge(), judges) {
-                        if matches!(pass, Pass::Traces(_)) || !e.selector.matches(s) {
-                            continue;
+                    let evaluation = match (e.evaluator.as_judge(), judges) {
+                        (Some(llm), Some(service)) if !matches!(pass, Pass::Traces(_)) => {
+                            Self::send_to_judge(index, e, llm, service, s, trace, inputs.clone())
                         }
-                        let outcome = if !e.sampler.keeps(s.trace_id()) {
-                            Outcome::Skipped {
-                                reason: SkipReason::SampledOut,
-                                detail: "".into(),
-                            }
-                        } else {
-                            match llm.request(s, Some(trace)) {
-                                Ok(request) => match service.submit(
-                                    index,
-                                    request,
-                                    || StoredSpan::of_view(s),
-                                    inputs.clone(),
-                                ) {
-                                    Submitted::Queued => continue,
-                                    Submitted::Now(outcome) => outcome,
-                                },
-                                Err(outcome) => outcome,
-                            }
-                        };
-                        let evaluation = e.evaluation(s, outcome);
-                        self.metrics.record(index, &evaluation, s);
-                        evaluations.push(evaluation);
-                        continue;
-                    }
-                    if pass.runs(e)
-                        && let Some(evaluation) = run_guarded(e, s, trace)
-                    {
+                        (Some(_), Some(_)) => None,
+                        _ if pass.runs(e) => run_guarded(e, s, trace),
+                        _ => None,
+                    };
+                    if let Some(evaluation) = evaluation {
                         self.metrics.record(index, &evaluation, s);
                         evaluations.push(evaluation);
                     }
@@ -180,6 +159,40 @@ impl Judge {
                     .output(&otlp::hex(trace.trace_id()), &payload, inputs.clone());
             }
         }
+    }
+
+    /// Hands a span selected by a judge evaluator to the judge service. Returns the evaluation
+    /// when it is decided at once (sampled out, nothing to judge, a cached verdict, shed, over
+    /// budget); `None` when it is not selected or its verdict follows, holding `inputs`.
+    fn send_to_judge<'e, 'p>(
+        index: usize,
+        e: &'e ConfiguredEvaluator,
+        llm: &LlmJudge,
+        service: &JudgeService,
+        s: &GenAiSpan<'_>,
+        trace: &TraceView<'_>,
+        inputs: impl Iterator<Item = &'p Arc<Pending>>,
+    ) -> Option<Evaluation<'e>> {
+        if !e.selector.matches(s) {
+            return None;
+        }
+        let outcome = if !e.sampler.keeps(s.trace_id()) {
+            Outcome::Skipped {
+                reason: SkipReason::SampledOut,
+                detail: "".into(),
+            }
+        } else {
+            match llm.request(s, Some(trace)) {
+                Ok(request) => {
+                    match service.submit(index, request, || StoredSpan::of_view(s), inputs) {
+                        Submitted::Queued => return None,
+                        Submitted::Now(outcome) => outcome,
+                    }
+                }
+                Err(outcome) => outcome,
+            }
+        };
+        Some(e.evaluation(s, outcome))
     }
 
     /// Whether this pass accounts a span's lag, tokens and cost: each span once, in the pass
@@ -302,16 +315,18 @@ impl Worker {
             self.judges.as_ref(),
         );
         let mut held = false;
-        for (trace_id, spans) in StoredSpan::from_request(&request) {
+        let mut shared = SharedParts::default();
+        for trace in &traces {
             // A trace no trace evaluator samples is not buffered at all.
             if self
                 .judge
                 .evaluators
                 .evaluators()
                 .iter()
-                .any(|e| e.evaluator.needs_trace() && e.sampler.keeps(&trace_id))
+                .any(|e| e.evaluator.needs_trace() && e.sampler.keeps(trace.trace_id()))
             {
-                assembler.add(trace_id, spans, &work.pending);
+                let spans = StoredSpan::from_trace(trace, &mut shared);
+                assembler.add(trace.trace_id().to_vec(), spans, &work.pending);
                 held = true;
             }
         }

@@ -388,6 +388,26 @@ struct Check {
     missing_keys: Vec<u32>,
 }
 
+impl Check {
+    /// Supported (`uncited`: by documents the claim does not cite, while it cites some).
+    fn supported(uncited: bool) -> Check {
+        Check {
+            supported: true,
+            uncited_support: uncited,
+            missing_keys: Vec::new(),
+        }
+    }
+
+    /// Unsupported, with the key terms the best document lacks.
+    fn unsupported(missing_keys: Vec<u32>) -> Check {
+        Check {
+            supported: false,
+            uncited_support: false,
+            missing_keys,
+        }
+    }
+}
+
 struct Analysis {
     claims: Vec<Claim>,
     results: Vec<Check>,
@@ -645,11 +665,7 @@ impl Index {
             let mask = self.mask(claim.cited.iter().copied());
             let overlap = self.support(claim, &mask, &mut missing);
             if supports(overlap, &missing) {
-                return Check {
-                    supported: true,
-                    uncited_support: false,
-                    missing_keys: Vec::new(),
-                };
+                return Check::supported(false);
             }
         }
         let uncited_support = !claim.cited.is_empty();
@@ -660,11 +676,7 @@ impl Index {
             let mask = self.mask([s]);
             let overlap = self.support(claim, &mask, &mut missing);
             if supports(overlap, &missing) {
-                return Check {
-                    supported: true,
-                    uncited_support,
-                    missing_keys: Vec::new(),
-                };
+                return Check::supported(uncited_support);
             }
             // Rank by missing key terms first, then overlap.
             let better = best.as_ref().is_none_or(|(o, _, m)| {
@@ -678,28 +690,16 @@ impl Index {
             }
         }
         let Some((_, first, first_missing)) = best else {
-            return Check {
-                supported: false,
-                uncited_support: false,
-                missing_keys: Vec::new(),
-            };
+            return Check::unsupported(Vec::new());
         };
         if let Some((_, other)) = second {
             let mask = self.mask([first, other]);
             let overlap = self.support(claim, &mask, &mut missing);
             if supports(overlap, &missing) {
-                return Check {
-                    supported: true,
-                    uncited_support,
-                    missing_keys: Vec::new(),
-                };
+                return Check::supported(uncited_support);
             }
         }
-        Check {
-            supported: false,
-            uncited_support: false,
-            missing_keys: first_missing,
-        }
+        Check::unsupported(first_missing)
     }
 }
 
