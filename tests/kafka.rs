@@ -1630,3 +1630,185 @@ fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
         "inputs are committed once judged"
     );
 }
+
+#[test]
+fn a_judge_gated_on_grounding_is_called_only_where_grounding_is_low() {
+    use evalstream::judge::server;
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (url, judge) = server::start().unwrap();
+    // The judge runs only when grounding (a trace evaluator) is inconclusive and the answer is
+    // no refusal (a span evaluator, scored again in the trace pass).
+    let evaluators = serde_json::json!([
+        {"type": "grounding"},
+        {"type": "refusal"},
+        {"type": "llm_judge", "name": "faithfulness", "template": "faithfulness",
+         "endpoint": url, "model": "judge-model", "api_key": "sk-test", "cache_size": 0,
+         "when": [{"evaluator": "grounding", "below": 0.8},
+                  {"evaluator": "refusal", "passed": true}]}
+    ]);
+    let (requests, messages) = loadgen_messages(50, 51_000);
+    // What should reach the judge: the spans it applies to whose cascade holds offline, and
+    // that have something to judge.
+    let specs: Vec<spec::EvaluatorSpec> = serde_json::from_value(evaluators.clone()).unwrap();
+    let set = spec::build_set(&specs).unwrap();
+    let faithfulness = &set.evaluators()[2];
+    assert!(faithfulness.needs_trace(), "gated on a trace evaluator");
+    let llm = faithfulness.evaluator.as_judge().unwrap();
+    let (mut applies, mut expected) = (0, 0);
+    for request in &requests {
+        let traces = evalstream_evaluators::trace::TraceView::group(span::spans(request), true);
+        for (trace, s) in evalstream_evaluators::trace::TraceView::each_span(&traces) {
+            let mut evaluations = Vec::new();
+            set.evaluate_in(s, trace, &mut evaluations);
+            let Some(e) = evaluations.iter().find(|e| e.evaluator == "faithfulness") else {
+                continue;
+            };
+            applies += usize::from(llm.request(s, Some(trace)).is_ok());
+            let gated = matches!(
+                e.outcome,
+                evalstream_evaluators::evaluator::Outcome::Skipped {
+                    reason: evalstream_evaluators::evaluator::SkipReason::Condition,
+                    ..
+                }
+            );
+            expected += usize::from(!gated && llm.request(s, Some(trace)).is_ok());
+        }
+    }
+    assert!(
+        expected > 0 && expected < applies,
+        "the corpus has grounded and ungrounded answers: {expected} of {applies}"
+    );
+    produce(&address, "input", &messages);
+    let dir = temp_dir("cascade");
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &address,
+        "g",
+        Encoding::OtlpProto,
+        "",
+        &format!(
+            "evaluators: {evaluators}\ntraces: {{ quiet_seconds: 0.5, max_wait_seconds: 20 }}"
+        ),
+    );
+    let verdicts = |records: &[Record]| {
+        output_attributes(records, &["gen_ai.evaluation.name"])
+            .into_iter()
+            .filter(|v| v[0].as_deref() == Some("faithfulness"))
+            .count()
+    };
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        verdicts(r) >= expected
+    });
+    wait_for(Duration::from_secs(30), "every message finished", || {
+        worker.metric("evalstream_in_flight_messages") == Some(0.0)
+    });
+    assert_eq!(verdicts(&records), expected);
+    let sent = judge.received();
+    assert_eq!(sent.len(), expected, "one call per gated-in span");
+    // The hallucinated RAG answer is among them; the grounded one never is.
+    let bodies: Vec<String> = sent.iter().map(|b| b.to_string()).collect();
+    assert!(bodies.iter().any(|b| b.contains("Leonardo da Vinci")));
+    assert!(!bodies.iter().any(|b| b.contains("330 metres tall [1]")));
+    let (code, stderr) = worker.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    let committed: i64 = committed_vs_end(&address, "g", "input", 2)
+        .iter()
+        .map(|(c, _)| (*c).max(0))
+        .sum();
+    assert_eq!(committed, messages.len() as i64);
+}
+
+#[test]
+fn a_long_judge_outage_leaves_the_cheap_scorers_and_commits_running() {
+    use evalstream::judge::server;
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (url, judge) = server::start().unwrap();
+    judge.set_down(true);
+    let dir = temp_dir("judge-outage");
+    // One call at a time, so the breaker opens after exactly three failures; then a cooldown
+    // far longer than the test.
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &address,
+        "g",
+        Encoding::OtlpProto,
+        "",
+        &format!(
+            "evaluators:\n  - type: refusal\n  - type: llm_judge\n    name: tox\n    template: toxicity\n    endpoint: {url}\n    model: judge-model\n    max_concurrency: 1\n    max_retries: 0\n    breaker_failures: 3\n    breaker_cooldown_seconds: 3600"
+        ),
+    );
+    let mut produced = 0;
+    for (round, seed) in [61_000, 62_000].into_iter().enumerate() {
+        let (_, messages) = loadgen_messages(30, seed);
+        produce(&address, "input", &messages);
+        produced += messages.len() as i64;
+        wait_for(
+            Duration::from_secs(60),
+            &format!("round {round}: every input committed while the judge is down"),
+            || {
+                committed_vs_end(&address, "g", "input", 2)
+                    .iter()
+                    .map(|(c, _)| (*c).max(0))
+                    .sum::<i64>()
+                    == produced
+            },
+        );
+    }
+    assert_eq!(
+        worker.metric("evalstream_judge_circuit_open{evaluator=\"tox\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        judge.received().len(),
+        3,
+        "no calls while the circuit is open"
+    );
+    let (requests, _) = loadgen_messages(30, 61_000);
+    let (more, _) = loadgen_messages(30, 62_000);
+    let chats: Vec<_> = requests
+        .iter()
+        .chain(&more)
+        .flat_map(|r| span::spans(r).collect::<Vec<_>>())
+        .filter(|s| s.kind() == span::OperationKind::Chat)
+        .collect();
+    let judged = chats
+        .iter()
+        .filter(|s| s.output_text().is_some_and(|t| !t.trim().is_empty()))
+        .count();
+    let count = |outcomes: &[Vec<Option<String>>], name: &str| {
+        outcomes
+            .iter()
+            .filter(|v| v[0].as_deref() == Some(name))
+            .count()
+    };
+    let keys = ["gen_ai.evaluation.name", "error.type"];
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        let outcomes = output_attributes(r, &keys);
+        count(&outcomes, "tox") >= judged && count(&outcomes, "refusal") >= judged
+    });
+    let outcomes = output_attributes(&records, &keys);
+    let errors: HashSet<Option<String>> = outcomes
+        .iter()
+        .filter(|v| v[0].as_deref() == Some("tox"))
+        .map(|v| v[1].clone())
+        .collect();
+    assert_eq!(
+        errors,
+        HashSet::from([
+            Some("judge_server_error".to_owned()),
+            Some("judge_circuit_open".to_owned())
+        ]),
+        "verdicts during the outage are errors"
+    );
+    assert_eq!(count(&outcomes, "tox"), judged, "every call has a verdict");
+    assert!(
+        count(&outcomes, "refusal") >= judged,
+        "the cheap scorer judged every answer"
+    );
+    let (code, stderr) = worker.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -14,6 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, xxh3_128};
 
+use crate::cascade::Cascade;
 use crate::span::{GenAiSpan, OperationKind};
 use crate::trace::TraceView;
 
@@ -106,6 +107,8 @@ pub enum SkipReason {
     Shed,
     /// The evaluator's spend budget for the period is used up.
     Budget,
+    /// A `when` condition on an earlier evaluator's score did not hold (a cascade).
+    Condition,
 }
 
 impl SkipReason {
@@ -117,6 +120,7 @@ impl SkipReason {
             SkipReason::SampledOut => "sampled_out",
             SkipReason::Shed => "shed",
             SkipReason::Budget => "budget",
+            SkipReason::Condition => "condition",
         }
     }
 }
@@ -391,6 +395,11 @@ pub struct ConfiguredEvaluator {
     pub sampler: Sampler,
     /// The scorer.
     pub evaluator: Box<dyn Evaluator>,
+    /// Conditions on earlier evaluators' scores of the span (empty: always runs).
+    pub when: Cascade,
+    /// Whether it runs on assembled traces: its scorer needs them, or a condition refers to an
+    /// evaluator that does (its score only exists once the trace is whole).
+    pub(crate) on_traces: bool,
 }
 
 /// One evaluation of one span by one configured evaluator.
@@ -413,17 +422,35 @@ impl ConfiguredEvaluator {
         self.run_in(span, None)
     }
 
-    /// As [`ConfiguredEvaluator::run`], with the span's trace when it is at hand.
+    /// Whether it runs on assembled traces rather than on spans as they arrive.
+    pub fn needs_trace(&self) -> bool {
+        self.on_traces
+    }
+
+    /// Whether it judges this span at all: the selector matches and, in a trace, the scorer
+    /// judges this span of it. A span it does not judge gets no evaluation (not a skip).
+    pub fn applies(&self, span: &GenAiSpan<'_>, trace: Option<&TraceView<'_>>) -> bool {
+        self.selector.matches(span) && trace.is_none_or(|t| self.evaluator.judges_in_trace(span, t))
+    }
+
+    /// As [`ConfiguredEvaluator::run`], with the span's trace when it is at hand. Ignores
+    /// `when` (the caller holds the earlier evaluators' outcomes: [`EvaluatorSet::evaluate_in`]).
     pub fn run_in(
         &self,
         span: &GenAiSpan<'_>,
         trace: Option<&TraceView<'_>>,
     ) -> Option<Evaluation<'_>> {
-        if !self.selector.matches(span)
-            || trace.is_some_and(|t| !self.evaluator.judges_in_trace(span, t))
-        {
-            return None;
-        }
+        self.applies(span, trace)
+            .then(|| self.run_applied(span, trace))
+    }
+
+    /// Runs the evaluator on a span it [applies](ConfiguredEvaluator::applies) to, honouring
+    /// the sampling rate.
+    pub fn run_applied(
+        &self,
+        span: &GenAiSpan<'_>,
+        trace: Option<&TraceView<'_>>,
+    ) -> Evaluation<'_> {
         let outcome = if self.sampler.keeps(span.trace_id()) {
             match trace {
                 Some(trace) => self.evaluator.evaluate_in_trace(span, trace),
@@ -435,7 +462,7 @@ impl ConfiguredEvaluator {
                 detail: Cow::Borrowed(""),
             }
         };
-        Some(self.evaluation(span, outcome))
+        self.evaluation(span, outcome)
     }
 
     /// An evaluation of `span` by this evaluator with the given outcome (the score id and the
@@ -494,7 +521,7 @@ impl EvaluatorSet {
 
     /// Runs every selected evaluator on a span, appending the evaluations to `out`.
     pub fn evaluate<'e>(&'e self, span: &GenAiSpan<'_>, out: &mut Vec<Evaluation<'e>>) {
-        out.extend(self.evaluators.iter().filter_map(|e| e.run(span)));
+        self.evaluate_with(span, None, out);
     }
 
     /// Runs every selected evaluator on a span of `trace`, appending the evaluations to `out`.
@@ -504,16 +531,38 @@ impl EvaluatorSet {
         trace: &TraceView<'_>,
         out: &mut Vec<Evaluation<'e>>,
     ) {
-        out.extend(
-            self.evaluators
-                .iter()
-                .filter_map(|e| e.run_in(span, Some(trace))),
-        );
+        self.evaluate_with(span, Some(trace), out);
+    }
+
+    /// Runs the evaluators in order, each gated by its `when` on the evaluations made before it.
+    fn evaluate_with<'e>(
+        &'e self,
+        span: &GenAiSpan<'_>,
+        trace: Option<&TraceView<'_>>,
+        out: &mut Vec<Evaluation<'e>>,
+    ) {
+        let first = out.len();
+        for e in &self.evaluators {
+            if !e.when.is_empty() && e.applies(span, trace) {
+                let made = &out[first..];
+                let refused = e.when.refuses(|index| {
+                    let name = self.evaluators.get(index)?.name.as_str();
+                    made.iter()
+                        .find(|m| m.evaluator == name)
+                        .map(|m| &m.outcome)
+                });
+                if let Some(skip) = refused {
+                    out.push(e.evaluation(span, skip));
+                    continue;
+                }
+            }
+            out.extend(e.run_in(span, trace));
+        }
     }
 
     /// Whether any evaluator needs whole traces.
     pub fn needs_traces(&self) -> bool {
-        self.evaluators.iter().any(|e| e.evaluator.needs_trace())
+        self.evaluators.iter().any(|e| e.needs_trace())
     }
 }
 

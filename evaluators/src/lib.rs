@@ -29,6 +29,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cascade;
 pub mod evaluator;
 pub mod otlp;
 pub mod pricing;

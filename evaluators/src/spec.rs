@@ -15,6 +15,7 @@ use std::fmt;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
+use crate::cascade::{self, Cascade, ConditionConfig};
 use crate::evaluator::{
     ConfiguredEvaluator, Evaluator, EvaluatorSet, Sampler, Selector, SelectorConfig,
 };
@@ -229,6 +230,9 @@ pub struct EvaluatorSpec {
     pub select: SelectorConfig,
     /// The fraction of traces it judges, 0 to 1.
     pub sample: f64,
+    /// Conditions on earlier evaluators' scores of the span (see [`crate::cascade`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<ConditionConfig>,
     /// The type and its options.
     #[serde(flatten)]
     pub kind: EvaluatorKind,
@@ -241,6 +245,7 @@ impl EvaluatorSpec {
             name: None,
             select: SelectorConfig::default(),
             sample: 1.0,
+            when: Vec::new(),
             kind,
         }
     }
@@ -250,7 +255,8 @@ impl EvaluatorSpec {
         self.name.as_deref().unwrap_or(self.kind.type_name())
     }
 
-    /// Compiles the spec: validates options, compiles patterns, derives the version.
+    /// Compiles the spec: validates options, compiles patterns, derives the version. `when` is
+    /// resolved by [`build_set`], which knows the evaluators listed before this one.
     pub fn build(&self) -> Result<ConfiguredEvaluator, String> {
         let name = self.effective_name();
         if name.is_empty()
@@ -285,7 +291,9 @@ impl EvaluatorSpec {
             fingerprint,
             selector: Selector::new(self.select.clone(), self.kind.default_kinds()),
             sampler: Sampler::new(self.sample),
+            on_traces: evaluator.needs_trace(),
             evaluator,
+            when: Cascade::default(),
         })
     }
 }
@@ -318,7 +326,17 @@ pub fn build_set(specs: &[EvaluatorSpec]) -> Result<EvaluatorSet, BuildError> {
                 "another evaluator is already named `{name}`; give one of them a distinct `name`"
             )));
         }
-        built.push(spec.build().map_err(err)?);
+        let mut evaluator = spec.build().map_err(err)?;
+        evaluator.when = Cascade::resolve(&spec.when, &name, |dependency| {
+            let index = built
+                .iter()
+                .position(|e: &ConfiguredEvaluator| e.name == dependency)?;
+            Some((index, built[index].evaluator.as_judge().is_some()))
+        })
+        .map_err(err)?;
+        // A condition on a trace evaluator's score can only be decided once the trace is whole.
+        evaluator.on_traces |= evaluator.when.dependencies().any(|i| built[i].on_traces);
+        built.push(evaluator);
     }
     Ok(EvaluatorSet::new(built))
 }
@@ -384,11 +402,16 @@ impl<'de> Deserialize<'de> for EvaluatorSpec {
         let name = take::<String, D::Error>(&mut map, "name")?;
         let select = take::<SelectorConfig, D::Error>(&mut map, "select")?.unwrap_or_default();
         let sample = take::<f64, D::Error>(&mut map, "sample")?.unwrap_or(1.0);
+        let when = match map.remove("when") {
+            Some(value) => cascade::parse_when(value).map_err(de::Error::custom)?,
+            None => Vec::new(),
+        };
         let kind = EvaluatorKind::from_options(&type_name, map).map_err(de::Error::custom)?;
         Ok(EvaluatorSpec {
             name,
             select,
             sample,
+            when,
             kind,
         })
     }
@@ -446,6 +469,34 @@ mod tests {
         assert!(err.contains("unknown field `kind`"), "{err}");
         let err = parse(r#"[{"name":"x"}]"#).unwrap_err();
         assert!(err.contains("missing field `type`"), "{err}");
+    }
+
+    #[test]
+    fn cascades_refer_to_earlier_evaluators_and_follow_them_onto_traces() {
+        let gated = r#"{"type":"length","name":"long","max":500,"when":{"evaluator":"grounding","below":0.8}}"#;
+        let err = build_set(&parse(&format!(r#"[{gated},{{"type":"grounding"}}]"#)).unwrap())
+            .unwrap_err();
+        assert_eq!(err.index, 0);
+        assert!(
+            err.to_string().starts_with(
+                "evaluators[0] (long): when[0]: no evaluator named `grounding` is listed before"
+            ),
+            "{err}"
+        );
+        let set = build_set(
+            &parse(&format!(
+                r#"[{{"type":"grounding"}},{gated},{{"type":"refusal"}}]"#
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let [grounding, long, refusal] = set.evaluators() else {
+            panic!("three evaluators");
+        };
+        assert!(grounding.needs_trace() && long.needs_trace() && !refusal.needs_trace());
+        assert_eq!(long.when.dependencies().collect::<Vec<_>>(), [0]);
+        let err = parse(r#"[{"type":"refusal","when":[{"evaluator":"x","belw":1}]}]"#).unwrap_err();
+        assert!(err.contains("when[0]") && err.contains("belw"), "{err}");
     }
 
     #[test]

@@ -71,6 +71,16 @@ enum Command {
     /// Work on Rhai scorers.
     #[command(subcommand)]
     Script(ScriptCommand),
+    /// Serve the local OpenAI-compatible judge stand-in (the tests' server) for benchmarks.
+    #[command(hide = true)]
+    JudgeServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        /// How long each answer takes, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +107,28 @@ fn run_worker(config: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
     runtime.block_on(evalstream::run::run(config, shutdown_signal()))
+}
+
+/// Serves the judge stand-in until a signal stops it, then prints how many requests it served.
+fn judge_server(listen: std::net::SocketAddr, latency_ms: u64) -> anyhow::Result<()> {
+    use evalstream::judge::server::{self, Behaviour};
+    let behaviour = std::sync::Arc::new(Behaviour::new());
+    behaviour.forget_requests();
+    behaviour.set_latency(std::time::Duration::from_millis(latency_ms));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        eprintln!("judge server on http://{listen}/v1, {latency_ms} ms per answer");
+        tokio::select! {
+            served = server::serve(listener, behaviour.clone()) => served?,
+            () = shutdown_signal() => {}
+        }
+        println!("answered {}", behaviour.answered());
+        anyhow::Ok(())
+    })
 }
 
 /// The exit code of a command: 0, or 1 after printing the error.
@@ -167,6 +199,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => exit(run_worker(&config)),
+        Command::JudgeServer { listen, latency_ms } => exit(judge_server(listen, latency_ms)),
         Command::Loadgen(options) => exit(evalstream::loadgen::run(&options).map(drop)),
         Command::Script(ScriptCommand::Test { scripts }) => {
             match evalstream::script_test::run(&scripts, &mut std::io::stdout().lock()) {

@@ -125,18 +125,26 @@ fn pipeline(
         metrics: metrics.clone(),
         prices,
     });
+    let judges = crate::judge::JudgeService::start(&judge.evaluators, &judge)?.map(Arc::new);
     let (assembler, shards) = if needs_traces {
-        let (assembler, shards) = Assembler::start(&config.traces, threads, judge.clone())?;
+        let (assembler, shards) =
+            Assembler::start(&config.traces, threads, judge.clone(), judges.clone())?;
         (Some(assembler), shards)
     } else {
         (None, Vec::new())
     };
     let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
-    let source = Source::new(&receiver, work_tx, assembler.clone(), metrics.clone())
-        .context("cannot create the input consumer")?;
+    let held_by_judges = judges.as_ref().map_or_else(Default::default, |j| j.held());
+    let source = Source::new(
+        &receiver,
+        work_tx,
+        assembler.clone(),
+        held_by_judges,
+        metrics.clone(),
+    )
+    .context("cannot create the input consumer")?;
     info!(topics = ?receiver.topics, group = %receiver.group_id, workers = threads,
         trace_buffer = needs_traces, "consuming");
-    let judges = crate::judge::JudgeService::start(&judge.evaluators, &judge)?;
     let worker = Arc::new(Worker {
         judge,
         encoding: receiver.encoding,

@@ -26,6 +26,7 @@ use tracing::debug;
 use crate::assembly::{
     AssemblyConfig, Completion, DecodedSpan, ReadyTrace, StoredSpan, TraceBuffer,
 };
+use crate::judge::JudgeService;
 use crate::kafka::offsets::TopicPartition;
 use crate::kafka::sink::{Hold, Pending};
 use crate::worker::{Judge, Pass};
@@ -60,6 +61,7 @@ impl Assembler {
         config: &AssemblyConfig,
         shards: usize,
         judge: Arc<Judge>,
+        judges: Option<Arc<JudgeService>>,
     ) -> std::io::Result<(Assembler, Vec<JoinHandle<()>>)> {
         let shards = shards.max(1);
         let per_shard = AssemblyConfig {
@@ -74,6 +76,7 @@ impl Assembler {
             let shard = Shard {
                 buffer: TraceBuffer::new(per_shard.clone()),
                 judge: judge.clone(),
+                judges: judges.clone(),
                 flush_all: false,
                 flushing: HashSet::new(),
                 reported: (0, 0),
@@ -143,6 +146,8 @@ impl Assembler {
 struct Shard {
     buffer: TraceBuffer<Hold>,
     judge: Arc<Judge>,
+    /// The judge service, for judge evaluators gated on trace evaluators' scores.
+    judges: Option<Arc<JudgeService>>,
     flush_all: bool,
     flushing: HashSet<TopicPartition>,
     /// Traces and bytes last added to the shared gauges.
@@ -232,7 +237,7 @@ impl Shard {
             std::slice::from_ref(&trace),
             Pass::Traces(ready.completion),
             ready.holds.iter().map(Hold::pending),
-            None,
+            self.judges.as_deref(),
         );
     }
 

@@ -49,8 +49,8 @@ impl Pass {
     fn runs(self, e: &ConfiguredEvaluator) -> bool {
         match self {
             Pass::All => true,
-            Pass::Spans => !e.evaluator.needs_trace(),
-            Pass::Traces(_) => e.evaluator.needs_trace(),
+            Pass::Spans => !e.needs_trace(),
+            Pass::Traces(_) => e.needs_trace(),
         }
     }
 }
@@ -67,13 +67,14 @@ pub struct Judge {
     pub prices: PriceTable,
 }
 
-/// Runs one evaluator on a span of `trace`, turning a panic into an `error` outcome.
+/// Runs one evaluator on a span of `trace` it applies to, turning a panic into an `error`
+/// outcome.
 fn run_guarded<'e>(
     e: &'e ConfiguredEvaluator,
     span: &GenAiSpan<'_>,
     trace: &TraceView<'_>,
-) -> Option<Evaluation<'e>> {
-    match catch_unwind(AssertUnwindSafe(|| e.run_in(span, Some(trace)))) {
+) -> Evaluation<'e> {
+    match catch_unwind(AssertUnwindSafe(|| e.run_applied(span, Some(trace)))) {
         Ok(evaluation) => evaluation,
         Err(panic) => {
             let message = panic
@@ -81,13 +82,13 @@ fn run_guarded<'e>(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "evaluator panicked".into());
-            Some(e.evaluation(
+            e.evaluation(
                 span,
                 Outcome::Error {
                     error_type: "panic".into(),
                     message,
                 },
-            ))
+            )
         }
     }
 }
@@ -95,14 +96,16 @@ fn run_guarded<'e>(
 impl Judge {
     /// Runs the pass's evaluators on every span of `traces`, records the metrics and sends the
     /// evaluator spans, one record per trace, acknowledging `inputs` on delivery. Spans for judge
-    /// evaluators go to `judges` (their verdicts follow later, holding `inputs`).
+    /// evaluators go to `judges` (their verdicts follow later, holding `inputs`). Returns how
+    /// many judge calls were queued.
     pub fn judge<'p>(
         &self,
         traces: &[TraceView<'_>],
         pass: Pass,
         inputs: impl Iterator<Item = &'p Arc<Pending>> + Clone,
         judges: Option<&JudgeService>,
-    ) {
+    ) -> usize {
+        let mut queued = 0;
         let mut evaluations = Vec::new();
         let mut output: Vec<Span> = Vec::new();
         for trace in traces {
@@ -113,13 +116,18 @@ impl Judge {
                 evaluations.clear();
                 let started = Instant::now();
                 for (index, e) in self.evaluators.evaluators().iter().enumerate() {
-                    let evaluation = match (e.evaluator.as_judge(), judges) {
-                        (Some(llm), Some(service)) if !matches!(pass, Pass::Traces(_)) => {
-                            Self::send_to_judge(index, e, llm, service, s, trace, inputs.clone())
-                        }
-                        (Some(_), Some(_)) => None,
-                        _ if pass.runs(e) => run_guarded(e, s, trace),
-                        _ => None,
+                    if !pass.runs(e) || !e.applies(s, Some(trace)) {
+                        continue;
+                    }
+                    let evaluation = if let Some(skip) =
+                        self.refused_by_cascade(e, s, trace, pass, &evaluations)
+                    {
+                        Some(e.evaluation(s, skip))
+                    } else if let (Some(llm), Some(service)) = (e.evaluator.as_judge(), judges) {
+                        let inputs = inputs.clone();
+                        Self::send_to_judge(index, e, llm, service, s, trace, inputs, &mut queued)
+                    } else {
+                        Some(run_guarded(e, s, trace))
                     };
                     if let Some(evaluation) = evaluation {
                         self.metrics.record(index, &evaluation, s);
@@ -159,11 +167,50 @@ impl Judge {
                     .output(&otlp::hex(trace.trace_id()), &payload, inputs.clone());
             }
         }
+        queued
     }
 
-    /// Hands a span selected by a judge evaluator to the judge service. Returns the evaluation
+    /// The skip of an evaluator whose `when` does not hold on this span, given the evaluations
+    /// `made` on it so far in this pass.
+    fn refused_by_cascade(
+        &self,
+        e: &ConfiguredEvaluator,
+        s: &GenAiSpan<'_>,
+        trace: &TraceView<'_>,
+        pass: Pass,
+        made: &[Evaluation<'_>],
+    ) -> Option<Outcome> {
+        if e.when.is_empty() {
+            return None;
+        }
+        let all = self.evaluators.evaluators();
+        // A span evaluator's score, seen from the trace pass, was sent with the span's message;
+        // it is cheap and deterministic, so it is worked out again rather than kept.
+        let elsewhere: Vec<(usize, Option<Evaluation<'_>>)> = e
+            .when
+            .dependencies()
+            .filter(|&i| !pass.runs(&all[i]))
+            .map(|i| {
+                let dependency = &all[i];
+                let judged = dependency.applies(s, Some(trace));
+                (i, judged.then(|| run_guarded(dependency, s, trace)))
+            })
+            .collect();
+        e.when.refuses(|i| {
+            if let Some((_, evaluation)) = elsewhere.iter().find(|(j, _)| *j == i) {
+                return evaluation.as_ref().map(|m| &m.outcome);
+            }
+            let name = all[i].name.as_str();
+            made.iter()
+                .find(|m| m.evaluator == name)
+                .map(|m| &m.outcome)
+        })
+    }
+
+    /// Hands a span a judge evaluator applies to to the judge service. Returns the evaluation
     /// when it is decided at once (sampled out, nothing to judge, a cached verdict, shed, over
-    /// budget); `None` when it is not selected or its verdict follows, holding `inputs`.
+    /// budget); `None` when its verdict follows, holding `inputs` (counted in `queued`).
+    #[allow(clippy::too_many_arguments)]
     fn send_to_judge<'e, 'p>(
         index: usize,
         e: &'e ConfiguredEvaluator,
@@ -172,10 +219,8 @@ impl Judge {
         s: &GenAiSpan<'_>,
         trace: &TraceView<'_>,
         inputs: impl Iterator<Item = &'p Arc<Pending>>,
+        queued: &mut usize,
     ) -> Option<Evaluation<'e>> {
-        if !e.selector.matches(s) {
-            return None;
-        }
         let outcome = if !e.sampler.keeps(s.trace_id()) {
             Outcome::Skipped {
                 reason: SkipReason::SampledOut,
@@ -185,7 +230,10 @@ impl Judge {
             match llm.request(s, Some(trace)) {
                 Ok(request) => {
                     match service.submit(index, request, || StoredSpan::of_view(s), inputs) {
-                        Submitted::Queued => return None,
+                        Submitted::Queued => {
+                            *queued += 1;
+                            return None;
+                        }
                         Submitted::Now(outcome) => outcome,
                     }
                 }
@@ -206,7 +254,7 @@ impl Judge {
                         .evaluators
                         .evaluators()
                         .iter()
-                        .any(|e| e.evaluator.needs_trace() && e.selector.matches(s))
+                        .any(|e| e.needs_trace() && e.selector.matches(s))
             }
             Pass::Traces(_) => false,
         }
@@ -269,7 +317,7 @@ pub struct Worker {
     /// The trace buffer, when trace evaluators are configured.
     pub traces: Option<Assembler>,
     /// The judge service, when judge evaluators are configured.
-    pub judges: Option<JudgeService>,
+    pub judges: Option<Arc<JudgeService>>,
 }
 
 impl Worker {
@@ -298,23 +346,26 @@ impl Worker {
             }
         };
         let traces = TraceView::group(span::spans(&request), false);
+        // Without a trace buffer, trace evaluators (if any) see the trace's spans at hand.
+        let pass = if self.traces.is_some() {
+            Pass::Spans
+        } else {
+            Pass::All
+        };
+        let queued = self.judge.judge(
+            &traces,
+            pass,
+            std::iter::once(&work.pending),
+            self.judges.as_deref(),
+        );
+        // A judge call keeps what it needs; the raw bytes need not wait for its verdict.
+        let mut held = queued > 0;
         let Some(assembler) = &self.traces else {
-            // Trace evaluators (if any) see the trace's spans that are in this message.
-            self.judge.judge(
-                &traces,
-                Pass::All,
-                std::iter::once(&work.pending),
-                self.judges.as_ref(),
-            );
+            if held {
+                work.message.release_payload();
+            }
             return;
         };
-        self.judge.judge(
-            &traces,
-            Pass::Spans,
-            std::iter::once(&work.pending),
-            self.judges.as_ref(),
-        );
-        let mut held = false;
         let mut shared = SharedParts::default();
         for trace in &traces {
             // A trace no trace evaluator samples is not buffered at all.
@@ -323,7 +374,7 @@ impl Worker {
                 .evaluators
                 .evaluators()
                 .iter()
-                .any(|e| e.evaluator.needs_trace() && e.sampler.keeps(trace.trace_id()))
+                .any(|e| e.needs_trace() && e.sampler.keeps(trace.trace_id()))
             {
                 let spans = StoredSpan::from_trace(trace, &mut shared);
                 assembler.add(trace.trace_id().to_vec(), spans, &work.pending);

@@ -184,6 +184,11 @@ impl JudgeService {
         }))
     }
 
+    /// Messages held by queued and running calls (once per call).
+    pub fn held(&self) -> Arc<AtomicUsize> {
+        self.held.clone()
+    }
+
     /// Hands a span's request for evaluator `index` to the service, holding `inputs` when it is
     /// queued. A cached verdict, a spent budget or a full queue decide it at once.
     pub fn submit<'p>(

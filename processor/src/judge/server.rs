@@ -5,11 +5,14 @@
 //! It answers every request with a JSON verdict: score 0 when the user message contains
 //! `FAIL_ME`, else 1 (`label` `fail`/`pass`). Queued faults are served first, one per request:
 //! 429 with `Retry-After`, 500, a hang past the client's timeout, a reply that is not JSON, a
-//! refusal. It records the requests it received, and the most concurrent ones.
+//! refusal. While it is [down](Behaviour::set_down) every request gets a 503: an outage. It
+//! records the requests it received, and the most concurrent ones.
+//!
+//! `evalstream judge-server` (hidden) serves it on a given address for benchmarks.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +42,8 @@ pub enum Fault {
 #[derive(Debug, Default)]
 pub struct Behaviour {
     latency: Mutex<Duration>,
+    down: AtomicBool,
+    record: AtomicBool,
     faults: Mutex<VecDeque<Fault>>,
     received: Mutex<Vec<Value>>,
     in_flight: AtomicUsize,
@@ -50,6 +55,16 @@ impl Behaviour {
     /// Every answer waits this long first.
     pub fn set_latency(&self, latency: Duration) {
         *self.latency.lock().unwrap_or_else(|e| e.into_inner()) = latency;
+    }
+
+    /// An outage: while down, every request gets a 503 after the latency.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Release);
+    }
+
+    /// Stops keeping request bodies (a benchmark's millions would fill memory); counts go on.
+    pub fn forget_requests(&self) {
+        self.record.store(false, Ordering::Release);
     }
 
     /// Queues faults for the next requests.
@@ -102,10 +117,12 @@ async fn chat(State(b): State<Arc<Behaviour>>, body: axum::Json<Value>) -> Respo
     b.most_in_flight.fetch_max(now, Ordering::AcqRel);
     let _guard = InFlight(&b);
     let body = body.0;
-    b.received
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(body.clone());
+    if b.record.load(Ordering::Acquire) {
+        b.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(body.clone());
+    }
     let latency = *b.latency.lock().unwrap_or_else(|e| e.into_inner());
     let fault = b
         .faults
@@ -113,6 +130,9 @@ async fn chat(State(b): State<Arc<Behaviour>>, body: axum::Json<Value>) -> Respo
         .unwrap_or_else(|e| e.into_inner())
         .pop_front();
     tokio::time::sleep(latency).await;
+    if b.down.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
     match fault {
         Some(Fault::RateLimited(seconds)) => {
             let mut headers = HeaderMap::new();
@@ -167,9 +187,19 @@ pub async fn serve(
     axum::serve(listener, router(behaviour)).await
 }
 
+impl Behaviour {
+    /// A server that records requests, answers at once, with no faults.
+    pub fn new() -> Behaviour {
+        Behaviour {
+            record: AtomicBool::new(true),
+            ..Behaviour::default()
+        }
+    }
+}
+
 /// Starts a server on a free loopback port on its own thread; returns its base URL (`…/v1`).
 pub fn start() -> std::io::Result<(String, Arc<Behaviour>)> {
-    let behaviour = Arc::new(Behaviour::default());
+    let behaviour = Arc::new(Behaviour::new());
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let address: SocketAddr = std_listener.local_addr()?;

@@ -262,16 +262,21 @@ pub struct Source {
     max_in_flight_bytes: usize,
     /// Messages held by buffered traces (a message may be counted once per trace it holds).
     held_by_traces: Arc<AtomicUsize>,
+    /// Messages held by queued judge calls (once per call).
+    held_by_judges: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
 impl Source {
     /// Creates the consumer and subscribes. `work` is the bounded queue to the workers; `traces`,
-    /// when trace evaluators are configured, the trace buffer to flush on revoke and shutdown.
+    /// when trace evaluators are configured, the trace buffer to flush on revoke and shutdown;
+    /// `held_by_judges` counts the messages judge calls hold (their queues bound them, so they
+    /// do not count against the in-flight limits, which are for the cheap path).
     pub fn new(
         config: &KafkaReceiver,
         work: Sender<Vec<Work>>,
         traces: Option<Assembler>,
+        held_by_judges: Arc<AtomicUsize>,
         metrics: Arc<Metrics>,
     ) -> Result<Source, KafkaError> {
         let max_in_flight = config.max_in_flight_messages.max(1);
@@ -323,6 +328,7 @@ impl Source {
             in_flight_bytes: Arc::new(AtomicUsize::new(0)),
             max_in_flight_bytes: config.max_in_flight_bytes.max(1),
             held_by_traces,
+            held_by_judges,
             metrics,
         })
     }
@@ -359,7 +365,9 @@ impl Source {
         store(&self.consumer, &advances);
         let in_flight = state.tracker.in_flight();
         self.metrics.in_flight.set(in_flight as i64);
-        in_flight.saturating_sub(self.held_by_traces.load(Ordering::Acquire))
+        in_flight
+            .saturating_sub(self.held_by_traces.load(Ordering::Acquire))
+            .saturating_sub(self.held_by_judges.load(Ordering::Acquire))
     }
 
     /// Makes a work item of a received message, checking its offset follows the last one read.
