@@ -15,17 +15,27 @@
 # 3. The Python peer (refusal, PII and JSON-schema checks, one process, confluent-kafka) consumes
 #    PEER_TRACES messages of the same topic; prints its spans/s and evalstream's multiple of it.
 #
+# 4. (between 1 and 2) The default set plus an `llm_judge` on every answer, against the local judge
+#    stand-in (`evalstream judge-server`, JUDGE_LATENCY_MS per answer): spans/s of the heuristic
+#    scorers while the judge runs, and the judge's calls/s against its bound, JUDGE_SLOTS /
+#    latency (256 / 200 ms = 1,280 calls/s).
+#
 # Environment: LAG_RATE (default 5000; 0 skips step 2), PEER_TRACES (default TRACES up to 20000;
-# 0 skips step 3), OUT_CLIENT (extra output-producer properties as YAML flow-map entries, e.g.
+# 0 skips step 3), JUDGE_LATENCY_MS (default 200; 0 skips step 4), JUDGE_SLOTS (256), JUDGE_QUEUE
+# (the judge's max_queued: 2560, two seconds of calls at the bound), OUT_CLIENT (extra output-producer properties as YAML flow-map entries, e.g.
 # 'linger.ms: "50"'), IN_FLIGHT (the receiver's max_in_flight_messages; default the worker's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces="${1:-20000}"
 lag_rate="${LAG_RATE:-5000}"
 peer_traces="${PEER_TRACES:-$((traces < 20000 ? traces : 20000))}"
+judge_latency="${JUDGE_LATENCY_MS:-200}"
+judge_slots="${JUDGE_SLOTS:-256}"
+judge_queue="${JUDGE_QUEUE:-2560}"
 source scripts/lib/local-broker.sh
 worker_pid=
-trap 'kill $broker_pid 2>/dev/null; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
+judge_pid=
+trap 'kill $broker_pid 2>/dev/null; [ -z "$judge_pid" ] || kill $judge_pid 2>/dev/null; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
 create_topics 4 bench_in bench_out bench_dlq bench_steady peer_out
 $bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
 
@@ -117,6 +127,61 @@ throughput consume_only "$floor"
 throughput with_traces "$with_traces"
 python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); print(f'evaluate / consume-only floor: {e / f:.0%}')" \
   "$work/evaluate" "$work/consume_only"
+
+if [ "$judge_latency" -gt 0 ]; then
+  # The default set plus an LLM judge on every answer, against the local judge stand-in: the
+  # heuristic scorers' throughput, and the judge's calls/s against its bound (slots / latency).
+  judge_port=$(free_port)
+  $bin judge-server --listen "127.0.0.1:$judge_port" --latency-ms "$judge_latency" >/dev/null 2>"$work/judge.log" &
+  judge_pid=$!
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$judge_port") 2>/dev/null && break; sleep 0.1; done
+  start_worker with_judge bench_in "evaluators: [ {type: refusal}, {type: pii}, {type: json_valid}, {type: finish_reason}, {type: empty_output}, {type: cost},
+  { type: llm_judge, name: judge, template: toxicity, endpoint: 'http://127.0.0.1:$judge_port/v1', model: judge-model, max_concurrency: $judge_slots, max_queued: $judge_queue, cache_size: 0 } ]
+$exporter"
+  # Samples the worker's counters every 100 ms until every message is consumed and every
+  # verdict is out, then reports both rates.
+  python3 - "$metrics_port" "$traces" "$judge_slots" "$judge_latency" <<'PY'
+import sys, time, urllib.request
+port, traces, slots, latency_ms = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def scrape():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    m = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            m[name] = float(value)
+    return m
+def total(m, prefix):
+    return sum(v for k, v in m.items() if k.startswith(prefix))
+samples, idle = [], 0
+while True:
+    m = scrape()
+    s = (time.time(), m.get("evalstream_messages_consumed_total", 0), m.get("evalstream_spans_consumed_total", 0),
+         total(m, "evalstream_judge_calls_total{"), total(m, "evalstream_judge_not_sent_total{"), m.get("evalstream_in_flight_messages", 1))
+    samples.append(s)
+    idle = idle + 1 if len(samples) > 1 and s[1:4] == samples[-2][1:4] and s[5] == 0 and s[1] > 0 else 0
+    if (s[1] >= traces and s[5] == 0) or idle >= 100:
+        break
+    time.sleep(0.1)
+first = next(x for x in samples if x[1] > 0)
+consumed = next((x for x in samples if x[1] >= traces), samples[-1])
+spans_rate = (consumed[2] - first[2]) / max(consumed[0] - first[0], 1e-9)
+call_start = next(x for x in samples if x[3] > 0)
+call_end = next(x for x in samples if x[3] == samples[-1][3])
+calls = call_end[3] - call_start[3]
+rate = calls / max(call_end[0] - call_start[0], 1e-9)
+bound = slots / (latency_ms / 1000)
+# While the heuristic scorers run: from the first verdict (one latency after the first call) to
+# the last message consumed.
+during = [x for x in samples if call_start[0] <= x[0] <= consumed[0]]
+during_rate = (during[-1][3] - during[0][3]) / max(during[-1][0] - during[0][0], 1e-9) if len(during) > 1 else 0
+print(f"with_judge     {spans_rate:9.0f} spans/s while the judge runs ({consumed[0] - first[0]:.1f} s to consume)")
+print(f"judge          {during_rate:9.0f} calls/s while consuming ({during_rate / bound:.0%} of the bound {bound:.0f} = {slots} slots / {latency_ms} ms), "
+      f"{rate:.0f} calls/s over its {call_end[0] - call_start[0]:.1f} s busy ({rate / bound:.0%}); {samples[-1][4]:.0f} spans shed")
+PY
+  stop_worker
+  kill "$judge_pid" 2>/dev/null || true
+fi
 
 if [ "$lag_rate" -gt 0 ]; then
   start_worker steady bench_steady "$exporter"
