@@ -27,6 +27,7 @@ use evalstream_evaluators::scorers::judge::{self, JudgeRequest, LlmJudge};
 use evalstream_evaluators::span::TokenUsage;
 use evalstream_evaluators::to_otlp;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as OtlpValue;
 use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc};
@@ -412,6 +413,41 @@ fn verdict(llm: &LlmJudge, result: &Result<Completion, CallError>) -> Outcome {
     }
 }
 
+/// The judge's own telemetry on its evaluator span: which model judged, its token usage and, when
+/// the model's price is known, the call's cost (`evalstream.judge.cost_usd`: GenAI conventions
+/// have no cost attribute). The span's duration is the call's latency, retries included.
+fn judge_attributes(
+    requested_model: &str,
+    completion: Option<&Completion>,
+    price: Option<&Price>,
+) -> Vec<KeyValue> {
+    let mut attributes = vec![otlp::kv_str("gen_ai.request.model", requested_model)];
+    let Some(c) = completion else {
+        return attributes;
+    };
+    if let Some(model) = &c.model {
+        attributes.push(otlp::kv_str("gen_ai.response.model", model.as_str()));
+    }
+    for (key, tokens) in [
+        ("gen_ai.usage.input_tokens", c.input_tokens),
+        ("gen_ai.usage.output_tokens", c.output_tokens),
+    ] {
+        attributes.push(otlp::kv(key, OtlpValue::IntValue(tokens as i64)));
+    }
+    let usage = TokenUsage {
+        input: Some(c.input_tokens),
+        output: Some(c.output_tokens),
+        ..Default::default()
+    };
+    if let Some(cost) = price.and_then(|p| PriceTable::cost(p, &usage)) {
+        attributes.push(otlp::kv(
+            "evalstream.judge.cost_usd",
+            OtlpValue::DoubleValue(cost.total_usd),
+        ));
+    }
+    attributes
+}
+
 /// Records and sends the evaluation of a job, then lets go of its inputs.
 fn deliver(
     endpoint: &Endpoint,
@@ -432,25 +468,11 @@ fn deliver(
     }
     let end = start + took.as_nanos() as u64;
     let mut out = to_otlp::evaluation_span(&span, &evaluation, start, end);
-    // The judge's own telemetry: which model judged, at what token cost.
     if let Some(llm) = e.evaluator.as_judge() {
-        out.attributes.push(otlp::kv_str(
-            "gen_ai.request.model",
-            llm.config().model.as_str(),
-        ));
-    }
-    if let Some(c) = completion {
-        if let Some(model) = &c.model {
-            out.attributes
-                .push(otlp::kv_str("gen_ai.response.model", model.as_str()));
-        }
-        out.attributes.push(otlp::kv(
-            "gen_ai.usage.input_tokens",
-            OtlpValue::IntValue(c.input_tokens as i64),
-        ));
-        out.attributes.push(otlp::kv(
-            "gen_ai.usage.output_tokens",
-            OtlpValue::IntValue(c.output_tokens as i64),
+        out.attributes.extend(judge_attributes(
+            &llm.config().model,
+            completion,
+            endpoint.price.as_ref(),
         ));
     }
     let payload = to_otlp::export_request(vec![out]).encode_to_vec();

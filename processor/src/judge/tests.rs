@@ -227,3 +227,51 @@ fn a_full_queue_sheds_at_once() {
     assert_eq!(queued + shed, 6);
     s.wait_acked(queued);
 }
+
+#[test]
+fn the_judge_span_carries_its_model_tokens_and_priced_cost() {
+    use super::client::Completion;
+    let completion = Completion {
+        content: "{}".into(),
+        refusal: None,
+        input_tokens: 1_000,
+        output_tokens: 200,
+        model: Some("judge-model-2026".into()),
+    };
+    let price = evalstream_evaluators::pricing::Price {
+        input: 2.0,
+        output: 10.0,
+        cache_read: None,
+        cache_write: None,
+        reasoning: None,
+    };
+    let attributes = |price| {
+        super::judge_attributes("judge-model", Some(&completion), price)
+            .into_iter()
+            .map(|kv| {
+                let value = kv.value.and_then(|v| v.value).map(|v| format!("{v:?}"));
+                (kv.key, value.unwrap_or_default())
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let priced = attributes(Some(&price));
+    assert_eq!(
+        priced["gen_ai.request.model"],
+        "StringValue(\"judge-model\")"
+    );
+    assert_eq!(
+        priced["gen_ai.response.model"],
+        "StringValue(\"judge-model-2026\")"
+    );
+    assert_eq!(priced["gen_ai.usage.input_tokens"], "IntValue(1000)");
+    assert_eq!(priced["gen_ai.usage.output_tokens"], "IntValue(200)");
+    // 1,000 × $2 + 200 × $10 per million tokens.
+    assert_eq!(priced["evalstream.judge.cost_usd"], "DoubleValue(0.004)");
+    assert!(!attributes(None).contains_key("evalstream.judge.cost_usd"));
+    let failed = super::judge_attributes("judge-model", None, Some(&price));
+    assert_eq!(
+        failed.len(),
+        1,
+        "a failed call has only the requested model"
+    );
+}
