@@ -9,6 +9,7 @@
 
 pub mod assembly;
 pub mod config;
+pub mod drift;
 pub mod eval;
 pub mod gate;
 pub mod judge;

@@ -71,6 +71,23 @@ enum Command {
     /// Work on Rhai scorers.
     #[command(subcommand)]
     Script(ScriptCommand),
+    /// Run the drift detectors over score streams (one per line) and print their alarms: the
+    /// detection-quality benchmark's driver.
+    #[command(hide = true)]
+    DriftReplay {
+        /// Expected stable samples between false alarms.
+        #[arg(long, default_value_t = 100_000.0)]
+        false_alarm_budget: f64,
+        /// Scores that make a baseline.
+        #[arg(long, default_value_t = 500)]
+        warmup: u64,
+        /// Floor on the baseline standard deviation.
+        #[arg(long, default_value_t = 0.05)]
+        min_std: f64,
+        /// A score passes at this value or above.
+        #[arg(long, default_value_t = 1.0)]
+        pass_at: f64,
+    },
     /// Serve the local OpenAI-compatible judge stand-in (the tests' server) for benchmarks.
     #[command(hide = true)]
     JudgeServer {
@@ -199,6 +216,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => exit(run_worker(&config)),
+        Command::DriftReplay {
+            false_alarm_budget,
+            warmup,
+            min_std,
+            pass_at,
+        } => {
+            let params =
+                evalstream::drift::detect::Params::new(false_alarm_budget, warmup, min_std);
+            exit(evalstream::drift::replay::run(
+                &params,
+                pass_at,
+                std::io::stdin().lock(),
+                std::io::BufWriter::new(std::io::stdout().lock()),
+            ))
+        }
         Command::JudgeServer { listen, latency_ms } => exit(judge_server(listen, latency_ms)),
         Command::Loadgen(options) => exit(evalstream::loadgen::run(&options).map(drop)),
         Command::Script(ScriptCommand::Test { scripts }) => {
