@@ -7,6 +7,7 @@
 //! value that is one whole reference is read as a YAML scalar so numbers stay numbers); then the
 //! tree is read into typed structs that reject unknown keys, with the key's path in the message.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use std::path::{Path, PathBuf};
 use evalstream_evaluators::otlp::Encoding;
 
 use crate::assembly::AssemblyConfig;
+use crate::drift::DriftConfig;
+use evalstream_evaluators::span::GenAiSpan;
 use evalstream_evaluators::spec::{self, BuildError, EvaluatorSpec};
 use serde::Deserialize;
 use serde_json::Value;
@@ -38,6 +41,9 @@ pub struct Config {
     /// `agent_loop`).
     #[serde(default)]
     pub traces: AssemblyConfig,
+    /// Drift detection on the scores; off when absent.
+    #[serde(default)]
+    pub drift: Option<DriftConfig>,
 }
 
 impl Default for Config {
@@ -48,6 +54,7 @@ impl Default for Config {
             exporters: Exporters::default(),
             telemetry: Telemetry::default(),
             traces: AssemblyConfig::default(),
+            drift: None,
         }
     }
 }
@@ -181,6 +188,10 @@ pub enum Segment {
     Service,
     /// The prompt version (`gen_ai.prompt.version` and its equivalents).
     PromptVersion,
+    /// The provider (`gen_ai.provider.name` and its equivalents).
+    Provider,
+    /// The application's route: the span attribute `app.route`, else `http.route`.
+    Route,
 }
 
 impl Segment {
@@ -190,6 +201,22 @@ impl Segment {
             Segment::Model => "model",
             Segment::Service => "service",
             Segment::PromptVersion => "prompt_version",
+            Segment::Provider => "provider",
+            Segment::Route => "route",
+        }
+    }
+
+    /// The span's value of this property, if it has one.
+    pub fn value<'a>(self, span: &GenAiSpan<'a>) -> Option<Cow<'a, str>> {
+        match self {
+            Segment::Model => span.model().map(Cow::Borrowed),
+            Segment::Service => span.resource().service_name.map(Cow::Borrowed),
+            Segment::PromptVersion => span.prompt_version().map(Cow::Borrowed),
+            Segment::Provider => span.provider().map(Cow::Borrowed),
+            Segment::Route => ["app.route", "http.route"]
+                .iter()
+                .find_map(|key| span.attribute(key))
+                .map(evalstream_evaluators::span::attribute_text),
         }
     }
 }
@@ -353,6 +380,10 @@ impl Config {
             }
         }
         self.traces.validate().map_err(Problem::Other)?;
+        if let Some(drift) = &self.drift {
+            let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
+            drift.validate(&names).map_err(Problem::Other)?;
+        }
         if let Some(m) = &self.telemetry.metrics
             && m.listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -502,6 +533,26 @@ mod tests {
             _ => None,
         };
         Config::parse(text, Path::new("test.yaml"), &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_drift_section_takes_the_documented_keys_and_checks_them() {
+        let c = parse(
+            "drift:\n  evaluators: [refusal, pii]\n  segments: [model, prompt_version, route, provider]\n  false_alarm_budget: 100000\n  warmup: 500",
+        )
+        .unwrap();
+        let drift = c.drift.unwrap();
+        assert_eq!(drift.segments.len(), 4);
+        assert_eq!((drift.warmup, drift.false_alarm_budget), (500, 100_000.0));
+        let err = parse("drift:\n  evaluators: [refusal, grounding]").unwrap_err();
+        assert!(err.contains("drift.evaluators[1]: no evaluator is named `grounding`"), "{err}");
+        let err = parse("drift:\n  warmpu: 500").unwrap_err();
+        assert!(err.contains("warmpu"), "{err}");
+        let err = parse("drift:\n  segments: [user]").unwrap_err();
+        assert!(err.contains("user"), "{err}");
+        let err = parse("drift:\n  false_alarm_budget: 10").unwrap_err();
+        assert!(err.contains("drift.false_alarm_budget"), "{err}");
+        assert_eq!(parse("{}").unwrap().drift, None);
     }
 
     #[test]

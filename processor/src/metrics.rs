@@ -11,9 +11,10 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::Segment;
+use crate::drift::series::Drift;
 use evalstream_evaluators::evaluator::{ConfiguredEvaluator, Evaluation, Outcome, Score};
 use evalstream_evaluators::span::GenAiSpan;
 use prometheus::{
@@ -62,13 +63,9 @@ impl Segmented {
         let mut values: Vec<String> = Vec::with_capacity(self.segments.len() + 2);
         values.push(evaluator.to_owned());
         for (segment, cap) in &self.segments {
-            let value = match segment {
-                Segment::Model => span.model(),
-                Segment::Service => span.resource().service_name,
-                Segment::PromptVersion => span.prompt_version(),
-            };
             // An absent property is an empty label value, which Prometheus treats as no label.
-            values.push(value.map(|v| cap.label(v)).unwrap_or_default());
+            let value = segment.value(span);
+            values.push(value.map(|v| cap.label(&v)).unwrap_or_default());
         }
         let labels: Vec<&str> = values.iter().map(String::as_str).collect();
         self.scores.with_label_values(&labels).observe(score.value);
@@ -181,6 +178,20 @@ pub struct Metrics {
     /// Caps the `model` label.
     pub models: LabelCap,
     ready: AtomicBool,
+    drift: OnceLock<Arc<Drift>>,
+}
+
+/// Registers the shared drift tracker with the registry (which takes a box).
+struct DriftCollector(Arc<Drift>);
+
+impl prometheus::core::Collector for DriftCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -471,6 +482,7 @@ impl Metrics {
             models: LabelCap::new(100),
             registry: r,
             ready: AtomicBool::new(false),
+            drift: OnceLock::new(),
         }))
     }
 
@@ -482,6 +494,9 @@ impl Metrics {
         match &evaluation.outcome {
             Outcome::Scored(s) => {
                 m.scored.inc();
+                if let Some(drift) = self.drift.get() {
+                    drift.observe(index, span, s);
+                }
                 match (&m.unsegmented, &self.segmented) {
                     (Some((passed, failed, score)), _) => {
                         score.observe(s.value);
@@ -494,6 +509,19 @@ impl Metrics {
             Outcome::Skipped { .. } => m.skipped.inc(),
             Outcome::Error { .. } => m.errors.inc(),
         }
+    }
+
+    /// Feeds scores to drift detection from now on, and serves its series.
+    pub fn attach_drift(&self, drift: Arc<Drift>) -> prometheus::Result<()> {
+        self.registry
+            .register(Box::new(DriftCollector(drift.clone())))?;
+        let _ = self.drift.set(drift);
+        Ok(())
+    }
+
+    /// The drift tracker, when drift detection is on.
+    pub fn drift(&self) -> Option<&Arc<Drift>> {
+        self.drift.get()
     }
 
     /// Marks the worker ready or not.
@@ -514,7 +542,59 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes.
+/// `GET /drift`: the watched series. `POST /drift/ack?evaluator=NAME&LABEL=VALUE…`: the drifted
+/// series matching (every one when no parameter is given) learn a new baseline.
+fn drift_routes(metrics: Arc<Metrics>) -> axum::Router {
+    use axum::extract::Query;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use std::collections::BTreeMap;
+    let off = || {
+        (
+            StatusCode::NOT_FOUND,
+            "drift detection is off (no `drift:` section)",
+        )
+    };
+    let listing = metrics.clone();
+    axum::Router::new()
+        .route(
+            "/drift",
+            get(move || {
+                let m = listing.clone();
+                async move {
+                    match m.drift() {
+                        Some(drift) => axum::Json(drift.summary()).into_response(),
+                        None => off().into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/drift/ack",
+            post(move |Query(params): Query<BTreeMap<String, String>>| {
+                let m = metrics.clone();
+                async move {
+                    let Some(drift) = m.drift() else {
+                        return off().into_response();
+                    };
+                    let evaluator = params.get("evaluator").cloned();
+                    let filters: Vec<(String, String)> = params
+                        .into_iter()
+                        .filter(|(k, _)| k != "evaluator")
+                        .collect();
+                    match drift.acknowledge(evaluator.as_deref(), &filters) {
+                        Ok(n) => {
+                            axum::Json(serde_json::json!({ "acknowledged": n })).into_response()
+                        }
+                        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+                    }
+                }
+            }),
+        )
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/drift` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -523,7 +603,7 @@ pub async fn serve(
     use axum::http::StatusCode;
     use axum::routing::get;
     let for_metrics = metrics.clone();
-    let app = axum::Router::new()
+    let app = drift_routes(metrics.clone())
         .route(
             "/metrics",
             get(move || {

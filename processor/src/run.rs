@@ -20,6 +20,7 @@ use evalstream_evaluators::spec::{self, EvaluatorKind};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::drift::series::Drift;
 use crate::kafka::sink::{Redirect, Sink};
 use crate::kafka::source::Source;
 use crate::metrics::{self, Metrics};
@@ -44,6 +45,12 @@ pub async fn run(
         .map_or((&[][..], 0), |m| (&m.segments[..], m.max_segment_values));
     let metrics = Metrics::new(evaluators.evaluators(), segments, max_segment_values)
         .context("cannot register metrics")?;
+    if let Some(drift) = &config.drift {
+        let drift = Drift::new(drift, evaluators.evaluators()).context("cannot set up drift")?;
+        metrics
+            .attach_drift(Arc::new(drift))
+            .context("cannot register the drift metrics")?;
+    }
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = match &config.telemetry.metrics {
