@@ -481,14 +481,14 @@ mod tests {
         drift
             .collect()
             .into_iter()
-            .find(|f| f.get_name() == family)?
+            .find(|f| f.name() == family)?
             .get_metric()
             .iter()
             .find(|m| {
                 labels.iter().all(|(n, v)| {
                     m.get_label()
                         .iter()
-                        .any(|l| l.get_name() == *n && l.get_value() == *v)
+                        .any(|l| l.name() == *n && l.value() == *v)
                 })
             })
             .map(|m| {
