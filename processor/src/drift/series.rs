@@ -505,7 +505,7 @@ mod tests {
         let set = build_set(&default_specs()).unwrap();
         let drift = Drift::new(&config(vec![Segment::Model], 10), set.evaluators()).unwrap();
         // Both models pass 90% through the warm-up and beyond; then one fails every time.
-        let nine_in_ten = |i: usize| i % 10 != 0;
+        let nine_in_ten = |i: usize| !i.is_multiple_of(10);
         feed(&drift, "gpt-4o", 2_000, nine_in_ten);
         feed(&drift, "claude-x", 2_000, nine_in_ten);
         let flag = |model: &str, direction: &str| {
@@ -565,7 +565,7 @@ mod tests {
         let set = build_set(&default_specs()).unwrap();
         let drift = Drift::new(&config(vec![Segment::Model], 2), set.evaluators()).unwrap();
         for model in ["a", "b", "c"] {
-            feed(&drift, model, 100, |i| i % 3 != 0);
+            feed(&drift, model, 100, |i| !i.is_multiple_of(3));
         }
         assert_eq!(gauge_of(&drift, "evalstream_drift_series", &[]), Some(2.0));
         assert_eq!(
