@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: installs the test broker if missing, then formatting, lints and
-# every test of the workspace (unit, corpus, command-line, property and Kafka integration tests,
-# and doc examples), then the tests of every Rhai scorer in scripts/scorers. `.ci/run` calls this
-# script.
+# The project's test command: installs the test broker and Prometheus if missing, checks and
+# unit-tests the alert rules with promtool, then formatting, lints and every test of the workspace
+# (unit, corpus, command-line, property, Kafka and Prometheus integration tests, and doc
+# examples), then the tests of every Rhai scorer in scripts/scorers. `.ci/run` calls this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,11 @@ for tool in rustfmt clippy-driver; do
 done
 
 scripts/install-tansu.sh
+scripts/install-prometheus.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+echo "== alert rules (promtool check and unit tests)"
+(cd deploy/prometheus && promtool check rules evalstream.rules.yaml && promtool test rules evalstream.rules.test.yaml)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -545,7 +545,10 @@ mod tests {
         assert_eq!(drift.segments.len(), 4);
         assert_eq!((drift.warmup, drift.false_alarm_budget), (500, 100_000.0));
         let err = parse("drift:\n  evaluators: [refusal, grounding]").unwrap_err();
-        assert!(err.contains("drift.evaluators[1]: no evaluator is named `grounding`"), "{err}");
+        assert!(
+            err.contains("drift.evaluators[1]: no evaluator is named `grounding`"),
+            "{err}"
+        );
         let err = parse("drift:\n  warmpu: 500").unwrap_err();
         assert!(err.contains("warmpu"), "{err}");
         let err = parse("drift:\n  segments: [user]").unwrap_err();

@@ -167,6 +167,8 @@ pub struct Metrics {
     pub judge_tokens: IntCounterVec,
     /// Judge spend in USD, by evaluator.
     pub judge_spend_usd: prometheus::CounterVec,
+    /// Judge spend budgets in USD, by evaluator and period (`hour`, `day`).
+    pub judge_budget_usd: prometheus::GaugeVec,
     /// Whether a judge's circuit is open (1) or closed (0), by evaluator.
     pub judge_circuit_open: IntGaugeVec,
     /// Judge call latency (retries included), by evaluator.
@@ -317,6 +319,14 @@ impl Metrics {
             &["evaluator"],
         )?;
         r.register(Box::new(judge_spend_usd.clone()))?;
+        let judge_budget_usd = prometheus::GaugeVec::new(
+            Opts::new(
+                "evalstream_judge_budget_usd",
+                "A judge's configured spend budget in USD, by evaluator and period (hour, day).",
+            ),
+            &["evaluator", "period"],
+        )?;
+        r.register(Box::new(judge_budget_usd.clone()))?;
         let judge_circuit_open = IntGaugeVec::new(
             Opts::new(
                 "evalstream_judge_circuit_open",
@@ -360,6 +370,7 @@ impl Metrics {
                 &["evaluator", "type"],
             )?,
             judge_spend_usd,
+            judge_budget_usd,
             judge_circuit_open,
             judge_latency_seconds,
             script_reloads: counter_vec(

@@ -7,6 +7,8 @@ pub mod detect;
 pub mod replay;
 pub mod series;
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::config::Segment;
@@ -40,6 +42,10 @@ pub struct DriftConfig {
     /// (`POST /drift/ack`); 0 waits for the acknowledgement.
     #[serde(default = "default_rebaseline")]
     pub rebaseline_after_seconds: f64,
+    /// Pass rates below which an evaluator's quality is too low, whatever its baseline: served
+    /// as `evalstream_pass_rate_floor{evaluator}` for the `EvalstreamPassRateLow` alert.
+    #[serde(default)]
+    pub pass_rate_floors: BTreeMap<String, f64>,
 }
 
 fn default_max_segment_values() -> usize {
@@ -72,6 +78,7 @@ impl Default for DriftConfig {
             warmup: default_warmup(),
             min_std: default_min_std(),
             rebaseline_after_seconds: default_rebaseline(),
+            pass_rate_floors: BTreeMap::new(),
         }
     }
 }
@@ -97,6 +104,18 @@ impl DriftConfig {
         }
         if !(self.min_std.is_finite() && self.min_std > 0.0) {
             return Err("drift.min_std: must be a positive number".into());
+        }
+        for (name, floor) in &self.pass_rate_floors {
+            if !names.contains(&name.as_str()) {
+                return Err(format!(
+                    "drift.pass_rate_floors.{name}: no evaluator is named `{name}`"
+                ));
+            }
+            if !(0.0..=1.0).contains(floor) {
+                return Err(format!(
+                    "drift.pass_rate_floors.{name}: must be between 0 and 1, not {floor}"
+                ));
+            }
         }
         if self.max_series == 0 || self.max_segment_values == 0 {
             return Err("drift.max_series and drift.max_segment_values: must be at least 1".into());

@@ -38,6 +38,7 @@ pub struct Drift {
     dropped: AtomicU64,
     alarms: AtomicU64,
     rebaseline_after: Option<u64>,
+    floors: Vec<(String, f64)>,
     descs: Vec<Desc>,
 }
 
@@ -53,7 +54,7 @@ pub struct SavedSeries {
 }
 
 /// The metric families the collector produces: (name, help).
-const FAMILIES: [(&str, &str); 8] = [
+const FAMILIES: [(&str, &str); 9] = [
     (
         "evalstream_score_drift",
         "1 while the series' scores have drifted in this direction (until acknowledged or re-baselined), else 0.",
@@ -80,6 +81,10 @@ const FAMILIES: [(&str, &str); 8] = [
         "Scores of series beyond drift.max_series, not watched.",
     ),
     ("evalstream_drift_alarms_total", "Drift alarms raised."),
+    (
+        "evalstream_pass_rate_floor",
+        "The configured pass-rate floor of an evaluator (drift.pass_rate_floors).",
+    ),
 ];
 
 impl Drift {
@@ -122,6 +127,11 @@ impl Drift {
             alarms: AtomicU64::new(0),
             rebaseline_after: (config.rebaseline_after_seconds > 0.0)
                 .then(|| config.rebaseline_after_seconds.ceil() as u64),
+            floors: config
+                .pass_rate_floors
+                .iter()
+                .map(|(n, f)| (n.clone(), *f))
+                .collect(),
             descs,
         })
     }
@@ -401,6 +411,9 @@ impl Collector for Drift {
             &[],
             self.alarms.load(Ordering::Relaxed) as f64,
         ));
+        for (name, floor) in &self.floors {
+            families[8].push(gauge(&["evaluator"], &[name.as_str()], &[], *floor));
+        }
         FAMILIES
             .iter()
             .zip(families)

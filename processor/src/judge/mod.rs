@@ -172,6 +172,18 @@ impl JudgeService {
                 .judge_circuit_open
                 .with_label_values(&[e.name.as_str()])
                 .set(0);
+            for (period, budget) in [
+                ("hour", c.budget_usd_per_hour),
+                ("day", c.budget_usd_per_day),
+            ] {
+                if let Some(budget) = budget {
+                    output
+                        .metrics
+                        .judge_budget_usd
+                        .with_label_values(&[e.name.as_str(), period])
+                        .set(budget);
+                }
+            }
             let (tx, rx) = mpsc::channel(c.max_queued);
             runtime.spawn(dispatch(endpoint.clone(), rx, evaluators.clone()));
             endpoints.push(Some(endpoint));
