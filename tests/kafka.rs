@@ -265,6 +265,39 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
+/// An HTTP request without a body over loopback: the status and the body (de-chunked).
+fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some((status, body.to_owned()));
+    }
+    let mut rest = body;
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            break;
+        }
+        out.push_str(tail.get(..size)?);
+        rest = tail.get(size + 2..)?;
+    }
+    Some((status, out))
+}
+
 fn producer(broker: &str) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", broker)
@@ -1811,4 +1844,221 @@ fn a_long_judge_outage_leaves_the_cheap_scorers_and_commits_running() {
     );
     let (code, stderr) = worker.terminate();
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// One chat span per message, a refusal with probability `refusals(i)` for message `i`.
+fn refusal_stream(count: usize, refusals: impl Fn(usize) -> f64) -> Vec<Outgoing> {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..count)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let refused = ((seed >> 11) as f64 / (1u64 << 53) as f64) < refusals(i);
+            let answer = if refused {
+                "I'm sorry, but I can't help with that request."
+            } else {
+                "The Eiffel Tower is 330 metres tall."
+            };
+            let mut trace_id = vec![0u8; 16];
+            trace_id[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            trace_id[8..].copy_from_slice(&seed.to_be_bytes());
+            let span = Span {
+                trace_id: trace_id.clone(),
+                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                name: "chat gpt-4o".into(),
+                start_time_unix_nano: 1_800_000_000_000_000_000,
+                end_time_unix_nano: 1_800_000_001_000_000_000,
+                attributes: vec![
+                    otlp::kv_str("gen_ai.operation.name", "chat"),
+                    otlp::kv_str("gen_ai.request.model", "gpt-4o"),
+                    otlp::kv_str("gen_ai.completion.0.role", "assistant"),
+                    otlp::kv_str("gen_ai.completion.0.content", answer),
+                ],
+                ..Default::default()
+            };
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![span],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            (Some(otlp::hex(&trace_id)), request.encode_to_vec())
+        })
+        .collect()
+}
+
+/// A Prometheus server scraping one worker every second, with evalstream's alert rules.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, worker_port: u16, stream: &str) -> Prometheus {
+        let port = free_port();
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/prometheus/evalstream.rules.yaml")
+            .canonicalize()
+            .unwrap();
+        let config = dir.join("prometheus.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: evalstream\n    static_configs:\n      - targets: [\"127.0.0.1:{worker_port}\"]\n        labels: {{ stream: {stream} }}\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus is installed (scripts/install-prometheus.sh)");
+        let prometheus = Prometheus { child, port };
+        wait_for(Duration::from_secs(30), "Prometheus is ready", || {
+            http(port, "GET", "/-/ready").is_some_and(|(status, _)| status == 200)
+        });
+        prometheus
+    }
+
+    /// The result vector of an instant query.
+    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let url = format!(
+            "/api/v1/query?query={}",
+            promql
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        );
+        let (_, body) = http(self.port, "GET", &url).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        json["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs one stream through a worker scraped by Prometheus; returns once every message is
+/// evaluated and Prometheus has scraped the final state, with both still running.
+fn drift_run(name: &str, stream: &[Outgoing]) -> (Worker, Prometheus, PathBuf) {
+    let dir = temp_dir(name);
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    produce(&address, "input", stream);
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &address,
+        "g",
+        Encoding::OtlpProto,
+        "",
+        "evaluators: [ { type: refusal } ]\ndrift: { evaluators: [refusal], segments: [model], warmup: 200, false_alarm_budget: 10000000 }",
+    );
+    let prometheus = Prometheus::start(&dir, worker.metrics_port, name);
+    wait_for(Duration::from_secs(60), "every message evaluated", || {
+        worker.metric("evalstream_messages_consumed_total") == Some(stream.len() as f64)
+            && worker.metric("evalstream_in_flight_messages") == Some(0.0)
+    });
+    // Prometheus holds the final state once it sees every score (scrapes and rules run every
+    // second; leave a few rounds).
+    let scores = format!("evalstream_evaluation_results_total{{stream=\"{name}\"}}");
+    wait_for(
+        Duration::from_secs(30),
+        "Prometheus scraped every score",
+        || {
+            let total: f64 = prometheus
+                .query(&format!("sum({scores})"))
+                .first()
+                .and_then(|r| r["value"][1].as_str()?.parse().ok())
+                .unwrap_or(0.0);
+            total == stream.len() as f64
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // The mock cluster's lock is released here; the worker has nothing left to read.
+    (worker, prometheus, dir)
+}
+
+#[test]
+fn a_falling_pass_rate_fires_the_drift_alert_in_prometheus_and_a_stable_one_does_not() {
+    let alerts = |prometheus: &Prometheus| -> Vec<serde_json::Value> {
+        prometheus.query("max_over_time(ALERTS{alertname=\"EvalstreamScoreDrift\"}[10m])")
+    };
+    // Stable: 10% refusals throughout, 1,600 answers.
+    let (worker, prometheus, _) = drift_run("stable", &refusal_stream(1_600, |_| 0.1));
+    let watched = prometheus.query("evalstream_score_drift{stream=\"stable\"}");
+    assert_eq!(watched.len(), 2, "both directions are watched: {watched:?}");
+    assert!(
+        prometheus
+            .query("evalstream_score_warming_up{stream=\"stable\"} == 0")
+            .len()
+            == 1,
+        "the series is past its warm-up"
+    );
+    assert_eq!(
+        alerts(&prometheus),
+        Vec::<serde_json::Value>::new(),
+        "no alert on a stable stream"
+    );
+    drop((worker, prometheus));
+
+    // Falling: 10% refusals for 600 answers, then half of them refusals.
+    let stream = refusal_stream(1_600, |i| if i < 600 { 0.1 } else { 0.5 });
+    let (worker, prometheus, _) = drift_run("falling", &stream);
+    wait_for(Duration::from_secs(30), "the drift alert fires", || {
+        prometheus
+            .query("ALERTS{alertname=\"EvalstreamScoreDrift\",alertstate=\"firing\"}")
+            .len()
+            == 1
+    });
+    let firing = &alerts(&prometheus)[0]["metric"];
+    assert_eq!(firing["evaluator"], "refusal");
+    assert_eq!(firing["model"], "gpt-4o");
+    assert_eq!(
+        firing["direction"], "down",
+        "more refusals: the refusal pass rate fell"
+    );
+    assert_eq!(firing["stream"], "falling");
+    // The worker's own view agrees, and an acknowledgement lowers the flag: the series learns
+    // a new baseline and the alert resolves.
+    let (_, listing) = http(worker.metrics_port, "GET", "/drift").unwrap();
+    assert!(listing.contains("\"status\":\"drifted\""), "{listing}");
+    assert_eq!(worker.metric("evalstream_drift_alarms_total"), Some(1.0));
+    let (status, body) = http(
+        worker.metrics_port,
+        "POST",
+        "/drift/ack?evaluator=refusal&model=gpt-4o",
+    )
+    .unwrap();
+    assert_eq!((status, body.as_str()), (200, "{\"acknowledged\":1}"));
+    let (status, body) = http(worker.metrics_port, "POST", "/drift/ack?team=a").unwrap();
+    assert_eq!(status, 400, "{body}");
+    wait_for(Duration::from_secs(30), "the alert resolves", || {
+        prometheus
+            .query("ALERTS{alertname=\"EvalstreamScoreDrift\"}")
+            .is_empty()
+    });
 }
