@@ -116,53 +116,64 @@ fn solve_dense(a: &mut [f64], n: usize) -> Vec<f64> {
     x
 }
 
-/// A Bernoulli CUSUM's steps: `up` with probability `p_up`, else `−down` (both positive).
-#[derive(Debug, Clone, Copy)]
-pub struct BernoulliSteps {
-    /// The step on the outcome that points to the change.
-    pub up: f64,
-    /// The size of the step on the other outcome.
-    pub down: f64,
-    /// The in-control probability of the up-step.
-    pub p_up: f64,
-}
+/// Work allowed per ARL evaluation of a chain (states × cells of the largest fall × cells of
+/// the largest rise, the cost of the banded elimination).
+const CHAIN_WORK: f64 = 5e6;
 
-/// Grid states at most: bounds the work per ARL evaluation (the system is banded, so the work
-/// is states × the two steps in grid units).
-const MAX_STATES: f64 = 20_000.0;
-
-/// A lower bound on the ARL₀ of `S = max(0, S ± step)` alarming at `S ≥ h`.
-pub fn bernoulli_arl(steps: BernoulliSteps, h: f64) -> f64 {
+/// A lower bound on the ARL₀ of the CUSUM `S = max(0, S + X)` alarming at `S ≥ h`, where `X`
+/// takes the value `steps[j].0` with probability `steps[j].1` (the probabilities sum to 1).
+///
+/// `S` is put on a grid and every step is rounded up to whole cells, so the chain's `S` is never
+/// below the real one and its ARL₀ never above: thresholds from it keep their budget.
+pub fn chain_arl(steps: &[(f64, f64)], h: f64) -> f64 {
     if h <= 0.0 {
         return 1.0;
     }
-    // Up to 8 cells per smaller step; one when the steps differ a lot (a rare outcome's large
-    // step against a frequent one's small step), so the band stays narrow.
-    let smaller = steps.up.min(steps.down);
-    let ratio = steps.up.max(steps.down) / smaller.max(1e-12);
-    let cells = if ratio > 16.0 { 1.0 } else { 8.0 };
-    let delta = (smaller / cells).max(h / MAX_STATES);
-    let up = (steps.up / delta).ceil().max(1.0) as usize;
-    let down = (steps.down / delta).floor() as usize;
-    let n = (h / delta).ceil() as usize;
-    if down == 0 {
-        // Down-steps below the grid: never decreasing, alarms after about h/up up-steps.
-        return (n as f64 / up as f64).ceil() / steps.p_up.max(1e-12);
+    let rise = steps.iter().map(|s| s.0).fold(0.0f64, f64::max);
+    let fall = steps.iter().map(|s| -s.0).fold(0.0f64, f64::max);
+    if rise <= 0.0 {
+        return f64::INFINITY;
     }
-    // Banded system (I − Q) x = 1: row i has 1 on the diagonal, −p_up at i + up (if below n)
-    // and −(1 − p_up) at max(i − down, 0). Stored with `down` sub- and `up` super-diagonals.
-    let lower = down;
-    let upper = up;
+    // Up to 8 cells for the smallest step, fewer when the work would be too much.
+    let smallest = steps
+        .iter()
+        .map(|s| s.0.abs())
+        .filter(|&a| a > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let delta = (smallest / 8.0)
+        .max((h * rise * fall.max(smallest) / CHAIN_WORK).cbrt())
+        .max(h / 50_000.0);
+    let n = (h / delta).ceil() as usize;
+    let cells: Vec<(i64, f64)> = steps
+        .iter()
+        .filter(|s| s.1 > 0.0)
+        .map(|&(x, p)| ((x / delta).ceil() as i64, p))
+        .collect();
+    let upper = cells.iter().map(|c| c.0.max(0) as usize).max().unwrap_or(0);
+    let lower = cells
+        .iter()
+        .map(|c| (-c.0).max(0) as usize)
+        .max()
+        .unwrap_or(0);
+    if cells.iter().all(|c| c.0 >= 0) {
+        // Never falls: the chain moves up with the probability of a positive step.
+        let p_rise: f64 = cells.iter().filter(|c| c.0 > 0).map(|c| c.1).sum();
+        let per_rise = cells.iter().map(|c| c.0).max().unwrap_or(1).max(1) as f64;
+        return (n as f64 / per_rise).ceil() / p_rise.max(1e-12);
+    }
+    // Banded system (I − Q) x = 1 over states 0..n (n and above absorb: the alarm), stored with
+    // `lower` sub- and `upper` super-diagonals.
     let width = lower + upper + 1;
     let mut band = vec![0.0; n * width];
     let at = |row: usize, col: usize| row * width + (col + lower - row);
     for i in 0..n {
         band[at(i, i)] += 1.0;
-        if i + up < n {
-            band[at(i, i + up)] -= steps.p_up;
+        for &(cell, p) in &cells {
+            let to = i as i64 + cell;
+            if to < n as i64 {
+                band[at(i, to.max(0) as usize)] -= p;
+            }
         }
-        let to = i.saturating_sub(down);
-        band[at(i, to)] -= 1.0 - steps.p_up;
     }
     let mut b = vec![1.0; n];
     // Elimination without pivoting: I − Q of a transient chain is an M-matrix.
@@ -193,9 +204,34 @@ pub fn bernoulli_arl(steps: BernoulliSteps, h: f64) -> f64 {
     x[0]
 }
 
-/// The Bernoulli CUSUM threshold with ARL₀ at least `arl`.
-pub fn bernoulli_threshold(steps: BernoulliSteps, arl: f64) -> f64 {
-    invert(arl, 0.0, 4.0, |h| bernoulli_arl(steps, h))
+/// The CUSUM threshold with ARL₀ at least `arl` for these steps.
+pub fn chain_threshold(steps: &[(f64, f64)], arl: f64) -> f64 {
+    invert(arl, 0.0, 4.0, |h| chain_arl(steps, h))
+}
+
+/// ARL₀ of a two-sided EWMA chart `E = (1 − λ) E + λ Z`, starting at 0, alarming when `|E|`
+/// exceeds `limit`, for `Z` taking `dist[j].0` with probability `dist[j].1`.
+pub fn ewma_chain_arl(dist: &[(f64, f64)], lambda: f64, limit: f64) -> f64 {
+    const CELLS: usize = 151;
+    let width = 2.0 * limit / CELLS as f64;
+    let mut matrix = vec![0.0; CELLS * CELLS];
+    for i in 0..CELLS {
+        let from = (1.0 - lambda) * (-limit + (i as f64 + 0.5) * width);
+        matrix[i * CELLS + i] += 1.0;
+        for &(z, p) in dist {
+            let to = ((from + lambda * z + limit) / width).floor();
+            if (0.0..CELLS as f64).contains(&to) {
+                matrix[i * CELLS + to as usize] -= p;
+            }
+        }
+    }
+    let arl = solve_dense(&mut matrix, CELLS);
+    arl[CELLS / 2]
+}
+
+/// The EWMA limit with ARL₀ at least `arl` for this distribution of `Z`.
+pub fn ewma_chain_limit(dist: &[(f64, f64)], lambda: f64, arl: f64) -> f64 {
+    invert(arl, 0.0, 0.5, |limit| ewma_chain_arl(dist, lambda, limit))
 }
 
 #[cfg(test)]
@@ -280,20 +316,19 @@ mod tests {
     #[test]
     fn the_bernoulli_chain_bounds_the_simulated_arl_from_below() {
         let (p0, p1) = (0.1f64, 0.15f64);
-        let steps = BernoulliSteps {
-            up: (p1 / p0).ln(),
-            down: -((1.0 - p1) / (1.0 - p0)).ln(),
-            p_up: p0,
-        };
+        let steps = [
+            ((p1 / p0).ln(), p0),
+            (((1.0 - p1) / (1.0 - p0)).ln(), 1.0 - p0),
+        ];
         let target = 2000.0;
-        let h = bernoulli_threshold(steps, target);
+        let h = chain_threshold(&steps, target);
         let simulated = simulated_arl(
             600,
             |s| {
                 if uniform(s) < p0 {
-                    steps.up
+                    steps[0].0
                 } else {
-                    -steps.down
+                    steps[1].0
                 }
             },
             h,
@@ -304,5 +339,33 @@ mod tests {
         );
         // Lorden's bound ARL₀ ≥ e^h is far more conservative.
         assert!(h < target.ln());
+    }
+
+    #[test]
+    fn the_chains_agree_with_the_normal_approximations_on_normal_steps() {
+        // N(0, 1) on 41 points.
+        let points: Vec<(f64, f64)> = (0..41)
+            .map(|i| {
+                let z = -4.0 + 0.2 * f64::from(i);
+                (z, normal_cdf(z + 0.1) - normal_cdf(z - 0.1))
+            })
+            .collect();
+        let total: f64 = points.iter().map(|p| p.1).sum();
+        let dist: Vec<(f64, f64)> = points.iter().map(|&(z, p)| (z, p / total)).collect();
+        let k = 0.25;
+        let steps: Vec<(f64, f64)> = dist.iter().map(|&(z, p)| (z - k, p)).collect();
+        let (chain, siegmund) = (
+            chain_threshold(&steps, 10_000.0),
+            cusum_threshold(k, 10_000.0),
+        );
+        assert!(
+            (chain / siegmund - 1.0).abs() < 0.1,
+            "{chain} vs {siegmund}"
+        );
+        let (chain, markov) = (
+            ewma_chain_limit(&dist, 0.05, 10_000.0),
+            ewma_limit(0.05, 10_000.0),
+        );
+        assert!((chain / markov - 1.0).abs() < 0.05, "{chain} vs {markov}");
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::calibrate::{self, BernoulliSteps};
+use super::calibrate;
 
 /// A pass/fail stream's design shift: the failure odds multiplied (down) or divided (up) by this.
 /// 1.6 turns a 10% failure rate into 15%.
@@ -39,6 +39,20 @@ pub const EWMA_LAMBDA: f64 = 0.05;
 pub const CLIP: f64 = 4.0;
 /// The baseline learns from at most this many warm-ups' worth of scores.
 pub const BASELINE_CAP: u64 = 20;
+/// Every detector's ARL₀ target is the budget share times this (see [`Params`]).
+pub const ARL_MARGIN: f64 = 1.0;
+/// The share of a standard normal mixed into a baseline's distribution for calibration.
+const NORMAL_SHARE: f64 = 0.05;
+/// Distinct values (or bins) a baseline keeps of its scores' distribution.
+const MAX_BINS: usize = 64;
+
+/// A numeric series' thresholds: the CUSUMs' and the EWMA chart's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct NumericThresholds {
+    h_down: f64,
+    h_up: f64,
+    limit: f64,
+}
 
 /// Which way a score moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,35 +83,75 @@ pub struct Params {
     pub warmup: u64,
     /// Floor on the baseline standard deviation (and, squared, on a pass/fail failure rate).
     pub min_std: f64,
-    cusum_h: f64,
-    ewma_limit: f64,
+    /// Multiplies every detector's target ARL₀: room for what the calibration cannot see (a
+    /// baseline estimated from few scores).
+    margin: f64,
     /// Bernoulli thresholds by (failure rate in thousandths, direction): the chain is solved once
     /// per rate.
     bernoulli: Mutex<HashMap<(u32, Direction), f64>>,
 }
 
 impl Params {
-    /// Computes the numeric thresholds for a budget (three detectors share it).
+    /// Settings for a budget.
     pub fn new(budget: f64, warmup: u64, min_std: f64) -> Params {
-        let per_detector = 3.0 * budget;
         Params {
             budget,
             warmup: warmup.max(2),
             min_std,
-            cusum_h: calibrate::cusum_threshold(CUSUM_K, per_detector),
-            ewma_limit: calibrate::ewma_limit(EWMA_LAMBDA, per_detector),
+            margin: ARL_MARGIN,
             bernoulli: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The numeric CUSUM threshold and EWMA limit.
-    pub fn numeric_thresholds(&self) -> (f64, f64) {
-        (self.cusum_h, self.ewma_limit)
+    /// The numeric detectors' thresholds for the baseline's own distribution of standardized
+    /// scores (three detectors share the budget). A small share of normal scores is mixed in, so
+    /// tails a warm-up has not shown yet still count.
+    fn numeric(&self, baseline: &Baseline) -> NumericThresholds {
+        let (mean, sd) = (baseline.mean, baseline.std().max(self.min_std));
+        let n = baseline.n.max(1) as f64;
+        let mut dist: Vec<(f64, f64)> = baseline
+            .values
+            .iter()
+            .map(|&(v, count)| {
+                let z = ((v - mean) / sd).clamp(-CLIP, CLIP);
+                (z, (1.0 - NORMAL_SHARE) * count as f64 / n)
+            })
+            .collect();
+        let normal: Vec<(f64, f64)> = (0..=40)
+            .map(|i| {
+                let z = -CLIP + 0.2 * f64::from(i);
+                (
+                    z,
+                    calibrate::normal_cdf(z + 0.1) - calibrate::normal_cdf(z - 0.1),
+                )
+            })
+            .collect();
+        let total: f64 = normal.iter().map(|p| p.1).sum();
+        dist.extend(normal.iter().map(|&(z, p)| (z, NORMAL_SHARE * p / total)));
+        let target = self.margin * 3.0 * self.budget;
+        let down: Vec<(f64, f64)> = dist.iter().map(|&(z, p)| (-z - CUSUM_K, p)).collect();
+        let up: Vec<(f64, f64)> = dist.iter().map(|&(z, p)| (z - CUSUM_K, p)).collect();
+        // One score moves a CUSUM by at most CLIP − k: never enough alone.
+        let floor = 2.0 * (CLIP - CUSUM_K);
+        NumericThresholds {
+            h_down: calibrate::chain_threshold(&down, target).max(floor),
+            h_up: calibrate::chain_threshold(&up, target).max(floor),
+            limit: calibrate::ewma_chain_limit(&dist, EWMA_LAMBDA, target)
+                .max(2.0 * EWMA_LAMBDA * CLIP),
+        }
     }
 
     /// A Bernoulli CUSUM for a baseline and direction (two share the budget).
     fn bernoulli(&self, baseline: &Baseline, direction: Direction) -> BernoulliCusum {
-        let fail_rate = 1.0 - baseline.pass_rate();
+        // The baseline rate is an estimate: each direction is watched from the edge of its
+        // standard error that is furthest from the change it looks for, so an estimate that is
+        // off by chance does not read as a shift (most felt right after the warm-up).
+        let estimate = 1.0 - baseline.pass_rate();
+        let se = (estimate * (1.0 - estimate) / baseline.n.max(1) as f64).sqrt();
+        let fail_rate = match direction {
+            Direction::Down => estimate + se,
+            Direction::Up => estimate - se,
+        };
         let rarer = match direction {
             Direction::Down => baseline.passes,
             Direction::Up => baseline.n - baseline.passes,
@@ -115,18 +169,7 @@ impl Params {
         let p1 = odds1 / (1.0 + odds1);
         let on_fail = (p1 / p0).ln();
         let on_pass = ((1.0 - p1) / (1.0 - p0)).ln();
-        let steps = match direction {
-            Direction::Down => BernoulliSteps {
-                up: on_fail,
-                down: -on_pass,
-                p_up: p0,
-            },
-            Direction::Up => BernoulliSteps {
-                up: on_pass,
-                down: -on_fail,
-                p_up: 1.0 - p0,
-            },
-        };
+        let steps = [(on_fail, p0), (on_pass, 1.0 - p0)];
         let key = (key_rate as u32, direction);
         let cached = self
             .bernoulli
@@ -135,9 +178,9 @@ impl Params {
             .get(&key)
             .copied();
         let h = cached.unwrap_or_else(|| {
-            let h = calibrate::bernoulli_threshold(steps, 2.0 * self.budget)
+            let h = calibrate::chain_threshold(&steps, self.margin * 2.0 * self.budget)
                 // One score alone never alarms.
-                .max(2.0 * steps.up);
+                .max(2.0 * on_fail.abs().max(on_pass.abs()));
             self.bernoulli
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -166,6 +209,9 @@ pub struct Baseline {
     pub passes: u64,
     /// Whether every score was 0 or 1 and agreed with `passed`.
     pub binary: bool,
+    /// The scores' distribution: distinct values with counts, the closest merged past
+    /// [`MAX_BINS`] (a streaming histogram: exact for scores on a small scale).
+    values: Vec<(f64, u64)>,
 }
 
 impl Baseline {
@@ -183,6 +229,25 @@ impl Baseline {
         self.m2 += d * (value - self.mean);
         self.passes += u64::from(passed);
         self.binary &= (value == 1.0 && passed) || (value == 0.0 && !passed);
+        match self.values.binary_search_by(|b| b.0.total_cmp(&value)) {
+            Ok(i) => self.values[i].1 += 1,
+            Err(i) => {
+                self.values.insert(i, (value, 1));
+                if self.values.len() > MAX_BINS {
+                    // Merge the two closest neighbours into their weighted mean.
+                    let j = (0..self.values.len() - 1)
+                        .min_by(|&a, &b| {
+                            let gap = |k: usize| self.values[k + 1].0 - self.values[k].0;
+                            gap(a).total_cmp(&gap(b))
+                        })
+                        .unwrap_or(0);
+                    let ((v1, c1), (v2, c2)) = (self.values[j], self.values[j + 1]);
+                    let c = c1 + c2;
+                    self.values[j] = ((v1 * c1 as f64 + v2 * c2 as f64) / c as f64, c);
+                    self.values.remove(j + 1);
+                }
+            }
+        }
     }
 
     /// The standard deviation.
@@ -242,6 +307,9 @@ enum Watch {
         down: f64,
         up: f64,
         ewma: f64,
+        thresholds: NumericThresholds,
+        /// Baseline size at the last calibration.
+        calibrated_at: u64,
     },
 }
 
@@ -358,27 +426,37 @@ impl SeriesState {
                         }
                         alarm
                     }
-                    Watch::Numeric { down, up, ewma } => {
-                        let (h, limit) = params.numeric_thresholds();
+                    Watch::Numeric {
+                        down,
+                        up,
+                        ewma,
+                        thresholds,
+                        calibrated_at,
+                    } => {
+                        let t = *thresholds;
                         let sd = baseline.std().max(params.min_std);
                         let z = ((value - baseline.mean) / sd).clamp(-CLIP, CLIP);
                         *down = (*down - z - CUSUM_K).max(0.0);
                         *up = (*up + z - CUSUM_K).max(0.0);
                         *ewma = (1.0 - EWMA_LAMBDA) * *ewma + EWMA_LAMBDA * z;
-                        let alarm = if *down >= h || *ewma <= -limit {
+                        let alarm = if *down >= t.h_down || *ewma <= -t.limit {
                             Some(Direction::Down)
-                        } else if *up >= h || *ewma >= limit {
+                        } else if *up >= t.h_up || *ewma >= t.limit {
                             Some(Direction::Up)
                         } else {
                             None
                         };
                         if alarm.is_none()
-                            && *down < h / 2.0
-                            && *up < h / 2.0
-                            && ewma.abs() < limit / 2.0
+                            && *down < t.h_down / 2.0
+                            && *up < t.h_up / 2.0
+                            && ewma.abs() < t.limit / 2.0
                             && baseline.n < BASELINE_CAP * params.warmup
                         {
                             baseline.add(value, passed);
+                            if baseline.n >= 2 * *calibrated_at {
+                                *thresholds = params.numeric(baseline);
+                                *calibrated_at = baseline.n;
+                            }
                         }
                         alarm
                     }
@@ -406,6 +484,8 @@ impl SeriesState {
                 down: 0.0,
                 up: 0.0,
                 ewma: 0.0,
+                thresholds: params.numeric(&self.baseline),
+                calibrated_at: self.baseline.n,
             }
         }
     }
@@ -444,7 +524,7 @@ impl SeriesState {
     }
 
     /// The detectors' statistics as fractions of their thresholds.
-    pub fn statistics(&self, params: &Params) -> Vec<Statistic> {
+    pub fn statistics(&self) -> Vec<Statistic> {
         let Phase::Watching(watch) = &self.phase else {
             return Vec::new();
         };
@@ -458,15 +538,18 @@ impl SeriesState {
                 stat("bernoulli_cusum", Direction::Down, down.s / down.h),
                 stat("bernoulli_cusum", Direction::Up, up.s / up.h),
             ],
-            Watch::Numeric { down, up, ewma } => {
-                let (h, limit) = params.numeric_thresholds();
-                vec![
-                    stat("cusum", Direction::Down, down / h),
-                    stat("cusum", Direction::Up, up / h),
-                    stat("ewma", Direction::Down, (-ewma / limit).max(0.0)),
-                    stat("ewma", Direction::Up, (ewma / limit).max(0.0)),
-                ]
-            }
+            Watch::Numeric {
+                down,
+                up,
+                ewma,
+                thresholds: t,
+                ..
+            } => vec![
+                stat("cusum", Direction::Down, down / t.h_down),
+                stat("cusum", Direction::Up, up / t.h_up),
+                stat("ewma", Direction::Down, (-ewma / t.limit).max(0.0)),
+                stat("ewma", Direction::Up, (ewma / t.limit).max(0.0)),
+            ],
         }
     }
 }

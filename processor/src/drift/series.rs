@@ -380,7 +380,7 @@ impl Collector for Drift {
                     &[("stat", "pass_rate")],
                     baseline.pass_rate(),
                 ));
-                for s in state.statistics(&self.params) {
+                for s in state.statistics() {
                     families[3].push(gauge(
                         &names,
                         &values,
