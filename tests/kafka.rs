@@ -37,6 +37,10 @@ fn mock_setup() -> (
     for topic in ["input", "output", "dlq"] {
         cluster.create_topic(topic, 2, 1).unwrap();
     }
+    // The mock broker does not serve CreateTopics: the drift state topic is made here.
+    cluster
+        .create_topic("evalstream_drift_state", 1, 1)
+        .unwrap();
     (guard, cluster)
 }
 
@@ -201,7 +205,10 @@ telemetry:
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_evalstream"))
             .args(["run", "--config", config.to_str().unwrap()])
-            .env("EVALSTREAM_LOG", "warn,evalstream::kafka=trace")
+            .env(
+                "EVALSTREAM_LOG",
+                "warn,evalstream::kafka=trace,evalstream::drift=debug,evalstream::run=info",
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -2061,4 +2068,63 @@ fn a_falling_pass_rate_fires_the_drift_alert_in_prometheus_and_a_stable_one_does
             .query("ALERTS{alertname=\"EvalstreamScoreDrift\"}")
             .is_empty()
     });
+}
+
+#[test]
+fn drift_baselines_survive_a_restart_through_the_state_topic() {
+    let dir = temp_dir("drift-state");
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let drift = "evaluators: [ { type: refusal } ]\ndrift: { segments: [model], warmup: 200, false_alarm_budget: 10000000, state_interval_seconds: 1 }";
+    produce(&address, "input", &refusal_stream(400, |_| 0.1));
+    let first = Worker::start_configured(&dir, "w1", &address, "g", Encoding::OtlpProto, "", drift);
+    wait_for(
+        Duration::from_secs(60),
+        "the stable stream is evaluated",
+        || {
+            first.metric("evalstream_messages_consumed_total") == Some(400.0)
+                && first.metric("evalstream_in_flight_messages") == Some(0.0)
+        },
+    );
+    let (code, stderr) = first.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    let saved = read_topic(
+        &address,
+        "evalstream_drift_state",
+        Duration::from_secs(10),
+        |r| !r.is_empty(),
+    );
+    assert!(
+        !saved.is_empty(),
+        "the series' state was written on the way out"
+    );
+
+    // A new worker of the group starts with the learned baseline: the series is watched at
+    // once, before any new score.
+    let second =
+        Worker::start_configured(&dir, "w2", &address, "g", Encoding::OtlpProto, "", drift);
+    let status = || {
+        http(second.metrics_port, "GET", "/drift")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v.as_array()?.first().cloned())
+    };
+    wait_for(Duration::from_secs(30), "the series is restored", || {
+        status().is_some()
+    });
+    let series = status().unwrap();
+    assert_eq!(series["status"], "watching", "{series}");
+    assert_eq!(series["segments"]["model"], "gpt-4o");
+    assert!(
+        series["baseline"]["scores"].as_u64().unwrap() >= 200,
+        "{series}"
+    );
+    // Half refusals from now on: against the restored baseline this is a drift. (Learning a
+    // baseline afresh from these scores would have raised nothing.)
+    produce(&address, "input", &refusal_stream(300, |_| 0.5));
+    wait_for(
+        Duration::from_secs(60),
+        "the restored series raises the alarm",
+        || second.metric("evalstream_drift_alarms_total") == Some(1.0),
+    );
+    assert_eq!(status().unwrap()["direction"], "down");
 }

@@ -170,6 +170,7 @@ fn pipeline(
     drop(work_rx);
 
     let done = Arc::new(AtomicBool::new(false));
+    let drift_state = start_drift_state(config, &receiver, &metrics, &done)?;
     let reloader = crate::reload::start(&worker.judge.evaluators, &metrics, &done)?;
     let helper = {
         let sink = sink.clone();
@@ -205,9 +206,65 @@ fn pipeline(
     }
     done.store(true, Ordering::Release);
     let _ = helper.join();
+    if let Some(writer) = drift_state {
+        let _ = writer.join();
+    }
     if let Some(reloader) = reloader {
         let _ = reloader.join();
     }
     info!("stopped");
     Ok(())
+}
+
+/// Restores the drift series from their state topic and starts writing them back, when drift
+/// detection and its state topic are configured. Stops (after a last write) once `done` is set.
+fn start_drift_state(
+    config: &Config,
+    receiver: &crate::config::KafkaReceiver,
+    metrics: &Metrics,
+    done: &Arc<AtomicBool>,
+) -> anyhow::Result<Option<thread::JoinHandle<()>>> {
+    let (Some(drift_config), Some(drift)) = (&config.drift, metrics.drift()) else {
+        return Ok(None);
+    };
+    let Some(topic) = &drift_config.state_topic else {
+        return Ok(None);
+    };
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", receiver.brokers.join(","));
+    // Only the connection settings of the receiver's client apply to this small client.
+    const CONNECTION: [&str; 8] = [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "socket.",
+        "broker.",
+        "client.",
+        "metadata.",
+        "api.version",
+    ];
+    for (k, v) in &receiver.client {
+        if CONNECTION.iter().any(|prefix| k.starts_with(prefix)) {
+            client.set(k, v);
+        }
+    }
+    let state = crate::drift::state::StateTopic {
+        client,
+        topic: topic.clone(),
+        group: receiver.group_id.clone(),
+    };
+    state.ensure();
+    match state.load(drift, Duration::from_secs(30)) {
+        Ok(n) => info!(series = n, topic = %topic, "drift baselines restored"),
+        Err(e) => {
+            warn!(error = %e, topic = %topic, "cannot read the drift state; baselines start afresh")
+        }
+    }
+    let interval = Duration::from_secs_f64(drift_config.state_interval_seconds);
+    Ok(Some(crate::drift::state::start_writer(
+        state,
+        drift.clone(),
+        interval,
+        done.clone(),
+    )?))
 }

@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod detect;
 pub mod replay;
 pub mod series;
+pub mod state;
 
 use std::collections::BTreeMap;
 
@@ -46,6 +47,13 @@ pub struct DriftConfig {
     /// as `evalstream_pass_rate_floor{evaluator}` for the `EvalstreamPassRateLow` alert.
     #[serde(default)]
     pub pass_rate_floors: BTreeMap<String, f64>,
+    /// The compacted topic that keeps the series' baselines across restarts (on the input
+    /// brokers; created compacted when missing); `null` keeps them in memory only.
+    #[serde(default = "default_state_topic")]
+    pub state_topic: Option<String>,
+    /// How often changed series are written to the state topic.
+    #[serde(default = "default_state_interval")]
+    pub state_interval_seconds: f64,
 }
 
 fn default_max_segment_values() -> usize {
@@ -66,6 +74,12 @@ fn default_min_std() -> f64 {
 fn default_rebaseline() -> f64 {
     3_600.0
 }
+fn default_state_topic() -> Option<String> {
+    Some("evalstream_drift_state".into())
+}
+fn default_state_interval() -> f64 {
+    30.0
+}
 
 impl Default for DriftConfig {
     fn default() -> Self {
@@ -79,6 +93,8 @@ impl Default for DriftConfig {
             min_std: default_min_std(),
             rebaseline_after_seconds: default_rebaseline(),
             pass_rate_floors: BTreeMap::new(),
+            state_topic: default_state_topic(),
+            state_interval_seconds: default_state_interval(),
         }
     }
 }
@@ -116,6 +132,14 @@ impl DriftConfig {
                     "drift.pass_rate_floors.{name}: must be between 0 and 1, not {floor}"
                 ));
             }
+        }
+        if !(self.state_interval_seconds.is_finite() && self.state_interval_seconds > 0.0) {
+            return Err("drift.state_interval_seconds: must be a positive number".into());
+        }
+        if self.state_topic.as_deref() == Some("") {
+            return Err(
+                "drift.state_topic: give a topic name, or null to keep state in memory".into(),
+            );
         }
         if self.max_series == 0 || self.max_segment_values == 0 {
             return Err("drift.max_series and drift.max_segment_values: must be at least 1".into());
