@@ -8,18 +8,21 @@
 //! - **numeric scores**: the scores standardized by the baseline mean and standard deviation
 //!   (floored at `min_std`, so a near-constant evaluator's one odd score is not a shift; clipped
 //!   at ±[`CLIP`] so one outlier cannot be either), watched by a two-sided CUSUM with reference
-//!   [`CUSUM_K`] and an EWMA chart with weight [`EWMA_LAMBDA`] (the CUSUM is quicker on
-//!   persistent small shifts, the EWMA on gradual ones).
+//!   [`CUSUM_K`] (quickest on a step change) and an EWMA chart with weight [`EWMA_LAMBDA`] (on a
+//!   slow slide).
 //!
 //! Every detector's threshold comes from the false-alarm budget (expected stable samples between
-//! false alarms of the series), split evenly between its detectors ([`super::calibrate`]), so
-//! thresholds are never configured by hand. One sample alone can never cross a threshold.
+//! false alarms of the series), shared between its detectors, and from the series' own score
+//! distribution ([`super::calibrate`]): scores on a 1–5 scale are skewed and discrete, and
+//! thresholds made for normal data let them alarm three times too often. Thresholds are never
+//! configured by hand, and one sample alone can never cross one.
 //!
-//! The baseline keeps learning from scores while every detector is below half its threshold, up
-//! to [`BASELINE_CAP`] warm-ups' worth, so its estimate sharpens (a baseline from 500 scores is
-//! noisy enough to cost false alarms) without absorbing a shift in progress. After an alarm the
-//! series stays drifted, its flag up, until acknowledged or `rebaseline_after` passes; then it
-//! learns a new baseline.
+//! A baseline is an estimate, and one from 500 scores is noisy enough to cost false alarms: each
+//! detector allows for its standard error, against the direction it watches, and the baseline
+//! keeps learning from scores while every detector is below half its threshold, up to
+//! [`BASELINE_CAP`] warm-ups' worth, re-calibrating as it doubles (without absorbing a shift in
+//! progress). After an alarm the series stays drifted, its flag up, until acknowledged or
+//! `rebaseline_after` passes; then it learns a new baseline.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,8 +34,9 @@ use super::calibrate;
 /// A pass/fail stream's design shift: the failure odds multiplied (down) or divided (up) by this.
 /// 1.6 turns a 10% failure rate into 15%.
 pub const FAIL_ODDS_RATIO: f64 = 1.6;
-/// The numeric CUSUM's reference: half the design shift of 0.5 standard deviations.
-pub const CUSUM_K: f64 = 0.25;
+/// The numeric CUSUM's reference: half the design shift of 0.4 standard deviations (a 1–5 judge
+/// score moving by 0.3 is about that).
+pub const CUSUM_K: f64 = 0.2;
 /// The EWMA chart's weight of each new score.
 pub const EWMA_LAMBDA: f64 = 0.05;
 /// Standardized scores are clipped to ±this.
@@ -41,6 +45,9 @@ pub const CLIP: f64 = 4.0;
 pub const BASELINE_CAP: u64 = 20;
 /// Every detector's ARL₀ target is the budget share times this (see [`Params`]).
 pub const ARL_MARGIN: f64 = 1.0;
+/// The shares of a numeric series' false-alarm budget: each CUSUM's and the EWMA chart's.
+const CUSUM_SHARE: f64 = 0.45;
+const EWMA_SHARE: f64 = 0.1;
 /// The share of a standard normal mixed into a baseline's distribution for calibration.
 const NORMAL_SHARE: f64 = 0.05;
 /// Distinct values (or bins) a baseline keeps of its scores' distribution.
@@ -128,7 +135,8 @@ impl Params {
             .collect();
         let total: f64 = normal.iter().map(|p| p.1).sum();
         dist.extend(normal.iter().map(|&(z, p)| (z, NORMAL_SHARE * p / total)));
-        let target = self.margin * 3.0 * self.budget;
+        // The CUSUMs take most of the budget; the EWMA, slower on a step change, a tenth.
+        let target = self.margin * self.budget / CUSUM_SHARE;
         let down: Vec<(f64, f64)> = dist.iter().map(|&(z, p)| (-z - CUSUM_K, p)).collect();
         let up: Vec<(f64, f64)> = dist.iter().map(|&(z, p)| (z - CUSUM_K, p)).collect();
         // One score moves a CUSUM by at most CLIP − k: never enough alone.
@@ -136,7 +144,7 @@ impl Params {
         NumericThresholds {
             h_down: calibrate::chain_threshold(&down, target).max(floor),
             h_up: calibrate::chain_threshold(&up, target).max(floor),
-            limit: calibrate::ewma_chain_limit(&dist, EWMA_LAMBDA, target)
+            limit: calibrate::ewma_chain_limit(&dist, EWMA_LAMBDA, self.budget / EWMA_SHARE)
                 .max(2.0 * EWMA_LAMBDA * CLIP),
         }
     }
@@ -436,8 +444,11 @@ impl SeriesState {
                         let t = *thresholds;
                         let sd = baseline.std().max(params.min_std);
                         let z = ((value - baseline.mean) / sd).clamp(-CLIP, CLIP);
-                        *down = (*down - z - CUSUM_K).max(0.0);
-                        *up = (*up + z - CUSUM_K).max(0.0);
+                        // The baseline mean is an estimate (standard error 1/√n in these
+                        // units): each CUSUM allows for it being off against its direction.
+                        let k = CUSUM_K + 1.0 / (baseline.n as f64).sqrt();
+                        *down = (*down - z - k).max(0.0);
+                        *up = (*up + z - k).max(0.0);
                         *ewma = (1.0 - EWMA_LAMBDA) * *ewma + EWMA_LAMBDA * z;
                         let alarm = if *down >= t.h_down || *ewma <= -t.limit {
                             Some(Direction::Down)
