@@ -1940,8 +1940,13 @@ impl Prometheus {
         prometheus
     }
 
-    /// The result vector of an instant query.
+    /// The result vector of an instant query (empty on error).
     fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        self.try_query(promql).unwrap_or_default()
+    }
+
+    /// The result vector of an instant query, or Prometheus' error.
+    fn try_query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
         let url = format!(
             "/api/v1/query?query={}",
             promql
@@ -1952,12 +1957,15 @@ impl Prometheus {
                 })
                 .collect::<String>()
         );
-        let (_, body) = http(self.port, "GET", &url).unwrap_or_default();
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        json["data"]["result"]
+        let (_, body) = http(self.port, "GET", &url).ok_or("no answer")?;
+        let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if json["status"] != "success" {
+            return Err(format!("{}: {}", json["errorType"], json["error"]));
+        }
+        Ok(json["data"]["result"]
             .as_array()
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 }
 
@@ -2018,6 +2026,12 @@ fn a_falling_pass_rate_fires_the_drift_alert_in_prometheus_and_a_stable_one_does
     let (worker, prometheus, _) = drift_run("stable", &refusal_stream(1_600, |_| 0.1));
     let watched = prometheus.query("evalstream_score_drift{stream=\"stable\"}");
     assert_eq!(watched.len(), 2, "both directions are watched: {watched:?}");
+    let statistics = prometheus.query("evalstream_score_drift_statistic{stream=\"stable\"} < 1");
+    assert_eq!(
+        statistics.len(),
+        2,
+        "two Bernoulli CUSUMs, below their thresholds"
+    );
     assert!(
         prometheus
             .query("evalstream_score_warming_up{stream=\"stable\"} == 0")
@@ -2051,6 +2065,37 @@ fn a_falling_pass_rate_fires_the_drift_alert_in_prometheus_and_a_stable_one_does
     assert_eq!(firing["stream"], "falling");
     // The worker's own view agrees, and an acknowledgement lowers the flag: the series learns
     // a new baseline and the alert resolves.
+    // Every query of the Grafana dashboard is valid PromQL against these series, and its drift
+    // panels show this drift.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/evalstream.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut answered = HashMap::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$evaluator", ".*")
+                .replace("$__rate_interval", "1m");
+            let result = prometheus
+                .try_query(&expr)
+                .unwrap_or_else(|e| panic!("{}: {expr}: {e}", panel["title"]));
+            *answered
+                .entry(panel["title"].as_str().unwrap().to_owned())
+                .or_insert(0) += result.len();
+        }
+    }
+    assert_eq!(answered["Drifted series"], 1, "{answered:?}");
+    assert!(
+        answered["Baseline and recent pass rate"] >= 2,
+        "{answered:?}"
+    );
+    assert!(answered["Pass rate by evaluator"] >= 1, "{answered:?}");
     let (_, listing) = http(worker.metrics_port, "GET", "/drift").unwrap();
     assert!(listing.contains("\"status\":\"drifted\""), "{listing}");
     assert_eq!(worker.metric("evalstream_drift_alarms_total"), Some(1.0));
