@@ -15,7 +15,7 @@ scripts/install-prometheus.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 echo "== alert rules (promtool check and unit tests)"
-(cd deploy/prometheus && promtool check rules evalstream.rules.yaml && promtool test rules evalstream.rules.test.yaml)
+(cd deploy/prometheus && promtool check config prometheus.yaml && promtool test rules evalstream.rules.test.yaml)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -303,7 +303,9 @@ fn the_example_deployment_config_validates() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        said.contains("14 evaluators") && said.contains("127.0.0.1:9092"),
+        said.contains("14 evaluators")
+            && said.contains("127.0.0.1:9092")
+            && said.contains("drift on every evaluator by model, prompt_version"),
         "{said}"
     );
 }

@@ -516,6 +516,17 @@ impl fmt::Display for Config {
         if let Some(m) = &self.telemetry.metrics {
             write!(f, "; metrics on {}", m.listen)?;
         }
+        if let Some(d) = &self.drift {
+            let evaluators = d
+                .evaluators
+                .as_ref()
+                .map_or_else(|| "every evaluator".to_owned(), |e| e.join(", "));
+            let segments: Vec<&str> = d.segments.iter().map(|s| s.label()).collect();
+            write!(f, "; drift on {evaluators}")?;
+            if !segments.is_empty() {
+                write!(f, " by {}", segments.join(", "))?;
+            }
+        }
         Ok(())
     }
 }

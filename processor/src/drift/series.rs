@@ -54,7 +54,7 @@ pub struct SavedSeries {
 }
 
 /// The metric families the collector produces: (name, help).
-const FAMILIES: [(&str, &str); 9] = [
+const FAMILIES: [(&str, &str); 10] = [
     (
         "evalstream_score_drift",
         "1 while the series' scores have drifted in this direction (until acknowledged or re-baselined), else 0.",
@@ -84,6 +84,10 @@ const FAMILIES: [(&str, &str); 9] = [
     (
         "evalstream_pass_rate_floor",
         "The configured pass-rate floor of an evaluator (drift.pass_rate_floors).",
+    ),
+    (
+        "evalstream_drift_scores_total",
+        "Scores the series has seen.",
     ),
 ];
 
@@ -349,6 +353,7 @@ impl Collector for Drift {
                 let values: Vec<&str> = std::iter::once(name.as_str())
                     .chain(key.iter().map(String::as_str))
                     .collect();
+                families[9].push(gauge(&names, &values, &[], state.count as f64));
                 let warming = state.warming_up();
                 families[4].push(gauge(&names, &values, &[], f64::from(u8::from(warming))));
                 let (recent_mean, recent_pass) = state.recent();
@@ -433,7 +438,7 @@ impl Collector for Drift {
                         .map(|m| {
                             let mut c = prometheus::proto::Counter::default();
                             c.set_value(m.get_gauge().get_value());
-                            let mut counter = Metric::default();
+                            let mut counter = Metric::from_label(m.get_label().to_vec());
                             counter.set_counter(c);
                             counter
                         })
@@ -548,6 +553,14 @@ mod tests {
         assert_eq!(
             gauge_of(&drift, "evalstream_drift_alarms_total", &[]),
             Some(1.0)
+        );
+        assert_eq!(
+            gauge_of(
+                &drift,
+                "evalstream_drift_scores_total",
+                &[("model", "claude-x")]
+            ),
+            Some(2_000.0)
         );
         let err = drift
             .acknowledge(None, &[("route".into(), "/chat".into())])
