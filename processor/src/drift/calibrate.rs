@@ -33,7 +33,7 @@ fn invert(target: f64, mut low: f64, mut high: f64, arl: impl Fn(f64) -> f64) ->
         } else {
             low = mid;
         }
-        if high - low < 1e-4 * high.max(1e-9) {
+        if high - low < 1e-3 * high.max(1e-9) {
             break;
         }
     }
