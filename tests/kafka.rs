@@ -220,6 +220,12 @@ telemetry:
         }
     }
 
+    /// As [`Worker::start_configured`] in group `g` on protobuf input, with the evaluators and
+    /// other top-level sections given.
+    fn start_with_sections(dir: &Path, name: &str, broker: &str, top_extra: &str) -> Worker {
+        Worker::start_configured(dir, name, broker, "g", Encoding::OtlpProto, "", top_extra)
+    }
+
     fn metric(&self, name: &str) -> Option<f64> {
         let body = http_get(self.metrics_port, "/metrics")?;
         body.lines()
@@ -977,6 +983,15 @@ fn finish_and_count_dead_letters(worker: &Worker, messages: usize) -> usize {
 }
 
 /// The committed offset of every partition of `topic` for `group`, next to its high watermark.
+/// Offsets the group committed on the two partitions of `input`, summed (an uncommitted
+/// partition counts 0).
+fn committed_total(broker: &str, group: &str) -> i64 {
+    committed_vs_end(broker, group, "input", 2)
+        .iter()
+        .map(|(c, _)| (*c).max(0))
+        .sum()
+}
+
 fn committed_vs_end(broker: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
@@ -1233,13 +1248,10 @@ fn a_trace_split_across_messages_is_judged_whole_once_complete() {
     let (trace_id, parts) = rag_trace_parts();
     let key = otlp::hex(&trace_id);
     let dir = temp_dir("trace-assembly");
-    let worker = Worker::start_configured(
+    let worker = Worker::start_with_sections(
         &dir,
         "w",
         &address,
-        "g",
-        Encoding::OtlpProto,
-        "",
         "evaluators:\n  - type: citations\n  - type: refusal\ntraces: { quiet_seconds: 1, max_wait_seconds: 20 }",
     );
     // Out of order and across messages, a little apart: the answer cites a document whose
@@ -1366,22 +1378,17 @@ fn a_revoked_partitions_buffered_traces_are_judged_and_committed_before_handover
     let dir = temp_dir("trace-revoke");
     let top =
         "evaluators:\n  - type: citations\ntraces: { quiet_seconds: 1, max_wait_seconds: 600 }";
-    let first = Worker::start_configured(&dir, "a", &address, "g", Encoding::OtlpProto, "", top);
+    let first = Worker::start_with_sections(&dir, "a", &address, top);
     wait_for(
         Duration::from_secs(60),
         "every rootless trace is buffered",
         || first.metric("evalstream_traces_buffered") == Some(messages.len() as f64),
     );
     // A second worker joins: the first gives up its partitions, judging what it buffered.
-    let second = Worker::start_configured(&dir, "b", &address, "g", Encoding::OtlpProto, "", top);
+    let second = Worker::start_with_sections(&dir, "b", &address, top);
     let deadline = Instant::now() + Duration::from_secs(60);
     // Summed over partitions: tansu's reported high watermarks can lag, the count produced cannot.
-    let committed = || -> i64 {
-        committed_vs_end(&address, "g", "input", 2)
-            .iter()
-            .map(|(c, _)| (*c).max(0))
-            .sum()
-    };
+    let committed = || -> i64 { committed_total(&address, "g") };
     while committed() != messages.len() as i64 {
         assert!(
             Instant::now() < deadline,
@@ -1444,13 +1451,10 @@ fn a_rejected_trace_output_goes_to_the_dead_letter_topic_itself() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
     let dir = temp_dir("rejected-trace-output");
-    let worker = Worker::start_configured(
+    let worker = Worker::start_with_sections(
         &dir,
         "w",
         &address,
-        "g",
-        Encoding::OtlpProto,
-        "",
         "evaluators: [{type: citations}, {type: tool_args}]\ntraces: { quiet_seconds: 0.2 }",
     );
     let dead_letters = finish_and_count_dead_letters(&worker, 100);
@@ -1493,13 +1497,10 @@ fn an_edited_script_is_reloaded_while_the_worker_runs() {
     let dir = temp_dir("script-reload");
     let script = dir.join("answer_words.rhai");
     std::fs::write(&script, "fn score(span) { 1 }").unwrap();
-    let worker = Worker::start_configured(
+    let worker = Worker::start_with_sections(
         &dir,
         "w",
         &address,
-        "g",
-        Encoding::OtlpProto,
-        "",
         &format!(
             "evaluators: [{{type: rhai, name: words, script: \"{}\"}}]",
             script.display()
@@ -1579,13 +1580,10 @@ fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
     let (requests, messages) = loadgen_messages(20, 97_000);
     produce(&address, "input", &messages);
     let dir = temp_dir("judge");
-    let worker = Worker::start_configured(
+    let worker = Worker::start_with_sections(
         &dir,
         "w",
         &address,
-        "g",
-        Encoding::OtlpProto,
-        "",
         &format!(
             "evaluators:\n  - type: refusal\n  - type: llm_judge\n    name: tox\n    template: toxicity\n    endpoint: {url}\n    model: judge-model\n    api_key: sk-test\n    max_concurrency: 4\n    max_retries: 3"
         ),
@@ -1660,10 +1658,7 @@ fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
     });
     let (code, _) = worker.terminate();
     assert_eq!(code, Some(0));
-    let committed: i64 = committed_vs_end(&address, "g", "input", 2)
-        .iter()
-        .map(|(c, _)| (*c).max(0))
-        .sum();
+    let committed = committed_total(&address, "g");
     assert_eq!(
         committed,
         messages.len() as i64,
@@ -1721,13 +1716,10 @@ fn a_judge_gated_on_grounding_is_called_only_where_grounding_is_low() {
     );
     produce(&address, "input", &messages);
     let dir = temp_dir("cascade");
-    let worker = Worker::start_configured(
+    let worker = Worker::start_with_sections(
         &dir,
         "w",
         &address,
-        "g",
-        Encoding::OtlpProto,
-        "",
         &format!(
             "evaluators: {evaluators}\ntraces: {{ quiet_seconds: 0.5, max_wait_seconds: 20 }}"
         ),
@@ -1753,10 +1745,7 @@ fn a_judge_gated_on_grounding_is_called_only_where_grounding_is_low() {
     assert!(!bodies.iter().any(|b| b.contains("330 metres tall [1]")));
     let (code, stderr) = worker.terminate();
     assert_eq!(code, Some(0), "{stderr}");
-    let committed: i64 = committed_vs_end(&address, "g", "input", 2)
-        .iter()
-        .map(|(c, _)| (*c).max(0))
-        .sum();
+    let committed = committed_total(&address, "g");
     assert_eq!(committed, messages.len() as i64);
 }
 
@@ -1770,13 +1759,10 @@ fn a_long_judge_outage_leaves_the_cheap_scorers_and_commits_running() {
     let dir = temp_dir("judge-outage");
     // One call at a time, so the breaker opens after exactly three failures; then a cooldown
     // far longer than the test.
-    let worker = Worker::start_configured(
+    let worker = Worker::start_with_sections(
         &dir,
         "w",
         &address,
-        "g",
-        Encoding::OtlpProto,
-        "",
         &format!(
             "evaluators:\n  - type: refusal\n  - type: llm_judge\n    name: tox\n    template: toxicity\n    endpoint: {url}\n    model: judge-model\n    max_concurrency: 1\n    max_retries: 0\n    breaker_failures: 3\n    breaker_cooldown_seconds: 3600"
         ),
@@ -1789,13 +1775,7 @@ fn a_long_judge_outage_leaves_the_cheap_scorers_and_commits_running() {
         wait_for(
             Duration::from_secs(60),
             &format!("round {round}: every input committed while the judge is down"),
-            || {
-                committed_vs_end(&address, "g", "input", 2)
-                    .iter()
-                    .map(|(c, _)| (*c).max(0))
-                    .sum::<i64>()
-                    == produced
-            },
+            || committed_total(&address, "g") == produced,
         );
     }
     assert_eq!(
@@ -1983,13 +1963,10 @@ fn drift_run(name: &str, stream: &[Outgoing]) -> (Worker, Prometheus, PathBuf) {
     let (_one_mock_at_a_time, cluster) = mock_setup();
     let address = cluster.bootstrap_servers();
     produce(&address, "input", stream);
-    let worker = Worker::start_configured(
+    let worker = Worker::start_with_sections(
         &dir,
         "w",
         &address,
-        "g",
-        Encoding::OtlpProto,
-        "",
         "evaluators: [ { type: refusal } ]\ndrift: { evaluators: [refusal], segments: [model], warmup: 200, false_alarm_budget: 10000000 }",
     );
     let prometheus = Prometheus::start(&dir, worker.metrics_port, name);
@@ -2122,7 +2099,7 @@ fn drift_baselines_survive_a_restart_through_the_state_topic() {
     let address = cluster.bootstrap_servers();
     let drift = "evaluators: [ { type: refusal } ]\ndrift: { segments: [model], warmup: 200, false_alarm_budget: 10000000, state_interval_seconds: 1 }";
     produce(&address, "input", &refusal_stream(400, |_| 0.1));
-    let first = Worker::start_configured(&dir, "w1", &address, "g", Encoding::OtlpProto, "", drift);
+    let first = Worker::start_with_sections(&dir, "w1", &address, drift);
     wait_for(
         Duration::from_secs(60),
         "the stable stream is evaluated",
@@ -2146,8 +2123,7 @@ fn drift_baselines_survive_a_restart_through_the_state_topic() {
 
     // A new worker of the group starts with the learned baseline: the series is watched at
     // once, before any new score.
-    let second =
-        Worker::start_configured(&dir, "w2", &address, "g", Encoding::OtlpProto, "", drift);
+    let second = Worker::start_with_sections(&dir, "w2", &address, drift);
     let status = || {
         http(second.metrics_port, "GET", "/drift")
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
