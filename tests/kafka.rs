@@ -227,7 +227,7 @@ telemetry:
     }
 
     fn metric(&self, name: &str) -> Option<f64> {
-        let body = http_get(self.metrics_port, "/metrics")?;
+        let (_, body) = http(self.metrics_port, "GET", "/metrics")?;
         body.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -262,20 +262,6 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::Write as _;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
 }
 
 /// An HTTP request without a body over loopback: the status and the body (de-chunked).
@@ -718,7 +704,7 @@ fn sigkill_scenario(address: &str, dir_name: &str, traces: u64, kill_at_outputs:
     // Let it finish: nothing in flight, and its lag (from librdkafka's statistics) at zero.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let body = http_get(second.metrics_port, "/metrics").unwrap_or_default();
+        let (_, body) = http(second.metrics_port, "GET", "/metrics").unwrap_or_default();
         let lags: Vec<f64> = body
             .lines()
             .filter(|l| l.starts_with("evalstream_consumer_lag_messages{"))
@@ -875,7 +861,7 @@ fn two_workers_in_one_group_share_the_partitions() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while [&a, &b]
         .iter()
-        .any(|w| http_get(w.metrics_port, "/readyz").is_none_or(|r| !r.contains("200 OK")))
+        .any(|w| http(w.metrics_port, "GET", "/readyz").is_none_or(|(status, _)| status != 200))
     {
         assert!(Instant::now() < deadline, "workers did not become ready");
         std::thread::sleep(Duration::from_millis(100));
@@ -923,7 +909,7 @@ fn the_worker_rides_out_a_broker_outage() {
 
     cluster.broker_down(1).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(worker.metrics_port, "/readyz").is_some_and(|r| r.contains("200 OK")) {
+    while http(worker.metrics_port, "GET", "/readyz").is_some_and(|(status, _)| status == 200) {
         assert!(
             Instant::now() < deadline,
             "/readyz stayed ready while no broker was reachable"
@@ -948,7 +934,7 @@ fn the_worker_rides_out_a_broker_outage() {
         "every evaluation arrives after the broker comes back"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !http_get(worker.metrics_port, "/readyz").is_some_and(|r| r.contains("200 OK")) {
+    while http(worker.metrics_port, "GET", "/readyz").is_none_or(|(status, _)| status != 200) {
         assert!(Instant::now() < deadline, "/readyz did not recover");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -545,12 +545,7 @@ impl EvaluatorSet {
         for e in &self.evaluators {
             if !e.when.is_empty() && e.applies(span, trace) {
                 let made = &out[first..];
-                let refused = e.when.refuses(|index| {
-                    let name = self.evaluators.get(index)?.name.as_str();
-                    made.iter()
-                        .find(|m| m.evaluator == name)
-                        .map(|m| &m.outcome)
-                });
+                let refused = e.when.refuses(|index| self.outcome_among(made, index));
                 if let Some(skip) = refused {
                     out.push(e.evaluation(span, skip));
                     continue;
@@ -558,6 +553,19 @@ impl EvaluatorSet {
             }
             out.extend(e.run_in(span, trace));
         }
+    }
+
+    /// The outcome of the evaluator at `index` among the evaluations `made` on one span, if it
+    /// made one: what a cascade's condition is decided on.
+    pub fn outcome_among<'m>(
+        &self,
+        made: &'m [Evaluation<'_>],
+        index: usize,
+    ) -> Option<&'m Outcome> {
+        let name = self.evaluators.get(index)?.name.as_str();
+        made.iter()
+            .find(|m| m.evaluator == name)
+            .map(|m| &m.outcome)
     }
 
     /// Whether any evaluator needs whole traces.

@@ -200,10 +200,7 @@ impl Judge {
             if let Some((_, evaluation)) = elsewhere.iter().find(|(j, _)| *j == i) {
                 return evaluation.as_ref().map(|m| &m.outcome);
             }
-            let name = all[i].name.as_str();
-            made.iter()
-                .find(|m| m.evaluator == name)
-                .map(|m| &m.outcome)
+            self.evaluators.outcome_among(made, i)
         })
     }
 
