@@ -197,6 +197,7 @@ exporters:
     client: {{ enable.idempotence: "false" }}
 telemetry:
   metrics: {{ listen: "127.0.0.1:{metrics_port}" }}
+  admin_token: {ADMIN_TOKEN}
 {top_extra}
 "#
             ),
@@ -264,14 +265,18 @@ impl Drop for Worker {
     }
 }
 
-/// An HTTP request without a body over loopback: the status and the body (de-chunked).
+/// The workers' `telemetry.admin_token`, which [`http`] sends.
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// An HTTP request without a body over loopback, with the admin token: the status and the body
+/// (de-chunked).
 fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Write as _;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
@@ -2134,4 +2139,215 @@ fn drift_baselines_survive_a_restart_through_the_state_topic() {
         || second.metric("evalstream_drift_alarms_total") == Some(1.0),
     );
     assert_eq!(status().unwrap()["direction"], "down");
+}
+
+// Hardening (issue 13): hostile and oversized inputs must not stop commits or lose evaluations.
+
+/// librdkafka's mock broker with only the given topics (two partitions each), under the lock.
+fn mock_with_topics(
+    topics: &[&str],
+) -> (
+    std::sync::MutexGuard<'static, ()>,
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) {
+    let guard = MOCK_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in topics {
+        cluster.create_topic(topic, 2, 1).unwrap();
+    }
+    (guard, cluster)
+}
+
+/// Produces with the given extra producer properties.
+fn produce_with(broker: &str, topic: &str, messages: &[Outgoing], properties: &[(&str, &str)]) {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", broker)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "false");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let p: ThreadedProducer<DefaultProducerContext> = config.create().unwrap();
+    for (key, payload) in messages {
+        let mut r: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// An undecodable 1.5 MB record could not be dead-lettered (its copy was over the producer's
+/// 1,000,000-byte limit): it stayed pending, commits stopped at it for good, and every restart
+/// replayed everything after it.
+#[test]
+fn an_oversized_bad_record_is_dead_lettered_truncated_and_commits_pass_it() {
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let (requests, mut messages) = loadgen_messages(20, 90_000);
+    // 0xff opens a field of wire type 7, which protobuf does not have: undecodable.
+    let garbage: Vec<u8> = (0..1_500_000u32).map(|i| 0x80 | (i % 97) as u8).collect();
+    let mut garbage = garbage;
+    garbage[0] = 0xff;
+    messages.insert(5, (Some("huge".into()), garbage.clone()));
+    produce_with(
+        &address,
+        "input",
+        &messages,
+        &[("message.max.bytes", "2000000")],
+    );
+    let dir = temp_dir("oversized-dead-letter");
+    let worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_outputs(&set, &requests);
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        output_span_ids(r).into_iter().collect::<HashSet<_>>().len() >= expected.len()
+    });
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    assert!(
+        expected.keys().all(|k| got.contains(k)),
+        "evaluations missing"
+    );
+    let dead = read_topic(&address, "dlq", Duration::from_secs(30), |r| !r.is_empty());
+    assert_eq!(dead.len(), 1);
+    let letter = &dead[0];
+    assert_eq!(letter.key.as_deref(), Some("huge"));
+    assert_eq!(letter.headers["evalstream.error.type"], "decode");
+    assert_eq!(letter.headers["evalstream.source.size"], "1500000");
+    assert_eq!(letter.headers["evalstream.dead_letter.truncated"], "true");
+    assert!(letter.headers.contains_key("evalstream.source.offset"));
+    assert!(
+        letter.payload.len() < 1_000_000 && letter.payload.len() > 900_000,
+        "{}",
+        letter.payload.len()
+    );
+    assert_eq!(letter.payload[..], garbage[..letter.payload.len()]);
+    // Every offset is committed, past the bad record.
+    wait_for(Duration::from_secs(30), "commits pass the record", || {
+        committed_total(&address, "g") == messages.len() as i64
+    });
+    assert_eq!(
+        worker.metric("evalstream_undeliverable_messages_total"),
+        Some(0.0)
+    );
+    let (code, stderr) = worker.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A valid trace with 300 LLM spans made one 1.21 MB output record: the producer refused it, all
+/// 1,500 evaluations were lost and the input was dead-lettered.
+#[test]
+fn a_trace_with_300_llm_spans_gets_every_evaluation_in_records_under_the_limit() {
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let templates = loadgen::templates().unwrap();
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    // The corpus trace whose chat span yields the most evaluator spans, its chat span repeated.
+    let (mut request, chat) = templates
+        .iter()
+        .filter_map(|t| {
+            let chat = span::spans(t)
+                .filter(|s| s.kind() == span::OperationKind::Chat)
+                .max_by_key(|s| {
+                    let mut e = Vec::new();
+                    set.evaluate(s, &mut e);
+                    e.iter().filter(|e| to_otlp::emits_span(e)).count()
+                })?
+                .raw()
+                .clone();
+            Some((t.clone(), chat))
+        })
+        .next()
+        .unwrap();
+    let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+    spans.clear();
+    for i in 0..300u64 {
+        let mut s = chat.clone();
+        s.span_id = (0x1000 + i).to_be_bytes().to_vec();
+        s.parent_span_id = Vec::new();
+        spans.push(s);
+    }
+    let expected = expected_outputs(&set, std::slice::from_ref(&request));
+    assert!(expected.len() >= 900, "{} evaluator spans", expected.len());
+    let key = otlp::hex(&chat.trace_id);
+    produce(&address, "input", &[(Some(key), request.encode_to_vec())]);
+    let dir = temp_dir("split-outputs");
+    let worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        count_spans(r) >= expected.len()
+    });
+    let whole: usize = records.iter().map(|r| r.payload.len()).sum();
+    assert!(
+        whole > 1_000_000,
+        "the evaluations need several records: {whole} bytes"
+    );
+    assert!(records.len() >= 2);
+    for r in &records {
+        assert!(
+            r.payload.len() < 1_000_000,
+            "a record of {} bytes",
+            r.payload.len()
+        );
+    }
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    let want: HashSet<Vec<u8>> = expected.keys().cloned().collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        worker.metric("evalstream_dlq_messages_total{reason=\"delivery\"}"),
+        None
+    );
+    wait_for(Duration::from_secs(30), "the input is committed", || {
+        committed_total(&address, "g") == 1
+    });
+}
+
+/// librdkafka was built with zlib only: a zstd batch from the collector ("Decompression … Not
+/// implemented") stalled its partition for ever while `/readyz` stayed 200.
+#[test]
+fn compressed_batches_in_every_codec_the_collector_writes_are_read() {
+    let (_one_mock_at_a_time, cluster) = mock_setup();
+    let address = cluster.bootstrap_servers();
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let mut all_requests = Vec::new();
+    for (i, codec) in ["zstd", "lz4", "snappy", "gzip"].into_iter().enumerate() {
+        let (requests, messages) = loadgen_messages(25, 100_000 + 1_000 * i as u64);
+        produce_with(&address, "input", &messages, &[("compression.type", codec)]);
+        all_requests.extend(requests);
+    }
+    let expected = expected_outputs(&set, &all_requests);
+    let dir = temp_dir("codecs");
+    let worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
+    let records = read_topic(&address, "output", Duration::from_secs(60), |r| {
+        output_span_ids(r).into_iter().collect::<HashSet<_>>().len() >= expected.len()
+    });
+    let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
+    assert_eq!(got, expected.keys().cloned().collect::<HashSet<_>>());
+    assert_eq!(worker.metric("evalstream_decode_errors_total"), Some(0.0));
+    let (status, body) = http(worker.metrics_port, "GET", "/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A subscription that can never be served (a missing topic) left `/readyz` at 200 while nothing
+/// was consumed, with the errors logged at debug.
+#[test]
+fn a_missing_input_topic_makes_readyz_say_why() {
+    let (_one_mock_at_a_time, cluster) = mock_with_topics(&["output", "dlq"]);
+    let address = cluster.bootstrap_servers();
+    let dir = temp_dir("missing-topic");
+    let worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
+    let mut last = None;
+    wait_for(
+        Duration::from_secs(30),
+        "readyz names the missing topic",
+        || {
+            last = http(worker.metrics_port, "GET", "/readyz");
+            last.as_ref().is_some_and(|(status, body)| {
+                *status == 503 && body.contains("not ready") && body.contains("nknown topic")
+            })
+        },
+    );
+    let log = std::fs::read_to_string(dir.join("w.log")).unwrap();
+    assert!(log.contains("WARN"), "the error is logged at warn: {log}");
 }

@@ -16,6 +16,7 @@ use evalstream_evaluators::otlp::Encoding;
 
 use crate::assembly::AssemblyConfig;
 use crate::drift::DriftConfig;
+use evalstream_evaluators::scorers::judge::Secret;
 use evalstream_evaluators::span::GenAiSpan;
 use evalstream_evaluators::spec::{self, BuildError, EvaluatorSpec};
 use serde::Deserialize;
@@ -160,6 +161,10 @@ pub struct Telemetry {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: Option<MetricsEndpoint>,
+    /// The bearer token the endpoint's one action (`POST /drift/ack`) needs (`${env:…}`);
+    /// without it the action is refused.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
 }
 
 /// `telemetry.metrics`.
@@ -175,6 +180,28 @@ pub struct MetricsEndpoint {
     /// Distinct values kept per segment label; later values are counted under `other`.
     #[serde(default = "default_max_segment_values")]
     pub max_segment_values: usize,
+    /// Connections served at once; past it, new ones wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_seconds: f64,
+    /// Bytes one `/metrics` answer may take; metric families past it are left out (and counted).
+    #[serde(default = "default_max_scrape_bytes")]
+    pub max_scrape_bytes: usize,
+}
+
+impl MetricsEndpoint {
+    /// The HTTP endpoint's limits, with the admin token.
+    pub fn limits(&self, admin_token: Option<&Secret>) -> crate::http::Limits {
+        crate::http::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_secs_f64(
+                self.header_read_timeout_seconds,
+            ),
+            admin_token: admin_token.cloned(),
+        }
+    }
 }
 
 /// A span property the score metrics can be split by. Only properties with a small, stable set
@@ -242,6 +269,15 @@ fn default_max_in_flight_bytes() -> usize {
 fn default_max_segment_values() -> usize {
     100
 }
+fn default_max_connections() -> usize {
+    64
+}
+fn default_header_read_timeout() -> f64 {
+    5.0
+}
+fn default_max_scrape_bytes() -> usize {
+    crate::metrics::DEFAULT_SCRAPE_BYTES
+}
 fn default_drain_timeout() -> f64 {
     30.0
 }
@@ -285,13 +321,39 @@ pub enum ConfigError {
         message: String,
     },
     /// An evaluator's options are invalid.
-    #[error("{path}: {source}")]
+    #[error("{path}: {message}")]
     Evaluator {
         /// The file.
         path: PathBuf,
-        /// Which evaluator, and why.
-        source: BuildError,
+        /// Which evaluator, and why (values from the environment not shown).
+        message: String,
     },
+}
+
+/// A value an `${env:…}` reference put in the configuration: error messages name the reference
+/// instead of showing it (an API key of digits once came back as `invalid type: integer
+/// 123456789012`).
+struct Substituted {
+    name: String,
+    /// How the value may appear in a message: as written, and as the scalar it was read as.
+    shown_as: Vec<String>,
+}
+
+/// Values shorter than this are not looked for in messages: too likely to match other text, and
+/// too short to be a credential.
+const MIN_HIDDEN_CHARS: usize = 4;
+
+/// `message` with every substituted value replaced by its reference.
+fn hide_substituted(message: &str, substituted: &[Substituted]) -> String {
+    let mut message = message.to_owned();
+    for s in substituted {
+        for shown in &s.shown_as {
+            if shown.chars().count() >= MIN_HIDDEN_CHARS && message.contains(shown.as_str()) {
+                message = message.replace(shown.as_str(), &format!("${{env:{}}}", s.name));
+            }
+        }
+    }
+    message
 }
 
 impl Config {
@@ -323,23 +385,27 @@ impl Config {
         if tree.is_null() {
             tree = Value::Object(Default::default());
         }
-        expand_env(&mut tree, &mut String::new(), env).map_err(|message| ConfigError::Env {
-            path: path.clone(),
-            message,
+        let mut substituted = Vec::new();
+        expand_env(&mut tree, &mut String::new(), env, &mut substituted).map_err(|message| {
+            ConfigError::Env {
+                path: path.clone(),
+                message,
+            }
         })?;
+        let hide = |message: &str| hide_substituted(message, &substituted);
         let config: Config =
             serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Invalid {
                 path: path.clone(),
-                message: spec::path_error(&e),
+                message: hide(&spec::path_error(&e)),
             })?;
         config.validate().map_err(|source| match source {
             Problem::Evaluator(source) => ConfigError::Evaluator {
                 path: path.clone(),
-                source,
+                message: hide(&source.to_string()),
             },
             Problem::Other(message) => ConfigError::Invalid {
                 path: path.clone(),
-                message,
+                message: hide(&message),
             },
         })?;
         Ok(config)
@@ -384,13 +450,41 @@ impl Config {
             let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
             drift.validate(&names).map_err(Problem::Other)?;
         }
-        if let Some(m) = &self.telemetry.metrics
-            && m.listen.parse::<std::net::SocketAddr>().is_err()
+        if let Some(m) = &self.telemetry.metrics {
+            if m.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Problem::Other(format!(
+                    "telemetry.metrics.listen: `{}` is not an address like 127.0.0.1:9464",
+                    m.listen
+                )));
+            }
+            if m.max_connections == 0 {
+                return Err(Problem::Other(
+                    "telemetry.metrics.max_connections: must be at least 1".into(),
+                ));
+            }
+            if !(m.header_read_timeout_seconds.is_finite()
+                && m.header_read_timeout_seconds > 0.0
+                && m.header_read_timeout_seconds <= 3600.0)
+            {
+                return Err(Problem::Other(
+                    "telemetry.metrics.header_read_timeout_seconds: a number of seconds above 0, at most 3600".into(),
+                ));
+            }
+            if m.max_scrape_bytes < 64 << 10 {
+                return Err(Problem::Other(
+                    "telemetry.metrics.max_scrape_bytes: at least 65536".into(),
+                ));
+            }
+        }
+        if self
+            .telemetry
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().len() < 16)
         {
-            return Err(Problem::Other(format!(
-                "telemetry.metrics.listen: `{}` is not an address like 127.0.0.1:9464",
-                m.listen
-            )));
+            return Err(Problem::Other(
+                "telemetry.admin_token: at least 16 characters (a random token, e.g. from `openssl rand -hex 16`)".into(),
+            ));
         }
         Ok(())
     }
@@ -406,12 +500,14 @@ fn expand_env(
     value: &mut Value,
     path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,
+    substituted: &mut Vec<Substituted>,
 ) -> Result<(), String> {
     match value {
         Value::String(s) if s.contains('$') => {
             let whole = whole_reference(s);
-            let expanded =
-                expand_str(s, env).map_err(|e| format!("{}: {e}", display_path(path)))?;
+            let before = substituted.len();
+            let expanded = expand_str(s, env, substituted)
+                .map_err(|e| format!("{}: {e}", display_path(path)))?;
             *value = match whole {
                 // A value that is one reference is typed like YAML would type it.
                 true => serde_saphyr::from_str::<Value>(&expanded)
@@ -420,12 +516,20 @@ fn expand_env(
                     .unwrap_or(Value::String(expanded)),
                 false => Value::String(expanded),
             };
+            // The scalar a whole reference was read as shows differently (`0123` as 123).
+            if whole
+                && substituted.len() > before
+                && let Some(last) = substituted.last_mut()
+                && !value.is_string()
+            {
+                last.shown_as.push(value.to_string());
+            }
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                expand_env(item, path, env)?;
+                expand_env(item, path, env, substituted)?;
                 path.truncate(len);
             }
         }
@@ -436,7 +540,7 @@ fn expand_env(
                     path.push('.');
                 }
                 path.push_str(key);
-                expand_env(item, path, env)?;
+                expand_env(item, path, env, substituted)?;
                 path.truncate(len);
             }
         }
@@ -453,7 +557,11 @@ fn whole_reference(s: &str) -> bool {
     s.starts_with("${env:") && s.ends_with('}') && s.matches("${").count() == 1
 }
 
-fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+fn expand_str(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    substituted: &mut Vec<Substituted>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(at) = rest.find('$') {
@@ -475,7 +583,13 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
                 return Err(format!("`${{env:{reference}}}` does not name a variable"));
             }
             match (env(name), default) {
-                (Some(v), _) => out.push_str(&v),
+                (Some(v), _) => {
+                    out.push_str(&v);
+                    substituted.push(Substituted {
+                        name: name.to_owned(),
+                        shown_as: vec![v],
+                    });
+                }
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => {
                     return Err(format!(
@@ -629,6 +743,31 @@ telemetry:
         assert!(err.contains("telemetry.metrics.listen"), "{err}");
         let err = parse("receivers: [oops\n").unwrap_err();
         assert!(err.contains("invalid YAML"), "{err}");
+    }
+
+    /// `invalid type: integer 123456789012` once showed an API key substituted from the
+    /// environment.
+    #[test]
+    fn config_errors_do_not_show_values_from_the_environment() {
+        let env = |name: &str| match name {
+            "DIGITS" => Some("123456789012".to_string()),
+            "TOKEN" => Some("s3cr3t-t0ken-value".to_string()),
+            _ => None,
+        };
+        let parse = |text: &str| {
+            Config::parse(text, Path::new("test.yaml"), &env)
+                .unwrap_err()
+                .to_string()
+        };
+        let typed = parse("receivers:\n  kafka:\n    group_id: ${env:DIGITS}\n");
+        assert!(!typed.contains("123456789012"), "{typed}");
+        assert!(typed.contains("${env:DIGITS}"), "{typed}");
+        let listen = parse("telemetry:\n  metrics: { listen: \"${env:TOKEN}\" }\n");
+        assert!(!listen.contains("s3cr3t"), "{listen}");
+        assert!(listen.contains("telemetry.metrics.listen"), "{listen}");
+        let evaluator = parse("evaluators:\n  - type: regex\n    pattern: '(${env:TOKEN}'\n");
+        assert!(!evaluator.contains("s3cr3t"), "{evaluator}");
+        assert!(evaluator.contains("evaluators[0] (regex)"), "{evaluator}");
     }
 
     #[test]

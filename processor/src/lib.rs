@@ -12,6 +12,7 @@ pub mod config;
 pub mod drift;
 pub mod eval;
 pub mod gate;
+pub mod http;
 pub mod judge;
 pub mod kafka;
 pub mod loadgen;

@@ -1,5 +1,4 @@
-//! The worker's Prometheus metrics, and the HTTP endpoint serving them with `/healthz` and
-//! `/readyz`.
+//! The worker's Prometheus metrics (served by [`crate::http`]).
 //!
 //! Every metric is named `evalstream_*`. Labels are bounded by configuration (evaluator names,
 //! outcomes, token types), by the topic's partitions, or by a cardinality cap ([`LabelCap`]) for
@@ -8,9 +7,9 @@
 //! Per-evaluator handles are resolved once at start-up, so without segments the hot path does no
 //! label hashing.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::Segment;
@@ -75,7 +74,39 @@ impl Segmented {
     }
 }
 
+/// Longest label value kept, in bytes. Model names, services, prompt versions and routes are
+/// short in practice (the longest model id in the built-in price table is under 50 bytes); a
+/// span can carry anything, though: 120 spans with 1 MiB model names made one scrape 11 GB. A
+/// longer value is cut and given a hash of the whole value, so distinct long values stay
+/// distinct series.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// A label value made safe to expose: control characters (newlines, escapes) become `_`, and a
+/// value longer than [`MAX_LABEL_BYTES`] is cut on a character boundary and ends in `~` and 16
+/// hex digits of its hash.
+pub fn label_value(value: &str) -> Cow<'_, str> {
+    if value.len() <= MAX_LABEL_BYTES && !value.chars().any(char::is_control) {
+        return Cow::Borrowed(value);
+    }
+    let printable = |c: char| if c.is_control() { '_' } else { c };
+    if value.len() <= MAX_LABEL_BYTES {
+        return Cow::Owned(value.chars().map(printable).collect());
+    }
+    let suffix = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
+    let room = MAX_LABEL_BYTES - suffix.len();
+    let mut out = String::with_capacity(MAX_LABEL_BYTES);
+    for c in value.chars().map(printable) {
+        if out.len() + c.len_utf8() > room {
+            break;
+        }
+        out.push(c);
+    }
+    out.push_str(&suffix);
+    Cow::Owned(out)
+}
+
 /// A set of label values that stops growing at a cap; later values share the label `other`.
+/// Values are made safe first ([`label_value`]), so what it keeps is bounded in bytes too.
 #[derive(Debug)]
 pub struct LabelCap {
     seen: Mutex<HashSet<String>>,
@@ -93,13 +124,14 @@ impl LabelCap {
 
     /// The label to use for `value`.
     pub fn label(&self, value: &str) -> String {
+        let value = label_value(value);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(value) {
-            return value.to_owned();
+        if seen.contains(value.as_ref()) {
+            return value.into_owned();
         }
         if seen.len() < self.max {
-            seen.insert(value.to_owned());
-            return value.to_owned();
+            seen.insert(value.to_string());
+            return value.into_owned();
         }
         "other".to_owned()
     }
@@ -181,7 +213,17 @@ pub struct Metrics {
     pub models: LabelCap,
     ready: AtomicBool,
     drift: OnceLock<Arc<Drift>>,
+    /// Why the input cannot make progress, when it cannot.
+    input_problem: Mutex<Option<String>>,
+    /// Bytes one scrape may take.
+    scrape_budget: AtomicUsize,
+    /// Metric families left out of scrapes for the budget.
+    scrape_dropped: IntCounter,
 }
+
+/// The default scrape budget: a worker with every segment on and the default caps stays far
+/// below it; Prometheus's own default `body_size_limit` is unlimited, so this is the guard.
+pub const DEFAULT_SCRAPE_BYTES: usize = 16 << 20;
 
 /// Registers the shared drift tracker with the registry (which takes a box).
 struct DriftCollector(Arc<Drift>);
@@ -491,6 +533,13 @@ impl Metrics {
             evaluators: per_evaluator,
             segmented,
             models: LabelCap::new(100),
+            input_problem: Mutex::new(None),
+            scrape_budget: AtomicUsize::new(DEFAULT_SCRAPE_BYTES),
+            scrape_dropped: counter(
+                &r,
+                "evalstream_scrape_families_dropped_total",
+                "Metric families left out of a scrape because it would pass the scrape budget.",
+            )?,
             registry: r,
             ready: AtomicBool::new(false),
             drift: OnceLock::new(),
@@ -545,111 +594,67 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// The metrics in Prometheus text format.
+    /// Reports a problem that keeps the input from making progress (a partition whose fetches
+    /// keep failing), or clears it with `None`: `/readyz` answers 503 with the reason meanwhile.
+    pub fn set_input_problem(&self, problem: Option<String>) {
+        *self.input_problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// Ready, or why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(problem) = &*self.input_problem.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(problem.clone());
+        }
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("no broker reachable or no assignment yet".into())
+        }
+    }
+
+    /// Caps the size of one scrape (see [`Metrics::render`]).
+    pub fn set_scrape_budget(&self, bytes: usize) {
+        self.scrape_budget.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// The metrics in Prometheus text format, at most the scrape budget: a family that would
+    /// pass it is left out whole (a partial family would read as series that vanished), logged,
+    /// counted in `evalstream_scrape_families_dropped_total` and named in a comment line. Label
+    /// values are bounded in length and number, so only a configuration that multiplies many
+    /// segments gets here; the budget keeps a scrape from taking the process down even then.
     pub fn render(&self) -> String {
+        let budget = self.scrape_budget.load(Ordering::Relaxed);
+        let encoder = TextEncoder::new();
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut family = Vec::new();
+        let mut dropped: Vec<String> = Vec::new();
+        for f in self.registry.gather() {
+            family.clear();
+            if encoder
+                .encode(std::slice::from_ref(&f), &mut family)
+                .is_err()
+            {
+                continue;
+            }
+            if out.len() + family.len() > budget {
+                dropped.push(f.name().to_owned());
+                continue;
+            }
+            out.extend_from_slice(&family);
+        }
+        if !dropped.is_empty() {
+            self.scrape_dropped.inc_by(dropped.len() as u64);
+            tracing::warn!(budget, families = ?dropped, "metric families left out of a scrape: over the scrape budget");
+            out.extend_from_slice(
+                format!(
+                    "# evalstream: {} metric families left out: over the scrape budget of {budget} bytes\n",
+                    dropped.len()
+                )
+                .as_bytes(),
+            );
+        }
         String::from_utf8(out).unwrap_or_default()
     }
-}
-
-/// `GET /drift`: the watched series. `POST /drift/ack?evaluator=NAME&LABEL=VALUE…`: the drifted
-/// series matching (every one when no parameter is given) learn a new baseline.
-fn drift_routes(metrics: Arc<Metrics>) -> axum::Router {
-    use axum::extract::Query;
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
-    use axum::routing::{get, post};
-    use std::collections::BTreeMap;
-    let off = || {
-        (
-            StatusCode::NOT_FOUND,
-            "drift detection is off (no `drift:` section)",
-        )
-    };
-    let listing = metrics.clone();
-    axum::Router::new()
-        .route(
-            "/drift",
-            get(move || {
-                let m = listing.clone();
-                async move {
-                    match m.drift() {
-                        Some(drift) => axum::Json(drift.summary()).into_response(),
-                        None => off().into_response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/drift/ack",
-            post(move |Query(params): Query<BTreeMap<String, String>>| {
-                let m = metrics.clone();
-                async move {
-                    let Some(drift) = m.drift() else {
-                        return off().into_response();
-                    };
-                    let evaluator = params.get("evaluator").cloned();
-                    let filters: Vec<(String, String)> = params
-                        .into_iter()
-                        .filter(|(k, _)| k != "evaluator")
-                        .collect();
-                    match drift.acknowledge(evaluator.as_deref(), &filters) {
-                        Ok(n) => {
-                            axum::Json(serde_json::json!({ "acknowledged": n })).into_response()
-                        }
-                        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
-                    }
-                }
-            }),
-        )
-}
-
-/// Serves `/metrics`, `/healthz`, `/readyz` and `/drift` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let for_metrics = metrics.clone();
-    let app = drift_routes(metrics.clone())
-        .route(
-            "/metrics",
-            get(move || {
-                let m = for_metrics.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    if m.is_ready() {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: no broker reachable or no assignment yet",
-                        )
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Binds the metrics address.
-pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
-    let addr: SocketAddr = addr.parse().map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
-    })?;
-    tokio::net::TcpListener::bind(addr).await
 }
 
 #[cfg(test)]
@@ -717,6 +722,85 @@ mod tests {
             "evalstream_score_count{{evaluator=\"{e}\",model=\"gpt-4o\",service=\"support-bot\"}} 2"
         )));
         assert!(!text.contains("claude-x"));
+    }
+
+    /// 120 spans with 1 MiB model names made one scrape 11 GB and the process peak at 20.5 GB.
+    #[test]
+    fn label_values_are_printable_bounded_and_still_distinct() {
+        let huge_a = format!("{}a", "m".repeat(1 << 20));
+        let huge_b = format!("{}b", "m".repeat(1 << 20));
+        let a = label_value(&huge_a);
+        let b = label_value(&huge_b);
+        assert!(a.len() <= MAX_LABEL_BYTES && b.len() <= MAX_LABEL_BYTES);
+        assert_ne!(a, b, "distinct long values stay distinct");
+        assert!(a.starts_with("mmmm"));
+        assert_eq!(label_value("gpt-4o"), "gpt-4o");
+        assert_eq!(label_value("bad\nline\u{7}"), "bad_line_");
+        // Multi-byte text is cut on a character boundary.
+        let wide = "é".repeat(200);
+        let wide = label_value(&wide);
+        assert!(wide.len() <= MAX_LABEL_BYTES && wide.starts_with('é'));
+    }
+
+    #[test]
+    fn a_scrape_of_spans_with_huge_model_names_stays_small() {
+        use evalstream_evaluators::evaluator::ScoreId;
+        use evalstream_evaluators::otlp::kv_str;
+        use evalstream_evaluators::span::ResourceView;
+        use evalstream_evaluators::spec::{build_set, default_specs};
+        use opentelemetry_proto::tonic::trace::v1::Span;
+
+        let set = build_set(&default_specs()).unwrap();
+        let metrics = Metrics::new(set.evaluators(), &[Segment::Model], 100).unwrap();
+        let evaluator = &set.evaluators()[0];
+        for i in 0..120 {
+            let model = format!("{i}{}", "x".repeat(1 << 20));
+            let span = Span {
+                trace_id: vec![1; 16],
+                span_id: vec![2; 8],
+                attributes: vec![kv_str("gen_ai.request.model", &model)],
+                ..Default::default()
+            };
+            let view = GenAiSpan::new(&span, ResourceView::new(None), None);
+            let evaluation = Evaluation {
+                evaluator: &evaluator.name,
+                version: evaluator.version.as_str().into(),
+                score_id: ScoreId::new(&span.trace_id, &span.span_id, &evaluator.name, "1"),
+                outcome: Outcome::check(true, "x", ""),
+            };
+            metrics.record(0, &evaluation, &view);
+            metrics.models.label(&model);
+        }
+        let text = metrics.render();
+        assert!(text.len() < 2 << 20, "a scrape of {} bytes", text.len());
+        assert!(text.lines().all(|l| l.len() < 4096), "a line past 4 KiB");
+    }
+
+    #[test]
+    fn a_scrape_over_its_budget_leaves_whole_families_out_and_says_so() {
+        use evalstream_evaluators::spec::{build_set, default_specs};
+        let set = build_set(&default_specs()).unwrap();
+        let metrics = Metrics::new(set.evaluators(), &[], 0).unwrap();
+        let full = metrics.render();
+        metrics.set_scrape_budget(full.len() / 2);
+        let cut = metrics.render();
+        assert!(cut.len() <= full.len() / 2 + 200, "{} bytes", cut.len());
+        assert!(cut.contains("metric families left out"), "{cut}");
+        // No family is cut in the middle: every sample line follows its TYPE line.
+        for line in cut.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                cut.contains(&format!("# TYPE {name} "))
+                    || cut.contains(&format!("# TYPE {family} ")),
+                "{name} without its TYPE line"
+            );
+        }
+        let again = metrics.render();
+        assert!(again.contains("evalstream_scrape_families_dropped_total"));
     }
 
     #[test]

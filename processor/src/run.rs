@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::drift::series::Drift;
 use crate::kafka::sink::{Redirect, Sink};
 use crate::kafka::source::Source;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::traces::Assembler;
 use crate::worker::{Judge, Worker};
 
@@ -55,13 +55,15 @@ pub async fn run(
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = match &config.telemetry.metrics {
         Some(endpoint) => {
-            let listener = metrics::bind(&endpoint.listen)
+            let listener = crate::http::bind(&endpoint.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", endpoint.listen))?;
             info!(address = %endpoint.listen, "serving /metrics, /healthz, /readyz");
-            Some(tokio::spawn(metrics::serve(
+            metrics.set_scrape_budget(endpoint.max_scrape_bytes);
+            Some(tokio::spawn(crate::http::serve(
                 listener,
                 metrics.clone(),
+                endpoint.limits(config.telemetry.admin_token.as_ref()),
                 async {
                     let _ = http_stop_rx.await;
                 },
@@ -175,17 +177,9 @@ fn pipeline(
     let helper = {
         let sink = sink.clone();
         let done = done.clone();
-        let metrics = metrics.clone();
         thread::Builder::new()
             .name("evalstream-redirect".into())
-            .spawn(move || {
-                while !done.load(Ordering::Acquire) {
-                    metrics.producer_queue.set(i64::from(sink.queue_len()));
-                    if let Ok(redirect) = redirect_rx.recv_timeout(Duration::from_millis(200)) {
-                        sink.reroute(redirect);
-                    }
-                }
-            })?
+            .spawn(move || sink.run_redirects(&redirect_rx, &done))?
     };
 
     // The source returns once `stop` is set and in-flight work is drained and committed. It owns

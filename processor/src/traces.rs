@@ -230,15 +230,25 @@ impl Shard {
         if ready.completion == Completion::Late {
             metrics.late_spans.inc_by(ready.spans.len() as u64);
         }
-        let decoded: Vec<_> = ready.spans.iter().map(StoredSpan::decode).collect();
-        let views = decoded.iter().map(DecodedSpan::view).collect();
-        let trace = TraceView::new(views, ready.completion.is_complete());
-        self.judge.judge(
-            std::slice::from_ref(&trace),
-            Pass::Traces(ready.completion),
-            ready.holds.iter().map(Hold::pending),
-            self.judges.as_deref(),
-        );
+        // Evaluators are guarded one by one; a panic elsewhere (a bug) must not take the
+        // shard and every trace it buffers down with it. The trace's evaluations are lost then;
+        // its messages are still let go (their span evaluations were delivered).
+        let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let decoded: Vec<_> = ready.spans.iter().map(StoredSpan::decode).collect();
+            let views = decoded.iter().map(DecodedSpan::view).collect();
+            let trace = TraceView::new(views, ready.completion.is_complete());
+            self.judge.judge(
+                std::slice::from_ref(&trace),
+                Pass::Traces(ready.completion),
+                ready.holds.iter().map(Hold::pending),
+                self.judges.as_deref(),
+            );
+        }));
+        if let Err(panic) = judged {
+            tracing::error!(trace_id = %evalstream_evaluators::otlp::hex(&ready.trace_id),
+                message = %crate::worker::panic_message(panic.as_ref()),
+                "judging a trace panicked; its trace evaluations are lost");
+        }
     }
 
     /// Moves the shared gauges by this shard's change since the last report.

@@ -25,7 +25,6 @@ use evalstream_evaluators::to_otlp;
 use evalstream_evaluators::trace::TraceView;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message as _;
 
 use crate::assembly::{Completion, SharedParts, StoredSpan};
 use crate::judge::{JudgeService, Submitted};
@@ -77,11 +76,7 @@ fn run_guarded<'e>(
     match catch_unwind(AssertUnwindSafe(|| e.run_applied(span, Some(trace)))) {
         Ok(evaluation) => evaluation,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "evaluator panicked".into());
+            let message = panic_message(panic.as_ref());
             e.evaluation(
                 span,
                 Outcome::Error {
@@ -91,6 +86,15 @@ fn run_guarded<'e>(
             )
         }
     }
+}
+
+/// What a panic said.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl Judge {
@@ -162,9 +166,11 @@ impl Judge {
                 );
             }
             if !output.is_empty() {
-                let payload = to_otlp::export_request(std::mem::take(&mut output)).encode_to_vec();
-                self.sink
-                    .output(&otlp::hex(trace.trace_id()), &payload, inputs.clone());
+                self.sink.output(
+                    &otlp::hex(trace.trace_id()),
+                    std::mem::take(&mut output),
+                    inputs.clone(),
+                );
             }
         }
         queued
@@ -318,11 +324,22 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Takes work until the queue closes.
+    /// Takes work until the queue closes. A message whose processing panics (a bug outside the
+    /// evaluators, which are guarded one by one) goes to the dead-letter topic with error type
+    /// `panic`; the thread and its partition carry on.
     pub fn run(&self, queue: Receiver<Vec<Work>>) {
         for batch in queue {
             for work in batch {
-                self.process(&work);
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.process(&work))) {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(offset = work.message.offset, partition = work.message.tp.partition,
+                        %message, "processing a message panicked; it goes to the dead-letter topic");
+                    self.judge.sink.dead_letter(
+                        &work.pending,
+                        "panic",
+                        &format!("evalstream panicked: {message}"),
+                    );
+                }
                 work.pending.done();
             }
         }

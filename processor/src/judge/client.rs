@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use evalstream_evaluators::scorers::judge::redact;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
@@ -56,6 +57,45 @@ impl CallError {
             CallError::BadResponse(_) => "judge_bad_response",
         }
     }
+}
+
+/// The longest chat-completion answer read: a verdict is a few hundred tokens; reading without a
+/// limit, a 200 MB error body cost 1.3 GB.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
+/// Bytes of an error answer read (its start is quoted in the error).
+const MAX_ERROR_BODY: usize = 4096;
+
+/// Reads at most `limit` bytes of a body, chunk by chunk; the rest is not read. Returns the
+/// bytes and whether that was the whole body.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok((Vec::new(), false));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            let room = limit - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, true))
+}
+
+/// A `Retry-After` in seconds. One too large to represent (`1e20` once panicked the client) is
+/// the longest wait there is, which is past any wait honoured: the call gives up.
+fn retry_after(value: &str) -> Option<Duration> {
+    let seconds = value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| !s.is_nan() && *s >= 0.0)?;
+    Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
 }
 
 /// A judge's answer.
@@ -145,12 +185,17 @@ impl JudgeClient {
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("headers: `{k}` is not a header name"))?;
-            let value = HeaderValue::from_str(v)
+            let mut value = HeaderValue::from_str(v)
                 .map_err(|_| format!("headers: the value of `{k}` is not valid"))?;
+            // Custom headers carry credentials (`api-key`, `x-api-key`): kept out of logs.
+            value.set_sensitive(true);
             default_headers.insert(name, value);
         }
         let http = reqwest::Client::builder()
             .default_headers(default_headers)
+            // A redirect would carry the prompt and the credentials (`api-key` headers
+            // included) to whatever host it names: not followed, a 3xx is an error.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .pool_max_idle_per_host(1024)
             .build()
@@ -165,6 +210,7 @@ impl JudgeClient {
 
     /// Sends one request, once.
     pub async fn call_once(&self, body: &Value) -> Result<Completion, CallError> {
+        let timeout = |e: &reqwest::Error| e.is_timeout();
         let response = self
             .http
             .post(&self.url)
@@ -172,7 +218,7 @@ impl JudgeClient {
             .send()
             .await
             .map_err(|e| {
-                if e.is_timeout() {
+                if timeout(&e) {
                     CallError::Timeout(self.timeout)
                 } else {
                     CallError::Transport(e.to_string())
@@ -184,22 +230,44 @@ impl JudgeClient {
                 .headers()
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64);
-            let body = response.text().await.unwrap_or_default();
+                .and_then(retry_after);
+            let redirect = status.is_redirection();
+            let body = read_limited(response, MAX_ERROR_BODY)
+                .await
+                .map(|(b, _)| b)
+                .unwrap_or_default();
+            let body = String::from_utf8_lossy(&body);
+            let mut excerpt: String = body.chars().take(200).collect();
+            if redirect {
+                excerpt = "redirects are not followed: point `endpoint` at the final URL".into();
+            }
             return Err(CallError::Status {
                 status: status.as_u16(),
                 retry_after,
-                body: body.chars().take(200).collect(),
+                // Error bodies can repeat the request: personal data masked.
+                body: redact(&excerpt).0,
             });
         }
-        let body: Body = response.json().await.map_err(|e| {
-            if e.is_timeout() {
+        let (bytes, complete) = read_limited(response, MAX_REPLY_BYTES).await.map_err(|e| {
+            if timeout(&e) {
                 CallError::Timeout(self.timeout)
             } else {
-                CallError::BadResponse(e.to_string())
+                CallError::Transport(e.to_string())
             }
+        })?;
+        if !complete {
+            return Err(CallError::BadResponse(format!(
+                "the answer is longer than {MAX_REPLY_BYTES} bytes"
+            )));
+        }
+        let body: Body = serde_json::from_slice(&bytes).map_err(|e| {
+            // serde_json's messages quote what they met: only where and what kind of error.
+            CallError::BadResponse(format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
         })?;
         let Some(choice) = body.choices.into_iter().next() else {
             return Err(CallError::BadResponse("no choices".into()));
@@ -311,6 +379,72 @@ mod tests {
         let e = c.call(&body(), |_, _| {}).await.unwrap_err();
         assert_eq!(e.error_type(), "judge_server_error");
         assert_eq!(server.received().len(), 8);
+    }
+
+    /// `Retry-After: 1e20` panicked the client (`Duration::from_secs_f64` overflows).
+    #[tokio::test]
+    async fn an_absurd_retry_after_gives_up_instead_of_panicking() {
+        let (url, server) = server::start().unwrap();
+        let c = client(&url, Duration::from_secs(5), 3);
+        for value in ["1e20", "inf", "1e400"] {
+            server.push_faults([Fault::RetryAfterRaw(value.into())]);
+            let before = server.received().len();
+            let e = c.call(&body(), |_, _| {}).await.unwrap_err();
+            assert_eq!(e.error_type(), "judge_rate_limited", "{value}");
+            assert_eq!(server.received().len(), before + 1, "{value}: not retried");
+        }
+        // Unreadable values are ignored: the client's own backoff applies.
+        server.push_faults([Fault::RetryAfterRaw("NaN".into())]);
+        assert!(c.call(&body(), |_, _| {}).await.is_ok());
+    }
+
+    /// A 200 MB error body took 1.3 GB: bodies are read up to a limit.
+    #[tokio::test]
+    async fn huge_bodies_are_not_read_whole() {
+        let (url, server) = server::start().unwrap();
+        let c = client(&url, Duration::from_secs(30), 0);
+        server.push_faults([Fault::HugeBody(500, 50 << 20)]);
+        let e = c.call(&body(), |_, _| {}).await.unwrap_err();
+        let CallError::Status { body: kept, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(kept.len() <= 200, "{} bytes kept", kept.len());
+        server.push_faults([Fault::HugeBody(200, MAX_REPLY_BYTES + 1)]);
+        let e = c.call(&body(), |_, _| {}).await.unwrap_err();
+        assert_eq!(e.error_type(), "judge_bad_response");
+        assert!(e.to_string().contains("longer than"), "{e}");
+    }
+
+    /// Redirects were followed, and custom headers (an `api-key`) travelled with the prompt to
+    /// the host the redirect named.
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let (url, server) = server::start().unwrap();
+        let (elsewhere, other) = server::start().unwrap();
+        let mut headers = BTreeMap::new();
+        headers.insert("api-key".to_owned(), "secret-key".to_owned());
+        let c = JudgeClient::new(
+            &url,
+            None,
+            &headers,
+            Duration::from_secs(5),
+            RetryPolicy {
+                max_retries: 2,
+                min_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+                max_retry_after: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        server.push_faults([Fault::Redirect(format!("{elsewhere}/chat/completions"))]);
+        let e = c.call(&body(), |_, _| {}).await.unwrap_err();
+        assert_eq!(e.error_type(), "judge_rejected");
+        assert!(e.to_string().contains("redirects are not followed"), "{e}");
+        assert!(
+            other.received().is_empty(),
+            "the prompt went to the redirect's host"
+        );
+        assert_eq!(server.received().len(), 1, "a redirect is not retried");
     }
 
     #[tokio::test]

@@ -29,7 +29,6 @@ use evalstream_evaluators::to_otlp;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as OtlpValue;
-use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
@@ -288,28 +287,51 @@ async fn dispatch(
             let e = &evaluators.evaluators()[endpoint.index];
             let started = Instant::now();
             let start_nanos = crate::now_unix_nanos();
-            let result = endpoint.call(&job.request).await;
+            // The call and the reading of its reply run in a task of their own: a panic there
+            // (a hostile reply once panicked the reader) ends that task only, and becomes this
+            // span's `error` outcome here. The job, which holds the inputs, stays with this task,
+            // so the verdict is always delivered and the inputs always let go.
+            let call = tokio::spawn({
+                let (endpoint, evaluators) = (endpoint.clone(), evaluators.clone());
+                let request = job.request.clone();
+                async move {
+                    let result = endpoint.call(&request).await;
+                    let outcome = match (
+                        &result,
+                        evaluators.evaluators()[endpoint.index].evaluator.as_judge(),
+                    ) {
+                        (Some(result), Some(llm)) => verdict(llm, result),
+                        (Some(_), None) => Outcome::not_applicable("not a judge"),
+                        (None, _) => Outcome::Error {
+                            error_type: "judge_circuit_open".into(),
+                            message: "the judge endpoint failed repeatedly; calls are paused"
+                                .into(),
+                        },
+                    };
+                    (result.and_then(Result::ok), outcome)
+                }
+            });
+            let (completion, outcome) = match call.await {
+                Ok(done) => done,
+                Err(e) => {
+                    warn!(evaluator = %endpoint.name, error = %e, "the judge call panicked");
+                    let outcome = Outcome::Error {
+                        error_type: "panic".into(),
+                        message: "the judge call panicked; see the worker's log".into(),
+                    };
+                    (None, outcome)
+                }
+            };
             drop(slot);
-            let Some(llm) = e.evaluator.as_judge() else {
-                return;
-            };
-            let outcome = match &result {
-                Some(result) => verdict(llm, result),
-                None => Outcome::Error {
-                    error_type: "judge_circuit_open".into(),
-                    message: "the judge endpoint failed repeatedly; calls are paused".into(),
-                },
-            };
             if let (Some(cache), Outcome::Scored(_)) = (&endpoint.cache, &outcome) {
                 cache.insert(job.request.cache_key, outcome.clone());
             }
-            let completion = result.as_ref().and_then(|r| r.as_ref().ok());
             deliver(
                 &endpoint,
                 e,
                 &job,
                 outcome,
-                completion,
+                completion.as_ref(),
                 start_nanos,
                 started.elapsed(),
             );
@@ -487,10 +509,9 @@ fn deliver(
             endpoint.price.as_ref(),
         ));
     }
-    let payload = to_otlp::export_request(vec![out]).encode_to_vec();
     output.sink.output(
         &otlp::hex(span.trace_id()),
-        &payload,
+        vec![out],
         job.holds.iter().map(Hold::pending),
     );
 }

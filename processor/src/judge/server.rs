@@ -5,7 +5,7 @@
 //! It answers every request with a JSON verdict: score 0 when the user message contains
 //! `FAIL_ME`, else 1 (`label` `fail`/`pass`). Queued faults are served first, one per request:
 //! 429 with `Retry-After`, 500, a hang past the client's timeout, a reply that is not JSON, a
-//! refusal. While it is [down](Behaviour::set_down) every request gets a 503: an outage. It
+//! refusal, hostile answers (a redirect, a huge body, a `Retry-After` of any text, any reply). While it is [down](Behaviour::set_down) every request gets a 503: an outage. It
 //! records the requests it received, and the most concurrent ones.
 //!
 //! `evalstream judge-server` (hidden) serves it on a given address for benchmarks.
@@ -36,6 +36,14 @@ pub enum Fault {
     NotJson,
     /// A 200 whose message is a refusal.
     Refusal,
+    /// 429 with this `Retry-After` header, as written.
+    RetryAfterRaw(String),
+    /// A 307 to this URL.
+    Redirect(String),
+    /// This status with a body of this many bytes.
+    HugeBody(u16, usize),
+    /// A 200 whose message content is this text.
+    Reply(String),
 }
 
 /// What the server does and has seen.
@@ -147,6 +155,27 @@ async fn chat(State(b): State<Arc<Behaviour>>, body: axum::Json<Value>) -> Respo
         Some(Fault::Hang(d)) => tokio::time::sleep(d).await,
         Some(Fault::NotJson) => {
             return axum::Json(completion(json!("The answer seems fine."), None)).into_response();
+        }
+        Some(Fault::RetryAfterRaw(value)) => {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = value.parse() {
+                headers.insert(header::RETRY_AFTER, v);
+            }
+            return (StatusCode::TOO_MANY_REQUESTS, headers, "rate limited").into_response();
+        }
+        Some(Fault::Redirect(to)) => {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = to.parse() {
+                headers.insert(header::LOCATION, v);
+            }
+            return (StatusCode::TEMPORARY_REDIRECT, headers, "moved").into_response();
+        }
+        Some(Fault::HugeBody(status, bytes)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, "x".repeat(bytes)).into_response();
+        }
+        Some(Fault::Reply(text)) => {
+            return axum::Json(completion(json!(text), None)).into_response();
         }
         Some(Fault::Refusal) => {
             return axum::Json(completion(

@@ -275,3 +275,31 @@ fn the_judge_span_carries_its_model_tokens_and_priced_cost() {
         "a failed call has only the requested model"
     );
 }
+
+/// A reply `} {` panicked in the reply reader inside a spawned task: no score, no error, and the
+/// input committed. Every hostile answer must end in an `error` verdict that lets the input go.
+#[test]
+fn hostile_answers_become_error_verdicts_and_release_their_inputs() {
+    let (url, server) = server::start().unwrap();
+    let s = setup(&url, serde_json::json!({"cache_size": 0}));
+    server.push_faults([
+        Fault::Reply("} {".into()),
+        Fault::Reply("}}}{{{".into()),
+        Fault::RetryAfterRaw("1e20".into()),
+        Fault::HugeBody(200, 2 << 20),
+        Fault::Redirect("http://127.0.0.1:9/v1/chat/completions".into()),
+    ]);
+    for offset in 0..5 {
+        assert!(matches!(s.submit(offset, "an answer"), Submitted::Queued));
+    }
+    s.wait_acked(5);
+    let text = s.metrics.render();
+    assert!(
+        text.contains("evalstream_evaluations_total{evaluator=\"tox\",outcome=\"error\"} 5"),
+        "{}",
+        text.lines()
+            .filter(|l| l.starts_with("evalstream_evaluations_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -2,6 +2,7 @@
 //! dead letters ([`sink`]), and the offset bookkeeping that makes the pair at-least-once
 //! ([`offsets`]).
 
+pub mod health;
 pub mod offsets;
 pub mod sink;
 pub mod source;

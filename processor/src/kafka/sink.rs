@@ -21,9 +21,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
+use evalstream_evaluators::to_otlp;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -190,9 +193,19 @@ impl Drop for Hold {
     }
 }
 
-/// A failed output, for the thread that dead-letters it ([`Sink::reroute`]).
+/// What the redirect thread ([`Sink::run_redirects`]) is handed: a failed output to send to the
+/// dead-letter topic, or a dead letter that failed and is tried again.
 #[derive(Debug)]
-pub struct Redirect {
+pub enum Redirect {
+    /// An output that could not be delivered.
+    Failed(FailedOutput),
+    /// A dead letter that could not be written.
+    Retry(Box<DeadLetter>),
+}
+
+/// A failed output.
+#[derive(Debug)]
+pub struct FailedOutput {
     /// The inputs it came from.
     inputs: Vec<Arc<Pending>>,
     /// Its key.
@@ -203,10 +216,103 @@ pub struct Redirect {
     reason: String,
 }
 
-/// What a produced record is, for its delivery report: the inputs it acknowledges.
-pub struct Delivery {
+/// One record for the dead-letter topic, kept until the topic acknowledges it: its inputs stay
+/// uncommitted until then, and a failed write is tried again (after a backoff, smaller when the
+/// broker found it too large), so a record is never lost and never blocks its partition for
+/// good.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The inputs it stands for; acknowledged when it is written.
     inputs: Vec<Arc<Pending>>,
-    dead_letter: Option<&'static str>,
+    /// `decode` or `delivery`, for the metric and `evalstream.error.type`.
+    reason: &'static str,
+    key: Option<Vec<u8>>,
+    /// The whole record as it came (an input, or a failed output); cut to fit when sent.
+    payload: Arc<[u8]>,
+    /// Headers besides the size and truncation headers added when sent.
+    headers: Vec<(&'static str, String)>,
+    /// Most payload bytes to send; lowered when the broker refuses the record as too large.
+    max_payload: usize,
+    /// Failed writes so far.
+    attempts: u32,
+}
+
+/// Longest header value and key a dead letter carries: error messages and offsets lists are
+/// short, a hostile key need not be.
+const MAX_HEADER_VALUE: usize = 1024;
+const MAX_DEAD_LETTER_KEY: usize = 1024;
+
+/// Bytes left free under `message.max.bytes` for what librdkafka counts besides key, payload and
+/// headers (its size check is `key + value + headers`; the broker's batch adds ~70 bytes).
+const RECORD_MARGIN: usize = 512;
+
+/// The longest wait between two writes of a dead letter that keeps failing.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+impl DeadLetter {
+    /// Bytes librdkafka counts for the headers (name, value and a little framing each).
+    fn headers_size(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+            + 128
+    }
+
+    /// The wait before the next write, after `attempts` failures: 1 s, doubling, at most a
+    /// minute.
+    fn delay(&self) -> Duration {
+        let exponent = self.attempts.saturating_sub(1).min(6);
+        Duration::from_secs(1 << exponent).min(MAX_RETRY_DELAY)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Groups evaluator spans into requests that each encode to at most `budget` bytes (as
+/// `to_otlp::export_request`), keeping their order. A span too large for any record travels
+/// alone (the producer refuses it, and it is dead-lettered with its input).
+fn split_by_size(spans: Vec<Span>, budget: usize) -> Vec<Vec<Span>> {
+    // The request around the spans (resource, scope), plus room for the length prefixes of
+    // the enclosing messages to grow (up to 5 bytes each).
+    let frame = to_otlp::export_request(Vec::new()).encoded_len() + 16;
+    let room = budget.saturating_sub(frame);
+    let mut chunks = Vec::new();
+    let mut chunk: Vec<Span> = Vec::new();
+    let mut used = 0;
+    for span in spans {
+        let len = span.encoded_len();
+        // Field tag and length prefix of the span inside its `ScopeSpans`.
+        let size = len + 1 + prost::encoding::encoded_len_varint(len as u64);
+        if !chunk.is_empty() && used + size > room {
+            chunks.push(std::mem::take(&mut chunk));
+            used = 0;
+        }
+        used += size;
+        chunk.push(span);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// What a produced record is, for its delivery report.
+pub enum Delivery {
+    /// Evaluator spans of these inputs.
+    Output(Vec<Arc<Pending>>),
+    /// A dead letter.
+    DeadLetter(Box<DeadLetter>),
 }
 
 /// Delivery reports, on the producer's own thread.
@@ -216,8 +322,6 @@ pub struct SinkContext {
 }
 
 impl SinkContext {
-    /// Routes a failed output to the dead-letter topic: each input whose payload is still at hand
-    /// goes there itself, once per input; otherwise the output record goes, for all its inputs.
     /// Hands a failed output to the redirect thread: producing from the producer's own thread
     /// could wait on a full queue that only this thread drains.
     fn redirect(
@@ -227,13 +331,32 @@ impl SinkContext {
         payload: &[u8],
         reason: String,
     ) {
-        let redirect = Redirect {
+        let failed = FailedOutput {
             inputs,
             key: key.map(<[u8]>::to_vec),
             payload: payload.to_vec(),
             reason,
         };
-        if self.redirect.send(redirect).is_err() {
+        if self.redirect.send(Redirect::Failed(failed)).is_err() {
+            // Only while stopping: the inputs stay uncommitted and are read again.
+            self.metrics.undeliverable.inc();
+        }
+    }
+
+    /// A dead letter failed: counted, logged, and handed back to be tried again. The broker
+    /// refusing it as too large (its limit below the producer's) halves what is sent.
+    fn retry(&self, mut letter: Box<DeadLetter>, error: &KafkaError) {
+        self.metrics.undeliverable.inc();
+        letter.attempts += 1;
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+            letter.max_payload /= 2;
+        }
+        for s in letter.inputs.iter().map(|p| &p.source) {
+            error!(%error, topic = %s.tp.topic, partition = s.tp.partition, offset = s.offset,
+                attempts = letter.attempts, retry_in = ?letter.delay(),
+                "cannot write to the dead-letter topic; the message stays uncommitted and is tried again");
+        }
+        if self.redirect.send(Redirect::Retry(letter)).is_err() {
             self.metrics.undeliverable.inc();
         }
     }
@@ -253,39 +376,27 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
-        let delivery = *delivery;
-        match (result, delivery.dead_letter) {
-            (Ok(m), None) => {
+        match (result, *delivery) {
+            (Ok(m), Delivery::Output(inputs)) => {
                 self.metrics.outputs.inc();
                 tracing::trace!(
                     key = %String::from_utf8_lossy(m.key().unwrap_or_default()),
                     partition = m.partition(),
                     offset = m.offset(),
-                    inputs = delivery.inputs.len(),
+                    inputs = inputs.len(),
                     "output delivered"
                 );
-                delivery.inputs.iter().for_each(|p| p.done());
+                inputs.iter().for_each(|p| p.done());
             }
-            (Ok(_), Some(reason)) => {
-                self.metrics.dlq.with_label_values(&[reason]).inc();
-                delivery.inputs.iter().for_each(|p| p.done());
+            (Ok(_), Delivery::DeadLetter(letter)) => {
+                self.metrics.dlq.with_label_values(&[letter.reason]).inc();
+                letter.inputs.iter().for_each(|p| p.done());
             }
-            (Err((e, m)), None) => {
+            (Err((e, m)), Delivery::Output(inputs)) => {
                 let reason = format!("cannot deliver evaluations: {e}");
-                self.redirect(
-                    delivery.inputs,
-                    m.key(),
-                    m.payload().unwrap_or_default(),
-                    reason,
-                );
+                self.redirect(inputs, m.key(), m.payload().unwrap_or_default(), reason);
             }
-            (Err((e, _)), Some(_)) => {
-                self.metrics.undeliverable.inc();
-                for s in delivery.inputs.iter().map(|p| &p.source) {
-                    error!(error = %e, topic = %s.tp.topic, partition = s.tp.partition, offset = s.offset,
-                        "cannot write to the dead-letter topic; the message stays uncommitted");
-                }
-            }
+            (Err((e, _)), Delivery::DeadLetter(letter)) => self.retry(letter, e),
         }
     }
 }
@@ -295,7 +406,12 @@ pub struct Sink {
     producer: ThreadedProducer<SinkContext>,
     output_topic: Option<String>,
     dlq_topic: String,
+    /// The producer's `message.max.bytes`: outputs are split and dead letters cut under it.
+    max_record_bytes: usize,
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 
 impl Sink {
     /// Creates the producer. `client` properties override the defaults.
@@ -318,43 +434,34 @@ impl Sink {
         for (k, v) in client {
             config.set(k, v);
         }
+        let max_record_bytes = config
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
         let producer = config.create_with_context(SinkContext { metrics, redirect })?;
         Ok(Sink {
             producer,
             output_topic,
             dlq_topic,
+            max_record_bytes,
         })
     }
 
-    fn send(&self, record: BaseRecord<'_, [u8], [u8], Box<Delivery>>) {
+    /// Queues a record, waiting while the producer's queue is full. Returns the record's
+    /// delivery when it could not be queued at all.
+    fn send(
+        &self,
+        record: BaseRecord<'_, [u8], [u8], Box<Delivery>>,
+    ) -> Result<(), (KafkaError, Box<Delivery>)> {
         let mut record = record;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((e, r)) => {
-                    // Not queued (an invalid record, a closing producer): count the output as
-                    // failed through the same path as a failed delivery.
-                    warn!(error = %e, "cannot queue a record");
-                    let context = self.producer.context();
-                    let delivery = *r.delivery_opaque;
-                    if delivery.dead_letter.is_some() {
-                        // Not even the dead-letter topic: leave the message uncommitted.
-                        context.metrics.undeliverable.inc();
-                        return;
-                    }
-                    let reason = format!("cannot queue evaluations: {e}");
-                    context.redirect(
-                        delivery.inputs,
-                        r.key,
-                        r.payload.unwrap_or_default(),
-                        reason,
-                    );
-                    return;
-                }
+                Err((e, r)) => return Err((e, r.delivery_opaque)),
             }
         }
     }
@@ -364,40 +471,92 @@ impl Sink {
         self.output_topic.is_some()
     }
 
-    /// Produces evaluator spans for one trace, keyed by its hex trace id; the inputs they came
-    /// from are acknowledged when it is delivered.
+    /// Produces the evaluator spans of one trace, keyed by its hex trace id, in as many records
+    /// as it takes to stay under `message.max.bytes` (300 LLM spans' evaluations made a 1.21 MB
+    /// record, which the producer refused: every evaluation was lost and the input
+    /// dead-lettered). The inputs they came from are acknowledged when every record is
+    /// delivered.
     pub fn output<'p>(
         &self,
         key: &str,
-        payload: &[u8],
-        inputs: impl IntoIterator<Item = &'p Arc<Pending>>,
+        spans: Vec<Span>,
+        inputs: impl IntoIterator<Item = &'p Arc<Pending>> + Clone,
     ) {
         let Some(topic) = &self.output_topic else {
             return;
         };
-        let inputs: Vec<Arc<Pending>> = inputs.into_iter().inspect(|p| p.add()).cloned().collect();
-        let delivery = Box::new(Delivery {
-            inputs,
-            dead_letter: None,
-        });
-        self.send(
-            BaseRecord::with_opaque_to(topic, delivery)
+        let budget = self
+            .max_record_bytes
+            .saturating_sub(key.len() + RECORD_MARGIN);
+        for chunk in split_by_size(spans, budget) {
+            let payload = to_otlp::export_request(chunk).encode_to_vec();
+            let inputs: Vec<Arc<Pending>> = inputs
+                .clone()
+                .into_iter()
+                .inspect(|p| p.add())
+                .cloned()
+                .collect();
+            let record = BaseRecord::with_opaque_to(topic, Box::new(Delivery::Output(inputs)))
                 .key(key.as_bytes())
-                .payload(payload),
-        );
+                .payload(&payload[..]);
+            if let Err((e, delivery)) = self.send(record) {
+                // Not queued (an invalid record, a closing producer): the same path as a
+                // failed delivery.
+                warn!(error = %e, "cannot queue a record");
+                if let Delivery::Output(inputs) = *delivery {
+                    let reason = format!("cannot queue evaluations: {e}");
+                    self.producer.context().redirect(
+                        inputs,
+                        Some(key.as_bytes()),
+                        &payload,
+                        reason,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Takes failed outputs and failed dead letters until `done` is set: failed outputs go to
+    /// the dead-letter topic ([`Sink::reroute`]), failed dead letters are written again once
+    /// their backoff has passed. Also keeps the producer-queue gauge current.
+    pub fn run_redirects(&self, redirects: &Receiver<Redirect>, done: &AtomicBool) {
+        let mut waiting: Vec<(Instant, Box<DeadLetter>)> = Vec::new();
+        while !done.load(Ordering::Acquire) {
+            let metrics = &self.producer.context().metrics;
+            metrics.producer_queue.set(i64::from(self.queue_len()));
+            let now = Instant::now();
+            let (due, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(at, _)| *at <= now);
+            waiting = later;
+            for (_, letter) in due {
+                self.write_dead_letter(letter);
+            }
+            let wait = waiting
+                .iter()
+                .map(|(at, _)| at.saturating_duration_since(now))
+                .min()
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_millis(200));
+            match redirects.recv_timeout(wait) {
+                Ok(Redirect::Failed(failed)) => self.reroute(failed),
+                Ok(Redirect::Retry(letter)) => {
+                    waiting.push((Instant::now() + letter.delay(), letter))
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Sends a failed output's inputs to the dead-letter topic, each input message once (the
     /// first failed output of a message sends it; it stands in for that output and later failures
     /// of the same message are covered by it), or, when an input has given up its payload, the
     /// failed output record itself. Then the failed output is accounted for.
-    pub fn reroute(&self, redirect: Redirect) {
-        let Redirect {
+    pub fn reroute(&self, failed: FailedOutput) {
+        let FailedOutput {
             inputs,
             key,
             payload,
             reason,
-        } = redirect;
+        } = failed;
         let mut released = Vec::new();
         for pending in &inputs {
             if pending.redirected.load(Ordering::Acquire) {
@@ -407,7 +566,7 @@ impl Sink {
                 Some(input) => {
                     if !pending.redirected.swap(true, Ordering::AcqRel) {
                         warn!(%reason, offset = pending.source.offset, "sending the input message to the dead-letter topic");
-                        self.dead_letter_input(pending, &input, "delivery", &reason);
+                        self.dead_letter_input(pending, input.into(), "delivery", &reason);
                     }
                 }
                 None => released.push(pending.clone()),
@@ -415,7 +574,7 @@ impl Sink {
         }
         if !released.is_empty() {
             warn!(%reason, inputs = released.len(), "sending the undeliverable output to the dead-letter topic");
-            self.dead_letter_output(&released, key.as_deref(), &payload, &reason);
+            self.dead_letter_output(&released, key.as_deref(), payload.into(), &reason);
         }
         inputs.iter().for_each(|p| p.done());
     }
@@ -423,44 +582,36 @@ impl Sink {
     /// Produces the input message to the dead-letter topic with headers naming the error and its
     /// source topic, partition and offset.
     pub fn dead_letter(&self, pending: &Arc<Pending>, reason: &'static str, message: &str) {
-        let payload = pending
+        let payload: Arc<[u8]> = pending
             .source
-            .with_payload(|p| p.unwrap_or_default().to_vec());
-        self.dead_letter_input(pending, &payload, reason, message);
+            .with_payload(|p| p.unwrap_or_default().into());
+        self.dead_letter_input(pending, payload, reason, message);
     }
 
     fn dead_letter_input(
         &self,
         pending: &Arc<Pending>,
-        payload: &[u8],
+        payload: Arc<[u8]>,
         reason: &'static str,
         message: &str,
     ) {
         let source = &pending.source;
-        let mut record = BaseRecord::with_opaque_to(
-            &self.dlq_topic,
-            self.dead_letter_delivery(std::slice::from_ref(pending), reason),
-        )
-        .payload(payload)
-        .headers(
-            Self::error_headers(reason, message, "input")
-                .insert(Header {
-                    key: "evalstream.source.topic",
-                    value: Some(source.tp.topic.as_ref()),
-                })
-                .insert(Header {
-                    key: "evalstream.source.partition",
-                    value: Some(&source.tp.partition.to_string()),
-                })
-                .insert(Header {
-                    key: "evalstream.source.offset",
-                    value: Some(&source.offset.to_string()),
-                }),
-        );
-        if let Some(key) = &source.key {
-            record = record.key(&key[..]);
-        }
-        self.send(record);
+        let mut headers = Self::error_headers(reason, message, "input");
+        headers.extend([
+            ("evalstream.source.topic", source.tp.topic.to_string()),
+            (
+                "evalstream.source.partition",
+                source.tp.partition.to_string(),
+            ),
+            ("evalstream.source.offset", source.offset.to_string()),
+        ]);
+        self.write_dead_letter(self.dead_letter_of(
+            std::slice::from_ref(pending),
+            reason,
+            source.key.clone(),
+            payload,
+            headers,
+        ));
     }
 
     /// Produces a failed output record to the dead-letter topic, with headers naming the error and
@@ -470,7 +621,7 @@ impl Sink {
         &self,
         inputs: &[Arc<Pending>],
         key: Option<&[u8]>,
-        payload: &[u8],
+        payload: Arc<[u8]>,
         message: &str,
     ) {
         let reason = "delivery";
@@ -481,43 +632,100 @@ impl Sink {
                 format!("{}/{}@{}", s.tp.topic, s.tp.partition, s.offset)
             })
             .collect();
-        let headers = Self::error_headers(reason, message, "evaluations").insert(Header {
-            key: "evalstream.source.offsets",
-            value: Some(&offsets.join(",")),
-        });
-        let mut record =
-            BaseRecord::with_opaque_to(&self.dlq_topic, self.dead_letter_delivery(inputs, reason))
-                .payload(payload)
-                .headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        self.send(record);
+        let mut headers = Self::error_headers(reason, message, "evaluations");
+        headers.push(("evalstream.source.offsets", offsets.join(",")));
+        self.write_dead_letter(self.dead_letter_of(
+            inputs,
+            reason,
+            key.map(<[u8]>::to_vec),
+            payload,
+            headers,
+        ));
     }
 
-    fn dead_letter_delivery(&self, inputs: &[Arc<Pending>], reason: &'static str) -> Box<Delivery> {
+    /// A dead letter holding `inputs` until it is written.
+    fn dead_letter_of(
+        &self,
+        inputs: &[Arc<Pending>],
+        reason: &'static str,
+        key: Option<Vec<u8>>,
+        payload: Arc<[u8]>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Box<DeadLetter> {
         inputs.iter().for_each(|p| p.add());
-        Box::new(Delivery {
+        let headers = headers
+            .into_iter()
+            .map(|(k, v)| (k, truncated(&v, MAX_HEADER_VALUE).to_owned()))
+            .collect();
+        let key = key.map(|mut k| {
+            k.truncate(MAX_DEAD_LETTER_KEY);
+            k
+        });
+        let mut letter = Box::new(DeadLetter {
             inputs: inputs.to_vec(),
-            dead_letter: Some(reason),
-        })
+            reason,
+            key,
+            payload,
+            headers,
+            max_payload: 0,
+            attempts: 0,
+        });
+        letter.max_payload = self
+            .max_record_bytes
+            .saturating_sub(letter.key.as_ref().map_or(0, Vec::len))
+            .saturating_sub(letter.headers_size() + RECORD_MARGIN);
+        letter
+    }
+
+    /// Queues a dead letter, its payload cut to fit (headers `evalstream.source.size` and, when
+    /// cut, `evalstream.dead_letter.truncated: true` say so). A record the producer refuses is
+    /// handed back to be tried again, smaller when it was too large.
+    fn write_dead_letter(&self, letter: Box<DeadLetter>) {
+        let payload = letter.payload.clone();
+        let sent = &payload[..payload.len().min(letter.max_payload)];
+        let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 2);
+        for (k, v) in &letter.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_str()),
+            });
+        }
+        headers = headers.insert(Header {
+            key: "evalstream.source.size",
+            value: Some(&payload.len().to_string()),
+        });
+        if sent.len() < payload.len() {
+            headers = headers.insert(Header {
+                key: "evalstream.dead_letter.truncated",
+                value: Some("true"),
+            });
+        }
+        let key = letter.key.clone();
+        let mut record =
+            BaseRecord::with_opaque_to(&self.dlq_topic, Box::new(Delivery::DeadLetter(letter)))
+                .payload(sent)
+                .headers(headers);
+        if let Some(key) = &key {
+            record = record.key(&key[..]);
+        }
+        if let Err((e, delivery)) = self.send(record)
+            && let Delivery::DeadLetter(letter) = *delivery
+        {
+            self.producer.context().retry(letter, &e);
+        }
     }
 
     /// The error, and what the record is (`input` or `evaluations`).
-    fn error_headers(reason: &str, message: &str, content: &str) -> OwnedHeaders {
-        OwnedHeaders::new()
-            .insert(Header {
-                key: "evalstream.error",
-                value: Some(message),
-            })
-            .insert(Header {
-                key: "evalstream.error.type",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "evalstream.dead_letter.content",
-                value: Some(content),
-            })
+    fn error_headers(
+        reason: &'static str,
+        message: &str,
+        content: &'static str,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("evalstream.error", message.to_owned()),
+            ("evalstream.error.type", reason.to_owned()),
+            ("evalstream.dead_letter.content", content.to_owned()),
+        ]
     }
 
     /// Messages waiting in the producer.
@@ -528,5 +736,65 @@ impl Sink {
     /// Waits up to `timeout` for queued records to be delivered.
     pub fn flush(&self, timeout: Duration) -> bool {
         self.producer.flush(timeout).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evalstream_evaluators::otlp;
+
+    fn span(i: usize, attribute_bytes: usize) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: (i as u64).to_be_bytes().to_vec(),
+            name: "evaluation pii".into(),
+            attributes: vec![otlp::kv_str(
+                "gen_ai.evaluation.explanation",
+                "x".repeat(attribute_bytes),
+            )],
+            ..Default::default()
+        }
+    }
+
+    /// 300 LLM spans' evaluations made one 1.21 MB record, which the producer refused.
+    #[test]
+    fn outputs_are_split_under_the_record_limit_in_order() {
+        let spans: Vec<Span> = (0..1500).map(|i| span(i, 700 + i % 300)).collect();
+        let whole = to_otlp::export_request(spans.clone()).encoded_len();
+        assert!(
+            whole > 1_000_000,
+            "the test needs more than one record: {whole}"
+        );
+        let budget = 1_000_000 - 32 - RECORD_MARGIN;
+        let chunks = split_by_size(spans.clone(), budget);
+        assert!(chunks.len() >= 2);
+        for chunk in &chunks {
+            let size = to_otlp::export_request(chunk.clone()).encoded_len();
+            assert!(size <= budget, "{size} > {budget}");
+        }
+        let rejoined: Vec<Span> = chunks.into_iter().flatten().collect();
+        assert_eq!(rejoined, spans, "every span, once, in order");
+        // A span larger than the budget still goes (alone), never silently dropped.
+        let huge = split_by_size(vec![span(0, 10), span(1, 5000), span(2, 10)], 1000);
+        assert_eq!(huge.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1]);
+    }
+
+    #[test]
+    fn dead_letters_back_off_to_a_minute() {
+        let mut letter = DeadLetter {
+            inputs: Vec::new(),
+            reason: "decode",
+            key: None,
+            payload: Arc::from(&b""[..]),
+            headers: Vec::new(),
+            max_payload: 0,
+            attempts: 1,
+        };
+        assert_eq!(letter.delay(), Duration::from_secs(1));
+        letter.attempts = 3;
+        assert_eq!(letter.delay(), Duration::from_secs(4));
+        letter.attempts = 40;
+        assert_eq!(letter.delay(), MAX_RETRY_DELAY);
     }
 }

@@ -25,6 +25,7 @@
 //! `max_in_flight_messages`: the trace buffer's own limits bound them, and they have given up
 //! their bytes.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +43,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use super::health::{InputHealth, Origin};
 use super::offsets::{OffsetTracker, TopicPartition};
 use super::sink::{Ack, Pending, Received};
 use crate::config::KafkaReceiver;
@@ -265,6 +267,8 @@ pub struct Source {
     /// Messages held by queued judge calls (once per call).
     held_by_judges: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// Poll errors that persist, for readiness.
+    health: RefCell<InputHealth>,
 }
 
 impl Source {
@@ -330,13 +334,14 @@ impl Source {
             held_by_traces,
             held_by_judges,
             metrics,
+            health: RefCell::new(InputHealth::default()),
         })
     }
 
     /// One queue per assigned partition, each waking the poll thread when it gets messages.
     /// Called after every assignment: librdkafka re-attaches partitions to the main queue when it
     /// assigns them.
-    fn split_queues(&self) -> Vec<PartitionQueue<SourceContext>> {
+    fn split_queues(&self) -> Vec<(TopicPartition, PartitionQueue<SourceContext>)> {
         let Ok(assignment) = self.consumer.assignment() else {
             return Vec::new();
         };
@@ -350,7 +355,11 @@ impl Source {
                     .split_partition_queue(e.topic(), e.partition())?;
                 let poll_thread = poll_thread.clone();
                 queue.set_nonempty_callback(move || poll_thread.unpark());
-                Some(queue)
+                let tp = TopicPartition {
+                    topic: e.topic().into(),
+                    partition: e.partition(),
+                };
+                Some((tp, queue))
             })
             .collect()
     }
@@ -389,6 +398,7 @@ impl Source {
             warn!(topic = %tp.topic, partition = tp.partition, from = previous + 1, to = m.offset(), "input offsets skipped");
         }
         last_offsets.insert(tp.clone(), m.offset());
+        self.health.borrow_mut().progress(&tp);
         tracing::trace!(
             key = %String::from_utf8_lossy(m.key().unwrap_or_default()),
             partition = tp.partition,
@@ -411,7 +421,8 @@ impl Source {
     /// Polls until `shutdown` is set, then drains in-flight work within the drain timeout and
     /// commits what finished.
     pub fn run(self, shutdown: &AtomicBool) {
-        let mut queues: Vec<PartitionQueue<SourceContext>> = Vec::new();
+        let mut queues: Vec<(TopicPartition, PartitionQueue<SourceContext>)> = Vec::new();
+        let mut next_health_check = Instant::now();
         let mut next_queue: usize = 0;
         let mut last_offsets: HashMap<TopicPartition, i64> = HashMap::new();
         let mut received: Vec<Work> = Vec::with_capacity(BATCH);
@@ -436,12 +447,15 @@ impl Source {
             if room > 0 && !queues.is_empty() {
                 let share = room.div_ceil(queues.len());
                 for i in 0..queues.len() {
-                    let queue = &queues[(next_queue + i) % queues.len()];
+                    let (tp, queue) = &queues[(next_queue + i) % queues.len()];
                     for _ in 0..share.min(room - received.len()) {
                         match queue.poll(Duration::ZERO) {
                             None => break,
                             Some(Ok(m)) => received.push(self.receive(&m, &mut last_offsets)),
-                            Some(Err(e)) => self.poll_error(&e),
+                            Some(Err(e)) => {
+                                self.poll_error(Origin::Partition(tp.clone()), &e);
+                                break;
+                            }
                         }
                     }
                 }
@@ -452,7 +466,17 @@ impl Source {
             match self.consumer.poll(Duration::ZERO) {
                 None => {}
                 Some(Ok(m)) => received.push(self.receive(&m, &mut last_offsets)),
-                Some(Err(e)) => self.poll_error(&e),
+                Some(Err(e)) => {
+                    let code = e
+                        .rdkafka_error_code()
+                        .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
+                    self.poll_error(Origin::Client(code), &e);
+                }
+            }
+            if Instant::now() >= next_health_check {
+                let problem = self.health.borrow_mut().problem(Instant::now());
+                self.metrics.set_input_problem(problem);
+                next_health_check = Instant::now() + Duration::from_secs(1);
             }
             let took = received.len();
             let mut state = ctx.state();
@@ -494,9 +518,22 @@ impl Source {
         self.drain();
     }
 
-    fn poll_error(&self, e: &KafkaError) {
+    /// Counts a poll error and logs it (once a minute per partition or error), at `warn`: a
+    /// persistent one stalls the input, and `/readyz` reports it ([`InputHealth`]).
+    fn poll_error(&self, origin: Origin, e: &KafkaError) {
         self.metrics.kafka_errors.with_label_values(&["poll"]).inc();
-        debug!(error = %e, "poll error");
+        if let Some(count) = self
+            .health
+            .borrow_mut()
+            .error(origin.clone(), e, Instant::now())
+        {
+            match origin {
+                Origin::Partition(tp) => {
+                    warn!(error = %e, topic = %tp.topic, partition = tp.partition, count, "cannot read the partition (librdkafka retries)")
+                }
+                Origin::Client(_) => warn!(error = %e, count, "input consumer error"),
+            }
+        }
     }
 
     fn drain(self) {
@@ -517,5 +554,43 @@ impl Source {
         store(&self.consumer, &offsets);
         commit(&self.consumer, &offsets, CommitMode::Sync);
         info!(unfinished, "input stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::config::ClientConfig;
+
+    /// A zstd batch from the collector stalled its partition ("Decompression … Not
+    /// implemented") while librdkafka was built with zlib only; managed Kafka services need TLS
+    /// and SASL.
+    #[test]
+    fn the_kafka_client_reads_every_collector_codec_and_speaks_tls_and_sasl() {
+        let native = ClientConfig::new().create_native_config().unwrap();
+        let features = native.get("builtin.features").unwrap();
+        for feature in [
+            "gzip",
+            "snappy",
+            "lz4",
+            "zstd",
+            "ssl",
+            "sasl_plain",
+            "sasl_scram",
+        ] {
+            assert!(
+                features.split(',').any(|f| f == feature),
+                "librdkafka lacks `{feature}`: {features}"
+            );
+        }
+        for protocol in ["ssl", "sasl_ssl"] {
+            ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:1")
+                .set("security.protocol", protocol)
+                .set("sasl.mechanism", "SCRAM-SHA-512")
+                .set("sasl.username", "evalstream")
+                .set("sasl.password", "secret")
+                .create::<rdkafka::producer::BaseProducer>()
+                .unwrap_or_else(|e| panic!("security.protocol={protocol}: {e}"));
+        }
     }
 }
