@@ -162,7 +162,7 @@ pub struct Telemetry {
     #[serde(default)]
     pub metrics: Option<MetricsEndpoint>,
     /// The bearer token the endpoint's one action (`POST /drift/ack`) needs (`${env:…}`);
-    /// without it the action is refused.
+    /// without it (or empty) the action is refused.
     #[serde(default)]
     pub admin_token: Option<Secret>,
 }
@@ -199,7 +199,8 @@ impl MetricsEndpoint {
             header_read_timeout: std::time::Duration::from_secs_f64(
                 self.header_read_timeout_seconds,
             ),
-            admin_token: admin_token.cloned(),
+            // Empty (an unset `${env:…:-}`) is no token.
+            admin_token: admin_token.filter(|t| !t.expose().is_empty()).cloned(),
         }
     }
 }
@@ -480,7 +481,7 @@ impl Config {
             .telemetry
             .admin_token
             .as_ref()
-            .is_some_and(|t| t.expose().trim().len() < 16)
+            .is_some_and(|t| !t.expose().is_empty() && t.expose().trim().len() < 16)
         {
             return Err(Problem::Other(
                 "telemetry.admin_token: at least 16 characters (a random token, e.g. from `openssl rand -hex 16`)".into(),
