@@ -89,7 +89,9 @@ pub struct Score {
     pub label: Cow<'static, str>,
     /// Whether quality is acceptable.
     pub passed: bool,
-    /// Why, for a person reading the trace. Never echoes sensitive values.
+    /// Why, for a person reading the trace: what and where (a claim's number and byte range, a
+    /// pattern and where it matched, a JSON path and keyword). Never the span's content: scores
+    /// go to trace backends and logs, read by more people than the traces.
     pub explanation: String,
 }
 

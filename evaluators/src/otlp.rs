@@ -83,15 +83,17 @@ impl fmt::Display for Encoding {
 /// Why bytes could not be decoded as an `ExportTraceServiceRequest`.
 ///
 /// The message names the encoding and, for JSON, the line and column, so it can go straight into a
-/// dead-letter header or an error line.
+/// dead-letter header or an error line. It never quotes the input: a span's attributes may hold
+/// personal data, and dead-letter headers and logs are read by more people than the traces.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// The bytes are not a valid protobuf `ExportTraceServiceRequest`.
+    /// The bytes are not a valid protobuf `ExportTraceServiceRequest`. prost's messages are
+    /// structural (a wire type, a tag, the field path, "not UTF-8"), never a field's value.
     #[error("invalid otlp_proto message: {0}")]
     Proto(#[from] prost::DecodeError),
     /// The bytes are not valid OTLP/JSON.
     #[error("invalid otlp_json message: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(JsonError),
     /// The message is empty: the collector never writes an empty record.
     #[error("empty message: expected an {0} ExportTraceServiceRequest")]
     Empty(Encoding),
@@ -111,6 +113,95 @@ pub enum DecodeError {
         /// Index of the span within its resource, counted across scopes.
         span_index: usize,
     },
+}
+
+impl From<serde_json::Error> for DecodeError {
+    fn from(error: serde_json::Error) -> DecodeError {
+        DecodeError::Json(JsonError::from(&error))
+    }
+}
+
+/// A JSON parse or decode failure, told without the offending value: `serde_json`'s own message
+/// quotes it (`invalid type: string "123-45-6789", expected u32`), and these messages end up in
+/// dead-letter headers and explanations. What is kept: the category, the line and column, the
+/// syntax error (serde_json's syntax messages are fixed texts) or, for a value of the wrong type
+/// or form, what was expected (which comes from the type, not the input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{category} error at line {line} column {column}: {what}")]
+pub struct JsonError {
+    /// `syntax` (not JSON), `data` (JSON of the wrong shape) or `eof` (cut short).
+    pub category: &'static str,
+    /// What went wrong, without the value.
+    pub what: String,
+    /// 1-based line of the error.
+    pub line: usize,
+    /// 1-based column of the error.
+    pub column: usize,
+}
+
+/// The most characters of an "expected …" kept: a list of field names can be long.
+const MAX_EXPECTED_CHARS: usize = 120;
+
+impl From<&serde_json::Error> for JsonError {
+    fn from(error: &serde_json::Error) -> JsonError {
+        use serde_json::error::Category;
+        let (line, column) = (error.line(), error.column());
+        let category = match error.classify() {
+            Category::Io => "io",
+            Category::Syntax => "syntax",
+            Category::Data => "data",
+            Category::Eof => "eof",
+        };
+        let message = error.to_string();
+        let message = message
+            .strip_suffix(&format!(" at line {line} column {column}"))
+            .unwrap_or(&message);
+        let what = match error.classify() {
+            // Syntax and end-of-input errors are serde_json's fixed texts (`expected `:``,
+            // `EOF while parsing a string`); I/O errors do not carry the input either.
+            Category::Syntax | Category::Eof | Category::Io => message.to_owned(),
+            Category::Data => data_error(message),
+        };
+        JsonError {
+            category,
+            what,
+            line,
+            column,
+        }
+    }
+}
+
+/// A `serde` data error without the value it quotes: its kind and what was expected. Anything
+/// else (custom messages, as from hex or integer parsing) becomes "invalid value".
+fn data_error(message: &str) -> String {
+    const KINDS: [(&str, &str); 5] = [
+        ("invalid type: ", "invalid type"),
+        ("invalid value: ", "invalid value"),
+        ("invalid length ", "invalid length"),
+        ("unknown variant ", "unknown variant"),
+        ("unknown field ", "unknown field"),
+    ];
+    let Some(&(_, kind)) = KINDS.iter().find(|(prefix, _)| message.starts_with(prefix)) else {
+        return "invalid value".into();
+    };
+    // `…, expected X` ends these messages, after the quoted input: the last occurrence is
+    // serde's, whatever the input holds. `unknown field `x`, there are no fields` has none, and
+    // the input may hold one of its own.
+    if message.ends_with(", there are no fields") || message.ends_with(", there are no variants") {
+        return kind.into();
+    }
+    match message.rfind(", expected ") {
+        Some(at) => {
+            let expected = &message[at + ", expected ".len()..];
+            let cut = expected
+                .char_indices()
+                .nth(MAX_EXPECTED_CHARS)
+                .map_or(expected.len(), |(i, _)| i);
+            let ellipsis = if cut < expected.len() { "…" } else { "" };
+            format!("{kind}, expected {}{ellipsis}", &expected[..cut])
+        }
+        None => kind.into(),
+    }
 }
 
 /// Decodes one `ExportTraceServiceRequest` in the given encoding and checks that every span has
@@ -172,7 +263,7 @@ impl Iterator for JsonRequests<'_> {
         }
         let item = match self.inner.next()? {
             Ok(request) => check_ids(&request).map(|()| request),
-            Err(e) => Err(DecodeError::Json(e)),
+            Err(e) => Err(DecodeError::from(e)),
         };
         self.failed = item.is_err();
         Some(item)
@@ -374,5 +465,109 @@ mod tests {
     #[test]
     fn hex_is_lowercase() {
         assert_eq!(hex(&[0x0a, 0xff, 0x00]), "0aff00");
+    }
+    /// A span whose attributes hold an SSN and an e-mail address in fields of the wrong type.
+    const WRONGLY_TYPED: &str = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{
+        "traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"x",
+        "attributes":[{"key":"ok","value":{"boolValue":"jane.doe@example.com"}}],
+        "droppedAttributesCount":"123-45-6789"
+    }]}]}]}"#;
+
+    #[test]
+    fn json_decode_errors_do_not_echo_values() {
+        // serde_json's own message quotes the value: what the test guards against.
+        let raw = serde_json::from_str::<ExportTraceServiceRequest>(WRONGLY_TYPED)
+            .unwrap_err()
+            .to_string();
+        assert!(raw.contains("jane.doe@example.com"), "{raw}");
+        let err = decode(WRONGLY_TYPED.as_bytes(), Encoding::OtlpJson).unwrap_err();
+        let shown = err.to_string();
+        assert!(!shown.contains("jane.doe"), "{shown}");
+        assert!(!shown.contains("example.com"), "{shown}");
+        assert_eq!(
+            shown,
+            "invalid otlp_json message: data error at line 3 column 78: invalid type, expected a boolean"
+        );
+
+        let ssn = WRONGLY_TYPED.replace(r#"{"boolValue":"jane.doe@example.com"}"#, "{}");
+        let raw = serde_json::from_str::<ExportTraceServiceRequest>(&ssn)
+            .unwrap_err()
+            .to_string();
+        assert!(raw.contains("123-45-6789"), "{raw}");
+        let shown = decode(ssn.as_bytes(), Encoding::OtlpJson)
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("123-45-6789"), "{shown}");
+        assert!(shown.contains("data error at line 4"), "{shown}");
+
+        // The same through the stream reader, and for a bad hex id.
+        let shown = json_requests(WRONGLY_TYPED.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("jane.doe"), "{shown}");
+        let bad_hex = WRONGLY_TYPED.replace("0102030405060708\"", "zz23-45-6789jane\"");
+        let shown = decode(bad_hex.as_bytes(), Encoding::OtlpJson)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !shown.contains("zz23") && !shown.contains("jane"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn json_syntax_errors_keep_serde_jsons_fixed_text() {
+        let err = decode(b"{\"resourceSpans\": [}", Encoding::OtlpJson).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid otlp_json message: syntax error at line 1 column 20: expected value"
+        );
+        let err = decode(b"{\"resourceSpans\": [", Encoding::OtlpJson).unwrap_err();
+        assert!(err.to_string().contains("eof error"), "{err}");
+    }
+
+    #[test]
+    fn data_errors_keep_only_what_was_expected() {
+        assert_eq!(
+            data_error(r#"invalid type: string "a, expected 123-45-6789", expected u32"#),
+            "invalid type, expected u32"
+        );
+        assert_eq!(
+            data_error("unknown field `x, expected 123-45-6789`, there are no fields"),
+            "unknown field"
+        );
+        assert_eq!(
+            data_error("Invalid character 'j' at position 0"),
+            "invalid value"
+        );
+    }
+
+    #[test]
+    fn proto_decode_errors_do_not_echo_values() {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        let request = ExportTraceServiceRequest::single(ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![1; 16],
+                    span_id: vec![2; 8],
+                    name: "123-45-6789 jane.doe@example.com ZZ".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let mut bytes = request.encode_to_vec();
+        // Make the name invalid UTF-8: prost rejects it, naming the field but not its bytes.
+        let at = bytes.windows(2).position(|w| w == b"ZZ").unwrap();
+        bytes[at] = 0xff;
+        let shown = decode(&bytes, Encoding::OtlpProto).unwrap_err().to_string();
+        assert!(shown.contains("Span.name"), "{shown}");
+        assert!(
+            !shown.contains("123-45-6789") && !shown.contains("jane"),
+            "{shown}"
+        );
     }
 }

@@ -13,8 +13,16 @@
 //!   ([`EVENT_KEYS`]: name, score value and label, explanation, response id, error type);
 //! - status ERROR when the evaluation errored.
 //!
+//! Every string copied onto the span (the response id, the evaluator's name, label, version and
+//! explanation, the error) is capped in length ([`MAX_NAME_BYTES`], [`MAX_EXPLANATION_BYTES`]),
+//! with a trailing `…` when cut: they come from the judged span or from scripts, and one 50 MB
+//! `gen_ai.response.id` once made a 524 MB output file (the id is copied onto the span and its
+//! event, for every evaluator).
+//!
 //! Skipped evaluations produce no span: they are counted in metrics and shown by `evalstream
 //! eval`, but a trace backend gains nothing from a span saying "not applicable".
+
+use std::borrow::Cow;
 
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -42,6 +50,42 @@ pub const EVENT_KEYS: [&str; 6] = [
     "error.type",
 ];
 
+/// The most bytes kept of an identifier or name copied onto an evaluator span (response id,
+/// evaluator name, label, version, error type; model names for callers adding them). Provider
+/// response ids are under 100 bytes (`chatcmpl-` + 29 characters, `msg_` + 24), model names under
+/// 80: 256 keeps every real one whole.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// The most bytes kept of an explanation or error message. Built-in scorers write under 600
+/// (`grounding` naming three unsupported claims is the longest); a script's or a judge's reason
+/// can be anything, and a reader needs its start, not 50 MB of it.
+pub const MAX_EXPLANATION_BYTES: usize = 1024;
+
+/// The marker ending a cut value, so truncation is visible.
+const CUT_MARKER: &str = "…";
+
+/// `value` cut to at most `max_bytes` bytes, marker included, on a character boundary, ending
+/// with `…` when cut. Use it for any string from the judged span or an evaluator that goes onto
+/// an evaluator span.
+pub fn capped(value: &str, max_bytes: usize) -> Cow<'_, str> {
+    if value.len() <= max_bytes {
+        return Cow::Borrowed(value);
+    }
+    let mut cut = max_bytes.saturating_sub(CUT_MARKER.len());
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}{CUT_MARKER}", &value[..cut]))
+}
+
+fn name_attr(key: &str, value: &str) -> KeyValue {
+    kv_str(key, capped(value, MAX_NAME_BYTES))
+}
+
+fn text_attr(key: &str, value: &str) -> KeyValue {
+    kv_str(key, capped(value, MAX_EXPLANATION_BYTES))
+}
+
 /// Whether an evaluation becomes an evaluator span (scored and errored ones do).
 pub fn emits_span(evaluation: &Evaluation<'_>) -> bool {
     !matches!(evaluation.outcome, Outcome::Skipped { .. })
@@ -51,20 +95,17 @@ pub fn emits_span(evaluation: &Evaluation<'_>) -> bool {
 pub fn evaluation_attributes(judged: &GenAiSpan<'_>, evaluation: &Evaluation<'_>) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(10);
     attrs.push(kv_str("gen_ai.operation.name", "evaluation"));
-    attrs.push(kv_str("gen_ai.evaluation.name", evaluation.evaluator));
+    attrs.push(name_attr("gen_ai.evaluation.name", evaluation.evaluator));
     match &evaluation.outcome {
         Outcome::Scored(score) => {
             attrs.push(kv(
                 "gen_ai.evaluation.score.value",
                 Value::DoubleValue(score.value),
             ));
-            attrs.push(kv_str(
-                "gen_ai.evaluation.score.label",
-                score.label.as_ref(),
-            ));
-            attrs.push(kv_str(
+            attrs.push(name_attr("gen_ai.evaluation.score.label", &score.label));
+            attrs.push(text_attr(
                 "gen_ai.evaluation.explanation",
-                score.explanation.as_str(),
+                &score.explanation,
             ));
             attrs.push(kv(
                 "evalstream.evaluation.passed",
@@ -75,22 +116,22 @@ pub fn evaluation_attributes(judged: &GenAiSpan<'_>, evaluation: &Evaluation<'_>
             error_type,
             message,
         } => {
-            attrs.push(kv_str("error.type", error_type.as_ref()));
-            attrs.push(kv_str("gen_ai.evaluation.explanation", message.as_str()));
+            attrs.push(name_attr("error.type", error_type));
+            attrs.push(text_attr("gen_ai.evaluation.explanation", message));
         }
         Outcome::Skipped { reason, detail } => {
             attrs.push(kv_str("evalstream.evaluation.skip_reason", reason.as_str()));
             if !detail.is_empty() {
-                attrs.push(kv_str("gen_ai.evaluation.explanation", detail.as_ref()));
+                attrs.push(text_attr("gen_ai.evaluation.explanation", detail));
             }
         }
     }
     if let Some(id) = judged.response_id() {
-        attrs.push(kv_str("gen_ai.response.id", id));
+        attrs.push(name_attr("gen_ai.response.id", id));
     }
-    attrs.push(kv_str(
+    attrs.push(name_attr(
         "evalstream.evaluator.version",
-        evaluation.version.as_ref(),
+        &evaluation.version,
     ));
     attrs.push(kv_str(
         "evalstream.evaluation.outcome",
@@ -112,7 +153,7 @@ pub fn evaluation_span(
     let status = match &evaluation.outcome {
         Outcome::Error { message, .. } => Some(Status {
             code: status::StatusCode::Error as i32,
-            message: message.clone(),
+            message: capped(message, MAX_EXPLANATION_BYTES).into_owned(),
         }),
         _ => None,
     };
@@ -120,7 +161,10 @@ pub fn evaluation_span(
         trace_id: judged.trace_id().to_vec(),
         span_id: evaluation.score_id.span_id().to_vec(),
         parent_span_id: judged.span_id().to_vec(),
-        name: format!("evaluation {}", evaluation.evaluator),
+        name: format!(
+            "evaluation {}",
+            capped(evaluation.evaluator, MAX_NAME_BYTES)
+        ),
         kind: span::SpanKind::Internal as i32,
         start_time_unix_nano: start,
         end_time_unix_nano: end,
@@ -253,5 +297,52 @@ mod tests {
         assert!(emits_span(&evaluation));
         evaluation.outcome = Outcome::no_content();
         assert!(!emits_span(&evaluation));
+    }
+    #[test]
+    fn a_huge_response_id_is_capped_on_the_evaluator_span() {
+        use prost::Message as _;
+        let huge_id = "r".repeat(5_000_000);
+        let huge_explanation = "é".repeat(1_000_000);
+        let mut judged = chat("hi");
+        judged.attributes.push(s("gen_ai.response.id", &huge_id));
+        let v = view(&judged);
+        let evaluation = Evaluation {
+            evaluator: "script",
+            version: "1".into(),
+            score_id: ScoreId([1; 16]),
+            outcome: Outcome::check(false, "x".repeat(10_000), huge_explanation),
+        };
+        let out = evaluation_span(&v, &evaluation, 1, 2);
+        let get = |attrs: &[KeyValue], k| {
+            otlp::find(attrs, k)
+                .and_then(otlp::as_str)
+                .map(str::to_owned)
+        };
+        for attrs in [&out.attributes, &out.events[0].attributes] {
+            let id = get(attrs, "gen_ai.response.id").unwrap();
+            assert!(
+                id.len() <= MAX_NAME_BYTES && id.ends_with('…'),
+                "{}",
+                id.len()
+            );
+            assert!(id.starts_with("rrrr"));
+            let why = get(attrs, "gen_ai.evaluation.explanation").unwrap();
+            assert!(why.len() <= MAX_EXPLANATION_BYTES && why.ends_with('…'));
+            let label = get(attrs, "gen_ai.evaluation.score.label").unwrap();
+            assert!(label.len() <= MAX_NAME_BYTES);
+        }
+        // The whole encoded evaluator span stays small: a few kilobytes, not megabytes.
+        let encoded = export_request(vec![out]).encode_to_vec().len();
+        assert!(encoded < 4 * 1024, "{encoded} bytes");
+    }
+
+    #[test]
+    fn capped_cuts_on_a_character_boundary_and_keeps_short_values() {
+        assert_eq!(capped("chatcmpl-1", 256), "chatcmpl-1");
+        assert_eq!(capped("abcdef", 6), "abcdef");
+        assert_eq!(capped("abcdefg", 6), "abc…");
+        // `é` is two bytes: 7 - 3 = 4 bytes left for two of them.
+        assert_eq!(capped("éééééé", 7), "éé…");
+        assert_eq!(capped("éééééé", 8), "éé…");
     }
 }

@@ -35,10 +35,14 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::{MAX_NAME_CHARS, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
 use crate::pricing::{Price, PriceTable};
 use crate::span::{GenAiSpan, OperationKind};
 use crate::trace::TraceView;
+
+/// Unpriced models named in an explanation; the rest are counted.
+const LISTED_MODELS: usize = 5;
 
 /// Configuration of `agent_loop`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -229,7 +233,8 @@ impl AgentLoop {
         checks.push((repeated <= c.max_repeated_tool_calls, "tool_loop"));
         parts.push(match &m.most_repeated {
             Some((name, n)) => format!(
-                "{name} called {n}× with the same arguments (limit {}; {})",
+                "{} called {n}× with the same arguments (limit {}; {})",
+                excerpt(name, MAX_NAME_CHARS),
                 c.max_repeated_tool_calls,
                 plural(m.tool_calls, "tool call", "tool calls")
             ),
@@ -276,7 +281,20 @@ impl AgentLoop {
             None => {}
         }
         if !m.unpriced.is_empty() {
-            parts.push(format!("no price for {}", m.unpriced.join(", ")));
+            // Model names come from spans: each is cut short, and only the first few are listed.
+            let listed: Vec<_> = m
+                .unpriced
+                .iter()
+                .take(LISTED_MODELS)
+                .map(|model| excerpt(model, MAX_NAME_CHARS))
+                .collect();
+            let more = m.unpriced.len().saturating_sub(LISTED_MODELS);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            parts.push(format!("no price for {}{more}", listed.join(", ")));
         }
 
         let passed = checks.iter().filter(|(ok, _)| *ok).count();

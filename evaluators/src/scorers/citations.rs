@@ -5,14 +5,17 @@
 //! names a document of the trace retrieved before the answer, by position (`[2]` is the second
 //! document, counting across retrievers in order) or by id (case-insensitive). Scores resolved /
 //! cited; passes when every citation resolves. An answer with retrieved documents but no citation
-//! is labelled `uncited` and fails when `require_citations` (the default).
+//! is labelled `uncited` and fails when `require_citations` (the default). Unresolved citations
+//! are named by rank and position (`citation 2 at bytes 40..45 of the output`), never quoted.
 
 use std::collections::BTreeSet;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::{compile_regex, excerpt};
+use std::ops::Range;
+
+use super::compile_regex;
 use crate::evaluator::{Evaluator, Outcome};
 use crate::span::{Document, GenAiSpan};
 use crate::trace::TraceView;
@@ -51,6 +54,9 @@ fn default_patterns() -> Vec<String> {
     ]
 }
 
+/// Unresolved citations located in an explanation; the rest are counted.
+const LISTED_UNRESOLVED: usize = 5;
+
 /// The `citations` scorer.
 #[derive(Debug)]
 pub struct Citations {
@@ -87,17 +93,25 @@ impl Citations {
     /// The references cited in `text`, in order of first appearance, without repeats (compared
     /// case-insensitively).
     pub fn references(&self, text: &str) -> Vec<String> {
+        self.cited(text)
+            .into_iter()
+            .map(|(_, r)| r.to_owned())
+            .collect()
+    }
+
+    /// [`Citations::references`] with where each first appears: the range of its marker.
+    fn cited<'t>(&self, text: &'t str) -> Vec<(Range<usize>, &'t str)> {
         let mut seen = BTreeSet::new();
-        let mut found: Vec<(usize, String)> = Vec::new();
+        let mut found: Vec<(usize, Range<usize>, &'t str)> = Vec::new();
         for marker in self.markers(text) {
             for (at, reference) in marker.references {
                 if seen.insert(reference.to_lowercase()) {
-                    found.push((at, reference.to_owned()));
+                    found.push((at, marker.range.clone(), reference));
                 }
             }
         }
-        found.sort_by_key(|(at, _)| *at);
-        found.into_iter().map(|(_, r)| r).collect()
+        found.sort_by_key(|(at, _, _)| *at);
+        found.into_iter().map(|(_, range, r)| (range, r)).collect()
     }
 
     /// Every citation marker in `text` with where it is, pattern by pattern (not in text order;
@@ -175,7 +189,7 @@ impl Evaluator for Citations {
         let Some(answer) = span.output_text() else {
             return Outcome::no_content();
         };
-        let references = self.references(&answer);
+        let references = self.cited(&answer);
         if references.is_empty() {
             let passed = !self.config.require_citations;
             return Outcome::measured(
@@ -188,10 +202,14 @@ impl Evaluator for Citations {
                 ),
             );
         }
-        let unresolved: Vec<&str> = references
+        // Unresolved citations are named by their rank among the answer's citations and where
+        // their marker is, not by what they say: a marker is the answer's text, and a model
+        // can put anything between brackets.
+        let unresolved: Vec<(usize, &Range<usize>)> = references
             .iter()
-            .filter(|r| !resolves(r, &documents))
-            .map(String::as_str)
+            .enumerate()
+            .filter(|(_, (_, r))| !resolves(r, &documents))
+            .map(|(i, (range, _))| (i + 1, range))
             .collect();
         let resolved = references.len() - unresolved.len();
         let value = resolved as f64 / references.len() as f64;
@@ -206,16 +224,24 @@ impl Evaluator for Citations {
                 ),
             );
         }
-        let list = excerpt(&unresolved.join(", "), 200).into_owned();
+        let mut list: Vec<String> = unresolved
+            .iter()
+            .take(LISTED_UNRESOLVED)
+            .map(|(n, range)| format!("citation {n} at bytes {}..{}", range.start, range.end))
+            .collect();
+        if unresolved.len() > LISTED_UNRESOLVED {
+            list.push(format!("{} more", unresolved.len() - LISTED_UNRESOLVED));
+        }
         Outcome::measured(
             value,
             false,
             "unresolved",
             format!(
-                "{} of {} citations match no retrieved document ({} retrieved): {list}",
+                "{} of {} citations match no retrieved document ({} retrieved): {} of the output",
                 unresolved.len(),
                 references.len(),
-                documents.len()
+                documents.len(),
+                list.join(", ")
             ),
         )
     }
@@ -310,7 +336,11 @@ mod tests {
         let (v, passed, label, why) = scored(judge("It is so [1] and [4] and [kb-9].", &docs));
         assert!((v - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!((passed, label.as_str()), (false, "unresolved"));
-        assert!(why.contains("4, kb-9"), "{why}");
+        assert_eq!(
+            why,
+            "2 of 3 citations match no retrieved document (2 retrieved): \
+             citation 2 at bytes 17..20, citation 3 at bytes 25..31 of the output"
+        );
         let (v, passed, label, _) = scored(judge("No citation here.", &docs));
         assert_eq!((v, passed, label.as_str()), (0.0, false, "uncited"));
     }
@@ -324,5 +354,22 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("capture group"), "{err}");
+    }
+    #[test]
+    fn citations_explanation_names_unresolved_markers_by_position() {
+        let docs = [("kb-1", "a")];
+        let (_, passed, label, why) = scored(judge(
+            "Your account [1] belongs to [123-45-6789] (Source: jane@example.com).",
+            &docs,
+        ));
+        assert_eq!((passed, label.as_str()), (false, "unresolved"));
+        assert!(
+            !why.contains("123-45-6789") && !why.contains("jane"),
+            "{why}"
+        );
+        assert!(
+            why.ends_with("citation 2 at bytes 28..41, citation 3 at bytes 42..68 of the output"),
+            "{why}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{MAX_NAME_CHARS, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
 use crate::pricing::{Price, PriceTable};
 use crate::span::GenAiSpan;
@@ -70,7 +71,10 @@ impl Evaluator for CostScorer {
             return Outcome::not_applicable("no model recorded");
         };
         let Some((key, price)) = self.table.lookup(model) else {
-            return Outcome::not_applicable(format!("no price for model `{model}`"));
+            return Outcome::not_applicable(format!(
+                "no price for model `{}`",
+                excerpt(model, MAX_NAME_CHARS)
+            ));
         };
         let usage = span.usage();
         let Some(cost) = PriceTable::cost(price, &usage) else {

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{MAX_NAME_CHARS, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
 use crate::span::{FinishReason, GenAiSpan};
 
@@ -74,12 +75,19 @@ impl Evaluator for FinishReasonCheck {
             FinishReason::Error => "error",
             FinishReason::Other(_) => "other",
         };
-        let all: Vec<&str> = reasons.iter().map(FinishReason::as_str).collect();
+        let all: Vec<_> = reasons
+            .iter()
+            .map(|r| excerpt(r.as_str(), MAX_NAME_CHARS))
+            .collect();
         match bad {
             Some(r) => Outcome::check(
                 false,
                 label,
-                format!("finished with `{}` ({})", r.as_str(), all.join(", ")),
+                format!(
+                    "finished with `{}` ({})",
+                    excerpt(r.as_str(), MAX_NAME_CHARS),
+                    all.join(", ")
+                ),
             ),
             None => Outcome::check(true, label, format!("finished with {}", all.join(", "))),
         }

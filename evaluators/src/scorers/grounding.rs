@@ -32,7 +32,10 @@
 //!
 //! **Score** supported / claims. Labels: `grounded` (all supported), `partially_grounded`,
 //! `ungrounded` (fewer than half supported). Passes at `threshold` (default 0.8: one unsupported
-//! claim in five passes, one in three fails). Answers without claims are `not_applicable`.
+//! claim in five passes, one in three fails). Answers without claims are `not_applicable`. The
+//! explanation locates up to three unsupported claims by number and byte range in the answer,
+//! with their best support and the numbers and names not found (also by byte range), and never
+//! quotes them: the answer's words may be personal data.
 //!
 //! Cost: each document is tokenised once per answer, and only the claims' terms are looked up in
 //! it (a hash of the normalised token into a small table), so the work is one scan of the
@@ -48,7 +51,6 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use super::citations::{Citations, CitationsConfig, position_of};
-use super::excerpt;
 use crate::evaluator::{Evaluator, Outcome};
 use crate::span::{Document, GenAiSpan};
 use crate::trace::TraceView;
@@ -107,9 +109,10 @@ pub struct Grounding {
     citations: Citations,
 }
 
-/// Claims quoted in an explanation, and the characters quoted of each.
-const QUOTED_CLAIMS: usize = 3;
-const QUOTE_CHARS: usize = 120;
+/// Unsupported claims located in an explanation (the others are counted), and the key terms
+/// located per claim.
+const LISTED_CLAIMS: usize = 3;
+const LISTED_TERMS: usize = 5;
 
 impl Grounding {
     /// Builds the scorer, validating the options.
@@ -144,7 +147,8 @@ impl Grounding {
                 text: d.content.as_deref().unwrap_or(""),
             })
             .collect();
-        let mut origin = "retrieved documents";
+        // What the sources are, in the plural and one of them, for the explanation.
+        let mut origin = ("retrieved documents", "document");
         let retrieved_text = sources.iter().any(|s| !s.text.trim().is_empty());
         if !retrieved_text && self.config.use_prompt_context {
             let blocks = context::prompt_blocks(span);
@@ -156,7 +160,7 @@ impl Grounding {
                         text: b.text,
                     })
                     .collect();
-                origin = "context blocks of the prompt";
+                origin = ("context blocks of the prompt", "context block");
             }
         }
         if sources.is_empty() {
@@ -203,6 +207,7 @@ impl Grounding {
                 .collect();
             claims.push(Claim {
                 text: sentence.to_owned(),
+                at: range.start,
                 terms,
                 cited,
             });
@@ -216,6 +221,7 @@ impl Grounding {
             .map(|c| index.check(c, self.config.min_overlap))
             .collect();
         Analysis {
+            cleaned,
             claims,
             results,
             truncated,
@@ -230,11 +236,13 @@ impl Grounding {
         markers.sort_by_key(|m| m.range.start);
         let mut text = String::with_capacity(answer.len());
         let mut citations = Vec::new();
+        let mut segments = Vec::new();
         let mut copied = 0;
         for marker in &markers {
             if marker.range.start < copied {
                 continue; // overlaps the previous marker
             }
+            segments.push((text.len(), copied));
             text.push_str(&answer[copied..marker.range.start]);
             copied = marker.range.end;
             let next = answer[copied..].chars().next();
@@ -255,11 +263,21 @@ impl Grounding {
                 }
             }
         }
+        segments.push((text.len(), copied));
         text.push_str(&answer[copied..]);
-        Cleaned { text, citations }
+        Cleaned {
+            text,
+            citations,
+            segments,
+        }
     }
 
-    fn outcome(&self, analysis: &Analysis, sources: usize, origin: &str) -> Outcome {
+    fn outcome(
+        &self,
+        analysis: &Analysis,
+        sources: usize,
+        (origin, source_noun): (&str, &str),
+    ) -> Outcome {
         let total = analysis.claims.len();
         let supported = analysis.results.iter().filter(|r| r.supported).count();
         let uncited_support = analysis
@@ -285,33 +303,58 @@ impl Grounding {
                 "; {uncited_support} only by a document they do not cite"
             ));
         }
-        let unsupported: Vec<(&Claim, &Check)> = analysis
+        // Unsupported claims are named by number and position, and so are the numbers and names
+        // not found: the claim's words are the answer's, and may be personal data.
+        let unsupported: Vec<(usize, &Claim, &Check)> = analysis
             .claims
             .iter()
             .zip(&analysis.results)
-            .filter(|(_, r)| !r.supported)
+            .enumerate()
+            .filter(|(_, (_, r))| !r.supported)
+            .map(|(i, (claim, check))| (i + 1, claim, check))
             .collect();
         if !unsupported.is_empty() {
             explanation.push_str("; unsupported: ");
-            for (i, (claim, check)) in unsupported.iter().take(QUOTED_CLAIMS).enumerate() {
+            let cleaned = &analysis.cleaned;
+            for (i, (n, claim, check)) in unsupported.iter().take(LISTED_CLAIMS).enumerate() {
                 if i > 0 {
                     explanation.push_str("; ");
                 }
-                explanation.push('"');
-                explanation.push_str(&excerpt(&claim.text, QUOTE_CHARS));
-                explanation.push('"');
-                let missing: Vec<&str> = check
+                let at = cleaned.original(claim.at..claim.at + claim.text.len());
+                explanation.push_str(&format!(
+                    "claim {n} (bytes {}..{} of the output)",
+                    at.start, at.end
+                ));
+                if let Some((overlap, source)) = check.best {
+                    explanation.push_str(&format!(
+                        ": best support {overlap:.2} ({source_noun} {})",
+                        source + 1
+                    ));
+                }
+                let missing: Vec<String> = check
                     .missing_keys
                     .iter()
-                    .map(|&t| claim.surface(t))
-                    .take(5)
+                    .filter_map(|&t| claim.terms.iter().find(|c| c.term == t))
+                    .take(LISTED_TERMS)
+                    .map(|t| {
+                        let what = if claim.text[t.surface.clone()]
+                            .starts_with(|c: char| c.is_ascii_digit())
+                        {
+                            "number"
+                        } else {
+                            "name"
+                        };
+                        let at =
+                            cleaned.original(claim.at + t.surface.start..claim.at + t.surface.end);
+                        format!("{what} at bytes {}..{}", at.start, at.end)
+                    })
                     .collect();
                 if !missing.is_empty() {
-                    explanation.push_str(&format!(" (not found: {})", missing.join(", ")));
+                    explanation.push_str(&format!(", not found: {}", missing.join(", ")));
                 }
             }
-            if unsupported.len() > QUOTED_CLAIMS {
-                explanation.push_str(&format!("; and {} more", unsupported.len() - QUOTED_CLAIMS));
+            if unsupported.len() > LISTED_CLAIMS {
+                explanation.push_str(&format!("; and {} more", unsupported.len() - LISTED_CLAIMS));
             }
         }
         Outcome::measured(value, value >= self.config.threshold, label, explanation)
@@ -344,6 +387,31 @@ struct Source<'d> {
 struct Cleaned {
     text: String,
     citations: Vec<Citation>,
+    /// Where each copied piece of the answer starts, in the cleaned text and in the answer, in
+    /// the order copied: to name positions in the answer.
+    segments: Vec<(usize, usize)>,
+}
+
+impl Cleaned {
+    /// The range in the answer of a range of the cleaned text.
+    fn original(&self, range: Range<usize>) -> Range<usize> {
+        if range.is_empty() {
+            let at = self.offset(range.start);
+            return at..at;
+        }
+        // The end's last byte, not the end: the end may be where the next piece starts.
+        self.offset(range.start)..self.offset(range.end - 1) + 1
+    }
+
+    /// The offset in the answer of byte `at` of the cleaned text: it belongs to the last piece
+    /// copied at or before it (trimming may have cut earlier pieces short, never later ones).
+    fn offset(&self, at: usize) -> usize {
+        self.segments
+            .iter()
+            .rev()
+            .find(|(cleaned, _)| *cleaned <= at)
+            .map_or(at, |(cleaned, answer)| answer + (at - cleaned))
+    }
 }
 
 /// A resolved citation: where it was in the cleaned answer, and the source it names.
@@ -355,18 +423,11 @@ struct Citation {
 /// One claim: a sentence of the answer.
 struct Claim {
     text: String,
+    /// Where it starts in the cleaned answer.
+    at: usize,
     terms: Vec<ClaimTerm>,
     /// The sources its citations name.
     cited: Vec<usize>,
-}
-
-impl Claim {
-    fn surface(&self, term: u32) -> &str {
-        self.terms
-            .iter()
-            .find(|t| t.term == term)
-            .map_or("", |t| &self.text[t.surface.clone()])
-    }
 }
 
 /// A content term of a claim.
@@ -386,6 +447,8 @@ struct Check {
     uncited_support: bool,
     /// Key terms absent from the best document.
     missing_keys: Vec<u32>,
+    /// For an unsupported claim, the best single source's overlap and index.
+    best: Option<(f64, usize)>,
 }
 
 impl Check {
@@ -395,20 +458,23 @@ impl Check {
             supported: true,
             uncited_support: uncited,
             missing_keys: Vec::new(),
+            best: None,
         }
     }
 
-    /// Unsupported, with the key terms the best document lacks.
-    fn unsupported(missing_keys: Vec<u32>) -> Check {
+    /// Unsupported, with the best source (overlap, index) and the key terms it lacks.
+    fn unsupported(missing_keys: Vec<u32>, best: Option<(f64, usize)>) -> Check {
         Check {
             supported: false,
             uncited_support: false,
             missing_keys,
+            best,
         }
     }
 }
 
 struct Analysis {
+    cleaned: Cleaned,
     claims: Vec<Claim>,
     results: Vec<Check>,
     truncated: bool,
@@ -689,8 +755,8 @@ impl Index {
                 second = Some((overlap, s));
             }
         }
-        let Some((_, first, first_missing)) = best else {
-            return Check::unsupported(Vec::new());
+        let Some((first_overlap, first, first_missing)) = best else {
+            return Check::unsupported(Vec::new(), None);
         };
         if let Some((_, other)) = second {
             let mask = self.mask([first, other]);
@@ -699,7 +765,7 @@ impl Index {
                 return Check::supported(uncited_support);
             }
         }
-        Check::unsupported(first_missing)
+        Check::unsupported(first_missing, Some((first_overlap, first)))
     }
 }
 

@@ -7,8 +7,10 @@
 //! are judged is the selector's business (span names, attributes, prompt versions), so one
 //! evaluator per route and schema is the usual setup.
 //!
-//! Scores `1.0` valid / `0.0` invalid (`invalid`: schema violations, listed with their instance
-//! paths; `not_json`: the answer does not parse).
+//! Scores `1.0` valid / `0.0` invalid (`invalid`: schema violations, listed by instance path and
+//! keyword, never with the answer's values; `not_json`: the answer does not parse, with the line
+//! and column). A request schema over [`schema::MAX_SCHEMA_BYTES`] is an error
+//! (`schema_too_large`), not compiled.
 
 use std::path::PathBuf;
 
@@ -19,6 +21,7 @@ use serde_json::Value;
 use super::json_valid::unfence;
 use super::schema::{self, DraftChoice, SchemaCache};
 use crate::evaluator::{Evaluator, Outcome};
+use crate::otlp::JsonError;
 use crate::span::{GenAiSpan, JsonRequest};
 
 /// Configuration of `json_schema`.
@@ -119,6 +122,13 @@ impl Evaluator for JsonSchema {
                         "no schema configured and the request carried none",
                     );
                 };
+                // Checked before parsing: a huge schema costs nothing to refuse.
+                if let Err(e) = schema::check_size(text.len()) {
+                    return Outcome::Error {
+                        error_type: e.error_type().into(),
+                        message: format!("the request's schema: {e}"),
+                    };
+                }
                 let Ok(recorded) = serde_json::from_str::<Value>(&text) else {
                     return Outcome::Error {
                         error_type: "invalid_schema".into(),
@@ -134,7 +144,7 @@ impl Evaluator for JsonSchema {
                     Ok(v) => v,
                     Err(e) => {
                         return Outcome::Error {
-                            error_type: "invalid_schema".into(),
+                            error_type: e.error_type().into(),
                             message: format!("the request's schema: {e}"),
                         };
                     }
@@ -155,7 +165,10 @@ impl Evaluator for JsonSchema {
         }
         let instance: Value = match serde_json::from_str(body) {
             Ok(v) => v,
-            Err(e) => return Outcome::check(false, "not_json", format!("not JSON: {e}")),
+            Err(e) => {
+                let e = JsonError::from(&e);
+                return Outcome::check(false, "not_json", format!("not JSON: {e}"));
+            }
         };
         let (shown, total) = schema::violations(validator, &instance, self.config.max_errors);
         if total == 0 {
@@ -266,5 +279,53 @@ mod tests {
         )
         .unwrap_err();
         assert!(none.contains("give `schema`"), "{none}");
+    }
+    #[test]
+    fn json_schema_explanations_do_not_quote_the_answer() {
+        let e = with_schema();
+        let leaky = chat(r#"{"sentiment": "123-45-6789", "confidence": "jane@example.com"}"#);
+        let outcome = e.evaluate(&view(&leaky));
+        let (_, _, why) = label(&outcome);
+        assert!(
+            !why.contains("123-45-6789") && !why.contains("jane"),
+            "{why}"
+        );
+        assert!(why.contains("/sentiment: enum"), "{why}");
+        // A parse error, even one that stops inside a value, names only where.
+        let broken = chat(r#"{"ssn": "123-45-6789" "email": "jane@example.com"}"#);
+        let outcome = e.evaluate(&view(&broken));
+        let (l, _, why) = label(&outcome);
+        assert_eq!(l, "not_json");
+        assert!(
+            !why.contains("123-45-6789") && !why.contains("jane"),
+            "{why}"
+        );
+        assert!(why.contains("line 1 column"), "{why}");
+    }
+
+    #[test]
+    fn a_request_schema_over_the_size_limit_is_an_error_naming_its_size() {
+        let e = JsonSchema::build(&serde_json::from_value(json!({})).unwrap()).unwrap();
+        let mut sp = chat("{}");
+        let huge = json!({
+            "type": "object",
+            "properties": {"a": {"description": "x".repeat(schema::MAX_SCHEMA_BYTES)}}
+        });
+        let text = huge.to_string();
+        sp.attributes
+            .push(s("gen_ai.request.structured_output_schema", &text));
+        match e.evaluate(&view(&sp)) {
+            Outcome::Error {
+                error_type,
+                message,
+            } => {
+                assert_eq!(error_type, "schema_too_large");
+                assert!(
+                    message.contains(&format!("{} bytes", text.len())),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -4,11 +4,13 @@
 //! parameters or body, a structured-output schema) or, unless `only_when_requested`, when the
 //! answer looks like JSON (starts with `{` or `[`, optionally inside a Markdown code fence).
 //! Validity against a schema is the `json_schema` scorer's job; this one checks that the text
-//! parses. Scores `1.0` valid / `0.0` invalid; the explanation gives the parser's line and column.
+//! parses. Scores `1.0` valid / `0.0` invalid; the explanation gives the kind of error and the
+//! parser's line and column, never the text around it.
 
 use serde::{Deserialize, Serialize};
 
 use crate::evaluator::{Evaluator, Outcome};
+use crate::otlp::JsonError;
 use crate::span::{GenAiSpan, JsonRequest};
 
 /// Configuration of `json_valid`.
@@ -104,7 +106,11 @@ impl Evaluator for JsonValid {
                 };
                 Outcome::check(true, "valid", format!("valid JSON ({how})"))
             }
-            Err(e) => Outcome::check(false, "invalid", format!("invalid JSON: {e}")),
+            Err(e) => Outcome::check(
+                false,
+                "invalid",
+                format!("invalid JSON: {}", JsonError::from(&e)),
+            ),
         }
     }
 }
@@ -129,10 +135,9 @@ mod tests {
         let broken = run(&c, &chat(r#"{"a": [1, 2"#));
         let score = broken.score().unwrap();
         assert_eq!(score.label, "invalid");
-        assert!(
-            score.explanation.contains("line 1"),
-            "{}",
-            score.explanation
+        assert_eq!(
+            score.explanation,
+            "invalid JSON: eof error at line 1 column 11: EOF while parsing a list"
         );
         assert!(matches!(
             run(&c, &chat("Paris.")),
@@ -194,5 +199,18 @@ mod tests {
                 ..
             }
         ));
+    }
+    #[test]
+    fn json_valid_explanation_does_not_quote_the_answer() {
+        for answer in [
+            r#"{"ssn": "123-45-6789" "mail": "jane@example.com"}"#,
+            r#"{"ssn": 123-45-6789, "mail": "jane@example.com"}"#,
+            "{\"ssn\": \"123-45-6789\u{1}jane@example.com\"}",
+        ] {
+            let outcome = run(&JsonValidConfig::default(), &chat(answer));
+            let why = &outcome.score().unwrap().explanation;
+            assert!(!why.contains("123-45") && !why.contains("jane"), "{why}");
+            assert!(why.contains("at line 1 column"), "{why}");
+        }
     }
 }

@@ -59,6 +59,11 @@ impl TextSource {
     }
 }
 
+/// The most characters of a name read from a span (a tool, a model, a finish reason) shown in
+/// an explanation. Names are not what scorers flag, but they are the span's text: a hostile or
+/// broken instrumentation can make one megabytes long.
+pub(crate) const MAX_NAME_CHARS: usize = 64;
+
 /// Truncates text for an explanation, on a character boundary, with an ellipsis when cut.
 pub(crate) fn excerpt(text: &str, max_chars: usize) -> Cow<'_, str> {
     match text.char_indices().nth(max_chars) {

@@ -7,8 +7,10 @@
 //! a validator, so digit runs that merely look like a number are not reported. Detectors run in a
 //! fixed order and later ones ignore text an earlier one matched (a card number is not also a
 //! phone number). The explanation names the kinds and counts found — never the values, since
-//! scores end up in trace backends and logs. Scores `1.0` clean / `0.0` PII found.
+//! scores end up in trace backends and logs. Scores `1.0` clean / `0.0` PII found. The scorer
+//! scans at most [`MAX_SCANNED_BYTES`] of a span's text (see there); [`find`] scans everything.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
@@ -262,20 +264,33 @@ fn valid_phone(s: &str) -> bool {
     }
 }
 
-/// Finds personal data of the given kinds in a text.
+/// Finds personal data of the given kinds in a text, in detection order (detector by detector,
+/// each candidate pattern in text order); sort by `range.start` for text order. Findings never
+/// overlap: a candidate overlapping an earlier finding is dropped, so earlier detectors win.
+///
+/// The whole text is scanned, however long: the judge's redaction relies on that (what is not
+/// found is sent to the judge unmasked). The `pii` scorer bounds its own work with
+/// [`MAX_SCANNED_BYTES`].
 pub fn find(text: &str, kinds: &[PiiKind]) -> Vec<Finding> {
     let mut found: Vec<Finding> = Vec::new();
+    // The ranges claimed so far, start → end. They never overlap, so the one starting last
+    // before a candidate's end is the only one that can overlap it: one lookup per candidate
+    // instead of a pass over every finding, which made an answer full of phone numbers
+    // quadratic (`benches/pii.rs`: 1 MB 0.39 s, 8 MB 26.6 s; now 33 ms and 220 ms).
+    let mut claimed: BTreeMap<usize, usize> = BTreeMap::new();
     for detector in DETECTORS.iter().filter(|d| kinds.contains(&d.kind)) {
         for candidate in &detector.candidates {
             for m in candidate.find_iter(text) {
                 let range = m.range();
-                let overlaps = found
-                    .iter()
-                    .any(|f| f.range.start < range.end && range.start < f.range.end);
+                let overlaps = claimed
+                    .range(..range.end)
+                    .next_back()
+                    .is_some_and(|(_, &end)| range.start < end);
                 // A digit run after `+` is an international phone number, however Luhn-valid.
                 let after_plus =
                     detector.kind == PiiKind::CreditCard && text[..range.start].ends_with('+');
                 if !overlaps && !after_plus && (detector.valid)(m.as_str()) {
+                    claimed.insert(range.start, range.end);
                     found.push(Finding {
                         kind: detector.kind,
                         range,
@@ -285,6 +300,27 @@ pub fn find(text: &str, kinds: &[PiiKind]) -> Vec<Finding> {
         }
     }
     found
+}
+
+/// The most bytes of a span's text the `pii` scorer scans. Even linear, detection runs at about
+/// 35 MiB/s on phone-dense text (`benches/pii.rs`), so an unbounded scan lets one 50 MB answer
+/// hold a worker for 1.5 s; capped, the worst span costs about 30 ms. Real answers are far
+/// shorter. A longer text is scanned up to the last character boundary before the cap (a value
+/// straddling it may be missed); the rest is not scanned, and the score says so: a clean prefix
+/// passes, labelled `clean_prefix` rather than `clean`, and the explanation names the bytes
+/// scanned.
+pub const MAX_SCANNED_BYTES: usize = 1 << 20;
+
+/// The prefix of `text` the scorer scans: at most `max` bytes, cut on a character boundary.
+fn scanned_prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }
 
 /// The `pii` scorer.
@@ -313,9 +349,28 @@ impl Evaluator for Pii {
         let Some(text) = self.on.read(span) else {
             return Outcome::no_content();
         };
-        let findings = find(&text, &self.kinds);
+        let scanned = scanned_prefix(&text, MAX_SCANNED_BYTES);
+        let findings = find(scanned, &self.kinds);
+        // What was scanned: the whole text, or its first bytes when it is longer than the cap.
+        let source = self.on.as_str();
+        let what = if scanned.len() == text.len() {
+            format!("the {source}")
+        } else {
+            format!(
+                "the first {} bytes of the {source} ({:.1} MB, the rest not scanned)",
+                scanned.len(),
+                text.len() as f64 / 1e6
+            )
+        };
         if findings.is_empty() {
-            return Outcome::check(true, "clean", format!("no PII in the {}", self.on.as_str()));
+            // A clean prefix passes (nothing was found), under its own label so dashboards can
+            // count the answers that were only partly scanned.
+            let label = if scanned.len() == text.len() {
+                "clean"
+            } else {
+                "clean_prefix"
+            };
+            return Outcome::check(true, label, format!("no PII in {what}"));
         }
         let mut counts: Vec<(PiiKind, usize)> = Vec::new();
         for f in &findings {
@@ -324,7 +379,7 @@ impl Evaluator for Pii {
                 None => counts.push((f.kind, 1)),
             }
         }
-        let mut explanation = format!("PII in the {}:", self.on.as_str());
+        let mut explanation = format!("PII in {what}:");
         for (i, (kind, n)) in counts.iter().enumerate() {
             let sep = if i == 0 { " " } else { ", " };
             let _ = write!(explanation, "{sep}{} {}", n, kind.as_str());
@@ -337,6 +392,7 @@ impl Evaluator for Pii {
 mod tests {
     use super::*;
     use crate::scorers::testing::{chat, view};
+    use proptest::prelude::*;
 
     fn kinds(text: &str) -> Vec<&'static str> {
         let mut k: Vec<_> = find(text, &PiiKind::ALL)
@@ -426,5 +482,146 @@ mod tests {
             })
             .is_err()
         );
+    }
+    /// `find` as it was before the overlap index: every candidate checked against every finding.
+    fn find_naive(text: &str, kinds: &[PiiKind]) -> Vec<Finding> {
+        let mut found: Vec<Finding> = Vec::new();
+        for detector in DETECTORS.iter().filter(|d| kinds.contains(&d.kind)) {
+            for candidate in &detector.candidates {
+                for m in candidate.find_iter(text) {
+                    let range = m.range();
+                    let overlaps = found
+                        .iter()
+                        .any(|f| f.range.start < range.end && range.start < f.range.end);
+                    let after_plus =
+                        detector.kind == PiiKind::CreditCard && text[..range.start].ends_with('+');
+                    if !overlaps && !after_plus && (detector.valid)(m.as_str()) {
+                        found.push(Finding {
+                            kind: detector.kind,
+                            range,
+                        });
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Pieces that make candidates of several detectors overlap when run together: a card
+    /// number is also digit groups a phone pattern matches, an SSN sits inside a longer run, a
+    /// `+` turns a card into a phone number.
+    const PIECES: &[&str] = &[
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "378282246310005",
+        "+",
+        "+44 20 7946 0958",
+        "(415) 555-0132",
+        "415.555.0132",
+        "06 12 34 56 78",
+        "123-45-6789",
+        "12345678Z",
+        "X1234567L",
+        "AB 12 34 56 C",
+        "DE89 3704 0044 0532 0130 00",
+        "GB82WEST12345698765432",
+        "192.168.10.20",
+        "2001:db8::8a2e:370:7334",
+        "jane@example.com",
+        "a.b@c-d.travel",
+        "555",
+        "0132",
+        "1",
+        " ",
+        "-",
+        ".",
+        ":",
+        "(",
+        ")",
+        "x",
+        "é",
+        "\n",
+    ];
+
+    fn text_of_pieces() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..40).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn pii_overlap_index_agrees_with_the_naive_check(
+            text in prop_oneof![text_of_pieces(), "[0-9 .+()@a-zA-Z:-]{0,80}"],
+            kinds in prop::sample::subsequence(PiiKind::ALL.to_vec(), 1..=6),
+        ) {
+            prop_assert_eq!(find(&text, &kinds), find_naive(&text, &kinds));
+        }
+    }
+
+    #[test]
+    fn pii_is_linear_in_findings() {
+        // The shape of the input that was quadratic: thousands of findings, all checked against
+        // each other. The answer must be exactly the old one (the speed is `benches/pii.rs`).
+        let mut text = String::new();
+        for i in 0..4_000 {
+            text.push_str(&format!(
+                "call 415-555-{:04} or +1 (212) 555 {:04}, card 4111 1111 1111 1111; ",
+                i % 10_000,
+                (i * 7) % 10_000
+            ));
+        }
+        let fast = find(&text, &PiiKind::ALL);
+        assert!(fast.len() >= 8_000, "{}", fast.len());
+        assert_eq!(fast, find_naive(&text, &PiiKind::ALL));
+        let mut sorted = fast.clone();
+        sorted.sort_by_key(|f| f.range.start);
+        assert!(
+            sorted
+                .windows(2)
+                .all(|w| w[0].range.end <= w[1].range.start)
+        );
+    }
+
+    #[test]
+    fn pii_after_the_scan_cap_is_not_found_and_the_score_says_the_scan_was_partial() {
+        let pii = Pii::build(&PiiConfig::default()).unwrap();
+        let filler = "lorem ipsum ".repeat(MAX_SCANNED_BYTES / 12 + 10);
+        assert!(filler.len() > MAX_SCANNED_BYTES);
+
+        let late = chat(&format!("{filler} write to jane@example.com"));
+        let score = pii.evaluate(&view(&late)).score().cloned().unwrap();
+        assert!(score.passed);
+        assert_eq!(score.label, "clean_prefix");
+        assert_eq!(
+            score.explanation,
+            format!(
+                "no PII in the first {MAX_SCANNED_BYTES} bytes of the output (1.0 MB, the rest not scanned)"
+            )
+        );
+
+        let early = chat(&format!("write to jane@example.com {filler}"));
+        let score = pii.evaluate(&view(&early)).score().cloned().unwrap();
+        assert!(!score.passed);
+        assert_eq!(score.label, "pii");
+        assert!(
+            score.explanation.starts_with(&format!(
+                "PII in the first {MAX_SCANNED_BYTES} bytes of the output"
+            )) && score.explanation.ends_with("not scanned): 1 email"),
+            "{}",
+            score.explanation
+        );
+
+        let short = chat("write to jane@example.com");
+        let score = pii.evaluate(&view(&short)).score().cloned().unwrap();
+        assert_eq!(score.explanation, "PII in the output: 1 email");
+    }
+
+    #[test]
+    fn the_scan_cap_cuts_on_a_character_boundary() {
+        let text = "é".repeat(10); // two bytes each
+        assert_eq!(scanned_prefix(&text, 5), "éé");
+        assert_eq!(scanned_prefix(&text, 6), "ééé");
+        assert_eq!(scanned_prefix(&text, 100), text);
     }
 }

@@ -4,8 +4,12 @@
 //! `content_filter`, `safety`, …), an explicit refusal part (OpenAI's `refusal` field), or a
 //! refusal phrase near the start of the answer. Phrases are matched on the opening of the answer
 //! (`window` characters) because a refusal leads; an answer that helps and later says "I can't
-//! guarantee …" is not a refusal. Scores `1.0` answered / `0.0` refused.
+//! guarantee …" is not a refusal. Scores `1.0` answered / `0.0` refused. The explanation says
+//! where the refusal is and which phrase matched (its name, or the configured pattern), never the
+//! answer's words: an answer may open by repeating the user's personal data.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use regex::{Regex, RegexSet};
@@ -41,43 +45,97 @@ impl Default for RefusalConfig {
     }
 }
 
-/// Built-in refusal phrasings. Apostrophes are normalised to `'` before matching.
-const PHRASES: &[&str] = &[
+/// Built-in refusal phrasings, each with a short name for explanations. Apostrophes are
+/// normalised to `'` before matching.
+const PHRASES: &[(&str, &str)] = &[
     // "I'm sorry, but I can't help with that." / "Sorry, I cannot assist."
-    r"\b(?:sorry|apologi[sz]e|afraid)\b[^.!?\n]{0,30}?\bi(?:\s+(?:can't|cannot|can\s+not|won't|will\s+not|am\s+unable|am\s+not\s+able|must\s+decline|have\s+to\s+decline|shouldn't|should\s+not)|'m\s+(?:unable|not\s+able))\b",
+    (
+        "sorry, but I can't",
+        r"\b(?:sorry|apologi[sz]e|afraid)\b[^.!?\n]{0,30}?\bi(?:\s+(?:can't|cannot|can\s+not|won't|will\s+not|am\s+unable|am\s+not\s+able|must\s+decline|have\s+to\s+decline|shouldn't|should\s+not)|'m\s+(?:unable|not\s+able))\b",
+    ),
     // "I can't help with that" / "I cannot provide that information"
-    r"\bi(?:\s+(?:can't|cannot|can\s+not|won't|will\s+not|am\s+unable\s+to|am\s+not\s+able\s+to|must\s+decline\s+to|have\s+to\s+decline\s+to|am\s+not\s+(?:allowed|permitted)\s+to)|'m\s+(?:unable\s+to|not\s+able\s+to|not\s+(?:allowed|permitted)\s+to))\s+(?:help|assist|provide|comply|fulfil|fulfill|do\s+(?:that|this)|support|answer|share|create|generate|engage|discuss|give|write|produce|continue|participate|offer|disclose|reveal)\b",
+    (
+        "I can't help",
+        r"\bi(?:\s+(?:can't|cannot|can\s+not|won't|will\s+not|am\s+unable\s+to|am\s+not\s+able\s+to|must\s+decline\s+to|have\s+to\s+decline\s+to|am\s+not\s+(?:allowed|permitted)\s+to)|'m\s+(?:unable\s+to|not\s+able\s+to|not\s+(?:allowed|permitted)\s+to))\s+(?:help|assist|provide|comply|fulfil|fulfill|do\s+(?:that|this)|support|answer|share|create|generate|engage|discuss|give|write|produce|continue|participate|offer|disclose|reveal)\b",
+    ),
     // "I won't be able to help" / "I will not be able to"
-    r"\bi\s+(?:won't|will\s+not|wouldn't|would\s+not)\s+be\s+able\s+to\b",
+    (
+        "I won't be able to",
+        r"\bi\s+(?:won't|will\s+not|wouldn't|would\s+not)\s+be\s+able\s+to\b",
+    ),
     // "I must decline" / "I must respectfully decline"
-    r"\bi\s+(?:must|have\s+to|need\s+to)\s+(?:respectfully\s+|politely\s+)?(?:decline|refuse)\b",
+    (
+        "I must decline",
+        r"\bi\s+(?:must|have\s+to|need\s+to)\s+(?:respectfully\s+|politely\s+)?(?:decline|refuse)\b",
+    ),
     // "As an AI (language model), I cannot …"
-    r"\bas\s+an\s+ai(?:\s+(?:language\s+model|assistant|model))?,?\s+i(?:\s+(?:can't|cannot|don't|do\s+not|am\s+not\s+able|am\s+unable)|'m\s+(?:not\s+able|unable))\b",
+    (
+        "as an AI, I cannot",
+        r"\bas\s+an\s+ai(?:\s+(?:language\s+model|assistant|model))?,?\s+i(?:\s+(?:can't|cannot|don't|do\s+not|am\s+not\s+able|am\s+unable)|'m\s+(?:not\s+able|unable))\b",
+    ),
     // "That's not something I can help with"
-    r"\b(?:that's|that\s+is|this\s+is|it's|it\s+is)\s+not\s+something\s+i\s+(?:can|am\s+able\s+to|'m\s+able\s+to)\s+(?:help|assist|do|provide)\b",
+    (
+        "not something I can help with",
+        r"\b(?:that's|that\s+is|this\s+is|it's|it\s+is)\s+not\s+something\s+i\s+(?:can|am\s+able\s+to|'m\s+able\s+to)\s+(?:help|assist|do|provide)\b",
+    ),
     // "It's not appropriate for me to …"
-    r"\b(?:it's|it\s+is)\s+not\s+(?:appropriate|possible)\s+for\s+me\s+to\b",
+    (
+        "not appropriate for me",
+        r"\b(?:it's|it\s+is)\s+not\s+(?:appropriate|possible)\s+for\s+me\s+to\b",
+    ),
     // "This request violates our usage policies"
-    r"\b(?:this|that|your)\s+(?:request|content|question)\s+(?:goes\s+against|violates|is\s+against|breaches)\b",
+    (
+        "request violates the policies",
+        r"\b(?:this|that|your)\s+(?:request|content|question)\s+(?:goes\s+against|violates|is\s+against|breaches)\b",
+    ),
     // "I'm not able to help with that request"
-    r"\bi(?:'m|\s+am)\s+not\s+(?:able|going)\s+to\s+(?:help|assist|provide|do\s+that)\b",
+    (
+        "I'm not able to help",
+        r"\bi(?:'m|\s+am)\s+not\s+(?:able|going)\s+to\s+(?:help|assist|provide|do\s+that)\b",
+    ),
     // French, Spanish, German, Portuguese, Italian declines.
-    r"\bje\s+ne\s+(?:peux|suis\s+pas\s+en\s+mesure\s+de)\s+pas\b|\bje\s+ne\s+peux\s+pas\s+(?:vous\s+)?aider\b|\bdésolé[^.!?\n]{0,30}?\bje\s+ne\s+peux\s+pas\b",
-    r"\blo\s+siento[^.!?\n]{0,30}?\bno\s+puedo\b|\bno\s+puedo\s+(?:ayudar|ayudarte|proporcionar|hacer\s+eso|asistir)\b",
-    r"\b(?:tut\s+mir\s+leid|entschuldigung)[^.!?\n]{0,30}?\bich\s+kann\b[^.!?\n]{0,20}?\bnicht\b|\bich\s+kann\s+(?:ihnen\s+|dir\s+)?(?:dabei\s+|damit\s+)?nicht\s+helfen\b",
-    r"\bdesculpe[^.!?\n]{0,30}?\bnão\s+posso\b|\bnão\s+posso\s+(?:ajudar|fornecer)\b",
-    r"\bmi\s+dispiace[^.!?\n]{0,30}?\bnon\s+posso\b|\bnon\s+posso\s+(?:aiutar|fornire)",
+    (
+        "French decline",
+        r"\bje\s+ne\s+(?:peux|suis\s+pas\s+en\s+mesure\s+de)\s+pas\b|\bje\s+ne\s+peux\s+pas\s+(?:vous\s+)?aider\b|\bdésolé[^.!?\n]{0,30}?\bje\s+ne\s+peux\s+pas\b",
+    ),
+    (
+        "Spanish decline",
+        r"\blo\s+siento[^.!?\n]{0,30}?\bno\s+puedo\b|\bno\s+puedo\s+(?:ayudar|ayudarte|proporcionar|hacer\s+eso|asistir)\b",
+    ),
+    (
+        "German decline",
+        r"\b(?:tut\s+mir\s+leid|entschuldigung)[^.!?\n]{0,30}?\bich\s+kann\b[^.!?\n]{0,20}?\bnicht\b|\bich\s+kann\s+(?:ihnen\s+|dir\s+)?(?:dabei\s+|damit\s+)?nicht\s+helfen\b",
+    ),
+    (
+        "Portuguese decline",
+        r"\bdesculpe[^.!?\n]{0,30}?\bnão\s+posso\b|\bnão\s+posso\s+(?:ajudar|fornecer)\b",
+    ),
+    (
+        "Italian decline",
+        r"\bmi\s+dispiace[^.!?\n]{0,30}?\bnon\s+posso\b|\bnon\s+posso\s+(?:aiutar|fornire)",
+    ),
 ];
 
+/// All the built-in phrases at once: one pass over the opening says whether any matches.
 static BUILT_IN: LazyLock<RegexSet> = LazyLock::new(|| {
-    let patterns = PHRASES.iter().map(|p| format!("(?i){p}"));
+    let patterns = PHRASES.iter().map(|(_, p)| format!("(?i){p}"));
     RegexSet::new(patterns).expect("built-in refusal phrases compile")
+});
+
+/// Each built-in phrase alone, to find where the ones the set reported match.
+static BUILT_IN_EACH: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+    PHRASES
+        .iter()
+        .map(|(_, p)| Regex::new(&format!("(?i){p}")).expect("built-in refusal phrase compiles"))
+        .collect()
 });
 
 /// The `refusal` scorer.
 #[derive(Debug)]
 pub struct Refusal {
     extra: Vec<Regex>,
+    /// The extra patterns as configured, for explanations.
+    extra_patterns: Vec<String>,
     window: usize,
 }
 
@@ -94,34 +152,71 @@ impl Refusal {
         }
         Ok(Refusal {
             extra,
+            extra_patterns: config.extra_patterns.clone(),
             window: config.window,
         })
     }
 
     /// Whether `text` opens with a refusal phrase (for scripts: `refusal(text)`).
     pub fn is_refusal(&self, text: &str) -> bool {
-        self.phrase(text).is_some()
+        let opening = prefix_chars(text, self.window);
+        let haystack = normalise_apostrophes(opening);
+        BUILT_IN.is_match(&haystack) || self.extra.iter().any(|r| r.is_match(&haystack))
     }
 
-    fn phrase<'t>(&self, text: &'t str) -> Option<&'t str> {
+    /// The earliest refusal phrase in the opening of `text`: where it is in `text`, in bytes,
+    /// and which phrase it is.
+    fn phrase(&self, text: &str) -> Option<(Range<usize>, Phrase<'_>)> {
         let opening = prefix_chars(text, self.window);
-        let normalised;
-        let haystack = if opening.contains(['\u{2019}', '\u{2018}', '\u{02bc}']) {
-            normalised = opening.replace(['\u{2019}', '\u{2018}', '\u{02bc}'], "'");
-            normalised.as_str()
-        } else {
-            opening
-        };
-        let built_in = BUILT_IN.is_match(haystack);
-        if built_in || self.extra.iter().any(|r| r.is_match(haystack)) {
-            // The matched opening, for the explanation: the first sentence.
-            let end = opening
-                .find(['.', '!', '?', '\n'])
-                .map_or(opening.len(), |i| i + 1);
-            return Some(&opening[..end]);
-        }
-        None
+        let haystack = normalise_apostrophes(opening);
+        let matched = BUILT_IN.matches(&haystack);
+        let built_in = matched.iter().filter_map(|i| {
+            let re = BUILT_IN_EACH.get(i)?;
+            Some((re, Phrase::BuiltIn(PHRASES.get(i)?.0)))
+        });
+        let extra = self
+            .extra
+            .iter()
+            .zip(&self.extra_patterns)
+            .map(|(re, p)| (re, Phrase::Extra(p)));
+        let (range, phrase) = built_in
+            .chain(extra)
+            .filter_map(|(re, phrase)| re.find(&haystack).map(|m| (m.range(), phrase)))
+            .min_by_key(|(range, _)| range.start)?;
+        // Typographic apostrophes are three bytes and `'` one: map back to the text's offsets.
+        let at = |i: usize| original_offset(opening, &haystack, i);
+        Some((at(range.start)..at(range.end), phrase))
     }
+}
+
+/// Which phrase matched, for the explanation: configuration, never the answer's words.
+enum Phrase<'p> {
+    BuiltIn(&'static str),
+    Extra(&'p str),
+}
+
+/// `text` with typographic apostrophes made plain, as the phrases expect. Every replaced
+/// character is replaced by one character, so character positions are kept.
+fn normalise_apostrophes(text: &str) -> Cow<'_, str> {
+    const APOSTROPHES: [char; 3] = ['\u{2019}', '\u{2018}', '\u{02bc}'];
+    if text.contains(APOSTROPHES) {
+        Cow::Owned(text.replace(APOSTROPHES, "'"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// The offset in `original` of byte `at` of `normalised` (the same characters, some of them
+/// shorter).
+fn original_offset(original: &str, normalised: &str, at: usize) -> usize {
+    if original.len() == normalised.len() {
+        return at;
+    }
+    let chars = normalised[..at].chars().count();
+    original
+        .char_indices()
+        .nth(chars)
+        .map_or(original.len(), |(i, _)| i)
 }
 
 impl Evaluator for Refusal {
@@ -149,7 +244,7 @@ impl Evaluator for Refusal {
             return Outcome::check(
                 false,
                 "refused",
-                format!("explicit refusal: \"{}\"", excerpt(r, 120)),
+                format!("explicit refusal part in the output ({} bytes)", r.len()),
             );
         }
         if text.trim().is_empty() {
@@ -161,11 +256,20 @@ impl Evaluator for Refusal {
             return Outcome::not_applicable(detail);
         }
         match self.phrase(&text) {
-            Some(phrase) => Outcome::check(
-                false,
-                "refused",
-                format!("refusal: \"{}\"", excerpt(phrase.trim(), 120)),
-            ),
+            Some((range, phrase)) => {
+                let which = match phrase {
+                    Phrase::BuiltIn(name) => format!("built-in phrase \"{name}\""),
+                    Phrase::Extra(pattern) => format!("extra pattern `{}`", excerpt(pattern, 80)),
+                };
+                Outcome::check(
+                    false,
+                    "refused",
+                    format!(
+                        "refusal at bytes {}..{} of the output ({which})",
+                        range.start, range.end
+                    ),
+                )
+            }
             None => Outcome::check(true, "answered", "no refusal found"),
         }
     }
@@ -284,5 +388,54 @@ mod tests {
             ..Default::default()
         });
         assert!(err.unwrap_err().contains("extra_patterns"));
+    }
+    fn explanation(r: &Refusal, answer: &str) -> String {
+        let sp = chat(answer);
+        r.evaluate(&view(&sp)).score().cloned().unwrap().explanation
+    }
+
+    #[test]
+    fn refusal_explanation_names_the_phrase_and_place_not_the_words() {
+        let r = Refusal::build(&RefusalConfig::default()).unwrap();
+        let why = explanation(
+            &r,
+            "I'm sorry, but I can't share 123-45-6789 or jane@example.com with you.",
+        );
+        assert_eq!(
+            why,
+            "refusal at bytes 4..22 of the output (built-in phrase \"sorry, but I can't\")"
+        );
+        // Typographic apostrophes are matched as `'` but counted in the answer's own bytes.
+        let why = explanation(&r, "I’m sorry, but I can’t share 123-45-6789.");
+        assert_eq!(
+            why,
+            "refusal at bytes 6..26 of the output (built-in phrase \"sorry, but I can't\")"
+        );
+        let explicit = span(vec![
+            s("gen_ai.operation.name", "chat"),
+            s(
+                "gen_ai.output.messages",
+                r#"[{"role":"assistant","content":null,"refusal":"I won't look up jane@example.com."}]"#,
+            ),
+        ]);
+        let why = r
+            .evaluate(&view(&explicit))
+            .score()
+            .cloned()
+            .unwrap()
+            .explanation;
+        assert!(!why.contains("jane"), "{why}");
+        assert!(why.starts_with("explicit refusal part"), "{why}");
+
+        let extra = Refusal::build(&RefusalConfig {
+            extra_patterns: vec![r"contact (our )?support".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let why = explanation(&extra, "Please contact support about 4111 1111 1111 1111.");
+        assert_eq!(
+            why,
+            "refusal at bytes 7..22 of the output (extra pattern `contact (our )?support`)"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! `contains` passes when the text holds any (or, with `mode: all`, every) of the given values;
 //! `not_contains` passes when it holds none of them. Matching is case-insensitive by default.
 //! Patterns and values are compiled once, when the configuration is built. Scores `1.0` pass /
-//! `0.0` fail.
+//! `0.0` fail. Explanations name the pattern or values (configuration) and where a pattern
+//! matched, never the matched text: a pattern written to catch leaks matches the leak.
 
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
@@ -93,13 +94,15 @@ impl Evaluator for RegexMatch {
         let found = self.regex.find(&text);
         let passed = found.is_some() == (self.expect == Expect::Match);
         let label = if found.is_some() { "match" } else { "no_match" };
+        let pattern = excerpt(self.regex.as_str(), 80);
         let explanation = match found {
             Some(m) => format!(
-                "pattern matched \"{}\" in the {}",
-                excerpt(m.as_str(), 80),
+                "`{pattern}` matched at bytes {}..{} of the {}",
+                m.start(),
+                m.end(),
                 self.on.as_str()
             ),
-            None => format!("pattern did not match the {}", self.on.as_str()),
+            None => format!("`{pattern}` did not match the {}", self.on.as_str()),
         };
         Outcome::check(passed, label, explanation)
     }
@@ -209,7 +212,11 @@ mod tests {
         })
         .unwrap();
         let score = m.evaluate(&view(&sp)).score().cloned().unwrap();
-        assert!(score.passed && score.label == "match" && score.explanation.contains("#A-1234"));
+        assert!(score.passed && score.label == "match");
+        assert_eq!(
+            score.explanation,
+            r"`#[A-Z]-\d{4}` matched at bytes 11..18 of the output"
+        );
         let n = RegexMatch::build(&RegexConfig {
             pattern: r"(?i)guarantee".into(),
             expect: Expect::NoMatch,
@@ -257,5 +264,25 @@ mod tests {
                 .passed
         );
         assert!(Contains::build(&cfg(&[], Mode::Any), false).is_err());
+    }
+    #[test]
+    fn regex_explanation_does_not_quote_the_match() {
+        let sp = chat("Sure, the customer's SSN is 123-45-6789 and mail jane@example.com.");
+        for (pattern, secret) in [(r"\d{3}-\d{2}-\d{4}", "123-45-6789"), (r"\S+@\S+", "jane@")] {
+            let m = RegexMatch::build(&RegexConfig {
+                pattern: pattern.into(),
+                expect: Expect::NoMatch,
+                on: TextSource::Output,
+            })
+            .unwrap();
+            let score = m.evaluate(&view(&sp)).score().cloned().unwrap();
+            assert!(!score.passed);
+            assert!(!score.explanation.contains(secret), "{}", score.explanation);
+            assert!(
+                score.explanation.contains("matched at bytes"),
+                "{}",
+                score.explanation
+            );
+        }
     }
 }

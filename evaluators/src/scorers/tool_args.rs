@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::schema::{self, DraftChoice, SchemaCache};
+use super::{MAX_NAME_CHARS, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
+use crate::otlp::JsonError;
 use crate::span::{GenAiSpan, OperationKind, ToolDefinition};
 use crate::trace::TraceView;
 
@@ -77,7 +79,9 @@ impl ToolArgs {
             .unwrap_or("{}");
         let instance: Value = match serde_json::from_str(arguments) {
             Ok(v) => v,
-            Err(e) => return Check::Invalid(format!("arguments are not JSON: {e}")),
+            Err(e) => {
+                return Check::Invalid(format!("arguments are not JSON: {}", JsonError::from(&e)));
+            }
         };
         let key = format!("{name}\u{0}{schema}");
         let compiled = self.schemas.get(&key, schema, self.config.draft);
@@ -93,21 +97,21 @@ impl ToolArgs {
         }
     }
 
-    /// Scores the checked calls.
+    /// Scores the checked calls, each with how the explanation names it.
     fn score(&self, checks: Vec<(String, Check)>) -> Outcome {
         let mut valid = 0;
         let mut unknown = false;
         let mut problems = Vec::new();
         let mut checked = 0;
-        for (name, check) in checks {
+        for (call, check) in checks {
             match check {
                 Check::NoSchema => continue,
                 Check::Valid => valid += 1,
                 Check::UnknownTool => {
                     unknown = true;
-                    problems.push(format!("`{name}`: no such tool was offered"));
+                    problems.push(format!("{call}: no such tool was offered"));
                 }
-                Check::Invalid(why) => problems.push(format!("`{name}`: {why}")),
+                Check::Invalid(why) => problems.push(format!("{call}: {why}")),
             }
             checked += 1;
         }
@@ -134,7 +138,10 @@ impl ToolArgs {
                     Err(_) => {
                         return Outcome::Error {
                             error_type: "invalid_schema".into(),
-                            message: format!("`{name}`: its parameter schema is not JSON"),
+                            message: format!(
+                                "`{}`: its parameter schema is not JSON",
+                                excerpt(name, MAX_NAME_CHARS)
+                            ),
                         };
                     }
                 },
@@ -149,7 +156,10 @@ impl ToolArgs {
             };
             let arguments = span.tool_arguments();
             let check = self.check(name, arguments.as_deref(), Some(&schema));
-            return self.score(vec![(name.to_owned(), check)]);
+            return self.score(vec![(
+                format!("`{}`", excerpt(name, MAX_NAME_CHARS)),
+                check,
+            )]);
         }
         if !span.output_captured() {
             return Outcome::no_content();
@@ -163,17 +173,20 @@ impl ToolArgs {
         if definitions.is_empty() && !calls.iter().any(|c| in_trace(&c.name).is_some()) {
             return Outcome::not_applicable("no tool definitions in the span or its trace");
         }
+        // Calls are named by position, and by the offered tool's name when there is one: a name
+        // the model made up is its own text, and could be anything.
         let checks = calls
             .iter()
-            .map(|call| {
+            .enumerate()
+            .map(|(i, call)| {
                 let found = definition(definitions, &call.name).or_else(|| in_trace(&call.name));
-                let check = match found {
-                    None => Check::UnknownTool,
-                    Some(d) => {
-                        self.check(&call.name, call.arguments.as_deref(), d.parameters.as_ref())
-                    }
-                };
-                (call.name.to_string(), check)
+                match found {
+                    None => (format!("call {}", i + 1), Check::UnknownTool),
+                    Some(d) => (
+                        format!("call {} (`{}`)", i + 1, excerpt(&d.name, MAX_NAME_CHARS)),
+                        self.check(&call.name, call.arguments.as_deref(), d.parameters.as_ref()),
+                    ),
+                }
             })
             .collect();
         self.score(checks)
@@ -254,15 +267,16 @@ mod tests {
         let (v, passed, label, why) =
             scored(e.evaluate(&view(&calling("get_weather", r#"{"unit": "kelvin"}"#))));
         assert_eq!((v, passed, label.as_str()), (0.0, false, "invalid"));
-        assert!(
-            why.contains("get_weather") && why.contains("/unit"),
-            "{why}"
+        assert_eq!(
+            why,
+            "call 1 (`get_weather`): 2 schema violations: \
+             /unit: enum: not one of the 2 allowed values; /: required: property `city` missing"
         );
 
         let (_, passed, label, why) =
             scored(e.evaluate(&view(&calling("get_stock_price", r#"{"ticker": "X"}"#))));
         assert_eq!((passed, label.as_str()), (false, "unknown_tool"));
-        assert!(why.contains("get_stock_price"), "{why}");
+        assert_eq!(why, "call 1: no such tool was offered");
     }
 
     #[test]
@@ -297,5 +311,27 @@ mod tests {
                 ..
             }
         ));
+    }
+    #[test]
+    fn tool_args_explanations_do_not_quote_arguments_or_made_up_names() {
+        let e = ToolArgs::build(&ToolArgsConfig::default()).unwrap();
+        for (name, arguments) in [
+            (
+                "get_weather",
+                r#"{"city": 123456789, "unit": "jane@example.com"}"#,
+            ),
+            ("get_weather", r#"{"city": "Paris", "123-45-6789": true}"#),
+            (
+                "get_weather",
+                r#"{"city": "123-45-6789" "unit": "jane@example.com"}"#,
+            ),
+            ("lookup 123-45-6789 jane@example.com", r#"{}"#),
+        ] {
+            let (_, passed, _, why) = scored(e.evaluate(&view(&calling(name, arguments))));
+            assert!(!passed);
+            for secret in ["123456789", "123-45-6789", "jane", "example.com"] {
+                assert!(!why.contains(secret), "{secret} in {why}");
+            }
+        }
     }
 }

@@ -72,6 +72,19 @@ fn scored(o: Outcome) -> (f64, bool, String, String) {
     }
 }
 
+/// The pieces of `answer` an explanation points at: the claims (`claim N (bytes a..b`) or the
+/// numbers and names not found (`number at bytes a..b`).
+fn pointed<'a>(answer: &'a str, why: &str, claims: bool) -> Vec<&'a str> {
+    let re = if claims {
+        regex::Regex::new(r"claim \d+ \(bytes (\d+)\.\.(\d+)").unwrap()
+    } else {
+        regex::Regex::new(r"(?:number|name) at bytes (\d+)\.\.(\d+)").unwrap()
+    };
+    re.captures_iter(why)
+        .map(|c| &answer[c[1].parse::<usize>().unwrap()..c[2].parse::<usize>().unwrap()])
+        .collect()
+}
+
 #[test]
 fn the_corpus_answers_are_grounded_and_hallucinated() {
     let (v, passed, label, why) = scored(judge(
@@ -84,15 +97,21 @@ fn the_corpus_answers_are_grounded_and_hallucinated() {
         "{why}"
     );
     assert_eq!(why, "1 of 1 claims supported by the 3 retrieved documents");
-    let (v, passed, label, why) = scored(judge(
-        "The Eiffel Tower is 512 metres tall [1] and was designed by Leonardo da Vinci [4].",
-        &EIFFEL,
-    ));
+    let answer =
+        "The Eiffel Tower is 512 metres tall [1] and was designed by Leonardo da Vinci [4].";
+    let (v, passed, label, why) = scored(judge(answer, &EIFFEL));
     assert_eq!((v, passed, label.as_str()), (0.0, false, "ungrounded"));
+    assert_eq!(pointed(answer, &why, true), [answer], "{why}");
+    assert_eq!(
+        pointed(answer, &why, false),
+        ["512", "Leonardo", "Vinci"],
+        "{why}"
+    );
     assert!(
-        why.contains(
-            "\"The Eiffel Tower is 512 metres tall and was designed by Leonardo da Vinci.\""
-        ) && why.contains("not found: 512, Leonardo, Vinci"),
+        why.ends_with(
+            "unsupported: claim 1 (bytes 0..82 of the output): best support 0.37 (document 1), \
+             not found: number at bytes 20..23, name at bytes 60..68, name at bytes 72..77"
+        ),
         "{why}"
     );
 }
@@ -126,7 +145,7 @@ fn a_number_off_by_one_digit_is_unsupported() {
             (0.0, false, "ungrounded"),
             "{answer}"
         );
-        assert!(why.contains("not found: "), "{why}");
+        assert!(why.contains("not found: number at bytes"), "{why}");
     }
     // Written differently, the same number.
     let (v, ..) = scored(judge(
@@ -138,12 +157,10 @@ fn a_number_off_by_one_digit_is_unsupported() {
 
 #[test]
 fn a_swapped_proper_noun_is_unsupported() {
-    let (v, _, _, why) = scored(judge(
-        "The tower was designed by Leonardo da Vinci's engineering company.",
-        &EIFFEL,
-    ));
+    let answer = "The tower was designed by Leonardo da Vinci's engineering company.";
+    let (v, _, _, why) = scored(judge(answer, &EIFFEL));
     assert_eq!(v, 0.0);
-    assert!(why.contains("not found: Leonardo, Vinci"), "{why}");
+    assert_eq!(pointed(answer, &why, false), ["Leonardo", "Vinci"], "{why}");
     let (v, _, _, why) = scored(judge(
         "The tower was designed by Gustave Eiffel's engineering company.",
         &EIFFEL,
@@ -185,17 +202,17 @@ fn cited_documents_are_checked_first_then_the_others() {
 
 #[test]
 fn non_claims_are_skipped_and_partial_support_scores_between() {
-    let (v, passed, label, why) = scored(judge(
-        "Great question! The Eiffel Tower is 330 metres tall [1]. It was completed in 1889 [2]. \
+    let answer = "Great question! The Eiffel Tower is 330 metres tall [1]. It was completed in 1889 [2]. \
          It was painted bright green by Claude Monet in 1925. Is there anything else? \
-         I hope this helps.",
-        &EIFFEL,
-    ));
+         I hope this helps.";
+    let (v, passed, label, why) = scored(judge(answer, &EIFFEL));
     assert!((v - 2.0 / 3.0).abs() < 1e-9, "{why}");
     assert_eq!((passed, label.as_str()), (false, "partially_grounded"));
-    assert!(
-        why.starts_with("2 of 3 claims")
-            && why.contains("\"It was painted bright green by Claude Monet in 1925.\""),
+    assert!(why.starts_with("2 of 3 claims"), "{why}");
+    assert!(why.contains("unsupported: claim 3 (bytes"), "{why}");
+    assert_eq!(
+        pointed(answer, &why, true),
+        ["It was painted bright green by Claude Monet in 1925."],
         "{why}"
     );
     // One unsupported claim in five passes the default threshold of 0.8.
@@ -209,12 +226,20 @@ fn non_claims_are_skipped_and_partial_support_scores_between() {
 }
 
 #[test]
-fn explanations_quote_at_most_three_claims_and_claims_are_capped() {
+fn explanations_locate_at_most_three_claims_and_claims_are_capped() {
     let answer = "Alpha Centauri hosts 7 moons. Beta Pictoris hosts 8 moons. \
         Gamma Draconis hosts 9 moons. Delta Cephei hosts 10 moons.";
     let (_, _, _, why) = scored(judge(answer, &EIFFEL));
     assert!(why.ends_with("; and 1 more"), "{why}");
-    assert!(!why.contains("Delta"), "{why}");
+    assert_eq!(
+        pointed(answer, &why, true),
+        [
+            "Alpha Centauri hosts 7 moons.",
+            "Beta Pictoris hosts 8 moons.",
+            "Gamma Draconis hosts 9 moons."
+        ],
+        "{why}"
+    );
     let config = GroundingConfig {
         max_claims: 2,
         ..Default::default()
@@ -466,4 +491,33 @@ fn help_center_answers_are_judged_fact_by_fact() {
         let (v, _, _, why) = scored(judge(answer, &docs));
         assert_eq!(v == 1.0, supported, "{answer}: {v} {why}");
     }
+}
+
+#[test]
+fn grounding_explanation_names_claims_by_position() {
+    // Citation markers are cut out before the claims are found: positions still point into the
+    // answer as written.
+    let answer = "The Eiffel Tower is 330 metres tall [1]. Jane Doe [2] of Springfield has SSN \
+        123-45-6789 and mail jane.doe@example.com for help [3]. It opened in 1889 [2].";
+    let (_, _, _, why) = scored(judge(answer, &EIFFEL));
+    for secret in [
+        "Jane",
+        "Doe",
+        "Springfield",
+        "123-45-6789",
+        "jane.doe",
+        "example.com",
+    ] {
+        assert!(!why.contains(secret), "{secret} in {why}");
+    }
+    assert_eq!(
+        pointed(answer, &why, true),
+        [
+            "Jane Doe [2] of Springfield has SSN 123-45-6789 and mail jane.doe@example.com for help [3]."
+        ],
+        "{why}"
+    );
+    let missing = pointed(answer, &why, false);
+    assert!(missing.contains(&"Springfield"), "{missing:?} {why}");
+    assert!(why.contains("claim 2 (bytes 41.."), "{why}");
 }
