@@ -460,7 +460,9 @@ fn judge_attributes(
         return attributes;
     };
     if let Some(model) = &c.model {
-        attributes.push(otlp::kv_str("gen_ai.response.model", model.as_str()));
+        // The judge names its model: capped like every string on an evaluator span.
+        let model = to_otlp::capped(model, to_otlp::MAX_NAME_BYTES);
+        attributes.push(otlp::kv_str("gen_ai.response.model", model.as_ref()));
     }
     for (key, tokens) in [
         ("gen_ai.usage.input_tokens", c.input_tokens),
