@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmark of `evalstream run` against a local tansu broker, with the Python peer
+# End-to-end benchmark of `evalstream run` against a local Apache Kafka broker, with the Python peer
 # (scripts/peer/python_worker.py) on the same broker and topic in the same run.
 #
 #   scripts/bench-e2e.sh [TRACES]     (default 20000)
@@ -35,7 +35,7 @@ judge_queue="${JUDGE_QUEUE:-2560}"
 source scripts/lib/local-broker.sh
 worker_pid=
 judge_pid=
-trap 'kill $broker_pid 2>/dev/null; [ -z "$judge_pid" ] || kill $judge_pid 2>/dev/null; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
+trap 'kafka_stop; [ -z "$judge_pid" ] || kill $judge_pid 2>/dev/null; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
 create_topics 4 bench_in bench_out bench_dlq bench_steady peer_out
 $bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
 
@@ -60,7 +60,7 @@ receivers:
     initial_offset: earliest
     dead_letter_topic: bench_dlq
     ${IN_FLIGHT:+max_in_flight_messages: $IN_FLIGHT}
-    client: { fetch.wait.max.ms: "5", session.timeout.ms: "6000", max.poll.interval.ms: "10000" }
+    client: { session.timeout.ms: "6000", max.poll.interval.ms: "10000" }
 $3
 telemetry:
   metrics: { listen: "127.0.0.1:$metrics_port" }
@@ -75,7 +75,7 @@ stop_worker() {
 }
 
 wait_consumed() { # count; prints "first_seconds end_seconds first_count"
-  local first="" start_count=0 idle=0 last_consumed="" last_change="" consumed end
+  local first="" start_count=0 consumed end
   while :; do
     consumed=$(metric evalstream_messages_consumed_total); consumed=${consumed:-0}
     if [ -z "$first" ] && [ "${consumed%.*}" -gt 0 ]; then first=$(date +%s.%N); start_count=$consumed; fi
@@ -83,14 +83,6 @@ wait_consumed() { # count; prints "first_seconds end_seconds first_count"
       # Wait for the last outputs to be acknowledged.
       while [ "$(metric evalstream_in_flight_messages)" != "0" ]; do sleep 0.01; done
       end=$(date +%s.%N); break
-    fi
-    # tansu can skip records (see README): then the count never reaches the target. Stop once
-    # the worker is idle, counting from its last progress.
-    if [ -n "$first" ] && [ "$consumed" = "$last_consumed" ] && [ "$(metric evalstream_in_flight_messages)" = "0" ]; then
-      idle=$((idle + 1))
-      if [ "$idle" -ge 200 ]; then end=$last_change; break; fi
-    else
-      idle=0; last_consumed=$consumed; last_change=$(date +%s.%N)
     fi
     sleep 0.01
   done
@@ -121,7 +113,7 @@ print(f"{name:14} {msgs/t:9.0f} msg/s {rate:9.0f} spans/s {float(evals)/float(sp
 PY
 }
 
-echo "worker on $(nproc) cores, $traces traces, tansu on 127.0.0.1:$port"
+echo "worker on $(nproc) cores, $traces traces, Kafka on 127.0.0.1:$port"
 throughput evaluate "$exporter"
 throughput consume_only "$floor"
 throughput with_traces "$with_traces"

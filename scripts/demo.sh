@@ -3,8 +3,8 @@
 #
 #   scripts/demo.sh [TRACES]      (default 2000)
 #
-# Installs tansu (the test broker) if missing, builds evalstream, starts tansu on a free loopback
-# port, runs `evalstream run` with the default evaluators behind topic `otlp_spans`, feeds it
+# Installs Apache Kafka if missing (Maven Central, once per machine), builds evalstream, starts
+# one Kafka node on free loopback ports, runs `evalstream run` with the default evaluators behind topic `otlp_spans`, feeds it
 # TRACES corpus-shaped traces with `evalstream loadgen` (as a collector's Kafka exporter with
 # `partition_traces_by_id: true` would), waits until every evaluation is acknowledged, then prints
 # the scores per evaluator and the worker's key metrics from its `/metrics` endpoint, and stops
@@ -18,12 +18,12 @@ worker_pid=
 cleanup() {
   [ "${KEEP:-}" = 1 ] && return
   [ -z "$worker_pid" ] || kill "$worker_pid" 2>/dev/null || true
-  kill "$broker_pid" 2>/dev/null || true
+  kafka_stop
 }
 trap cleanup EXIT
 create_topics 4 otlp_spans otlp_evaluations
 create_topics 1 otlp_spans_dlq
-echo "tansu on 127.0.0.1:$port; topics otlp_spans, otlp_evaluations, otlp_spans_dlq"
+echo "Kafka on 127.0.0.1:$port; topics otlp_spans, otlp_evaluations, otlp_spans_dlq"
 
 cat >"$work/evalstream.yaml" <<YAML
 receivers:
@@ -33,15 +33,11 @@ receivers:
     group_id: evalstream
     encoding: otlp_proto
     initial_offset: earliest
-    # tansu holds every fetch for fetch.wait.max.ms; Kafka answers as soon as data is there.
-    client: { fetch.wait.max.ms: "5" }
 # No evaluators section: the default set (refusal, pii, json_valid, finish_reason, empty_output, cost).
 exporters:
   kafka:
     brokers: ["127.0.0.1:$port"]
     topic: otlp_evaluations
-    # Not idempotent against tansu, which mishandles idempotent batches (see the README).
-    client: { enable.idempotence: "false" }
 telemetry:
   metrics: { listen: "127.0.0.1:$metrics_port", segments: [model] }
 YAML

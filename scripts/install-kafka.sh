@@ -19,6 +19,6 @@ echo "installing Apache Kafka into $libs (Maven Central, once per machine)" >&2
 started=$(date +%s)
 rm -rf "$libs"
 mkdir -p "$libs"
-mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$PWD/$libs"
+mvn -q -B -f "$pom" dependency:copy-dependencies -Dstyle.color=never -DincludeScope=runtime -DoutputDirectory="$PWD/$libs"
 cp "$pom" "$stamp"
 echo "Kafka installed in $(( $(date +%s) - started )) s: $(ls "$libs" | wc -l) jars" >&2

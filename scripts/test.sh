@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command: installs the test broker and Prometheus if missing, checks and
+# The project's test command: installs Apache Kafka (the test broker) and Prometheus if missing, checks and
 # unit-tests the alert rules with promtool, then formatting, lints and every test of the workspace
 # (unit, corpus, command-line, property, Kafka and Prometheus integration tests, and doc
 # examples), then the tests of every Rhai scorer in scripts/scorers. `.ci/run` calls this script.
@@ -10,7 +10,7 @@ for tool in rustfmt clippy-driver; do
   command -v "$tool" >/dev/null 2>&1 || rustup component add "${tool%-driver}"
 done
 
-scripts/install-tansu.sh
+scripts/install-kafka.sh
 scripts/install-prometheus.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 

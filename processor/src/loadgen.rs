@@ -144,11 +144,8 @@ pub fn run(options: &LoadgenOptions) -> anyhow::Result<u64> {
         .set("bootstrap.servers", &options.brokers)
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "200000")
-        // Not idempotent by default: tansu 0.6, the test broker, does not serve a fetch that
-        // starts inside an idempotent producer's batch, so a consumer restarting from a committed
-        // offset mid-batch would stall there (seen here). Real Kafka has no such limit; pass
-        // `--producer-property enable.idempotence=true` against it.
-        .set("enable.idempotence", "false");
+        // As the collector's exporter: retries never duplicate or reorder a trace.
+        .set("enable.idempotence", "true");
     for (k, v) in &options.producer_properties {
         config.set(k, v);
     }
