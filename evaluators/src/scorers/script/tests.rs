@@ -127,6 +127,36 @@ fn the_span_exposes_the_canonical_fields() {
     );
 }
 
+/// A bytes attribute became an array of integers, 16 bytes a byte: a blob keeps one, and the
+/// array limit still applies to it.
+#[test]
+fn bytes_attributes_are_blobs() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let script = Script::compile(
+        "bytes.rhai",
+        r#"fn score(span) {
+            let b = span.attributes["payload"];
+            #{ score: b[0], explanation: `${type_of(b)} ${b.len()}` }
+        }"#,
+        &config(),
+    )
+    .unwrap();
+    let with = |n: usize| {
+        let sp = span(vec![
+            s("gen_ai.operation.name", "chat"),
+            crate::scorers::testing::attr("payload", Value::BytesValue(vec![7; n])),
+        ]);
+        script.evaluate(&view(&sp))
+    };
+    let score = scored(with(5000));
+    assert_eq!(
+        (score.value, score.explanation.as_str()),
+        (7.0, "blob 5000")
+    );
+    let (kind, message) = error(with(100_000));
+    assert_eq!(kind, "script_limit", "{message}");
+}
+
 #[test]
 fn params_reach_the_script() {
     let mut c = config();
@@ -668,8 +698,8 @@ fn deepest(
 }
 
 /// The probe [`measure_stack_per_call_level`] runs in a child process, as
-/// `EVALSTREAM_STACK_PROBE=scenario,call_levels,expr_depth,stack_bytes`: too small a stack aborts
-/// the child, which the parent sees as a signal.
+/// `EVALSTREAM_STACK_PROBE=scenario,call_levels,expr_depth,collection_size,stack_bytes`: too
+/// small a stack aborts the child, which the parent sees as a signal.
 #[test]
 #[ignore = "run by measure_stack_per_call_level"]
 fn stack_probe() {
