@@ -380,3 +380,65 @@ cases:
     );
     assert!(stderr(&out).contains("short.test.yaml"), "{}", stderr(&out));
 }
+
+/// `max_call_levels` had no bound and evaluation ran on threads with default stacks: a deeply
+/// recursing script aborted the whole process (a stack overflow cannot be caught). At the
+/// deepest limits the configuration accepts, the script must end in an `error` outcome.
+#[test]
+fn a_script_recursing_at_the_deepest_allowed_limits_errors_without_aborting() {
+    let dir = temp_dir("deep-script");
+    // Recursion to 64 call levels, each nesting its call 25 sums deep (about as deep as
+    // `max_expr_depth: 64` compiles): some 20 MB of stack in a debug build, past the 8 MiB of a
+    // main thread.
+    let depth = 25;
+    let script = format!(
+        "fn down(n) {{ {}down(n + 1){} }}\nfn score(span) {{ down(0) }}\n",
+        "n + (".repeat(depth),
+        ")".repeat(depth)
+    );
+    std::fs::write(dir.join("deep.rhai"), script).unwrap();
+    let config = dir.join("deep.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "evaluators:\n  - type: rhai\n    script: {}\n    limits: {{ max_call_levels: 64, max_expr_depth: 64 }}\n",
+            dir.join("deep.rhai").display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args([
+            "eval",
+            "--config",
+            config.to_str().unwrap(),
+            &corpus("openinference.pb"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.code().is_some(),
+        "killed by a signal: {}",
+        stderr(&out)
+    );
+    let lines = lines(&out);
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert_eq!(l["outcome"], "error", "{l}");
+        assert_eq!(l["error_type"], "script_limit", "{l}");
+    }
+    let too_deep = dir.join("too-deep.yaml");
+    std::fs::write(
+        &too_deep,
+        format!(
+            "evaluators:\n  - type: rhai\n    script: {}\n    limits: {{ max_call_levels: 5000 }}\n",
+            dir.join("deep.rhai").display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["validate", too_deep.to_str().unwrap()])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("max_call_levels"), "{}", stderr(&out));
+}

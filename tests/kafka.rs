@@ -1135,10 +1135,29 @@ fn transient_request_errors_are_retried_without_loss() {
         output_span_ids(r).into_iter().collect::<HashSet<_>>().len() >= expected.len()
     });
     let got: HashSet<Vec<u8>> = output_span_ids(&records).into_iter().collect();
-    assert_eq!(
-        expected.keys().filter(|k| !got.contains(*k)).count(),
-        0,
-        "every evaluation arrives despite the injected errors"
+    let missing: HashSet<String> = expected
+        .iter()
+        .filter(|(k, _)| !got.contains(*k))
+        .map(|(_, trace)| otlp::hex(trace))
+        .collect();
+    if !missing.is_empty() {
+        // Where did they go: acknowledged to the worker, and what the topic holds.
+        let log = std::fs::read_to_string(dir.join("w.log")).unwrap_or_default();
+        for trace in &missing {
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(trace.as_str())).collect();
+            eprintln!("missing trace {trace}: {lines:#?}");
+        }
+        eprintln!(
+            "outputs acknowledged: {:?}; records read: {}; output watermarks: {:?}",
+            worker.metric("evalstream_output_records_total"),
+            records.len(),
+            committed_vs_end(&address, "reader-none", "output", 2)
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "every evaluation arrives despite the injected errors: {} traces missing",
+        missing.len()
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while worker.metric("evalstream_in_flight_messages") != Some(0.0) {

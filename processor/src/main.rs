@@ -207,7 +207,10 @@ fn main() -> ExitCode {
                 inputs,
                 no_summary,
             };
-            match eval::run(&options, std::io::stdout().lock()) {
+            let evaluated = evalstream::on_evaluation_thread("evalstream-eval", move || {
+                eval::run(&options, std::io::stdout().lock())
+            });
+            match evaluated.map_err(anyhow::Error::from).and_then(|r| r) {
                 Ok(result) => ExitCode::from(result as u8),
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -234,7 +237,10 @@ fn main() -> ExitCode {
         Command::JudgeServer { listen, latency_ms } => exit(judge_server(listen, latency_ms)),
         Command::Loadgen(options) => exit(evalstream::loadgen::run(&options).map(drop)),
         Command::Script(ScriptCommand::Test { scripts }) => {
-            match evalstream::script_test::run(&scripts, &mut std::io::stdout().lock()) {
+            let tested = evalstream::on_evaluation_thread("evalstream-script-test", move || {
+                evalstream::script_test::run(&scripts, &mut std::io::stdout().lock())
+            });
+            match tested.map_err(anyhow::Error::from).and_then(|r| r) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {

@@ -36,8 +36,8 @@ pub fn start(
         return Ok(None);
     }
     let (evaluators, metrics, done) = (evaluators.clone(), metrics.clone(), done.clone());
-    std::thread::Builder::new()
-        .name("evalstream-reload".into())
+    // Compiling parses recursively, as deep as the scripts' limits allow.
+    crate::evaluation_thread("evalstream-reload".into())
         .spawn(move || {
             let mut last_failure: HashMap<String, String> = HashMap::new();
             let mut next = Instant::now() + INTERVAL;

@@ -164,8 +164,7 @@ fn pipeline(
         .map(|i| {
             let worker = worker.clone();
             let queue = work_rx.clone();
-            thread::Builder::new()
-                .name(format!("evalstream-worker-{i}"))
+            crate::evaluation_thread(format!("evalstream-worker-{i}"))
                 .spawn(move || worker.run(queue))
         })
         .collect::<Result<_, _>>()?;

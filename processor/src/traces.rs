@@ -82,8 +82,7 @@ impl Assembler {
                 reported: (0, 0),
             };
             threads.push(
-                std::thread::Builder::new()
-                    .name(format!("evalstream-traces-{i}"))
+                crate::evaluation_thread(format!("evalstream-traces-{i}"))
                     .spawn(move || shard.run(&rx))?,
             );
             senders.push(tx);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use evalstream_evaluators::scorers::judge::redact;
+use evalstream_evaluators::scorers::judge::{Secret, redact};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
@@ -171,7 +171,7 @@ impl JudgeClient {
     pub fn new(
         endpoint: &str,
         api_key: Option<&str>,
-        headers: &BTreeMap<String, String>,
+        headers: &BTreeMap<String, Secret>,
         timeout: Duration,
         retry: RetryPolicy,
     ) -> Result<JudgeClient, String> {
@@ -185,7 +185,7 @@ impl JudgeClient {
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("headers: `{k}` is not a header name"))?;
-            let mut value = HeaderValue::from_str(v)
+            let mut value = HeaderValue::from_str(v.expose())
                 .map_err(|_| format!("headers: the value of `{k}` is not valid"))?;
             // Custom headers carry credentials (`api-key`, `x-api-key`): kept out of logs.
             value.set_sensitive(true);
@@ -422,7 +422,10 @@ mod tests {
         let (url, server) = server::start().unwrap();
         let (elsewhere, other) = server::start().unwrap();
         let mut headers = BTreeMap::new();
-        headers.insert("api-key".to_owned(), "secret-key".to_owned());
+        headers.insert(
+            "api-key".to_owned(),
+            serde_json::from_value::<Secret>(serde_json::json!("secret-key")).unwrap(),
+        );
         let c = JudgeClient::new(
             &url,
             None,

@@ -3,9 +3,10 @@
 //!
 //! This module is the judge's pure half: the configuration, the request for one span (the
 //! prompt filled from the canonical span, personal data masked, a JSON reply asked for) and the
-//! reading of the reply into an outcome. Calling the endpoint — concurrency, rate limits,
-//! retries, the breaker, budgets, the cache — is I/O and lives with the worker; it uses
-//! [`LlmJudge::request`] and [`LlmJudge::conclude`].
+//! reading of the reply into an outcome. What goes into the prompt is untrusted span content: it
+//! is fenced as data and cut to `max_prompt_chars` (see [`templates`]). Calling the endpoint —
+//! concurrency, rate limits, retries, the breaker, budgets, the cache — is I/O and lives with the
+//! worker; it uses [`LlmJudge::request`] and [`LlmJudge::conclude`].
 
 pub mod reply;
 pub mod templates;
@@ -19,12 +20,14 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::evaluator::{Evaluator, Outcome};
 use crate::scorers::pii::{self, PiiKind};
+use crate::scorers::{excerpt, prefix_chars};
 use crate::span::GenAiSpan;
 use crate::trace::TraceView;
 use reply::ReplyError;
 use templates::Template;
 
-/// A secret from the configuration (an API key): never printed, never hashed into a version.
+/// A secret from the configuration (an API key, a header's value): never printed, never hashed
+/// into a version (the version hashes the serialised options, where it is `<redacted>`).
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -81,9 +84,10 @@ pub struct LlmJudgeConfig {
     /// The API key (`${env:…}`), sent as a bearer token.
     #[serde(default)]
     pub api_key: Option<Secret>,
-    /// Extra request headers.
+    /// Extra request headers (`api-key: ${env:KEY}`): their values are secrets, since
+    /// providers take keys in headers too.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// The lowest and highest score; the template's by default, else `[0, 1]`.
     #[serde(default)]
     pub score_range: Option<(f64, f64)>,
@@ -99,6 +103,10 @@ pub struct LlmJudgeConfig {
     /// Sampling temperature sent to the judge.
     #[serde(default)]
     pub temperature: f64,
+    /// The filled prompt's size cap in characters: span fields share what the template's own
+    /// text leaves, each cut visibly when it does not fit.
+    #[serde(default = "default_max_prompt_chars")]
+    pub max_prompt_chars: usize,
     /// The reply's token limit.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
@@ -177,6 +185,20 @@ fn default_max_tokens() -> u32 {
     300
 }
 
+fn default_max_prompt_chars() -> usize {
+    32_000
+}
+
+/// The least room `max_prompt_chars` must leave each use of a variable.
+const MIN_CHARS_PER_VARIABLE: usize = 256;
+
+/// The most `max_prompt_chars` accepted: about a million tokens, past any judge's context.
+const MAX_PROMPT_CHARS: usize = 4_000_000;
+
+/// Changes with the way prompts are filled (fences, truncation), so that cached verdicts of
+/// prompts filled another way are not reused.
+const PROMPT_FORMAT: &str = "fenced-1";
+
 /// The request for one span, ready to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JudgeRequest {
@@ -196,6 +218,10 @@ pub struct LlmJudge {
     prompt: String,
     requires: Vec<String>,
     variables: Vec<String>,
+    /// How many times the prompt uses each of `variables`.
+    uses: Vec<usize>,
+    /// Characters of the prompt filled with empty values: its own text and the fences.
+    fixed_chars: usize,
     range: (f64, f64),
     threshold: f64,
 }
@@ -292,16 +318,44 @@ impl LlmJudge {
         if config.breaker_failures == 0 {
             return Err("breaker_failures: at least 1".into());
         }
+        let uses: Vec<usize> = variables
+            .iter()
+            .map(|v| {
+                templates::variables_with_repeats(&prompt)
+                    .filter(|u| *u == v.as_str())
+                    .count()
+            })
+            .collect();
+        let empty: Vec<(&str, String)> = variables
+            .iter()
+            .map(|v| (v.as_str(), String::new()))
+            .collect();
+        let fixed_chars = templates::render(&prompt, &empty).chars().count();
+        let least = fixed_chars + uses.iter().sum::<usize>() * MIN_CHARS_PER_VARIABLE;
+        if config.max_prompt_chars < least || config.max_prompt_chars > MAX_PROMPT_CHARS {
+            return Err(format!(
+                "max_prompt_chars: between {least} (the prompt's own {fixed_chars} characters and \
+                 {MIN_CHARS_PER_VARIABLE} for each use of a variable) and {MAX_PROMPT_CHARS}, \
+                 not {}",
+                config.max_prompt_chars
+            ));
+        }
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !positive(config.cache_ttl_seconds) || !positive(config.breaker_cooldown_seconds) {
             return Err("cache_ttl_seconds and breaker_cooldown_seconds: positive numbers".into());
         }
         Ok(LlmJudge {
             config: config.clone(),
-            system: format!("{system}\n\n{}", templates::reply_format()),
+            system: format!(
+                "{system}\n\n{}\n\n{}",
+                templates::DATA_NOTICE,
+                templates::reply_format()
+            ),
             prompt,
             requires,
             variables,
+            uses,
+            fixed_chars,
             range,
             threshold,
         })
@@ -313,24 +367,19 @@ impl LlmJudge {
     }
 
     /// The request judging `span`, or the outcome when there is nothing to judge (the span lacks
-    /// what the prompt needs).
+    /// what the prompt needs). Each value is cut to its share of `max_prompt_chars` before
+    /// personal data is masked (masking scans the text, and a span can hold megabytes), with
+    /// [`templates::REDACTION_OVERLAP`] characters more so that an item across the cut is still
+    /// recognised; then the masked text is cut to the share, marked.
     pub fn request(
         &self,
         span: &GenAiSpan<'_>,
         trace: Option<&TraceView<'_>>,
     ) -> Result<JudgeRequest, Outcome> {
-        let mut values: Vec<(&str, String)> = Vec::with_capacity(self.variables.len());
-        let mut redactions = 0;
+        let mut raw: Vec<String> = Vec::with_capacity(self.variables.len());
         for name in &self.variables {
             match templates::value(name, span, trace) {
-                Some(mut v) => {
-                    if self.config.redact_pii {
-                        let (masked, n) = redact(&v);
-                        v = masked;
-                        redactions += n;
-                    }
-                    values.push((name.as_str(), v));
-                }
+                Some(v) => raw.push(v),
                 None if self.requires.contains(name)
                     || self.requires.is_empty() && name == "output" =>
                 {
@@ -342,8 +391,34 @@ impl LlmJudge {
                         Outcome::no_content()
                     });
                 }
-                None => values.push((name.as_str(), "(none)".to_owned())),
+                None => raw.push("(none)".to_owned()),
             }
+        }
+        let lengths: Vec<usize> = raw.iter().map(|v| v.chars().count()).collect();
+        let budget = self
+            .config
+            .max_prompt_chars
+            .saturating_sub(self.fixed_chars);
+        let shares = templates::shares(&lengths, &self.uses, budget);
+        let mut values: Vec<(&str, String)> = Vec::with_capacity(self.variables.len());
+        let mut redactions = 0;
+        for (i, name) in self.variables.iter().enumerate() {
+            let (share, value) = (shares[i], &raw[i]);
+            let cut = lengths[i] > share;
+            let scanned = if cut {
+                prefix_chars(value, share + templates::REDACTION_OVERLAP)
+            } else {
+                value.as_str()
+            };
+            let masked = if self.config.redact_pii {
+                let (masked, n) = redact(scanned);
+                redactions += n;
+                masked
+            } else {
+                scanned.to_owned()
+            };
+            let fitted = templates::fit(&masked, share, cut.then_some(value.len()));
+            values.push((name.as_str(), fitted));
         }
         let user = templates::render(&self.prompt, &values);
         let mut body = json!({
@@ -367,8 +442,10 @@ impl LlmJudge {
             }
             StructuredOutput::None => {}
         }
+        // The filled prompt holds the fenced, cut and masked values, so it identifies what the
+        // judge sees; the format tag keeps verdicts of differently filled prompts apart.
         let key_text = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}",
+            "{PROMPT_FORMAT}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
             self.system, self.prompt, self.config.model, user
         );
         Ok(JudgeRequest {
@@ -406,9 +483,25 @@ impl Evaluator for LlmJudge {
     }
 }
 
+/// Characters of a judge's refusal kept in the outcome.
+const REFUSAL_EXCERPT_CHARS: usize = 80;
+
 /// The outcome of a judge that declined to judge.
+///
+/// The refusal's opening is kept, with personal data masked: it says why the judge declined
+/// (a policy, the content's kind), which is what an operator needs to act on, and it is the
+/// judge's text rather than the span's; but a judge can quote the span while declining, so only
+/// a short, masked excerpt goes into the outcome (and from there into scores and logs).
 pub fn refused(refusal: &str) -> Outcome {
-    error(&ReplyError::Refused(refusal.chars().take(200).collect()))
+    let opening = prefix_chars(
+        refusal.trim(),
+        REFUSAL_EXCERPT_CHARS + templates::REDACTION_OVERLAP,
+    );
+    let (masked, _) = redact(opening);
+    let first_line = masked.lines().next().unwrap_or_default();
+    error(&ReplyError::Refused(
+        excerpt(first_line, REFUSAL_EXCERPT_CHARS).into_owned(),
+    ))
 }
 
 fn error(e: &ReplyError) -> Outcome {

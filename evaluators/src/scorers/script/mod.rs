@@ -282,10 +282,16 @@ fn number(value: &Dynamic) -> Option<f64> {
         .or_else(|| value.as_int().ok().map(|i| i as f64))
 }
 
-/// An error outcome for a failed call: a limit reached, or an error the script raised.
+/// Characters of a failed call's error kept in its outcome: the message names every call level
+/// the error went through, which is long for deep recursion, and may quote what the script threw.
+const MAX_ERROR_CHARS: usize = 1024;
+
+/// An error outcome for a failed call: a limit reached, or an error the script raised. An error
+/// inside a function (or a closure called by `map`, `filter`, …) comes wrapped once per level, so
+/// the innermost one says which it was.
 fn error_outcome(error: &EvalAltResult) -> Outcome {
     let limit = matches!(
-        error,
+        error.unwrap_inner(),
         EvalAltResult::ErrorTooManyOperations(..)
             | EvalAltResult::ErrorTooManyVariables(..)
             | EvalAltResult::ErrorStackOverflow(..)
@@ -299,7 +305,7 @@ fn error_outcome(error: &EvalAltResult) -> Outcome {
             "script_error"
         }
         .into(),
-        message: error.to_string(),
+        message: sandbox::excerpt(&error.to_string(), MAX_ERROR_CHARS).into_owned(),
     }
 }
 

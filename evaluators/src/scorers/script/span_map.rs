@@ -89,7 +89,7 @@ fn opt_int(n: Option<u64>) -> Dynamic {
     })
 }
 
-/// An OTLP value as a Rhai value (bytes as an array of integers).
+/// An OTLP value as a Rhai value (bytes as a blob).
 pub fn any_value(value: &AnyValue) -> Dynamic {
     match &value.value {
         Some(Value::StringValue(s)) => text(s),
@@ -108,11 +108,9 @@ pub fn any_value(value: &AnyValue) -> Dynamic {
                 })
                 .collect::<Map>(),
         ),
-        Some(Value::BytesValue(b)) => Dynamic::from(
-            b.iter()
-                .map(|&x| Dynamic::from(i64::from(x)))
-                .collect::<Array>(),
-        ),
+        // A blob (indexable and iterable as integers, like an array), one byte a byte: an array
+        // of integers took 16 bytes a byte, so a span's bytes attribute was amplified 16 times.
+        Some(Value::BytesValue(b)) => Dynamic::from_blob(b.clone()),
         _ => Dynamic::UNIT,
     }
 }
