@@ -10,6 +10,7 @@ for tool in rustfmt clippy-driver; do
   command -v "$tool" >/dev/null 2>&1 || rustup component add "${tool%-driver}"
 done
 
+scripts/install-build-deps.sh
 scripts/install-kafka.sh
 scripts/install-prometheus.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"

@@ -311,6 +311,21 @@ fn the_example_deployment_config_validates() {
 }
 
 #[test]
+fn the_managed_kafka_example_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/managed-kafka.yaml");
+    let out = bin()
+        .arg("validate")
+        .arg(&path)
+        .env("KAFKA_PASSWORD", "p4ssw0rd-from-env")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("kafka receiver otlp_spans"), "{said}");
+    assert!(!said.contains("p4ssw0rd"), "{said}");
+}
+
+#[test]
 fn script_test_shows_what_differs_and_fails() {
     let dir = temp_dir("script-test");
     let script = dir.join("short.rhai");

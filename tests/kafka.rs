@@ -57,6 +57,116 @@ struct Broker {
     port: u16,
     controller: u16,
     dir: PathBuf,
+    /// Listeners besides PLAINTEXT and the controller's, with their properties (TLS, SASL).
+    secured: Option<Secured>,
+}
+
+/// A `SASL_SSL` listener (SCRAM-SHA-512, user [`SCRAM_USER`]) and a mutual-TLS listener, with the
+/// CA and certificates the test made with `openssl`.
+struct Secured {
+    sasl_ssl: u16,
+    mtls: u16,
+    tls: Tls,
+}
+
+const SCRAM_USER: (&str, &str) = ("evalstream", "evalstream-scram-secret");
+
+/// A CA, the broker's certificate for 127.0.0.1 (with its key, as the PEM keystore Kafka reads)
+/// and a client certificate, made with the `openssl` command.
+struct Tls {
+    dir: PathBuf,
+}
+
+impl Tls {
+    fn create(dir: &Path) -> Tls {
+        let dir = dir.join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=evalstream-test-ca",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        for (name, subject, extensions) in [
+            ("broker", "/CN=127.0.0.1", Some("san.ext")),
+            ("client", "/CN=evalstream-worker", None),
+        ] {
+            let (key, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            openssl(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+                subject,
+            ]);
+            let mut sign = vec![
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+            ];
+            if let Some(ext) = extensions {
+                sign.extend(["-extfile", ext]);
+            }
+            openssl(&sign);
+        }
+        openssl(&[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "broker.key",
+            "-out",
+            "broker.pk8",
+        ]);
+        let keystore = [
+            std::fs::read_to_string(dir.join("broker.pk8")).unwrap(),
+            std::fs::read_to_string(dir.join("broker.pem")).unwrap(),
+        ]
+        .concat();
+        std::fs::write(dir.join("broker-keystore.pem"), keystore).unwrap();
+        Tls { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_str().unwrap().to_owned()
+    }
 }
 
 /// Where `scripts/install-kafka.sh` puts Kafka's jars.
@@ -93,31 +203,78 @@ const KAFKA_VERSION: &str = "4.4.0";
 impl Broker {
     /// A new node with empty storage.
     fn start() -> Broker {
+        Broker::start_with(false)
+    }
+
+    /// A new node that also has a `SASL_SSL` (SCRAM-SHA-512) and a mutual-TLS listener.
+    fn start_secured() -> Broker {
+        Broker::start_with(true)
+    }
+
+    fn start_with(secured: bool) -> Broker {
         static BROKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = BROKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = temp_dir(&format!("broker-{n}"));
         let _ = std::fs::remove_dir_all(dir.join("data"));
+        let secured = secured.then(|| Secured {
+            sasl_ssl: free_port(),
+            mtls: free_port(),
+            tls: Tls::create(&dir),
+        });
         let mut broker = Broker {
             child: None,
             port: free_port(),
             controller: free_port(),
             dir,
+            secured,
         };
         broker.format();
         broker.run();
         broker
     }
 
+    /// The listeners and properties past the plain ones, and the `format` arguments they need.
+    fn security(&self) -> (String, String, String, Vec<String>) {
+        let Some(s) = &self.secured else {
+            return (String::new(), String::new(), String::new(), Vec::new());
+        };
+        let listeners = format!(
+            ",SASL_SSL://127.0.0.1:{},MTLS://127.0.0.1:{}",
+            s.sasl_ssl, s.mtls
+        );
+        let map = ",SASL_SSL:SASL_SSL,MTLS:SSL".to_owned();
+        let properties = format!(
+            "sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location={}
+ssl.truststore.type=PEM
+ssl.truststore.location={}
+listener.name.mtls.ssl.client.auth=required
+",
+            s.tls.path("broker-keystore.pem"),
+            s.tls.path("ca.pem")
+        );
+        let (user, password) = SCRAM_USER;
+        let scram = vec![
+            "--add-scram".to_owned(),
+            format!("SCRAM-SHA-512=[name={user},password={password}]"),
+        ];
+        (listeners, map, properties, scram)
+    }
+
     fn format(&self) {
+        let (secured_listeners, secured_map, secured_properties, format_args) = self.security();
         let properties = format!(
             "process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{secured_listeners}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}{secured_listeners}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{secured_map}
 inter.broker.listener.name=PLAINTEXT
+{secured_properties}
 log.dirs={data}
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -151,18 +308,21 @@ appender.file.layout.pattern=[%d] %p %m (%c)%n
             ),
         )
         .unwrap();
-        let status = java(&[
+        let properties = self.dir.join("server.properties");
+        let mut format = vec![
             "kafka.tools.StorageTool",
             "format",
             "-t",
             "ZXZhbHN0cmVhbS10ZXN0cw",
             "-c",
-            self.dir.join("server.properties").to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+            properties.to_str().unwrap(),
+        ];
+        format.extend(format_args.iter().map(String::as_str));
+        let status = java(&format)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
         assert!(status.success(), "cannot format {}", self.dir.display());
     }
 
@@ -282,10 +442,12 @@ impl Worker {
         encoding: Encoding,
         receiver_extra: &str,
     ) -> Worker {
-        Worker::start_configured(dir, name, broker, group, encoding, receiver_extra, "")
+        Worker::start_configured(dir, name, broker, group, encoding, receiver_extra, "", &[])
     }
 
-    /// As [`Worker::start_with`], with extra top-level sections (YAML, not indented).
+    /// As [`Worker::start_with`], with extra top-level sections (YAML, not indented) and extra
+    /// librdkafka properties for both the receiver's and the exporter's clients (TLS, SASL).
+    #[allow(clippy::too_many_arguments)]
     fn start_configured(
         dir: &Path,
         name: &str,
@@ -294,8 +456,14 @@ impl Worker {
         encoding: Encoding,
         receiver_extra: &str,
         top_extra: &str,
+        client: &[(&str, &str)],
     ) -> Worker {
         let metrics_port = free_port();
+        let client: String = client
+            .iter()
+            .map(|(k, v)| format!(", {k}: \"{v}\""))
+            .collect();
+        let exporter_client = client.trim_start_matches(", ");
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
             &config,
@@ -311,11 +479,12 @@ receivers:
     dead_letter_topic: dlq
     drain_timeout_seconds: 10
 {receiver_extra}
-    client: {{ session.timeout.ms: "6000", max.poll.interval.ms: "10000", heartbeat.interval.ms: "500", auto.commit.interval.ms: "200" }}
+    client: {{ session.timeout.ms: "6000", max.poll.interval.ms: "10000", heartbeat.interval.ms: "500", auto.commit.interval.ms: "200"{client} }}
 exporters:
   kafka:
     brokers: ["{broker}"]
     topic: output
+    client: {{ {exporter_client} }}
 telemetry:
   metrics: {{ listen: "127.0.0.1:{metrics_port}" }}
   admin_token: {ADMIN_TOKEN}
@@ -345,7 +514,16 @@ telemetry:
     /// As [`Worker::start_configured`] in group `g` on protobuf input, with the evaluators and
     /// other top-level sections given.
     fn start_with_sections(dir: &Path, name: &str, broker: &str, top_extra: &str) -> Worker {
-        Worker::start_configured(dir, name, broker, "g", Encoding::OtlpProto, "", top_extra)
+        Worker::start_configured(
+            dir,
+            name,
+            broker,
+            "g",
+            Encoding::OtlpProto,
+            "",
+            top_extra,
+            &[],
+        )
     }
 
     fn metric(&self, name: &str) -> Option<f64> {
@@ -2586,4 +2764,132 @@ fn committed_total_of(broker: &str, group: &str, partitions: i32) -> i64 {
         .iter()
         .map(|(c, _)| (*c).max(0))
         .sum()
+}
+
+/// The corpus through a broker reached over TLS: `SASL_SSL` with SCRAM-SHA-512, or mutual TLS.
+/// Topics are made and read over the plain listener.
+#[test]
+fn the_worker_consumes_and_produces_over_sasl_ssl_and_mutual_tls() {
+    let broker = Broker::start_secured();
+    for topic in ["input", "output", "dlq"] {
+        broker.create_topic(topic, 2);
+    }
+    let secured = broker.secured.as_ref().unwrap();
+    let ca = secured.tls.path("ca.pem");
+    let (cert, key) = (
+        secured.tls.path("client.pem"),
+        secured.tls.path("client.key"),
+    );
+    let (user, password) = SCRAM_USER;
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let (requests, messages) = corpus_messages(Encoding::OtlpProto);
+    produce(&broker.address(), "input", &messages);
+    let expected = expected_outputs(&set, &requests);
+    let dir = temp_dir("secured");
+    let runs: [(&str, u16, Vec<(&str, &str)>); 2] = [
+        (
+            "sasl_ssl",
+            secured.sasl_ssl,
+            vec![
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", user),
+                ("sasl.password", password),
+                ("ssl.ca.location", &ca),
+            ],
+        ),
+        (
+            "mtls",
+            secured.mtls,
+            vec![
+                ("security.protocol", "ssl"),
+                ("ssl.ca.location", &ca),
+                ("ssl.certificate.location", &cert),
+                ("ssl.key.location", &key),
+            ],
+        ),
+    ];
+    for (name, port, client) in runs {
+        let worker = Worker::start_configured(
+            &dir,
+            name,
+            &format!("127.0.0.1:{port}"),
+            name,
+            Encoding::OtlpProto,
+            "",
+            "",
+            &client,
+        );
+        wait_for(
+            Duration::from_secs(60),
+            &format!("{name}: every input consumed"),
+            || {
+                worker.metric("evalstream_messages_consumed_total") == Some(messages.len() as f64)
+                    && worker.metric("evalstream_in_flight_messages") == Some(0.0)
+            },
+        );
+        let (code, stderr) = worker.terminate();
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+    }
+    // Both runs wrote every evaluation (each run is its own consumer group).
+    let records = read_topic(&broker.address(), "output", Duration::from_secs(30), |r| {
+        count_spans(r) >= 2 * expected.len()
+    });
+    let ids = output_span_ids(&records);
+    assert_eq!(ids.len(), 2 * expected.len());
+    assert_eq!(
+        ids.into_iter().collect::<HashSet<_>>(),
+        expected.keys().cloned().collect::<HashSet<_>>()
+    );
+}
+
+/// A wrong password must give a clear error naming the listener and the mechanism, at once and
+/// on `/readyz`, not a silent hang.
+#[test]
+fn a_wrong_sasl_password_is_named_on_readyz_and_in_the_log() {
+    let broker = Broker::start_secured();
+    for topic in ["input", "output", "dlq"] {
+        broker.create_topic(topic, 2);
+    }
+    let secured = broker.secured.as_ref().unwrap();
+    let ca = secured.tls.path("ca.pem");
+    let dir = temp_dir("wrong-password");
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &format!("127.0.0.1:{}", secured.sasl_ssl),
+        "g",
+        Encoding::OtlpProto,
+        "",
+        "",
+        &[
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", SCRAM_USER.0),
+            ("sasl.password", "not-the-password"),
+            ("ssl.ca.location", &ca),
+        ],
+    );
+    let listener = format!("sasl_ssl://127.0.0.1:{}", secured.sasl_ssl);
+    let mut last = None;
+    wait_for(
+        Duration::from_secs(30),
+        "readyz names the failed authentication",
+        || {
+            last = http(worker.metrics_port, "GET", "/readyz");
+            last.as_ref().is_some_and(|(status, body)| {
+                *status == 503
+                    && body.contains("SASL authentication")
+                    && body.contains("SCRAM-SHA-512")
+                    && body.contains(&listener)
+            })
+        },
+    );
+    let log = std::fs::read_to_string(dir.join("w.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("SCRAM-SHA-512") && l.contains(&listener)),
+        "{log}"
+    );
+    assert!(!log.contains("not-the-password"), "the password is logged");
 }

@@ -4,6 +4,7 @@
 # temporary directory; the broker's data and log are in $work/kafka), broker_pid.
 # `create_topics PARTITIONS TOPIC...` creates topics.
 
+scripts/install-build-deps.sh
 scripts/install-kafka.sh
 source scripts/lib/kafka.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"

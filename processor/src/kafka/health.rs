@@ -71,9 +71,16 @@ pub struct InputHealth {
 }
 
 impl InputHealth {
-    /// Records an error from `origin`. Returns whether it should be logged now (its first
-    /// occurrence, then once a minute), with how many times it occurred.
-    pub fn error(&mut self, origin: Origin, e: &KafkaError, now: Instant) -> Option<u64> {
+    /// Records an error from `origin`; `detail` is librdkafka's reason when it gave one (it names
+    /// the broker and, for authentication, the mechanism). Returns whether it should be logged
+    /// now (its first occurrence, then once a minute), with how many times it occurred.
+    pub fn error(
+        &mut self,
+        origin: Origin,
+        e: &KafkaError,
+        detail: Option<&str>,
+        now: Instant,
+    ) -> Option<u64> {
         let permanent = is_permanent(e);
         let failing = self.failing.entry(origin).or_insert_with(|| Failing {
             first: now,
@@ -90,7 +97,10 @@ impl InputHealth {
         failing.last = now;
         failing.count += 1;
         failing.permanent |= permanent;
-        failing.message = e.to_string();
+        failing.message = match detail {
+            Some(detail) if !detail.is_empty() => format!("{e}: {detail}"),
+            _ => e.to_string(),
+        };
         let due = failing
             .warned
             .is_none_or(|at| now.saturating_duration_since(at) >= WARN_EVERY);
@@ -156,15 +166,18 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut health = InputHealth::default();
         let bad = KafkaError::MessageConsumption(RDKafkaErrorCode::InvalidMessage);
-        assert_eq!(health.error(Origin::Partition(tp(3)), &bad, at(0)), Some(1));
         assert_eq!(
-            health.error(Origin::Partition(tp(3)), &bad, at(1)),
+            health.error(Origin::Partition(tp(3)), &bad, None, at(0)),
+            Some(1)
+        );
+        assert_eq!(
+            health.error(Origin::Partition(tp(3)), &bad, None, at(1)),
             None,
             "logged once a minute"
         );
         assert_eq!(health.problem(at(10)), None, "not persistent yet");
         for s in 2..=31 {
-            health.error(Origin::Partition(tp(3)), &bad, at(s));
+            health.error(Origin::Partition(tp(3)), &bad, None, at(s));
         }
         let problem = health.problem(at(31)).unwrap();
         assert!(problem.contains("otlp_spans[3]"), "{problem}");
@@ -185,6 +198,7 @@ mod tests {
             health.error(
                 Origin::Partition(tp(0)),
                 &transient,
+                None,
                 t0 + Duration::from_secs(s),
             );
         }
@@ -200,6 +214,7 @@ mod tests {
         health.error(
             Origin::Client("UnknownTopicOrPartition".into()),
             &missing,
+            None,
             t0,
         );
         let problem = health.problem(t0).unwrap();

@@ -25,7 +25,6 @@
 //! `max_in_flight_messages`: the trace buffer's own limits bound them, and they have given up
 //! their bytes.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -99,6 +98,8 @@ impl State {
 pub struct SourceContext {
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    /// Errors that persist, for readiness: from polls and from the client's error callback.
+    health: Mutex<InputHealth>,
     drain_timeout: Duration,
     assignment_changed: AtomicBool,
     traces: Option<Assembler>,
@@ -107,6 +108,10 @@ pub struct SourceContext {
 impl SourceContext {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn health(&self) -> MutexGuard<'_, InputHealth> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -132,12 +137,24 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let kind = match error.rdkafka_error_code() {
+        let code = error.rdkafka_error_code();
+        let kind = match code {
             Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) => {
                 self.metrics.set_ready(false);
                 "all_brokers_down"
             }
             Some(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure) => "transport",
+            Some(
+                rdkafka::types::RDKafkaErrorCode::Authentication
+                | rdkafka::types::RDKafkaErrorCode::SaslAuthenticationFailed,
+            ) => {
+                // Credentials the broker refuses do not fix themselves: `/readyz` says so, with
+                // librdkafka's reason (the listener and the mechanism).
+                let origin = Origin::Client(format!("{code:?}"));
+                self.health()
+                    .error(origin, &error, Some(reason), Instant::now());
+                "authentication"
+            }
             _ => "other",
         };
         self.metrics.kafka_errors.with_label_values(&[kind]).inc();
@@ -267,8 +284,6 @@ pub struct Source {
     /// Messages held by queued judge calls (once per call).
     held_by_judges: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
-    /// Poll errors that persist, for readiness.
-    health: RefCell<InputHealth>,
 }
 
 impl Source {
@@ -297,6 +312,7 @@ impl Source {
                 acks: ack_rx,
                 held: VecDeque::with_capacity(BATCH),
             }),
+            health: Mutex::new(InputHealth::default()),
             drain_timeout: Duration::from_secs_f64(config.drain_timeout_seconds),
             assignment_changed: AtomicBool::new(false),
             traces,
@@ -334,7 +350,6 @@ impl Source {
             held_by_traces,
             held_by_judges,
             metrics,
-            health: RefCell::new(InputHealth::default()),
         })
     }
 
@@ -398,7 +413,7 @@ impl Source {
             warn!(topic = %tp.topic, partition = tp.partition, from = previous + 1, to = m.offset(), "input offsets skipped");
         }
         last_offsets.insert(tp.clone(), m.offset());
-        self.health.borrow_mut().progress(&tp);
+        self.consumer.context().health().progress(&tp);
         tracing::trace!(
             key = %String::from_utf8_lossy(m.key().unwrap_or_default()),
             partition = tp.partition,
@@ -477,7 +492,7 @@ impl Source {
                 }
             }
             if Instant::now() >= next_health_check {
-                let problem = self.health.borrow_mut().problem(Instant::now());
+                let problem = ctx.health().problem(Instant::now());
                 self.metrics.set_input_problem(problem);
                 next_health_check = Instant::now() + Duration::from_secs(1);
             }
@@ -525,11 +540,12 @@ impl Source {
     /// persistent one stalls the input, and `/readyz` reports it ([`InputHealth`]).
     fn poll_error(&self, origin: Origin, e: &KafkaError) {
         self.metrics.kafka_errors.with_label_values(&["poll"]).inc();
-        if let Some(count) = self
-            .health
-            .borrow_mut()
-            .error(origin.clone(), e, Instant::now())
-        {
+        let logged =
+            self.consumer
+                .context()
+                .health()
+                .error(origin.clone(), e, None, Instant::now());
+        if let Some(count) = logged {
             match origin {
                 Origin::Partition(tp) => {
                     warn!(error = %e, topic = %tp.topic, partition = tp.partition, count, "cannot read the partition (librdkafka retries)")
