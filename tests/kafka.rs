@@ -2766,6 +2766,9 @@ fn committed_total_of(broker: &str, group: &str, partitions: i32) -> i64 {
         .sum()
 }
 
+/// librdkafka properties, as pairs.
+type ClientProperties<'a> = Vec<(&'a str, &'a str)>;
+
 /// The corpus through a broker reached over TLS: `SASL_SSL` with SCRAM-SHA-512, or mutual TLS.
 /// Topics are made and read over the plain listener.
 #[test]
@@ -2786,7 +2789,7 @@ fn the_worker_consumes_and_produces_over_sasl_ssl_and_mutual_tls() {
     produce(&broker.address(), "input", &messages);
     let expected = expected_outputs(&set, &requests);
     let dir = temp_dir("secured");
-    let runs: [(&str, u16, Vec<(&str, &str)>); 2] = [
+    let runs: [(&str, u16, ClientProperties<'_>); 2] = [
         (
             "sasl_ssl",
             secured.sasl_ssl,
