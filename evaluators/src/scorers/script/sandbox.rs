@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
 
+use opentelemetry_proto::tonic::trace::v1::Span;
 use regex::Regex;
 use rhai::packages::{
     ArithmeticPackage, BasicArrayPackage, BasicBlobPackage, BasicFnPackage, BasicIteratorPackage,
@@ -28,9 +29,12 @@ use rhai::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::{Script, ScriptConfig};
+use crate::evaluator::{Evaluator, Outcome};
 use crate::scorers::compile_regex;
 use crate::scorers::pii::{self, PiiKind};
 use crate::scorers::refusal::{Refusal, RefusalConfig};
+use crate::span::{GenAiSpan, ResourceView};
 
 /// Limits on one call of a script. Each one stops a different runaway: a loop (operations), deep
 /// recursion (call levels), deeply nested expressions (expression depth), and unbounded
@@ -110,9 +114,9 @@ pub const MAX_ALLOWED_EXPR_DEPTH: usize = 64;
 /// level: 10 000 nested maps take about 3.5 MB of stack in a release build.
 pub const MAX_ALLOWED_COLLECTION_SIZE: usize = 10_000;
 
-/// Stack bytes, measured with the probe in the script tests (`measure_stack_per_call_level`,
-/// bisecting the smallest thread stack each worst-case script survives on) and rounded up. A
-/// debug build takes five to seven times more than a release build.
+/// Stack bytes, measured with the `script_stack` benchmark (bisecting the smallest thread stack
+/// each of [`worst_case_scripts`] survives on) and rounded up. A debug build takes five to seven
+/// times more than a release build.
 struct StackCosts {
     /// Before any script frame, and what parsing JSON takes whatever its depth.
     base: usize,
@@ -232,6 +236,149 @@ impl ScriptLimits {
         }
         Ok(())
     }
+}
+
+/// Scripts that take the most stack per level, each as (name, source, params): plain
+/// recursion, recursion through a closure, recursion from inside expressions nested as deep as
+/// `limits` allow (an operator chain, blocks, arguments), nested arrays and maps grown until
+/// their size limit, and recursion to the last level which then parses JSON nested as deep as
+/// `limits` allow. Each runs until a limit stops it (run them with [`run_worst_case`]). For the
+/// script tests and the `script_stack` benchmark, which measures the stack they take.
+#[doc(hidden)]
+pub fn worst_case_scripts(limits: &ScriptLimits) -> Vec<(&'static str, String, serde_json::Value)> {
+    let config = ScriptConfig {
+        script: "deep.rhai".into(),
+        params: Default::default(),
+        threshold: 0.5,
+        trace: false,
+        limits: limits.clone(),
+    };
+    // The deepest nesting of `open`…`inner`…`close` in `fn down(n)` that compiles (none: an
+    // empty script, which fails to compile when run).
+    let nested = |open: &str, inner: &str, close: &str| {
+        (1..=limits.max_expr_depth)
+            .rev()
+            .map(|n| {
+                format!(
+                    "fn down(n) {{ {}{inner}{} }} fn score(span) {{ down(0) }}",
+                    open.repeat(n),
+                    close.repeat(n)
+                )
+            })
+            .find(|source| Script::compile("deep.rhai", source, &config).is_ok())
+            .unwrap_or_default()
+    };
+    // The deepest JSON object that `parse_json` reads.
+    let engine = engine(limits, "deep.rhai");
+    let json = (1..=limits.max_expr_depth)
+        .rev()
+        .map(|n| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n)))
+        .find(|json| engine.parse_json(json, true).is_ok())
+        .unwrap_or_default();
+    vec![
+        (
+            "plain",
+            "fn down(n) { down(n + 1) } fn score(span) { down(0) }".to_owned(),
+            serde_json::Value::Null,
+        ),
+        (
+            "closure",
+            "fn down(n) { [n].map(|x| down(x + 1)) } fn score(span) { down(0) }".to_owned(),
+            serde_json::Value::Null,
+        ),
+        (
+            "operators",
+            nested("n + (", "down(n + 1)", ")"),
+            serde_json::Value::Null,
+        ),
+        (
+            "blocks",
+            nested("{ ", "down(n + 1)", " }"),
+            serde_json::Value::Null,
+        ),
+        (
+            "arguments",
+            nested("abs(", "down(n + 1)", ")"),
+            serde_json::Value::Null,
+        ),
+        (
+            "arrays",
+            "fn score(span) { let a = []; loop { a = [a]; } }".to_owned(),
+            serde_json::Value::Null,
+        ),
+        (
+            "maps",
+            "fn score(span) { let m = #{}; loop { m = #{m: m}; } }".to_owned(),
+            serde_json::Value::Null,
+        ),
+        (
+            "json",
+            "fn down(n, p) { if n < p.last { down(n + 1, p) } else { parse_json(p.json).len() } }
+             fn score(span, params) { down(2, params) }"
+                .to_owned(),
+            serde_json::json!({ "json": json }),
+        ),
+    ]
+}
+
+/// Runs a script of [`worst_case_scripts`] under `limits` (with ten million operations, so only
+/// the limit it aims at stops it) on a new thread of `stack` bytes, returning its outcome: the
+/// `json` one (the one with params) at the deepest level that does not overflow the call limit,
+/// the others once. Too small a stack aborts the process (a stack overflow cannot be caught).
+/// An error if the script does not compile, the thread cannot start or the script runs for more
+/// than two minutes.
+#[doc(hidden)]
+pub fn run_worst_case(
+    source: &str,
+    params: &serde_json::Value,
+    limits: &ScriptLimits,
+    stack: usize,
+) -> Result<Outcome, String> {
+    if params.is_null() {
+        return run_on_stack(source, params, limits, stack);
+    }
+    let mut last = limits.max_call_levels;
+    loop {
+        let mut p = params.clone();
+        p["last"] = serde_json::json!(last);
+        let outcome = run_on_stack(source, &p, limits, stack)?;
+        match &outcome {
+            Outcome::Error { message, .. } if message.contains("Stack overflow") && last > 1 => {
+                last -= 1;
+            }
+            _ => return Ok(outcome),
+        }
+    }
+}
+
+/// Runs `source` once on a new thread of `stack` bytes (see [`run_worst_case`]).
+fn run_on_stack(
+    source: &str,
+    params: &serde_json::Value,
+    limits: &ScriptLimits,
+    stack: usize,
+) -> Result<Outcome, String> {
+    let mut config = ScriptConfig {
+        script: "deep.rhai".into(),
+        params: params.as_object().cloned().unwrap_or_default(),
+        threshold: 0.5,
+        trace: false,
+        limits: limits.clone(),
+    };
+    config.limits.max_operations = 10_000_000;
+    let script = Script::compile("deep.rhai", source, &config)?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .stack_size(stack)
+        .spawn(move || {
+            let span = Span::default();
+            let view = GenAiSpan::new(&span, ResourceView::default(), None);
+            let _ = sender.send(script.evaluate(&view));
+        })
+        .map_err(|e| format!("cannot start a thread of {stack} bytes: {e}"))?;
+    receiver
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .map_err(|e| format!("the script did not finish: {e}"))
 }
 
 /// Compiled regexes shared by every script, bounded: a script building patterns from data

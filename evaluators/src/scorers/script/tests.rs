@@ -501,111 +501,9 @@ fn a_changed_file_is_reloaded_and_a_broken_one_keeps_the_old_version() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Scripts that take the most stack per level, each as (name, source, params): plain
-/// recursion, recursion through a closure, recursion from inside expressions nested as deep as
-/// `limits` allow (an operator chain, blocks, arguments), and recursion to the last level which
-/// then parses JSON nested as deep as `limits` allow. Each recurses until a limit stops it.
-fn deep_scripts(limits: &ScriptLimits) -> Vec<(&'static str, String, serde_json::Value)> {
-    let mut c = config();
-    c.limits = limits.clone();
-    // The deepest nesting of `open`…`inner`…`close` in `fn down(n)` that compiles.
-    let nested = |open: &str, inner: &str, close: &str| {
-        (1..=limits.max_expr_depth)
-            .rev()
-            .map(|n| {
-                format!(
-                    "fn down(n) {{ {}{inner}{} }} fn score(span) {{ down(0) }}",
-                    open.repeat(n),
-                    close.repeat(n)
-                )
-            })
-            .find(|source| Script::compile("deep.rhai", source, &c).is_ok())
-            .unwrap()
-    };
-    // The deepest JSON object that `parse_json` reads.
-    let engine = sandbox::engine(limits, "deep.rhai");
-    let json = (1..=limits.max_expr_depth)
-        .rev()
-        .map(|n| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n)))
-        .find(|json| engine.parse_json(json, true).is_ok())
-        .unwrap();
-    vec![
-        (
-            "plain",
-            "fn down(n) { down(n + 1) } fn score(span) { down(0) }".to_owned(),
-            serde_json::Value::Null,
-        ),
-        (
-            "closure",
-            "fn down(n) { [n].map(|x| down(x + 1)) } fn score(span) { down(0) }".to_owned(),
-            serde_json::Value::Null,
-        ),
-        (
-            "operators",
-            nested("n + (", "down(n + 1)", ")"),
-            serde_json::Value::Null,
-        ),
-        (
-            "blocks",
-            nested("{ ", "down(n + 1)", " }"),
-            serde_json::Value::Null,
-        ),
-        (
-            "arguments",
-            nested("abs(", "down(n + 1)", ")"),
-            serde_json::Value::Null,
-        ),
-        (
-            "arrays",
-            "fn score(span) { let a = []; loop { a = [a]; } }".to_owned(),
-            serde_json::Value::Null,
-        ),
-        (
-            "maps",
-            "fn score(span) { let m = #{}; loop { m = #{m: m}; } }".to_owned(),
-            serde_json::Value::Null,
-        ),
-        (
-            "json",
-            "fn down(n, p) { if n < p.last { down(n + 1, p) } else { parse_json(p.json).len() } }
-             fn score(span, params) { down(2, params) }"
-                .to_owned(),
-            serde_json::json!({ "json": json }),
-        ),
-    ]
-}
-
-/// Runs `script` recursing as deep as `limits` allow, on a thread of `stack` bytes, returning its
-/// outcome (or aborting the process when the stack is too small: see the probe below).
-fn run_deep(
-    source: &str,
-    params: &serde_json::Value,
-    limits: &ScriptLimits,
-    stack: usize,
-) -> Outcome {
-    let mut c = config();
-    c.limits = limits.clone();
-    c.limits.max_operations = 10_000_000;
-    if let Some(params) = params.as_object() {
-        c.params = params.clone();
-    }
-    let script = Script::compile("deep.rhai", source, &c).unwrap();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .stack_size(stack)
-        .spawn(move || {
-            let sp = chat("x");
-            let _ = sender.send(script.evaluate(&view(&sp)));
-        })
-        .unwrap();
-    receiver
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .expect("the script finishes")
-}
-
 /// `max_call_levels: 5000` and deep recursion aborted the process (a stack overflow cannot be
 /// caught): at the highest limits allowed, on a thread of the stack stated for them, the worst
-/// scripts stop at a limit instead.
+/// scripts ([`sandbox::worst_case_scripts`]) stop at a limit instead.
 #[test]
 fn scripts_recursing_to_the_maximum_levels_stop_at_a_limit_on_the_stated_stack() {
     let limits = ScriptLimits {
@@ -615,17 +513,18 @@ fn scripts_recursing_to_the_maximum_levels_stop_at_a_limit_on_the_stated_stack()
         max_map_size: sandbox::MAX_ALLOWED_COLLECTION_SIZE,
         ..ScriptLimits::default()
     };
-    for (name, source, params) in deep_scripts(&limits) {
+    for (name, source, params) in sandbox::worst_case_scripts(&limits) {
         if matches!(name, "arrays" | "maps") {
             continue; // Below: nesting 10 000 levels takes a minute in a debug build.
         }
         // Too little stack aborts this test process: the test fails, loudly.
-        let outcome = deepest(
+        let outcome = sandbox::run_worst_case(
             &source,
             &params,
             &limits,
             sandbox::STACK_BYTES_FOR_MAX_CALL_LEVELS,
-        );
+        )
+        .unwrap();
         match (name, outcome) {
             ("json", Outcome::Scored(score)) => assert_eq!(score.value, 1.0),
             (
@@ -644,7 +543,7 @@ fn scripts_recursing_to_the_maximum_levels_stop_at_a_limit_on_the_stated_stack()
 }
 
 /// Nested arrays and maps (`a = [a]` in a loop) recurse when cloned, measured and dropped: at
-/// 2000 items (the stack's cost is linear, and `measure_stack_per_call_level` checks the bound),
+/// 2000 items (the stack's cost is linear, and the `script_stack` benchmark checks the bound),
 /// on the stack [`sandbox::required_stack`] states for those limits, they stop at the size limit.
 #[test]
 fn nested_data_stops_at_a_size_limit_on_the_stated_stack() {
@@ -655,11 +554,13 @@ fn nested_data_stops_at_a_size_limit_on_the_stated_stack() {
         max_map_size: 2000,
         ..ScriptLimits::default()
     };
-    for (name, source, params) in deep_scripts(&limits) {
+    for (name, source, params) in sandbox::worst_case_scripts(&limits) {
         if !matches!(name, "arrays" | "maps") {
             continue;
         }
-        match run_deep(&source, &params, &limits, sandbox::required_stack(&limits)) {
+        match sandbox::run_worst_case(&source, &params, &limits, sandbox::required_stack(&limits))
+            .unwrap()
+        {
             Outcome::Error {
                 error_type,
                 message,
@@ -669,142 +570,5 @@ fn nested_data_stops_at_a_size_limit_on_the_stated_stack() {
             }
             other => panic!("{name}: {other:?}"),
         }
-    }
-}
-
-/// Runs a script of [`deep_scripts`]: the `json` one at the deepest level that does not
-/// overflow the call limit, the others once (they recurse until the limit).
-fn deepest(
-    source: &str,
-    params: &serde_json::Value,
-    limits: &ScriptLimits,
-    stack: usize,
-) -> Outcome {
-    if params.is_null() {
-        return run_deep(source, params, limits, stack);
-    }
-    let mut last = limits.max_call_levels;
-    loop {
-        let mut p = params.clone();
-        p["last"] = serde_json::json!(last);
-        let outcome = run_deep(source, &p, limits, stack);
-        match &outcome {
-            Outcome::Error { message, .. } if message.contains("Stack overflow") && last > 1 => {
-                last -= 1;
-            }
-            _ => return outcome,
-        }
-    }
-}
-
-/// The probe [`measure_stack_per_call_level`] runs in a child process, as
-/// `EVALSTREAM_STACK_PROBE=scenario,call_levels,expr_depth,collection_size,stack_bytes`: too
-/// small a stack aborts the child, which the parent sees as a signal.
-#[test]
-#[ignore = "run by measure_stack_per_call_level"]
-fn stack_probe() {
-    let Ok(probe) = std::env::var("EVALSTREAM_STACK_PROBE") else {
-        return;
-    };
-    let fields: Vec<&str> = probe.split(',').collect();
-    let collections: usize = fields[3].parse().unwrap();
-    let limits = ScriptLimits {
-        max_call_levels: fields[1].parse().unwrap(),
-        max_expr_depth: fields[2].parse().unwrap(),
-        max_array_size: collections,
-        max_map_size: collections,
-        ..ScriptLimits::default()
-    };
-    let stack: usize = fields[4].parse().unwrap();
-    let (_, source, params) = deep_scripts(&limits)
-        .into_iter()
-        .find(|(name, ..)| *name == fields[0])
-        .unwrap();
-    let outcome = deepest(&source, &params, &limits, stack);
-    assert!(
-        matches!(outcome, Outcome::Error { .. } | Outcome::Scored(_)),
-        "{outcome:?}"
-    );
-}
-
-/// Measures the smallest stack each of [`deep_scripts`] runs in, at a few limits, by bisection
-/// over child processes (an overflow aborts the process), prints it, and checks that
-/// [`sandbox::required_stack`] covers it. Run in both builds:
-/// `cargo test -p evalstream-evaluators [--release] measure_stack -- --ignored --nocapture`.
-#[test]
-#[ignore = "slow (hundreds of child processes); run by hand when Rhai or the limits change"]
-fn measure_stack_per_call_level() {
-    let exe = std::env::current_exe().unwrap();
-    let survives = |scenario: &str, limits: &ScriptLimits, stack: usize| {
-        let status = std::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "scorers::script::tests::stack_probe",
-                "--ignored",
-                "--quiet",
-            ])
-            .env(
-                "EVALSTREAM_STACK_PROBE",
-                format!(
-                    "{scenario},{},{},{},{stack}",
-                    limits.max_call_levels, limits.max_expr_depth, limits.max_array_size
-                ),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        // A failed assertion exits with 101; an overflow is a signal (no exit code).
-        assert!(
-            status.success() || status.code().is_none(),
-            "{scenario}: {status}"
-        );
-        status.success()
-    };
-    let mut cases = Vec::new();
-    for (levels, depth) in [(16, 64), (64, 64), (64, 32)] {
-        for name in [
-            "plain",
-            "closure",
-            "operators",
-            "blocks",
-            "arguments",
-            "json",
-        ] {
-            cases.push((name, levels, depth, 10_000));
-        }
-    }
-    for collections in [1000, 4000] {
-        cases.push(("arrays", 64, 64, collections));
-        cases.push(("maps", 64, 64, collections));
-    }
-    for (name, levels, depth, collections) in cases {
-        let limits = ScriptLimits {
-            max_call_levels: levels,
-            max_expr_depth: depth,
-            max_array_size: collections,
-            max_map_size: collections,
-            ..ScriptLimits::default()
-        };
-        let required = sandbox::required_stack(&limits);
-        let (mut low, mut high) = (16 * 1024, 512 * 1024 * 1024);
-        while high - low > 4096 {
-            let middle = (low + high) / 2;
-            if survives(name, &limits, middle) {
-                high = middle;
-            } else {
-                low = middle;
-            }
-        }
-        println!(
-            "{name:>10}: call levels {levels:>3}, expression depth {depth:>3}, collections \
-             {collections:>5}: {:>6} KiB (required_stack says {} KiB)",
-            high / 1024,
-            required / 1024
-        );
-        assert!(
-            high <= required,
-            "{name} at {levels}/{depth}/{collections}: {high} > {required}"
-        );
     }
 }
