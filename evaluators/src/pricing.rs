@@ -155,7 +155,7 @@ impl PriceTable {
         let input = usage
             .input
             .unwrap_or(0)
-            .saturating_sub(cache_read + cache_write);
+            .saturating_sub(cache_read.saturating_add(cache_write));
         let output = usage.output.unwrap_or(0).saturating_sub(reasoning);
         let c = Cost {
             input_usd: per(input, price.input),
@@ -230,6 +230,27 @@ mod tests {
         assert!((c.reasoning_usd - 0.4).abs() < 1e-9);
         assert!((c.total_usd - 2.92).abs() < 1e-9);
         assert!(PriceTable::cost(&price, &TokenUsage::default()).is_none());
+    }
+
+    /// Found by fuzzing: cache read plus cache write overflowed on counts near `u64::MAX`.
+    #[test]
+    fn cache_token_counts_near_u64_max_saturate() {
+        let price = Price {
+            input: 1.0,
+            output: 1.0,
+            cache_read: None,
+            cache_write: None,
+            reasoning: None,
+        };
+        let usage = TokenUsage {
+            input: Some(10),
+            cache_read: Some(u64::MAX),
+            cache_write: Some(u64::MAX),
+            ..Default::default()
+        };
+        let cost = PriceTable::cost(&price, &usage).unwrap();
+        assert_eq!(cost.input_usd, 0.0, "no uncached input left");
+        assert!(cost.total_usd.is_finite());
     }
 
     #[test]

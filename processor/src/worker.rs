@@ -280,7 +280,8 @@ impl Judge {
         for (kind, count) in [
             (
                 "input",
-                n(usage.input).saturating_sub(n(usage.cache_read) + n(usage.cache_write)),
+                n(usage.input)
+                    .saturating_sub(n(usage.cache_read).saturating_add(n(usage.cache_write))),
             ),
             ("cache_read", n(usage.cache_read)),
             ("cache_write", n(usage.cache_write)),

@@ -201,12 +201,14 @@ impl AgentLoop {
             let usage = s.usage();
             let tokens = usage.total.or_else(|| match (usage.input, usage.output) {
                 (None, None) => None,
-                (i, o) => Some(i.unwrap_or(0) + o.unwrap_or(0)),
+                // Counts come from attributes: any u64, so sums saturate.
+                (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
             });
             let Some(tokens) = tokens else {
                 continue;
             };
-            *m.tokens.get_or_insert(0) += tokens;
+            let total = m.tokens.get_or_insert(0);
+            *total = total.saturating_add(tokens);
             let priced = s
                 .model()
                 .and_then(|model| self.prices.lookup(model))
@@ -585,6 +587,38 @@ mod tests {
             "search called 1× with the same arguments (limit 3; 2 tool calls); \
              3 LLM calls (limit 2); 3 retries (limit 2); 3,600 tokens (limit 3,000); \
              $0.000810 (limit $0.000100)"
+        );
+    }
+
+    /// Found by fuzzing: token counts are any `u64` an attribute carries, and summing two of
+    /// `u64::MAX` (or `u64::MAX` input and 1 output) overflowed: a panic in debug builds, a wrapped
+    /// total in release builds.
+    #[test]
+    fn token_counts_near_u64_max_saturate_instead_of_overflowing() {
+        let huge = u64::MAX.to_string();
+        let mut trace = Trace::default().agent();
+        for _ in 0..2 {
+            trace = trace.push(
+                span(vec![
+                    s("gen_ai.operation.name", "chat"),
+                    s("gen_ai.request.model", "gpt-4o-mini"),
+                    s("gen_ai.usage.input_tokens", &huge),
+                    i("gen_ai.usage.output_tokens", 1),
+                ]),
+                false,
+            );
+        }
+        let score = trace.score(&AgentLoopConfig {
+            max_total_tokens: Some(1_000),
+            ..Default::default()
+        });
+        assert_eq!(score.label, "token_budget", "{}", score.explanation);
+        assert!(
+            score
+                .explanation
+                .contains("18,446,744,073,709,551,615 tokens"),
+            "{}",
+            score.explanation
         );
     }
 

@@ -200,7 +200,11 @@ pub fn span_map(
         m.insert("output".into(), opt_int(usage.output));
         m.insert(
             "total".into(),
-            opt_int(usage.total.or_else(|| Some(usage.input? + usage.output?))),
+            opt_int(
+                usage
+                    .total
+                    .or_else(|| Some(usage.input?.saturating_add(usage.output?))),
+            ),
         );
         m.insert("cache_read".into(), opt_int(usage.cache_read));
         m.insert("cache_write".into(), opt_int(usage.cache_write));
