@@ -2,7 +2,9 @@
 # The project's test command: installs Apache Kafka (the test broker) and Prometheus if missing, checks and
 # unit-tests the alert rules with promtool, then formatting, lints and every test of the workspace
 # (unit, corpus, command-line, property, Kafka and Prometheus integration tests, and doc
-# examples), then the tests of every Rhai scorer in scripts/scorers. `.ci/run` calls this script.
+# examples), then the tests of every Rhai scorer in scripts/scorers, then the fuzz targets for
+# FUZZ_SECONDS each (default 60; 0 builds them and replays their regressions only, see
+# scripts/fuzz.sh). `.ci/run` calls this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,3 +28,5 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== script tests (scripts/scorers/*.rhai)"
 cargo run -q --locked -p evalstream -- script test scripts/scorers/*.rhai
+echo "== fuzz (${FUZZ_SECONDS:-60} s per target)"
+scripts/fuzz.sh
