@@ -1,32 +1,52 @@
 #!/usr/bin/env bash
-# The project's test command: installs Apache Kafka (the test broker) and Prometheus if missing, checks and
-# unit-tests the alert rules with promtool, then formatting, lints and every test of the workspace
-# (unit, corpus, command-line, property, Kafka and Prometheus integration tests, and doc
-# examples), then the tests of every Rhai scorer in scripts/scorers, then the fuzz targets for
-# FUZZ_SECONDS each (default 60; 0 builds them and replays their regressions only, see
-# scripts/fuzz.sh). `.ci/run` calls this script.
+# The project's test command: installs what it needs when missing (the OpenSSL headers, Apache
+# Kafka, the test broker, and Prometheus), checks and unit-tests the alert rules with promtool,
+# then formatting, lints and every test of the workspace (unit, corpus, command-line, property,
+# Kafka and Prometheus integration tests, and doc examples), then the tests of every Rhai scorer in
+# scripts/scorers, then the fuzz targets for FUZZ_SECONDS each (default 60; 0 builds them and
+# replays their regressions only, see scripts/fuzz.sh). Prints how long each step took.
+# `.ci/run` calls this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+timings=()
+step_started=$SECONDS
+step_name=
+step() { # name: ends the current step (recording its time) and starts the next
+  if [ -n "$step_name" ]; then
+    timings+=("$(printf '%6d s  %s' $((SECONDS - step_started)) "$step_name")")
+  fi
+  step_name=$1
+  step_started=$SECONDS
+  [ -z "$1" ] || echo "== $1"
+}
+report() {
+  step ""
+  echo "== where the time went"
+  printf '%s\n' "${timings[@]}"
+  printf '%6d s  total\n' "$SECONDS"
+}
+trap report EXIT
+
+step "set-up (rustfmt and clippy, OpenSSL headers, Kafka, Prometheus, when missing)"
 for tool in rustfmt clippy-driver; do
   command -v "$tool" >/dev/null 2>&1 || rustup component add "${tool%-driver}"
 done
-
 scripts/install-build-deps.sh
 scripts/install-kafka.sh
 scripts/install-prometheus.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
-echo "== alert rules (promtool check and unit tests)"
+step "alert rules (promtool check and unit tests)"
 (cd deploy/prometheus && promtool check config prometheus.yaml && promtool test rules evalstream.rules.test.yaml)
 
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy -D warnings"
+step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
+step "cargo test"
 cargo test --workspace --locked
-echo "== script tests (scripts/scorers/*.rhai)"
+step "script tests (scripts/scorers/*.rhai)"
 cargo run -q --locked -p evalstream -- script test scripts/scorers/*.rhai
-echo "== fuzz (${FUZZ_SECONDS:-60} s per target)"
+step "fuzz (${FUZZ_SECONDS:-60} s per target)"
 scripts/fuzz.sh
