@@ -36,5 +36,6 @@ pub mod pricing;
 pub mod scorers;
 pub mod span;
 pub mod spec;
+pub mod text;
 pub mod to_otlp;
 pub mod trace;

@@ -71,11 +71,8 @@ pub fn capped(value: &str, max_bytes: usize) -> Cow<'_, str> {
     if value.len() <= max_bytes {
         return Cow::Borrowed(value);
     }
-    let mut cut = max_bytes.saturating_sub(CUT_MARKER.len());
-    while !value.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    Cow::Owned(format!("{}{CUT_MARKER}", &value[..cut]))
+    let kept = crate::text::prefix_bytes(value, max_bytes.saturating_sub(CUT_MARKER.len()));
+    Cow::Owned(format!("{kept}{CUT_MARKER}"))
 }
 
 fn name_attr(key: &str, value: &str) -> KeyValue {

@@ -290,11 +290,8 @@ mod tests {
     use crate::config::Segment;
     use crate::drift::DriftConfig;
     use crate::drift::series::Drift;
-    use evalstream_evaluators::evaluator::Score;
-    use evalstream_evaluators::otlp::kv_str;
-    use evalstream_evaluators::span::{GenAiSpan, ResourceView};
+    use crate::drift::series::testing::feed;
     use evalstream_evaluators::spec::{build_set, default_specs};
-    use opentelemetry_proto::tonic::trace::v1::Span;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpStream;
 
@@ -310,20 +307,7 @@ mod tests {
         };
         let drift = Arc::new(Drift::new(&config, set.evaluators()).unwrap());
         for model in ["m1", "m2", "m3", "m4", "m5"] {
-            let span = Span {
-                trace_id: vec![1; 16],
-                span_id: vec![2; 8],
-                attributes: vec![kv_str("gen_ai.request.model", model)],
-                ..Default::default()
-            };
-            let view = GenAiSpan::new(&span, ResourceView::new(None), None);
-            let score = Score {
-                value: 1.0,
-                label: "pass".into(),
-                passed: true,
-                explanation: String::new(),
-            };
-            drift.observe(0, &view, &score);
+            feed(&drift, model, 1, |_| true);
         }
         metrics.attach_drift(drift).unwrap();
         metrics

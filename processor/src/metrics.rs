@@ -93,14 +93,8 @@ pub fn label_value(value: &str) -> Cow<'_, str> {
         return Cow::Owned(value.chars().map(printable).collect());
     }
     let suffix = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
-    let room = MAX_LABEL_BYTES - suffix.len();
-    let mut out = String::with_capacity(MAX_LABEL_BYTES);
-    for c in value.chars().map(printable) {
-        if out.len() + c.len_utf8() > room {
-            break;
-        }
-        out.push(c);
-    }
+    let kept = evalstream_evaluators::text::prefix_bytes(value, MAX_LABEL_BYTES - suffix.len());
+    let mut out: String = kept.chars().map(printable).collect();
     out.push_str(&suffix);
     Cow::Owned(out)
 }

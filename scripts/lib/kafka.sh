@@ -7,10 +7,12 @@
 #   kafka_stop            stops it (SIGTERM, then SIGKILL after 20 s).
 #   kafka_topics ARGS...  runs kafka-topics against it (e.g. --create --topic t --partitions 4).
 #
-# scripts/install-kafka.sh must have run. The properties are the ones tests/kafka.rs uses
-# (tests/support/kafka.rs): replication factors 1 and no initial rebalance delay.
+# scripts/install-kafka.sh must have run. The node's properties are scripts/kafka/server.properties,
+# as in the tests (tests/support/mod.rs).
 
-kafka_libs="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/kafka/libs"
+kafka_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+kafka_libs="$kafka_root/target/kafka/libs"
+kafka_templates="$kafka_root/scripts/kafka"
 
 kafka_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -20,36 +22,10 @@ kafka_start() {
   local port controller
   port=$(kafka_free_port)
   controller=$(kafka_free_port)
-  cat >"$dir/server.properties" <<PROPERTIES
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$controller
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-log.dirs=$dir/data
-num.partitions=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-PROPERTIES
-  cat >"$dir/log4j2.properties" <<LOG4J
-rootLogger.level=INFO
-rootLogger.appenderRef.file.ref=file
-appender.file.type=File
-appender.file.name=file
-appender.file.fileName=$dir/server.log
-appender.file.layout.type=PatternLayout
-appender.file.layout.pattern=[%d] %p %m (%c)%n
-LOG4J
+  sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER@|$controller|g" -e "s|@DATA@|$dir/data|g" \
+    -e "s|@EXTRA_LISTENERS@||g" -e "s|@EXTRA_PROTOCOLS@||g" -e "s|@EXTRA_LINES@||g" \
+    "$kafka_templates/server.properties" >"$dir/server.properties"
+  sed -e "s|@LOG@|$dir/server.log|g" "$kafka_templates/log4j2.properties" >"$dir/log4j2.properties"
   local id
   id=$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
   java -cp "$kafka_libs/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/format.log" 2>&1

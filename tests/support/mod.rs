@@ -238,49 +238,25 @@ listener.name.mtls.ssl.client.auth=required
 
     fn format(&self) {
         let (secured_listeners, secured_map, secured_properties, format_args) = self.security();
-        let properties = format!(
-            "process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{secured_listeners}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}{secured_listeners}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{secured_map}
-inter.broker.listener.name=PLAINTEXT
-{secured_properties}
-log.dirs={data}
-num.partitions=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-",
-            controller = self.controller,
-            port = self.port,
-            data = self.dir.join("data").display(),
-        );
+        let template = |file: &str| {
+            std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../scripts/kafka")
+                    .join(file),
+            )
+            .unwrap()
+        };
+        let properties = template("server.properties")
+            .replace("@PORT@", &self.port.to_string())
+            .replace("@CONTROLLER@", &self.controller.to_string())
+            .replace("@DATA@", self.dir.join("data").to_str().unwrap())
+            .replace("@EXTRA_LISTENERS@", &secured_listeners)
+            .replace("@EXTRA_PROTOCOLS@", &secured_map)
+            .replace("@EXTRA_LINES@", &secured_properties);
         std::fs::write(self.dir.join("server.properties"), properties).unwrap();
-        std::fs::write(
-            self.dir.join("log4j2.properties"),
-            format!(
-                "rootLogger.level=INFO
-rootLogger.appenderRef.file.ref=file
-appender.file.type=File
-appender.file.name=file
-appender.file.fileName={}
-appender.file.append=true
-appender.file.layout.type=PatternLayout
-appender.file.layout.pattern=[%d] %p %m (%c)%n
-",
-                self.dir.join("server.log").display()
-            ),
-        )
-        .unwrap();
+        let logging = template("log4j2.properties")
+            .replace("@LOG@", self.dir.join("server.log").to_str().unwrap());
+        std::fs::write(self.dir.join("log4j2.properties"), logging).unwrap();
         let properties = self.dir.join("server.properties");
         let mut format = vec![
             "kafka.tools.StorageTool",

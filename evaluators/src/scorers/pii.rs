@@ -311,18 +311,6 @@ pub fn find(text: &str, kinds: &[PiiKind]) -> Vec<Finding> {
 /// scanned.
 pub const MAX_SCANNED_BYTES: usize = 1 << 20;
 
-/// The prefix of `text` the scorer scans: at most `max` bytes, cut on a character boundary.
-fn scanned_prefix(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[..cut]
-}
-
 /// The `pii` scorer.
 #[derive(Debug)]
 pub struct Pii {
@@ -349,7 +337,7 @@ impl Evaluator for Pii {
         let Some(text) = self.on.read(span) else {
             return Outcome::no_content();
         };
-        let scanned = scanned_prefix(&text, MAX_SCANNED_BYTES);
+        let scanned = crate::text::prefix_bytes(&text, MAX_SCANNED_BYTES);
         let findings = find(scanned, &self.kinds);
         // What was scanned: the whole text, or its first bytes when it is longer than the cap.
         let source = self.on.as_str();
@@ -620,8 +608,8 @@ mod tests {
     #[test]
     fn the_scan_cap_cuts_on_a_character_boundary() {
         let text = "é".repeat(10); // two bytes each
-        assert_eq!(scanned_prefix(&text, 5), "éé");
-        assert_eq!(scanned_prefix(&text, 6), "ééé");
-        assert_eq!(scanned_prefix(&text, 100), text);
+        assert_eq!(crate::text::prefix_bytes(&text, 5), "éé");
+        assert_eq!(crate::text::prefix_bytes(&text, 6), "ééé");
+        assert_eq!(crate::text::prefix_bytes(&text, 100), text);
     }
 }

@@ -453,10 +453,44 @@ impl Collector for Drift {
     }
 }
 
+/// Feeding drift series in tests (here and the HTTP endpoint's).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Drift;
+    use evalstream_evaluators::evaluator::Score;
+    use evalstream_evaluators::otlp::kv_str;
+    use evalstream_evaluators::span::{GenAiSpan, ResourceView};
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    /// A pass (1) or fail (0) score.
+    pub(crate) fn score(passed: bool) -> Score {
+        Score {
+            value: f64::from(u8::from(passed)),
+            label: "x".into(),
+            passed,
+            explanation: String::new(),
+        }
+    }
+
+    /// Feeds `n` scores of `model` with the given pass pattern to evaluator 0.
+    pub(crate) fn feed(drift: &Drift, model: &str, n: usize, passed: impl Fn(usize) -> bool) {
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes: vec![kv_str("gen_ai.request.model", model)],
+            ..Default::default()
+        };
+        let view = GenAiSpan::new(&span, ResourceView::new(None), None);
+        for i in 0..n {
+            drift.observe(0, &view, &score(passed(i)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{feed, score};
     use super::*;
-    use evalstream_evaluators::otlp::kv_str;
     use evalstream_evaluators::span::ResourceView;
     use evalstream_evaluators::spec::{build_set, default_specs};
     use opentelemetry_proto::tonic::trace::v1::Span;
@@ -469,29 +503,6 @@ mod tests {
             warmup: 50,
             false_alarm_budget: 1_000.0,
             ..DriftConfig::default()
-        }
-    }
-
-    fn score(passed: bool) -> Score {
-        Score {
-            value: f64::from(u8::from(passed)),
-            label: "x".into(),
-            passed,
-            explanation: String::new(),
-        }
-    }
-
-    /// Feeds `n` scores of `model` with the given pass pattern to evaluator 0.
-    fn feed(drift: &Drift, model: &str, n: usize, passed: impl Fn(usize) -> bool) {
-        let span = Span {
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
-            attributes: vec![kv_str("gen_ai.request.model", model)],
-            ..Default::default()
-        };
-        let view = GenAiSpan::new(&span, ResourceView::new(None), None);
-        for i in 0..n {
-            drift.observe(0, &view, &score(passed(i)));
         }
     }
 

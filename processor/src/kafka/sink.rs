@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use evalstream_evaluators::text::prefix_bytes;
 use evalstream_evaluators::to_otlp;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
@@ -265,18 +266,6 @@ impl DeadLetter {
         let exponent = self.attempts.saturating_sub(1).min(6);
         Duration::from_secs(1 << exponent).min(MAX_RETRY_DELAY)
     }
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncated(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Groups evaluator spans into requests that each encode to at most `budget` bytes (as
@@ -655,7 +644,7 @@ impl Sink {
         inputs.iter().for_each(|p| p.add());
         let headers = headers
             .into_iter()
-            .map(|(k, v)| (k, truncated(&v, MAX_HEADER_VALUE).to_owned()))
+            .map(|(k, v)| (k, prefix_bytes(&v, MAX_HEADER_VALUE).to_owned()))
             .collect();
         let key = key.map(|mut k| {
             k.truncate(MAX_DEAD_LETTER_KEY);
