@@ -35,7 +35,7 @@ judge_queue="${JUDGE_QUEUE:-2560}"
 source scripts/lib/local-broker.sh
 worker_pid=
 judge_pid=
-trap 'kafka_stop; [ -z "$judge_pid" ] || kill $judge_pid 2>/dev/null; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
+trap 'kafka_stop; [ -z "$judge_pid" ] || kill $judge_pid 2>/dev/null || true; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
 create_topics 4 bench_in bench_out bench_dlq bench_steady peer_out
 $bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
 
