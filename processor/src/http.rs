@@ -287,10 +287,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::config::Segment;
     use crate::drift::DriftConfig;
     use crate::drift::series::Drift;
     use crate::drift::series::testing::feed;
+    use crate::labels::Segment;
     use evalstream_evaluators::spec::{build_set, default_specs};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpStream;

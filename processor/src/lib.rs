@@ -1,8 +1,9 @@
 //! # evalstream
 //!
 //! The `evalstream` command: configuration ([`config`]), the streaming worker ([`run`]: Kafka in
-//! and out in [`kafka`], evaluation in [`worker`], [`metrics`]) and the offline evaluation of
-//! trace files ([`eval`], with [`summary`] tables and [`gate`]s for CI). The scorers themselves live in the
+//! and out in [`kafka`], evaluation in [`worker`], whole traces in [`traces`], LLM judges in
+//! [`judge`], [`metrics`] with [`labels`] and [`drift`], served by [`http`]) and the offline
+//! evaluation of trace files ([`eval`], with [`summary`] tables and [`gate`]s for CI). The scorers themselves live in the
 //! `evalstream-evaluators` crate, which has no I/O.
 
 #![deny(missing_docs)]
@@ -15,6 +16,7 @@ pub mod gate;
 pub mod http;
 pub mod judge;
 pub mod kafka;
+pub mod labels;
 pub mod loadgen;
 pub mod metrics;
 pub mod reload;

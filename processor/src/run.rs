@@ -21,7 +21,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::drift::series::Drift;
-use crate::kafka::sink::{Redirect, Sink};
+use crate::kafka::dead_letter::Redirect;
+use crate::kafka::sink::Sink;
 use crate::kafka::source::Source;
 use crate::metrics::Metrics;
 use crate::traces::Assembler;

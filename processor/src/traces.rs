@@ -28,7 +28,7 @@ use crate::assembly::{
 };
 use crate::judge::JudgeService;
 use crate::kafka::offsets::TopicPartition;
-use crate::kafka::sink::{Hold, Pending};
+use crate::kafka::pending::{Hold, Pending};
 use crate::worker::{Judge, Pass};
 
 /// How often a shard looks for complete and timed-out traces.

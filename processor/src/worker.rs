@@ -28,7 +28,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 
 use crate::assembly::{Completion, SharedParts, StoredSpan};
 use crate::judge::{JudgeService, Submitted};
-use crate::kafka::sink::{Pending, Sink};
+use crate::kafka::pending::Pending;
+use crate::kafka::sink::Sink;
 use crate::kafka::source::Work;
 use crate::metrics::Metrics;
 use crate::traces::Assembler;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::Segment;
+use crate::labels::Segment;
 
 /// The `drift:` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

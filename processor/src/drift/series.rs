@@ -20,8 +20,8 @@ use tracing::warn;
 
 use super::DriftConfig;
 use super::detect::{Direction, Params, SeriesState};
-use crate::config::Segment;
-use crate::metrics::LabelCap;
+use crate::labels::LabelCap;
+use crate::labels::Segment;
 
 /// One evaluator's series, by segment values.
 type Series = HashMap<Vec<String>, SeriesState>;

@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
 use crate::assembly::StoredSpan;
-use crate::kafka::sink::{Hold, Pending};
+use crate::kafka::pending::{Hold, Pending};
 use crate::worker::Judge;
 use client::{CallError, Completion, JudgeClient, RetryPolicy};
 use guard::{Breaker, Permit, Spend};

@@ -14,7 +14,8 @@ use super::server::{self, Fault};
 use super::{JudgeService, Submitted};
 use crate::assembly::StoredSpan;
 use crate::kafka::offsets::TopicPartition;
-use crate::kafka::sink::{Ack, Pending, Received, Sink};
+use crate::kafka::pending::{Ack, Pending, Received};
+use crate::kafka::sink::Sink;
 use crate::metrics::Metrics;
 use crate::worker::Judge;
 

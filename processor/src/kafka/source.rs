@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use super::health::{InputHealth, Origin};
 use super::offsets::{OffsetTracker, TopicPartition};
-use super::sink::{Ack, Pending, Received};
+use super::pending::{Ack, Pending, Received};
 use crate::config::KafkaReceiver;
 use crate::metrics::Metrics;
 use crate::traces::Assembler;
