@@ -428,7 +428,7 @@ fn evaluations_go_through_a_real_collector_and_back() {
     let sink = Sink::start();
 
     // The collector, on the configuration users run, pointed at this test's ports.
-    let (otlp_grpc, otlp_http, collector_metrics) = (free_port(), free_port(), free_port());
+    let [otlp_grpc, otlp_http, collector_metrics] = support::free_ports();
     let mut otelcol = Process::spawn(
         "collector",
         &dir,

@@ -20,8 +20,11 @@ kafka_start() {
   local dir=$1
   mkdir -p "$dir"
   local port controller
-  port=$(kafka_free_port)
-  controller=$(kafka_free_port)
+  # Both at once, so they differ (Kafka refuses a controller on the broker's port).
+  read -r port controller < <(python3 -c 'import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))')
   sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER@|$controller|g" -e "s|@DATA@|$dir/data|g" \
     -e "s|@EXTRA_LISTENERS@||g" -e "s|@EXTRA_PROTOCOLS@||g" -e "s|@EXTRA_LINES@||g" \
     "$kafka_templates/server.properties" >"$dir/server.properties"

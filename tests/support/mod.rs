@@ -6,7 +6,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -147,12 +147,28 @@ pub fn kafka_libs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kafka/libs")
 }
 
+/// `N` free loopback ports, none handed out before in this process: the kernel may give a port
+/// just released again at once (Kafka was once given the same port for its broker and its
+/// controller, and refused to start), so every port handed out is remembered.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::with_capacity(N);
+    while held.len() < N {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            held.push((port, listener));
+        }
+    }
+    std::array::from_fn(|i| held[i].0)
+}
+
+/// A free loopback port (see [`free_ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [port] = free_ports();
+    port
 }
 
 pub fn java(args: &[&str]) -> Command {
@@ -189,15 +205,16 @@ impl Broker {
         let n = BROKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = temp_dir(&format!("broker-{n}"));
         let _ = std::fs::remove_dir_all(dir.join("data"));
+        let [port, controller, sasl_ssl, mtls] = free_ports();
         let secured = secured.then(|| Secured {
-            sasl_ssl: free_port(),
-            mtls: free_port(),
+            sasl_ssl,
+            mtls,
             tls: Tls::create(&dir),
         });
         let mut broker = Broker {
             child: None,
-            port: free_port(),
-            controller: free_port(),
+            port,
+            controller,
             dir,
             secured,
         };
@@ -267,12 +284,17 @@ listener.name.mtls.ssl.client.auth=required
             properties.to_str().unwrap(),
         ];
         format.extend(format_args.iter().map(String::as_str));
+        let log = std::fs::File::create(self.dir.join("format.log")).unwrap();
         let status = java(&format)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .status()
             .unwrap();
-        assert!(status.success(), "cannot format {}", self.dir.display());
+        assert!(
+            status.success(),
+            "cannot format {} (see format.log there)",
+            self.dir.display()
+        );
     }
 
     /// Starts the JVM on the node's storage and waits until it serves.
