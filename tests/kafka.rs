@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use evalstream::loadgen;
+use evalstream::commands::loadgen;
 use evalstream_evaluators::evaluator::EvaluatorSet;
 use evalstream_evaluators::otlp::{self, Encoding, types::ExportTraceServiceRequest};
 use evalstream_evaluators::{span, spec, to_otlp};
@@ -126,7 +126,7 @@ telemetry:
             .args(["run", "--config", config.to_str().unwrap()])
             .env(
                 "EVALSTREAM_LOG",
-                "warn,evalstream::kafka=trace,evalstream::drift=debug,evalstream::run=info",
+                "warn,evalstream::receivers::kafka=trace,evalstream::telemetry::drift=debug,evalstream::commands::run=info",
             )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -1472,7 +1472,7 @@ fn an_edited_script_is_reloaded_while_the_worker_runs() {
 
 #[test]
 fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
-    use evalstream::judge::server::{self, Fault};
+    use evalstream::commands::judge_server::{self as server, Fault};
     let (_one_mock_at_a_time, cluster) = mock_setup();
     let address = cluster.bootstrap_servers();
     let (url, judge) = server::start().unwrap();
@@ -1576,7 +1576,7 @@ fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
 
 #[test]
 fn a_judge_gated_on_grounding_is_called_only_where_grounding_is_low() {
-    use evalstream::judge::server;
+    use evalstream::commands::judge_server as server;
     let (_one_mock_at_a_time, cluster) = mock_setup();
     let address = cluster.bootstrap_servers();
     let (url, judge) = server::start().unwrap();
@@ -1659,7 +1659,7 @@ fn a_judge_gated_on_grounding_is_called_only_where_grounding_is_low() {
 
 #[test]
 fn a_long_judge_outage_leaves_the_cheap_scorers_and_commits_running() {
-    use evalstream::judge::server;
+    use evalstream::commands::judge_server as server;
     let (_one_mock_at_a_time, cluster) = mock_setup();
     let address = cluster.bootstrap_servers();
     let (url, judge) = server::start().unwrap();

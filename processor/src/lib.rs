@@ -1,30 +1,20 @@
 //! # evalstream
 //!
-//! The `evalstream` command: configuration ([`config`]), the streaming worker ([`run`]: Kafka in
-//! and out in [`kafka`], evaluation in [`worker`], whole traces in [`traces`], LLM judges in
-//! [`judge`], [`metrics`] with [`labels`] and [`drift`], served by [`http`]) and the offline
-//! evaluation of trace files ([`eval`], with [`summary`] tables and [`gate`]s for CI). The scorers themselves live in the
-//! `evalstream-evaluators` crate, which has no I/O.
+//! The `evalstream` command. The folders follow the data: spans come in through [`receivers`],
+//! are evaluated in the [`pipeline`] (span by span, whole traces, LLM judges) and leave through
+//! [`exporters`]; the worker's own [`telemetry`] (metrics, drift, the HTTP endpoint) and the
+//! [`commands`] (`run`, `eval`, `validate`, `script test` and the hidden tools) sit beside, with
+//! the [`config`]. The scorers themselves live in the `evalstream-evaluators` crate, which has no
+//! I/O.
 
 #![deny(missing_docs)]
 
-pub mod assembly;
+pub mod commands;
 pub mod config;
-pub mod drift;
-pub mod eval;
-pub mod gate;
-pub mod http;
-pub mod judge;
-pub mod kafka;
-pub mod labels;
-pub mod loadgen;
-pub mod metrics;
-pub mod reload;
-pub mod run;
-pub mod script_test;
-pub mod summary;
-pub mod traces;
-pub mod worker;
+pub mod exporters;
+pub mod pipeline;
+pub mod receivers;
+pub mod telemetry;
 
 /// A thread that runs evaluators (and so Rhai scripts), with a stack that the deepest recursion
 /// the script limits allow fits in: running out of stack aborts the whole process, and Rhai at
@@ -47,7 +37,7 @@ pub fn on_evaluation_thread<T: Send + 'static>(
     evaluation_thread(name.to_owned())
         .spawn(f)?
         .join()
-        .map_err(|panic| std::io::Error::other(crate::worker::panic_message(panic.as_ref())))
+        .map_err(|panic| std::io::Error::other(crate::pipeline::worker::panic_message(panic.as_ref())))
 }
 
 /// Now, in nanoseconds since the Unix epoch (OTLP's timestamps).

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use evalstream::config::Config;
-use evalstream::eval::{self, EvalOptions};
-use evalstream::gate::Gate;
+use evalstream::commands::eval::{self, EvalOptions};
+use evalstream::commands::gate::Gate;
 use evalstream_evaluators::otlp::Encoding;
 
 /// Decoding OTLP and building evaluator spans allocate many small, short-lived objects; mimalloc
@@ -62,7 +62,7 @@ enum Command {
     },
     /// Produce corpus-shaped traces (fresh ids, one trace per message, keyed by hex trace id) to
     /// a topic: test traffic and the input of benchmarks.
-    Loadgen(evalstream::loadgen::LoadgenOptions),
+    Loadgen(evalstream::commands::loadgen::LoadgenOptions),
     /// Check a configuration file and print what it configures.
     Validate {
         /// The configuration file.
@@ -123,12 +123,12 @@ fn run_worker(config: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
-    runtime.block_on(evalstream::run::run(config, shutdown_signal()))
+    runtime.block_on(evalstream::commands::run::run(config, shutdown_signal()))
 }
 
 /// Serves the judge stand-in until a signal stops it, then prints how many requests it served.
 fn judge_server(listen: std::net::SocketAddr, latency_ms: u64) -> anyhow::Result<()> {
-    use evalstream::judge::server::{self, Behaviour};
+    use evalstream::commands::judge_server::{self as server, Behaviour};
     let behaviour = std::sync::Arc::new(Behaviour::new());
     behaviour.forget_requests();
     behaviour.set_latency(std::time::Duration::from_millis(latency_ms));
@@ -226,8 +226,8 @@ fn main() -> ExitCode {
             pass_at,
         } => {
             let params =
-                evalstream::drift::detect::Params::new(false_alarm_budget, warmup, min_std);
-            exit(evalstream::drift::replay::run(
+                evalstream::telemetry::drift::detect::Params::new(false_alarm_budget, warmup, min_std);
+            exit(evalstream::telemetry::drift::replay::run(
                 &params,
                 pass_at,
                 std::io::stdin().lock(),
@@ -235,10 +235,10 @@ fn main() -> ExitCode {
             ))
         }
         Command::JudgeServer { listen, latency_ms } => exit(judge_server(listen, latency_ms)),
-        Command::Loadgen(options) => exit(evalstream::loadgen::run(&options).map(drop)),
+        Command::Loadgen(options) => exit(evalstream::commands::loadgen::run(&options).map(drop)),
         Command::Script(ScriptCommand::Test { scripts }) => {
             let tested = evalstream::on_evaluation_thread("evalstream-script-test", move || {
-                evalstream::script_test::run(&scripts, &mut std::io::stdout().lock())
+                evalstream::commands::script_test::run(&scripts, &mut std::io::stdout().lock())
             });
             match tested.map_err(anyhow::Error::from).and_then(|r| r) {
                 Ok(true) => ExitCode::SUCCESS,

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 
 use evalstream_evaluators::otlp::Encoding;
 
-use crate::assembly::AssemblyConfig;
+use crate::pipeline::assembly::AssemblyConfig;
 mod env;
 
-use crate::drift::DriftConfig;
-pub use crate::labels::Segment;
+use crate::telemetry::drift::DriftConfig;
+pub use crate::telemetry::labels::Segment;
 use evalstream_evaluators::scorers::judge::Secret;
 use evalstream_evaluators::spec::{self, BuildError, EvaluatorSpec};
 use serde::Deserialize;
@@ -194,8 +194,8 @@ pub struct MetricsEndpoint {
 
 impl MetricsEndpoint {
     /// The HTTP endpoint's limits, with the admin token.
-    pub fn limits(&self, admin_token: Option<&Secret>) -> crate::http::Limits {
-        crate::http::Limits {
+    pub fn limits(&self, admin_token: Option<&Secret>) -> crate::telemetry::http::Limits {
+        crate::telemetry::http::Limits {
             max_connections: self.max_connections,
             header_read_timeout: std::time::Duration::from_secs_f64(
                 self.header_read_timeout_seconds,
@@ -234,7 +234,7 @@ fn default_header_read_timeout() -> f64 {
     5.0
 }
 fn default_max_scrape_bytes() -> usize {
-    crate::metrics::DEFAULT_SCRAPE_BYTES
+    crate::telemetry::metrics::DEFAULT_SCRAPE_BYTES
 }
 fn default_drain_timeout() -> f64 {
     30.0

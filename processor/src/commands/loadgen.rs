@@ -19,11 +19,11 @@ use xxhash_rust::xxh3::xxh3_128;
 
 /// The corpus exports, one `ExportTraceServiceRequest` each.
 const CORPUS: [&[u8]; 5] = [
-    include_bytes!("../../tests/fixtures/corpus/openinference.pb"),
-    include_bytes!("../../tests/fixtures/corpus/openllmetry.pb"),
-    include_bytes!("../../tests/fixtures/corpus/otel_v2.pb"),
-    include_bytes!("../../tests/fixtures/corpus/otel_v2_latest.pb"),
-    include_bytes!("../../tests/fixtures/corpus/traceai.pb"),
+    include_bytes!("../../../tests/fixtures/corpus/openinference.pb"),
+    include_bytes!("../../../tests/fixtures/corpus/openllmetry.pb"),
+    include_bytes!("../../../tests/fixtures/corpus/otel_v2.pb"),
+    include_bytes!("../../../tests/fixtures/corpus/otel_v2_latest.pb"),
+    include_bytes!("../../../tests/fixtures/corpus/traceai.pb"),
 ];
 
 /// One trace per request, from every corpus export: each export with only one trace's spans

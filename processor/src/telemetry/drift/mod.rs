@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::labels::Segment;
+use crate::telemetry::labels::Segment;
 
 /// The `drift:` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

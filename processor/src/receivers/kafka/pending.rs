@@ -110,7 +110,8 @@ pub struct Pending {
     /// The input message.
     pub source: Arc<Received>,
     remaining: AtomicUsize,
-    pub(super) redirected: AtomicBool,
+    /// Whether a failed output of this message was already handed to the dead-letter path.
+    pub redirected: AtomicBool,
     acks: Sender<Ack>,
 }
 
@@ -126,7 +127,8 @@ impl Pending {
         })
     }
 
-    pub(super) fn add(&self) {
+    /// One more output outstanding.
+    pub fn add(&self) {
         self.remaining.fetch_add(1, Ordering::AcqRel);
     }
 

@@ -20,13 +20,13 @@ use evalstream_evaluators::spec::{self, EvaluatorKind};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::drift::series::Drift;
-use crate::kafka::dead_letter::Redirect;
-use crate::kafka::sink::Sink;
-use crate::kafka::source::Source;
-use crate::metrics::Metrics;
-use crate::traces::Assembler;
-use crate::worker::{Judge, Worker};
+use crate::telemetry::drift::series::Drift;
+use crate::exporters::kafka::dead_letter::Redirect;
+use crate::exporters::kafka::sink::Sink;
+use crate::receivers::kafka::source::Source;
+use crate::telemetry::metrics::Metrics;
+use crate::pipeline::traces::Assembler;
+use crate::pipeline::worker::{Judge, Worker};
 
 /// Runs the worker until `shutdown` completes, then drains and returns.
 pub async fn run(
@@ -56,12 +56,12 @@ pub async fn run(
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = match &config.telemetry.metrics {
         Some(endpoint) => {
-            let listener = crate::http::bind(&endpoint.listen)
+            let listener = crate::telemetry::http::bind(&endpoint.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", endpoint.listen))?;
             info!(address = %endpoint.listen, "serving /metrics, /healthz, /readyz");
             metrics.set_scrape_budget(endpoint.max_scrape_bytes);
-            Some(tokio::spawn(crate::http::serve(
+            Some(tokio::spawn(crate::telemetry::http::serve(
                 listener,
                 metrics.clone(),
                 endpoint.limits(config.telemetry.admin_token.as_ref()),
@@ -135,7 +135,7 @@ fn pipeline(
         metrics: metrics.clone(),
         prices,
     });
-    let judges = crate::judge::JudgeService::start(&judge.evaluators, &judge)?.map(Arc::new);
+    let judges = crate::pipeline::judge::JudgeService::start(&judge.evaluators, &judge)?.map(Arc::new);
     let (assembler, shards) = if needs_traces {
         let (assembler, shards) =
             Assembler::start(&config.traces, threads, judge.clone(), judges.clone())?;
@@ -173,7 +173,7 @@ fn pipeline(
 
     let done = Arc::new(AtomicBool::new(false));
     let drift_state = start_drift_state(config, &receiver, &metrics, &done)?;
-    let reloader = crate::reload::start(&worker.judge.evaluators, &metrics, &done)?;
+    let reloader = crate::pipeline::reload::start(&worker.judge.evaluators, &metrics, &done)?;
     let helper = {
         let sink = sink.clone();
         let done = done.clone();
@@ -242,7 +242,7 @@ fn start_drift_state(
             client.set(k, v);
         }
     }
-    let state = crate::drift::state::StateTopic {
+    let state = crate::telemetry::drift::state::StateTopic {
         client,
         topic: topic.clone(),
         group: receiver.group_id.clone(),
@@ -255,7 +255,7 @@ fn start_drift_state(
         }
     }
     let interval = Duration::from_secs_f64(drift_config.state_interval_seconds);
-    Ok(Some(crate::drift::state::start_writer(
+    Ok(Some(crate::telemetry::drift::state::start_writer(
         state,
         drift.clone(),
         interval,

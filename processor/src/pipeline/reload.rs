@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use evalstream_evaluators::evaluator::{EvaluatorSet, Reload};
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// How often script files are read again.
 pub const INTERVAL: Duration = Duration::from_secs(2);

@@ -1,4 +1,4 @@
-//! The worker's Prometheus metrics (served by [`crate::http`]).
+//! The worker's Prometheus metrics (served by [`crate::telemetry::http`]).
 //!
 //! Every metric is named `evalstream_*`. Labels are bounded by configuration (evaluator names,
 //! outcomes, token types), by the topic's partitions, or by a cardinality cap ([`LabelCap`]) for
@@ -10,9 +10,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::drift::series::Drift;
-use crate::labels::LabelCap;
-use crate::labels::Segment;
+use crate::telemetry::drift::series::Drift;
+use crate::telemetry::labels::LabelCap;
+use crate::telemetry::labels::Segment;
 use evalstream_evaluators::evaluator::{ConfiguredEvaluator, Evaluation, Outcome, Score};
 use evalstream_evaluators::span::GenAiSpan;
 use prometheus::{

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::summary::{Summary, Tally};
+use crate::commands::summary::{Summary, Tally};
 
 /// A comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _};
 use tracing::warn;
 
-use super::pending::Pending;
+use crate::receivers::kafka::pending::Pending;
 use super::sink::{Delivery, RECORD_MARGIN, Sink};
 
 /// What the redirect thread ([`Sink::run_redirects`]) is handed: a failed output to send to the

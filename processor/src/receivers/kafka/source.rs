@@ -46,8 +46,8 @@ use super::health::{InputHealth, Origin};
 use super::offsets::{OffsetTracker, TopicPartition};
 use super::pending::{Ack, Pending, Received};
 use crate::config::KafkaReceiver;
-use crate::metrics::Metrics;
-use crate::traces::Assembler;
+use crate::telemetry::metrics::Metrics;
+use crate::pipeline::traces::Assembler;
 
 /// One message handed to a worker, with the token that acknowledges it.
 pub struct Work {

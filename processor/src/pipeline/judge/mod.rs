@@ -13,7 +13,6 @@
 
 pub mod client;
 pub mod guard;
-pub mod server;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::AtomicUsize;
@@ -32,9 +31,9 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as OtlpValue;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
-use crate::assembly::StoredSpan;
-use crate::kafka::pending::{Hold, Pending};
-use crate::worker::Judge;
+use crate::pipeline::assembly::StoredSpan;
+use crate::receivers::kafka::pending::{Hold, Pending};
+use crate::pipeline::worker::Judge;
 use client::{CallError, Completion, JudgeClient, RetryPolicy};
 use guard::{Breaker, Permit, Spend};
 

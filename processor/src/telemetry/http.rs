@@ -28,7 +28,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// How the endpoint protects itself.
 #[derive(Debug, Clone)]
@@ -287,10 +287,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::drift::DriftConfig;
-    use crate::drift::series::Drift;
-    use crate::drift::series::testing::feed;
-    use crate::labels::Segment;
+    use crate::telemetry::drift::DriftConfig;
+    use crate::telemetry::drift::series::Drift;
+    use crate::telemetry::drift::series::testing::feed;
+    use crate::telemetry::labels::Segment;
     use evalstream_evaluators::spec::{build_set, default_specs};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpStream;

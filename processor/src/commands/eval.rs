@@ -21,8 +21,8 @@ use prost::Message as _;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::gate::{Gate, Verdict};
-use crate::summary::Summary;
+use crate::commands::gate::{Gate, Verdict};
+use crate::commands::summary::Summary;
 
 /// What `evalstream eval` was asked to do.
 #[derive(Debug, Clone, Default)]

@@ -23,13 +23,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use evalstream_evaluators::trace::TraceView;
 use tracing::debug;
 
-use crate::assembly::{
+use crate::pipeline::assembly::{
     AssemblyConfig, Completion, DecodedSpan, ReadyTrace, StoredSpan, TraceBuffer,
 };
-use crate::judge::JudgeService;
-use crate::kafka::offsets::TopicPartition;
-use crate::kafka::pending::{Hold, Pending};
-use crate::worker::{Judge, Pass};
+use crate::pipeline::judge::JudgeService;
+use crate::receivers::kafka::offsets::TopicPartition;
+use crate::receivers::kafka::pending::{Hold, Pending};
+use crate::pipeline::worker::{Judge, Pass};
 
 /// How often a shard looks for complete and timed-out traces.
 const TICK: Duration = Duration::from_millis(100);
@@ -245,7 +245,7 @@ impl Shard {
         }));
         if let Err(panic) = judged {
             tracing::error!(trace_id = %evalstream_evaluators::otlp::hex(&ready.trace_id),
-                message = %crate::worker::panic_message(panic.as_ref()),
+                message = %crate::pipeline::worker::panic_message(panic.as_ref()),
                 "judging a trace panicked; its trace evaluations are lost");
         }
     }

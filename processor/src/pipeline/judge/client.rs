@@ -321,7 +321,7 @@ impl JudgeClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::server::{self, Fault};
+    use crate::commands::judge_server::{self as server, Fault};
 
     fn client(url: &str, timeout: Duration, max_retries: usize) -> JudgeClient {
         JudgeClient::new(

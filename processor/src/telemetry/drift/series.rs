@@ -20,8 +20,8 @@ use tracing::warn;
 
 use super::DriftConfig;
 use super::detect::{Direction, Params, SeriesState};
-use crate::labels::LabelCap;
-use crate::labels::Segment;
+use crate::telemetry::labels::LabelCap;
+use crate::telemetry::labels::Segment;
 
 /// One evaluator's series, by segment values.
 type Series = HashMap<Vec<String>, SeriesState>;

@@ -1,6 +1,6 @@
 //! The output side: one idempotent producer writing evaluator spans to the output topic (split
 //! into records under `message.max.bytes`) and dead letters ([`super::dead_letter`]), and the
-//! delivery reports that acknowledge the inputs ([`super::pending`]).
+//! delivery reports that acknowledge the inputs ([`crate::receivers::kafka::pending`]).
 //!
 //! Delivery runs with infinite retries on transient errors (the producer is idempotent, so
 //! retries do not duplicate), which turns a broker outage into backpressure instead of loss. A
@@ -22,8 +22,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use tracing::{error, warn};
 
 use super::dead_letter::{DeadLetter, FailedOutput, Redirect};
-use super::pending::Pending;
-use crate::metrics::Metrics;
+use crate::receivers::kafka::pending::Pending;
+use crate::telemetry::metrics::Metrics;
 
 /// Groups evaluator spans into requests that each encode to at most `budget` bytes (as
 /// `to_otlp::export_request`), keeping their order. A span too large for any record travels

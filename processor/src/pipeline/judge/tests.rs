@@ -10,14 +10,14 @@ use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::scorers::judge::JudgeRequest;
 use evalstream_evaluators::spec;
 
-use super::server::{self, Fault};
+use crate::commands::judge_server::{self as server, Fault};
 use super::{JudgeService, Submitted};
-use crate::assembly::StoredSpan;
-use crate::kafka::offsets::TopicPartition;
-use crate::kafka::pending::{Ack, Pending, Received};
-use crate::kafka::sink::Sink;
-use crate::metrics::Metrics;
-use crate::worker::Judge;
+use crate::pipeline::assembly::StoredSpan;
+use crate::receivers::kafka::offsets::TopicPartition;
+use crate::receivers::kafka::pending::{Ack, Pending, Received};
+use crate::exporters::kafka::sink::Sink;
+use crate::telemetry::metrics::Metrics;
+use crate::pipeline::worker::Judge;
 
 struct Setup {
     service: JudgeService,

@@ -26,13 +26,13 @@ use evalstream_evaluators::trace::TraceView;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use crate::assembly::{Completion, SharedParts, StoredSpan};
-use crate::judge::{JudgeService, Submitted};
-use crate::kafka::pending::Pending;
-use crate::kafka::sink::Sink;
-use crate::kafka::source::Work;
-use crate::metrics::Metrics;
-use crate::traces::Assembler;
+use crate::pipeline::assembly::{Completion, SharedParts, StoredSpan};
+use crate::pipeline::judge::{JudgeService, Submitted};
+use crate::receivers::kafka::pending::Pending;
+use crate::exporters::kafka::sink::Sink;
+use crate::receivers::kafka::source::Work;
+use crate::telemetry::metrics::Metrics;
+use crate::pipeline::traces::Assembler;
 
 /// Which evaluators a pass over spans runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

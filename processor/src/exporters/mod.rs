@@ -1,0 +1,3 @@
+//! Where evaluations go: a Kafka topic ([`kafka`]).
+
+pub mod kafka;

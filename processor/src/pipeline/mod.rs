@@ -1,0 +1,8 @@
+//! Between receivers and exporters: evaluation of spans ([`worker`]), whole traces
+//! ([`traces`], [`assembly`]), LLM judges ([`judge`]) and hot reload of scripts ([`reload`]).
+
+pub mod assembly;
+pub mod judge;
+pub mod reload;
+pub mod traces;
+pub mod worker;

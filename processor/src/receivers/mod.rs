@@ -1,0 +1,3 @@
+//! Where spans come in: a Kafka consumer group ([`kafka`]).
+
+pub mod kafka;
