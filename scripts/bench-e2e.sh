@@ -42,7 +42,7 @@ $bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 scrape() { curl -s "127.0.0.1:$metrics_port/metrics"; }
 metric() { scrape | awk -v n="$1" '$1 == n { print $2 }'; }
-exporter="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], topic: bench_out, client: { ${OUT_CLIENT:-} } } }"
+exporter="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], output: [spans], traces: { topic: bench_out }, client: { ${OUT_CLIENT:-} } } }"
 floor="evaluators: [ { type: latency, select: { kinds: [guardrail] } } ]"
 # The default set plus the trace evaluators, whose traces are buffered until complete (a short
 # quiet period: the whole topic is there at once, and the run ends when the last trace is judged).

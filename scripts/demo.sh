@@ -37,7 +37,8 @@ receivers:
 exporters:
   kafka:
     brokers: ["127.0.0.1:$port"]
-    topic: otlp_evaluations
+    output: [spans]
+    traces: { topic: otlp_evaluations }
 telemetry:
   metrics: { listen: "127.0.0.1:$metrics_port", segments: [model] }
 YAML

@@ -462,7 +462,8 @@ fn evaluations_go_through_a_real_collector_and_back() {
 exporters:
   kafka:
     brokers: ["{broker}"]
-    topic: otlp_evaluations
+    output: [spans]
+    traces: {{ topic: otlp_evaluations }}
 telemetry:
   metrics:
     listen: "127.0.0.1:{metrics}"

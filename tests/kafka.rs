@@ -111,7 +111,8 @@ receivers:
 exporters:
   kafka:
     brokers: ["{broker}"]
-    topic: output
+    output: [spans]
+    traces: {{ topic: output }}
     client: {{ {exporter_client} }}
 telemetry:
   metrics: {{ listen: "127.0.0.1:{metrics_port}" }}

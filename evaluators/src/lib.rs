@@ -37,5 +37,6 @@ pub mod scorers;
 pub mod span;
 pub mod spec;
 pub mod text;
+pub mod to_json;
 pub mod to_otlp;
 pub mod trace;

@@ -1,7 +1,19 @@
-//! Scores as OpenTelemetry: each evaluation becomes an evaluator span, child of the span it
-//! judges, carrying the `gen_ai.evaluation.*` attributes and a `gen_ai.evaluation.result` event.
+//! Scores as OpenTelemetry, in two shapes.
 //!
-//! Shape (see the README's "Score shape"):
+//! **Events** ([`evaluation_event`], the default output): one log record per scored or errored
+//! evaluation, `event_name` `gen_ai.evaluation.result`, carrying the trace id and span id of the
+//! judged span, so a backend files it with that span. OpenTelemetry deprecated the span-event API
+//! in 2026 (OTEP 4430: events are log records correlated with their span), and the GenAI
+//! conventions define `gen_ai.evaluation.result` as an event that SHOULD be parented to the judged
+//! span. Attributes: the conventions' ([`EVENT_KEYS`]) and evalstream's
+//! (`evalstream.evaluator.version`, `evalstream.evaluation.passed`, `evalstream.evaluation.outcome`,
+//! `evalstream.score.id`). The record's resource is the judged span's ([`logs_request`] groups
+//! them so), so a backend files it under the application that made the span; evalstream names
+//! itself in the instrumentation scope.
+//!
+//! **Evaluator spans** ([`evaluation_span`], on request): each evaluation becomes a span, child of
+//! the span it judges, carrying the `gen_ai.evaluation.*` attributes and a
+//! `gen_ai.evaluation.result` span event. Shape:
 //! - same trace id as the judged span, parent = the judged span, kind INTERNAL,
 //!   name `evaluation {evaluator}`, span id derived from the score id (replays give the same id);
 //! - attributes `gen_ai.operation.name=evaluation`, `gen_ai.evaluation.name`,
@@ -24,7 +36,9 @@
 
 use std::borrow::Cow;
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
@@ -181,6 +195,71 @@ pub fn evaluation_span(
     }
 }
 
+/// The `event_name` of evaluation log records.
+pub const EVENT_NAME: &str = "gen_ai.evaluation.result";
+
+/// The `gen_ai.evaluation.result` log record for one evaluation of `judged`, at `time` (when
+/// the evaluation finished, nanoseconds since the Unix epoch). `extra` attributes (the trace's
+/// completion, the judge's model and usage) follow evalstream's own. Errored evaluations are
+/// records of severity WARN with `error.type`; scored ones INFO.
+pub fn evaluation_event(
+    judged: &GenAiSpan<'_>,
+    evaluation: &Evaluation<'_>,
+    time: u64,
+    extra: impl IntoIterator<Item = KeyValue>,
+) -> LogRecord {
+    let mut attributes = evaluation_attributes(judged, evaluation);
+    // `gen_ai.operation.name=evaluation` names an evaluator span's operation; on the event it
+    // would claim the judged span's operation was an evaluation.
+    attributes.retain(|a| a.key != "gen_ai.operation.name");
+    attributes.extend(extra);
+    let (severity_number, severity_text) = match evaluation.outcome {
+        Outcome::Error { .. } => (SeverityNumber::Warn, "WARN"),
+        _ => (SeverityNumber::Info, "INFO"),
+    };
+    LogRecord {
+        time_unix_nano: time,
+        observed_time_unix_nano: time,
+        severity_number: severity_number as i32,
+        severity_text: severity_text.into(),
+        attributes,
+        trace_id: judged.trace_id().to_vec(),
+        span_id: judged.span_id().to_vec(),
+        event_name: EVENT_NAME.into(),
+        ..Default::default()
+    }
+}
+
+/// evalstream's instrumentation scope: what made the evaluation records.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: SCOPE_NAME.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+/// Wraps evaluation events, grouped by the judged spans' resources, in a logs request under
+/// evalstream's scope.
+pub fn logs_request(
+    groups: impl IntoIterator<Item = (Option<Resource>, Vec<LogRecord>)>,
+) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: groups
+            .into_iter()
+            .map(|(resource, log_records)| ResourceLogs {
+                resource,
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope()),
+                    log_records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
 /// Wraps evaluator spans in a request under evalstream's own resource and scope.
 pub fn export_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     let resource = Resource {
@@ -190,11 +269,7 @@ pub fn export_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
         ],
         ..Default::default()
     };
-    let scope = InstrumentationScope {
-        name: SCOPE_NAME.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
-    };
+    let scope = scope();
     ExportTraceServiceRequest::single(ResourceSpans {
         resource: Some(resource),
         scope_spans: vec![ScopeSpans {
@@ -270,6 +345,80 @@ mod tests {
         let back: Vec<_> = spans(&request).collect();
         assert_eq!(back[0].kind(), OperationKind::Evaluator);
         assert_eq!(back[0].resource().service_name, Some("evalstream"));
+    }
+
+    #[test]
+    fn an_evaluation_event_is_a_log_record_on_the_judged_span_under_its_resource() {
+        use opentelemetry_proto::tonic::resource::v1::Resource as R;
+        let mut judged = chat("hi");
+        judged
+            .attributes
+            .push(s("gen_ai.response.id", "chatcmpl-1"));
+        let v = view(&judged);
+        let evaluation = Evaluation {
+            evaluator: "refusal",
+            version: "1.abcd".into(),
+            score_id: ScoreId::new(v.trace_id(), v.span_id(), "refusal", "1.abcd"),
+            outcome: Outcome::check(false, "refused", "refusal: \"no\""),
+        };
+        let record = evaluation_event(
+            &v,
+            &evaluation,
+            42,
+            [kv_str("evalstream.trace.completion", "complete")],
+        );
+        assert_eq!(record.event_name, "gen_ai.evaluation.result");
+        assert_eq!(record.trace_id, judged.trace_id);
+        assert_eq!(record.span_id, judged.span_id);
+        assert_eq!(record.time_unix_nano, 42);
+        assert_eq!(record.severity_number, SeverityNumber::Info as i32);
+        let get = |k| otlp::find(&record.attributes, k).cloned();
+        assert_eq!(
+            get("gen_ai.evaluation.name")
+                .as_ref()
+                .and_then(otlp::as_str),
+            Some("refusal")
+        );
+        assert_eq!(
+            get("gen_ai.evaluation.score.value").and_then(|v| otlp::as_f64(&v)),
+            Some(0.0)
+        );
+        assert_eq!(
+            get("gen_ai.response.id").as_ref().and_then(otlp::as_str),
+            Some("chatcmpl-1")
+        );
+        assert_eq!(
+            get("evalstream.score.id").as_ref().and_then(otlp::as_str),
+            Some(evaluation.score_id.to_hex().as_str())
+        );
+        assert!(get("evalstream.trace.completion").is_some());
+        assert!(get("gen_ai.operation.name").is_none());
+
+        let resource = R {
+            attributes: vec![kv_str("service.name", "my-app")],
+            ..Default::default()
+        };
+        let request = logs_request([(Some(resource.clone()), vec![record])]);
+        assert_eq!(request.resource_logs[0].resource, Some(resource));
+        let scope = request.resource_logs[0].scope_logs[0]
+            .scope
+            .as_ref()
+            .unwrap();
+        assert_eq!(scope.name, "evalstream");
+
+        let errored = Evaluation {
+            outcome: Outcome::Error {
+                error_type: "timeout".into(),
+                message: "judge timed out".into(),
+            },
+            ..evaluation
+        };
+        let record = evaluation_event(&v, &errored, 1, []);
+        assert_eq!(record.severity_number, SeverityNumber::Warn as i32);
+        assert_eq!(
+            otlp::find(&record.attributes, "error.type").and_then(otlp::as_str),
+            Some("timeout")
+        );
     }
 
     #[test]

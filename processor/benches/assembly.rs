@@ -8,8 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use evalstream::pipeline::assembly::{AssemblyConfig, DecodedSpan, SharedParts, StoredSpan, TraceBuffer};
 use evalstream::commands::loadgen;
+use evalstream::pipeline::assembly::{
+    AssemblyConfig, DecodedSpan, SharedParts, StoredSpan, TraceBuffer,
+};
 use evalstream_evaluators::spec::{self, EvaluatorSpec};
 use evalstream_evaluators::trace::TraceView;
 

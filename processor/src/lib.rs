@@ -37,7 +37,9 @@ pub fn on_evaluation_thread<T: Send + 'static>(
     evaluation_thread(name.to_owned())
         .spawn(f)?
         .join()
-        .map_err(|panic| std::io::Error::other(crate::pipeline::worker::panic_message(panic.as_ref())))
+        .map_err(|panic| {
+            std::io::Error::other(crate::pipeline::worker::panic_message(panic.as_ref()))
+        })
 }
 
 /// Now, in nanoseconds since the Unix epoch (OTLP's timestamps).

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use evalstream::config::Config;
 use evalstream::commands::eval::{self, EvalOptions};
 use evalstream::commands::gate::Gate;
+use evalstream::config::Config;
 use evalstream_evaluators::otlp::Encoding;
 
 /// Decoding OTLP and building evaluator spans allocate many small, short-lived objects; mimalloc
@@ -225,8 +225,11 @@ fn main() -> ExitCode {
             min_std,
             pass_at,
         } => {
-            let params =
-                evalstream::telemetry::drift::detect::Params::new(false_alarm_budget, warmup, min_std);
+            let params = evalstream::telemetry::drift::detect::Params::new(
+                false_alarm_budget,
+                warmup,
+                min_std,
+            );
             exit(evalstream::telemetry::drift::replay::run(
                 &params,
                 pass_at,

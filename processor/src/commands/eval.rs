@@ -11,18 +11,17 @@ use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use evalstream_evaluators::evaluator::{Evaluation, EvaluatorSet, Outcome};
+use evalstream_evaluators::evaluator::{Evaluation, EvaluatorSet};
 use evalstream_evaluators::otlp::{self, DecodeError, Encoding, types::ExportTraceServiceRequest};
-use evalstream_evaluators::span::{self, GenAiSpan};
+use evalstream_evaluators::span;
 use evalstream_evaluators::trace::TraceView;
-use evalstream_evaluators::{spec, to_otlp};
+use evalstream_evaluators::{spec, to_json, to_otlp};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message as _;
-use serde::Serialize;
 
-use crate::config::Config;
 use crate::commands::gate::{Gate, Verdict};
 use crate::commands::summary::Summary;
+use crate::config::Config;
 
 /// What `evalstream eval` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -50,73 +49,6 @@ pub enum RunResult {
     GateFailed = 1,
     /// An input could not be read or decoded.
     BadInput = 2,
-}
-
-/// One line of output: one evaluation of one span.
-#[derive(Serialize)]
-struct Line<'a> {
-    trace_id: String,
-    span_id: String,
-    span_name: &'a str,
-    kind: &'static str,
-    model: Option<&'a str>,
-    service: Option<&'a str>,
-    evaluator: &'a str,
-    evaluator_version: &'a str,
-    score_id: String,
-    outcome: &'static str,
-    score: Option<f64>,
-    label: Option<&'a str>,
-    passed: Option<bool>,
-    explanation: Option<&'a str>,
-    skip_reason: Option<&'static str>,
-    error_type: Option<&'a str>,
-}
-
-impl<'a> Line<'a> {
-    fn new(span: &'a GenAiSpan<'_>, e: &'a Evaluation<'_>) -> Line<'a> {
-        let (score, label, passed, mut explanation) = match &e.outcome {
-            Outcome::Scored(s) => (
-                Some(s.value),
-                Some(s.label.as_ref()),
-                Some(s.passed),
-                Some(s.explanation.as_str()),
-            ),
-            _ => (None, None, None, None),
-        };
-        let (skip_reason, error_type) = match &e.outcome {
-            Outcome::Skipped { reason, detail } => {
-                explanation = (!detail.is_empty()).then_some(detail.as_ref());
-                (Some(reason.as_str()), None)
-            }
-            Outcome::Error {
-                error_type,
-                message,
-            } => {
-                explanation = Some(message.as_str());
-                (None, Some(error_type.as_ref()))
-            }
-            Outcome::Scored(_) => (None, None),
-        };
-        Line {
-            trace_id: otlp::hex(span.trace_id()),
-            span_id: otlp::hex(span.span_id()),
-            span_name: span.name(),
-            kind: span.kind().as_str(),
-            model: span.model(),
-            service: span.resource().service_name,
-            evaluator: e.evaluator,
-            evaluator_version: &e.version,
-            score_id: e.score_id.to_hex(),
-            outcome: e.outcome.as_str(),
-            score,
-            label,
-            passed,
-            explanation,
-            skip_reason,
-            error_type,
-        }
-    }
 }
 
 /// The encoding a file's name implies, if any.
@@ -159,7 +91,7 @@ impl<'s, W: Write> EvalRun<'s, W> {
             self.scratch.clear();
             self.set.evaluate_in(span, trace, &mut self.scratch);
             for e in &self.scratch {
-                serde_json::to_writer(&mut self.out, &Line::new(span, e))?;
+                serde_json::to_writer(&mut self.out, &to_json::Line::new(span, e))?;
                 self.out.write_all(b"\n")?;
                 self.summary.record(e);
                 if let Some(spans) = &mut self.spans_out

@@ -19,14 +19,17 @@ use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::spec::{self, EvaluatorKind};
 use tracing::{info, warn};
 
-use crate::config::Config;
-use crate::telemetry::drift::series::Drift;
-use crate::exporters::kafka::dead_letter::Redirect;
-use crate::exporters::kafka::sink::Sink;
-use crate::receivers::kafka::source::Source;
-use crate::telemetry::metrics::Metrics;
+use crate::config::{Config, ExporterConfig};
+use crate::exporters::kafka::KafkaExporter;
+use crate::exporters::stdout::StdoutExporter;
+use crate::pipeline::export::{Exporter, Exporters};
+use crate::pipeline::judge::JudgeService;
 use crate::pipeline::traces::Assembler;
-use crate::pipeline::worker::{Judge, Worker};
+use crate::pipeline::worker::{Scoring, Worker};
+use crate::receivers::kafka::dead_letter::DeadLetters;
+use crate::receivers::kafka::source::Source;
+use crate::telemetry::drift::series::Drift;
+use crate::telemetry::metrics::Metrics;
 
 /// Runs the worker until `shutdown` completes, then drains and returns.
 pub async fn run(
@@ -103,21 +106,14 @@ fn pipeline(
     metrics: Arc<Metrics>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let exporter = config.exporters.kafka.as_ref();
-    let (redirect_tx, redirect_rx) = crossbeam_channel::unbounded::<Redirect>();
-    let brokers = exporter.map_or_else(|| receiver.brokers.join(","), |e| e.brokers.join(","));
-    let client = exporter.map_or(&receiver.client, |e| &e.client);
-    let sink = Arc::new(
-        Sink::new(
-            &brokers,
-            client,
-            exporter.map(|e| e.topic.clone()),
-            receiver.dead_letter_topic.clone(),
-            metrics.clone(),
-            redirect_tx,
-        )
-        .context("cannot create the output producer")?,
-    );
+    let exporters = Arc::new(build_exporters(config, &metrics)?);
+    let (dead_letters, dead_letter_tx) = DeadLetters::new(
+        &receiver.brokers.join(","),
+        &receiver.client,
+        receiver.dead_letter_topic.clone(),
+        metrics.clone(),
+    )
+    .context("cannot create the dead-letter producer")?;
     let threads = thread::available_parallelism().map_or(2, |n| n.get());
     let prices = config
         .evaluators
@@ -129,16 +125,16 @@ fn pipeline(
         .unwrap_or_else(|| PriceTable::new(true, &Default::default()))
         .map_err(anyhow::Error::msg)?;
     let needs_traces = evaluators.needs_traces();
-    let judge = Arc::new(Judge {
+    let scoring = Arc::new(Scoring {
         evaluators,
-        sink: sink.clone(),
+        exporters: exporters.clone(),
         metrics: metrics.clone(),
         prices,
     });
-    let judges = crate::pipeline::judge::JudgeService::start(&judge.evaluators, &judge)?.map(Arc::new);
+    let judges = JudgeService::start(&scoring.evaluators, &scoring)?.map(Arc::new);
     let (assembler, shards) = if needs_traces {
         let (assembler, shards) =
-            Assembler::start(&config.traces, threads, judge.clone(), judges.clone())?;
+            Assembler::start(&config.traces, threads, scoring.clone(), judges.clone())?;
         (Some(assembler), shards)
     } else {
         (None, Vec::new())
@@ -148,6 +144,7 @@ fn pipeline(
     let source = Source::new(
         &receiver,
         work_tx,
+        dead_letter_tx,
         assembler.clone(),
         held_by_judges,
         metrics.clone(),
@@ -156,8 +153,7 @@ fn pipeline(
     info!(topics = ?receiver.topics, group = %receiver.group_id, workers = threads,
         trace_buffer = needs_traces, "consuming");
     let worker = Arc::new(Worker {
-        judge,
-        encoding: receiver.encoding,
+        scoring,
         traces: assembler,
         judges,
     });
@@ -173,13 +169,12 @@ fn pipeline(
 
     let done = Arc::new(AtomicBool::new(false));
     let drift_state = start_drift_state(config, &receiver, &metrics, &done)?;
-    let reloader = crate::pipeline::reload::start(&worker.judge.evaluators, &metrics, &done)?;
-    let helper = {
-        let sink = sink.clone();
+    let reloader = crate::pipeline::reload::start(&worker.scoring.evaluators, &metrics, &done)?;
+    let dead_letter_writer = {
         let done = done.clone();
         thread::Builder::new()
-            .name("evalstream-redirect".into())
-            .spawn(move || sink.run_redirects(&redirect_rx, &done))?
+            .name("evalstream-dead-letters".into())
+            .spawn(move || dead_letters.run(&done, Duration::from_secs(10)))?
     };
 
     // The source returns once `stop` is set and in-flight work is drained and committed. It owns
@@ -193,13 +188,13 @@ fn pipeline(
     for s in shards {
         let _ = s.join();
     }
-    if !sink.flush(Duration::from_secs(10)) {
+    if !exporters.flush(Duration::from_secs(10)) {
         warn!(
             "some outputs were not delivered before exit; their inputs are uncommitted and will be evaluated again"
         );
     }
     done.store(true, Ordering::Release);
-    let _ = helper.join();
+    let _ = dead_letter_writer.join();
     if let Some(writer) = drift_state {
         let _ = writer.join();
     }
@@ -208,6 +203,21 @@ fn pipeline(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The configured exporters, started.
+fn build_exporters(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Exporters> {
+    let mut list: Vec<Box<dyn Exporter>> = Vec::new();
+    for (id, exporter) in &config.exporters.list {
+        list.push(match exporter {
+            ExporterConfig::Kafka(k) => Box::new(
+                KafkaExporter::new(id, k, metrics.clone())
+                    .with_context(|| format!("exporters.{id}: cannot create the producer"))?,
+            ),
+            ExporterConfig::Stdout(_) => Box::new(StdoutExporter::new(id)),
+        });
+    }
+    Ok(Exporters::new(list))
 }
 
 /// Restores the drift series from their state topic and starts writing them back, when drift

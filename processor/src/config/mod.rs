@@ -131,29 +131,139 @@ impl InitialOffset {
     }
 }
 
-/// The `exporters:` section.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The `exporters:` section: exporters by id, `type` or `type/name` as the collector names them
+/// (`kafka`, `kafka/scores`, `stdout`); every batch of evaluations goes to each.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exporters {
-    /// A Kafka topic for evaluator spans.
-    #[serde(default)]
-    pub kafka: Option<KafkaExporter>,
+    /// The exporters, in the order written.
+    pub list: Vec<(String, ExporterConfig)>,
 }
 
-/// `exporters.kafka`: evaluator spans as `otlp_proto`, keyed by hex trace id.
+/// One exporter's settings, by its type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExporterConfig {
+    /// `kafka`: events and evaluator spans to topics.
+    Kafka(KafkaExporter),
+    /// `stdout`: JSON lines, as `evalstream eval` prints.
+    Stdout(StdoutExporter),
+}
+
+/// The exporter types, for errors.
+const EXPORTER_TYPES: &[&str] = &["kafka", "stdout"];
+
+impl Exporters {
+    /// The Kafka exporters.
+    pub fn kafka(&self) -> impl Iterator<Item = (&str, &KafkaExporter)> {
+        self.list.iter().filter_map(|(id, c)| match c {
+            ExporterConfig::Kafka(k) => Some((id.as_str(), k)),
+            _ => None,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Exporters {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ById;
+        impl<'de> serde::de::Visitor<'de> for ById {
+            type Value = Exporters;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of exporters by id (`kafka`, `stdout`, `kafka/name`)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Exporters, A::Error> {
+                use serde::de::Error as _;
+                let mut list: Vec<(String, ExporterConfig)> = Vec::new();
+                while let Some(id) = map.next_key::<String>()? {
+                    let kind = id.split_once('/').map_or(id.as_str(), |(kind, _)| kind);
+                    // `kafka:` with nothing after it takes every default.
+                    let config = match kind {
+                        "kafka" => ExporterConfig::Kafka(
+                            map.next_value::<Option<KafkaExporter>>()?
+                                .unwrap_or_else(KafkaExporter::default),
+                        ),
+                        "stdout" => ExporterConfig::Stdout(
+                            map.next_value::<Option<StdoutExporter>>()?
+                                .unwrap_or_default(),
+                        ),
+                        other => return Err(A::Error::unknown_variant(other, EXPORTER_TYPES)),
+                    };
+                    if list.iter().any(|(i, _)| *i == id) {
+                        return Err(A::Error::custom(format!(
+                            "exporter `{id}` is defined twice"
+                        )));
+                    }
+                    list.push((id, config));
+                }
+                Ok(Exporters { list })
+            }
+        }
+        d.deserialize_map(ById)
+    }
+}
+
+/// What an exporter writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// `gen_ai.evaluation.result` log records on the judged spans (the default).
+    Events,
+    /// Evaluator spans, children of the judged spans.
+    Spans,
+}
+
+fn default_output() -> Vec<Output> {
+    vec![Output::Events]
+}
+
+/// A topic setting (`logs: { topic }`, `traces: { topic }`, as the collector's kafka exporter).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topic {
+    /// The topic's name.
+    pub topic: String,
+}
+
+/// `exporters.kafka`: events as `ExportLogsServiceRequest` and evaluator spans as
+/// `ExportTraceServiceRequest`, `otlp_proto`, keyed by hex trace id.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaExporter {
     /// Bootstrap brokers, `host:port`.
     #[serde(default = "default_brokers")]
     pub brokers: Vec<String>,
-    /// The topic.
-    #[serde(default = "default_output_topic")]
-    pub topic: String,
+    /// What it writes: `[events]` (default), `[spans]` or both.
+    #[serde(default = "default_output")]
+    pub output: Vec<Output>,
+    /// Where events go: `otlp_logs` by default, where the collector's kafka receiver reads logs.
+    #[serde(default = "default_logs_topic")]
+    pub logs: Topic,
+    /// Where evaluator spans go: `otlp_evaluations` by default, not the collector's
+    /// `otlp_spans`, which evalstream reads (it would read its own output back).
+    #[serde(default = "default_traces_topic")]
+    pub traces: Topic,
     /// librdkafka properties passed through as they are.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
 }
+
+impl Default for KafkaExporter {
+    fn default() -> Self {
+        KafkaExporter {
+            brokers: default_brokers(),
+            output: default_output(),
+            logs: default_logs_topic(),
+            traces: default_traces_topic(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// `exporters.stdout`: one JSON line per evaluation (skips included), as `evalstream eval` prints.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutExporter {}
 
 /// The `telemetry:` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -239,8 +349,15 @@ fn default_max_scrape_bytes() -> usize {
 fn default_drain_timeout() -> f64 {
     30.0
 }
-fn default_output_topic() -> String {
-    "otlp_evaluations".into()
+fn default_logs_topic() -> Topic {
+    Topic {
+        topic: "otlp_logs".into(),
+    }
+}
+fn default_traces_topic() -> Topic {
+    Topic {
+        topic: "otlp_evaluations".into(),
+    }
 }
 
 /// Why a configuration could not be loaded.
@@ -444,8 +561,26 @@ impl fmt::Display for Config {
                 k.encoding
             )?;
         }
-        if let Some(k) = &self.exporters.kafka {
-            write!(f, "; kafka exporter {} on {}", k.topic, k.brokers.join(","))?;
+        for (id, e) in &self.exporters.list {
+            match e {
+                ExporterConfig::Kafka(k) => {
+                    let topics: Vec<&str> = k
+                        .output
+                        .iter()
+                        .map(|o| match o {
+                            Output::Events => k.logs.topic.as_str(),
+                            Output::Spans => k.traces.topic.as_str(),
+                        })
+                        .collect();
+                    write!(
+                        f,
+                        "; exporter {id} to {} on {}",
+                        topics.join(","),
+                        k.brokers.join(",")
+                    )?
+                }
+                ExporterConfig::Stdout(_) => write!(f, "; exporter {id} to stdout")?,
+            }
         }
         if let Some(m) = &self.telemetry.metrics {
             write!(f, "; metrics on {}", m.listen)?;
@@ -520,7 +655,9 @@ evaluators:
 exporters:
   kafka:
     brokers: ["127.0.0.1:9092"]
-    topic: otlp_evaluations
+    output: [events, spans]
+    traces: { topic: otlp_evaluations }
+  stdout:
 telemetry:
   metrics: { listen: "127.0.0.1:9464" }
 "#,

@@ -1,7 +1,9 @@
 //! Between receivers and exporters: evaluation of spans ([`worker`]), whole traces
 //! ([`traces`], [`assembly`]), LLM judges ([`judge`]) and hot reload of scripts ([`reload`]).
 
+pub mod ack;
 pub mod assembly;
+pub mod export;
 pub mod judge;
 pub mod reload;
 pub mod traces;

@@ -7,13 +7,12 @@
 //! Shards only ever wait on the output producer, never on the workers or the consumer, so the
 //! pipeline cannot deadlock.
 //!
-//! Every message that contributed spans to a buffered trace is held ([`Hold`]) until that
-//! trace's evaluations are queued: its offset is not committed before, so a crash loses nothing.
-//! When partitions are revoked, or the worker stops, the shards evaluate the affected traces at
-//! once with what they have (`flushed`), so their messages can be committed before another
-//! worker takes the partitions over.
+//! Every input that contributed spans to a buffered trace is held ([`Hold`]) until that trace's
+//! evaluations are handed to the exporters: it is not acknowledged before, so a crash loses
+//! nothing. When a receiver must let inputs go (Kafka partitions revoked) or the worker stops, the
+//! shards evaluate the traces holding the inputs it names ([`Selector`]) at once with what they
+//! have (`flushed`), so those inputs finish before another worker takes them over.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::thread::JoinHandle;
@@ -23,13 +22,16 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use evalstream_evaluators::trace::TraceView;
 use tracing::debug;
 
-use crate::pipeline::assembly::{
+use super::ack::{Hold, Token};
+use super::assembly::{
     AssemblyConfig, Completion, DecodedSpan, ReadyTrace, StoredSpan, TraceBuffer,
 };
-use crate::pipeline::judge::JudgeService;
-use crate::receivers::kafka::offsets::TopicPartition;
-use crate::receivers::kafka::pending::{Hold, Pending};
-use crate::pipeline::worker::{Judge, Pass};
+use super::judge::JudgeService;
+use super::worker::{Pass, Scoring};
+
+/// Picks inputs by their tokens: a receiver's way to name its own inputs (those of revoked
+/// partitions, say) without the buffer knowing what they are.
+pub type Selector = Arc<dyn Fn(&Token) -> bool + Send + Sync>;
 
 /// How often a shard looks for complete and timed-out traces.
 const TICK: Duration = Duration::from_millis(100);
@@ -43,8 +45,8 @@ enum Command {
         spans: Vec<StoredSpan>,
         hold: Hold,
     },
-    Flush(Option<Vec<TopicPartition>>),
-    Resume(Vec<TopicPartition>),
+    Flush(Option<Selector>),
+    Resume(Selector),
 }
 
 /// The handle to the trace buffer's shards; cloned into the workers and the consumer. The
@@ -60,7 +62,7 @@ impl Assembler {
     pub fn start(
         config: &AssemblyConfig,
         shards: usize,
-        judge: Arc<Judge>,
+        scoring: Arc<Scoring>,
         judges: Option<Arc<JudgeService>>,
     ) -> std::io::Result<(Assembler, Vec<JoinHandle<()>>)> {
         let shards = shards.max(1);
@@ -75,10 +77,10 @@ impl Assembler {
             let (tx, rx) = crossbeam_channel::bounded(QUEUE);
             let shard = Shard {
                 buffer: TraceBuffer::new(per_shard.clone()),
-                judge: judge.clone(),
+                scoring: scoring.clone(),
                 judges: judges.clone(),
                 flush_all: false,
-                flushing: HashSet::new(),
+                flushing: Vec::new(),
                 reported: (0, 0),
             };
             threads.push(
@@ -96,7 +98,7 @@ impl Assembler {
         ))
     }
 
-    /// Messages held by buffered traces (counted once per trace), for the consumer's limits.
+    /// Inputs held by buffered traces (counted once per trace), for the receivers' limits.
     pub fn held(&self) -> Arc<AtomicUsize> {
         self.held.clone()
     }
@@ -111,13 +113,13 @@ impl Assembler {
         &self.shards[(tail % self.shards.len() as u64) as usize]
     }
 
-    /// Buffers spans of one trace from the message `pending`, holding it until they are judged.
+    /// Buffers spans of one trace from the input of `token`, holding it until they are judged.
     /// Waits while the shard's queue is full.
-    pub fn add(&self, trace_id: Vec<u8>, spans: Vec<StoredSpan>, pending: &Arc<Pending>) {
-        let hold = Hold::new(pending, &self.held);
+    pub fn add(&self, trace_id: Vec<u8>, spans: Vec<StoredSpan>, token: &Token) {
+        let hold = Hold::new(token, &self.held);
         let shard = self.shard(&trace_id);
         // A shard stops only after every handle is gone, so this cannot fail; if it did, the
-        // hold is dropped and the message acknowledged without its trace evaluations.
+        // hold is dropped and the input acknowledged without its trace evaluations.
         let _ = shard.send(Command::Add {
             trace_id,
             spans,
@@ -125,30 +127,32 @@ impl Assembler {
         });
     }
 
-    /// Evaluates now, with what they have, the traces holding messages of `partitions` (every
-    /// trace when `None`); spans of those partitions that arrive until [`Assembler::resume`] are
+    /// Evaluates now, with what they have, the traces holding inputs `selector` picks (every
+    /// trace when `None`); spans of such inputs that arrive until [`Assembler::resume`] are
     /// evaluated at once. `None` is for stopping, and lasts.
-    pub fn flush(&self, partitions: Option<&[TopicPartition]>) {
+    pub fn flush(&self, selector: Option<&Selector>) {
         for shard in &self.shards {
-            let _ = shard.send(Command::Flush(partitions.map(<[_]>::to_vec)));
+            let _ = shard.send(Command::Flush(selector.cloned()));
         }
     }
 
-    /// Buffers spans of `partitions` again (they were flushed for a revoke that has finished).
-    pub fn resume(&self, partitions: &[TopicPartition]) {
+    /// Buffers spans of the inputs `selector` picks again (they were flushed for a revoke that
+    /// has finished); `selector` is the one given to [`Assembler::flush`].
+    pub fn resume(&self, selector: &Selector) {
         for shard in &self.shards {
-            let _ = shard.send(Command::Resume(partitions.to_vec()));
+            let _ = shard.send(Command::Resume(selector.clone()));
         }
     }
 }
 
 struct Shard {
     buffer: TraceBuffer<Hold>,
-    judge: Arc<Judge>,
+    scoring: Arc<Scoring>,
     /// The judge service, for judge evaluators gated on trace evaluators' scores.
     judges: Option<Arc<JudgeService>>,
     flush_all: bool,
-    flushing: HashSet<TopicPartition>,
+    /// Inputs being flushed (until resumed): their spans are evaluated on arrival.
+    flushing: Vec<Selector>,
     /// Traces and bytes last added to the shared gauges.
     reported: (i64, i64),
 }
@@ -163,7 +167,7 @@ impl Shard {
                     spans,
                     hold,
                 }) => {
-                    if self.flush_all || self.flushing.contains(&hold.pending().source.tp) {
+                    if self.flush_all || self.flushing.iter().any(|f| f(hold.token())) {
                         self.evaluate(ReadyTrace {
                             trace_id,
                             spans,
@@ -182,23 +186,16 @@ impl Shard {
                         self.evaluate(ready);
                     }
                 }
-                Ok(Command::Flush(Some(partitions))) => {
-                    let flushed = self
-                        .buffer
-                        .flush_where(|h| partitions.contains(&h.pending().source.tp));
-                    debug!(
-                        traces = flushed.len(),
-                        "flushing traces of revoked partitions"
-                    );
+                Ok(Command::Flush(Some(selector))) => {
+                    let flushed = self.buffer.flush_where(|h| selector(h.token()));
+                    debug!(traces = flushed.len(), "flushing traces of inputs let go");
                     for ready in flushed {
                         self.evaluate(ready);
                     }
-                    self.flushing.extend(partitions);
+                    self.flushing.push(selector);
                 }
-                Ok(Command::Resume(partitions)) => {
-                    for tp in &partitions {
-                        self.flushing.remove(tp);
-                    }
+                Ok(Command::Resume(selector)) => {
+                    self.flushing.retain(|f| !Arc::ptr_eq(f, &selector));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -218,10 +215,10 @@ impl Shard {
         self.report();
     }
 
-    /// Runs the trace evaluators on a trace that left the buffer, then lets go of its messages
-    /// (the evaluations' delivery now keeps them).
+    /// Runs the trace evaluators on a trace that left the buffer, then lets go of its inputs
+    /// (the exporters now hold them until delivery).
     fn evaluate(&self, ready: ReadyTrace<Hold>) {
-        let metrics = &self.judge.metrics;
+        let metrics = &self.scoring.metrics;
         metrics
             .traces_assembled
             .with_label_values(&[ready.completion.as_str()])
@@ -236,10 +233,11 @@ impl Shard {
             let decoded: Vec<_> = ready.spans.iter().map(StoredSpan::decode).collect();
             let views = decoded.iter().map(DecodedSpan::view).collect();
             let trace = TraceView::new(views, ready.completion.is_complete());
-            self.judge.judge(
+            let tokens: Vec<Token> = ready.holds.iter().map(|h| h.token().clone()).collect();
+            self.scoring.score(
                 std::slice::from_ref(&trace),
                 Pass::Traces(ready.completion),
-                ready.holds.iter().map(Hold::pending),
+                &tokens,
                 self.judges.as_deref(),
             );
         }));
@@ -253,7 +251,7 @@ impl Shard {
     /// Moves the shared gauges by this shard's change since the last report.
     fn report(&mut self) {
         let now = (self.buffer.len() as i64, self.buffer.bytes() as i64);
-        let metrics = &self.judge.metrics;
+        let metrics = &self.scoring.metrics;
         metrics.traces_buffered.add(now.0 - self.reported.0);
         metrics.trace_buffer_bytes.add(now.1 - self.reported.1);
         self.reported = now;

@@ -1,5 +1,6 @@
-//! Evaluation workers: decode a message, run the evaluators on its spans, send the evaluator
-//! spans (one record per trace, keyed by hex trace id) or the message to the dead-letter topic.
+//! Evaluation workers: decode an input, run the evaluators on its spans ([`Scoring`]) and hand
+//! each trace's evaluations to the exporters; an input that cannot be decoded is rejected (its
+//! receiver decides what that means: a dead letter, an error answer).
 //!
 //! Workers are plain threads, one per core: evaluation is CPU work and must not sit on an async
 //! runtime. An evaluator that panics on a span yields an `error` outcome for that span; the worker
@@ -7,7 +8,7 @@
 //!
 //! When trace evaluators are configured, a worker runs only the span evaluators and hands each
 //! trace's spans to the trace buffer ([`Assembler`]), holding the message until the trace is
-//! evaluated; the buffer's threads run the trace evaluators through the same [`Judge`].
+//! evaluated; the buffer's threads run the trace evaluators through the same [`Scoring`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -21,18 +22,33 @@ use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::scorers::judge::LlmJudge;
 use evalstream_evaluators::span::{self, GenAiSpan, OperationKind};
-use evalstream_evaluators::to_otlp;
 use evalstream_evaluators::trace::TraceView;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
 
-use crate::pipeline::assembly::{Completion, SharedParts, StoredSpan};
-use crate::pipeline::judge::{JudgeService, Submitted};
-use crate::receivers::kafka::pending::Pending;
-use crate::exporters::kafka::sink::Sink;
-use crate::receivers::kafka::source::Work;
+use super::ack::{Rejection, Token};
+use super::assembly::{Completion, SharedParts, StoredSpan};
+use super::export::{Batch, Exporters};
+use super::judge::{JudgeService, Submitted};
+use super::traces::Assembler;
 use crate::telemetry::metrics::Metrics;
-use crate::pipeline::traces::Assembler;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// One input for the workers: its spans and its acknowledgement token.
+pub struct Input {
+    /// The spans.
+    pub body: Body,
+    /// The input's token; the worker's clone is let go once its evaluations are handed on.
+    pub token: Token,
+}
+
+/// An input's spans.
+pub enum Body {
+    /// Encoded bytes that the token's origin keeps ([`Token::with_input`]): a Kafka message,
+    /// decoded on the worker's thread (decoding is CPU work the poll thread must not do).
+    Kept(Encoding),
+    /// A request decoded already (by the OTLP receiver's server).
+    Decoded(ExportTraceServiceRequest),
+}
 
 /// Which evaluators a pass over spans runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +71,13 @@ impl Pass {
     }
 }
 
-/// Runs evaluators and sends their results: what the workers and the trace buffer share.
-pub struct Judge {
+/// Runs evaluators and hands their results to the exporters: what the workers, the trace buffer
+/// and the judge service share.
+pub struct Scoring {
     /// The configured evaluators.
     pub evaluators: Arc<EvaluatorSet>,
     /// Where outputs go.
-    pub sink: Arc<Sink>,
+    pub exporters: Arc<Exporters>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Prices for the cost metrics.
@@ -98,22 +115,27 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-impl Judge {
-    /// Runs the pass's evaluators on every span of `traces`, records the metrics and sends the
-    /// evaluator spans, one record per trace, acknowledging `inputs` on delivery. Spans for judge
-    /// evaluators go to `judges` (their verdicts follow later, holding `inputs`). Returns how
-    /// many judge calls were queued.
-    pub fn judge<'p>(
+impl Scoring {
+    /// Runs the pass's evaluators on every span of `traces`, records the metrics and hands the
+    /// evaluations to the exporters, one batch per trace, with the `tokens` of the inputs they
+    /// came from. Spans for judge evaluators go to `judges` (their verdicts follow later, holding
+    /// the tokens). Returns how many judge calls were queued.
+    pub fn score(
         &self,
         traces: &[TraceView<'_>],
         pass: Pass,
-        inputs: impl Iterator<Item = &'p Arc<Pending>> + Clone,
+        tokens: &[Token],
         judges: Option<&JudgeService>,
     ) -> usize {
         let mut queued = 0;
         let mut evaluations = Vec::new();
-        let mut output: Vec<Span> = Vec::new();
+        let shapes = self.exporters.shapes();
+        let extra: Vec<KeyValue> = match pass {
+            Pass::Traces(completion) => vec![completion_attribute(completion)],
+            _ => Vec::new(),
+        };
         for trace in traces {
+            let mut batch = Batch::new(trace.trace_id());
             for s in trace.spans() {
                 if !matches!(pass, Pass::Traces(_)) {
                     self.metrics.spans.inc();
@@ -129,8 +151,7 @@ impl Judge {
                     {
                         Some(e.evaluation(s, skip))
                     } else if let (Some(llm), Some(service)) = (e.evaluator.as_judge(), judges) {
-                        let inputs = inputs.clone();
-                        Self::send_to_judge(index, e, llm, service, s, trace, inputs, &mut queued)
+                        Self::send_to_judge(index, e, llm, service, s, trace, tokens, &mut queued)
                     } else {
                         Some(run_guarded(e, s, trace))
                     };
@@ -148,31 +169,14 @@ impl Judge {
                 self.metrics
                     .evaluation_seconds
                     .observe(started.elapsed().as_secs_f64());
-                if !self.sink.has_output() {
+                if !shapes.any() {
                     continue;
                 }
                 let end = crate::now_unix_nanos();
                 let start = end.saturating_sub(started.elapsed().as_nanos() as u64);
-                output.extend(
-                    evaluations
-                        .iter()
-                        .filter(|e| to_otlp::emits_span(e))
-                        .map(|e| {
-                            let mut span = to_otlp::evaluation_span(s, e, start, end);
-                            if let Pass::Traces(completion) = pass {
-                                span.attributes.push(completion_attribute(completion));
-                            }
-                            span
-                        }),
-                );
+                batch.add(shapes, s, &evaluations, (start, end), &extra);
             }
-            if !output.is_empty() {
-                self.sink.output(
-                    &otlp::hex(trace.trace_id()),
-                    std::mem::take(&mut output),
-                    inputs.clone(),
-                );
-            }
+            self.exporters.export(&batch, tokens);
         }
         queued
     }
@@ -213,16 +217,16 @@ impl Judge {
 
     /// Hands a span a judge evaluator applies to to the judge service. Returns the evaluation
     /// when it is decided at once (sampled out, nothing to judge, a cached verdict, shed, over
-    /// budget); `None` when its verdict follows, holding `inputs` (counted in `queued`).
+    /// budget); `None` when its verdict follows, holding `tokens` (counted in `queued`).
     #[allow(clippy::too_many_arguments)]
-    fn send_to_judge<'e, 'p>(
+    fn send_to_judge<'e>(
         index: usize,
         e: &'e ConfiguredEvaluator,
         llm: &LlmJudge,
         service: &JudgeService,
         s: &GenAiSpan<'_>,
         trace: &TraceView<'_>,
-        inputs: impl Iterator<Item = &'p Arc<Pending>>,
+        tokens: &[Token],
         queued: &mut usize,
     ) -> Option<Evaluation<'e>> {
         let outcome = if !e.sampler.keeps(s.trace_id()) {
@@ -233,7 +237,7 @@ impl Judge {
         } else {
             match llm.request(s, Some(trace)) {
                 Ok(request) => {
-                    match service.submit(index, request, || StoredSpan::of_view(s), inputs) {
+                    match service.submit(index, request, || StoredSpan::of_view(s), tokens) {
                         Submitted::Queued => {
                             *queued += 1;
                             return None;
@@ -316,9 +320,7 @@ fn completion_attribute(completion: Completion) -> KeyValue {
 /// A worker thread's view of what it shares.
 pub struct Worker {
     /// Runs the evaluators.
-    pub judge: Arc<Judge>,
-    /// How input messages are encoded.
-    pub encoding: Encoding,
+    pub scoring: Arc<Scoring>,
     /// The trace buffer, when trace evaluators are configured.
     pub traces: Option<Assembler>,
     /// The judge service, when judge evaluators are configured.
@@ -326,80 +328,83 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Takes work until the queue closes. A message whose processing panics (a bug outside the
-    /// evaluators, which are guarded one by one) goes to the dead-letter topic with error type
-    /// `panic`; the thread and its partition carry on.
-    pub fn run(&self, queue: Receiver<Vec<Work>>) {
+    /// Takes inputs until the queue closes. An input whose processing panics (a bug outside the
+    /// evaluators, which are guarded one by one) is rejected with error type `panic`; the thread
+    /// carries on.
+    pub fn run(&self, queue: Receiver<Vec<Input>>) {
         for batch in queue {
-            for work in batch {
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.process(&work))) {
+            for input in batch {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.process(&input))) {
                     let message = panic_message(panic.as_ref());
-                    tracing::error!(offset = work.message.offset, partition = work.message.tp.partition,
-                        %message, "processing a message panicked; it goes to the dead-letter topic");
-                    self.judge.sink.dead_letter(
-                        &work.pending,
-                        "panic",
-                        &format!("evalstream panicked: {message}"),
-                    );
+                    tracing::error!(%message, "processing an input panicked; it is rejected");
+                    input.token.reject(Rejection {
+                        error_type: "panic",
+                        message: format!("evalstream panicked: {message}"),
+                        output: None,
+                    });
                 }
-                work.pending.done();
             }
         }
     }
 
-    fn process(&self, work: &Work) {
-        let decoded = work
-            .message
-            .with_payload(|payload| otlp::decode(payload.unwrap_or_default(), self.encoding));
-        let request = match decoded {
-            Ok(r) => r,
-            Err(e) => {
-                self.judge.metrics.decode_errors.inc();
-                self.judge
-                    .sink
-                    .dead_letter(&work.pending, "decode", &e.to_string());
-                return;
+    fn process(&self, input: &Input) {
+        let decoded;
+        let request = match &input.body {
+            Body::Decoded(request) => request,
+            Body::Kept(encoding) => {
+                match input
+                    .token
+                    .with_input(|payload| otlp::decode(payload.unwrap_or_default(), *encoding))
+                {
+                    Ok(r) => {
+                        decoded = r;
+                        &decoded
+                    }
+                    Err(e) => {
+                        self.scoring.metrics.decode_errors.inc();
+                        input.token.reject(Rejection {
+                            error_type: "decode",
+                            message: e.to_string(),
+                            output: None,
+                        });
+                        return;
+                    }
+                }
             }
         };
-        let traces = TraceView::group(span::spans(&request), false);
+        let traces = TraceView::group(span::spans(request), false);
         // Without a trace buffer, trace evaluators (if any) see the trace's spans at hand.
         let pass = if self.traces.is_some() {
             Pass::Spans
         } else {
             Pass::All
         };
-        let queued = self.judge.judge(
-            &traces,
-            pass,
-            std::iter::once(&work.pending),
-            self.judges.as_deref(),
-        );
+        let tokens = std::slice::from_ref(&input.token);
+        let queued = self
+            .scoring
+            .score(&traces, pass, tokens, self.judges.as_deref());
         // A judge call keeps what it needs; the raw bytes need not wait for its verdict.
         let mut held = queued > 0;
-        let Some(assembler) = &self.traces else {
-            if held {
-                work.message.release_payload();
-            }
-            return;
-        };
-        let mut shared = SharedParts::default();
-        for trace in &traces {
-            // A trace no trace evaluator samples is not buffered at all.
-            if self
-                .judge
-                .evaluators
-                .evaluators()
-                .iter()
-                .any(|e| e.needs_trace() && e.sampler.keeps(trace.trace_id()))
-            {
-                let spans = StoredSpan::from_trace(trace, &mut shared);
-                assembler.add(trace.trace_id().to_vec(), spans, &work.pending);
-                held = true;
+        if let Some(assembler) = &self.traces {
+            let mut shared = SharedParts::default();
+            for trace in &traces {
+                // A trace no trace evaluator samples is not buffered at all.
+                if self
+                    .scoring
+                    .evaluators
+                    .evaluators()
+                    .iter()
+                    .any(|e| e.needs_trace() && e.sampler.keeps(trace.trace_id()))
+                {
+                    let spans = StoredSpan::from_trace(trace, &mut shared);
+                    assembler.add(trace.trace_id().to_vec(), spans, &input.token);
+                    held = true;
+                }
             }
         }
         if held {
-            // The buffer keeps what the trace evaluators read; the raw bytes can go.
-            work.message.release_payload();
+            // The buffer and the judge calls keep what they read; the raw bytes can go.
+            input.token.release_input();
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Each judge evaluator has its own bounded queue, its own limit on requests in flight and its
 //! own HTTP client ([`client`]). A worker that meets a span for a judge renders the request (the
-//! evaluators crate's pure half), takes a [`Hold`] on the input message and queues the job; when
+//! evaluators crate's pure half), takes a [`Hold`] on each input's token and queues the job; when
 //! the queue is full the span is shed at once (`skipped: shed`), so a slow or failing judge
 //! costs its own evaluations and never the cheap scorers' throughput. The hold keeps the input
 //! uncommitted until the verdict — a score, an error or a skip — is queued for output.
@@ -31,9 +31,10 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as OtlpValue;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
-use crate::pipeline::assembly::StoredSpan;
-use crate::receivers::kafka::pending::{Hold, Pending};
-use crate::pipeline::worker::Judge;
+use super::ack::{Hold, Token};
+use super::assembly::StoredSpan;
+use super::export::Batch;
+use super::worker::Scoring;
 use client::{CallError, Completion, JudgeClient, RetryPolicy};
 use guard::{Breaker, Permit, Spend};
 
@@ -43,7 +44,7 @@ pub struct JudgeJob {
     pub request: JudgeRequest,
     /// The judged span, for the evaluator span.
     pub span: StoredSpan,
-    /// The input messages it came from.
+    /// The inputs it came from.
     pub holds: Vec<Hold>,
 }
 
@@ -78,7 +79,7 @@ struct Endpoint {
     spend: Mutex<Spend>,
     breaker: Mutex<Breaker>,
     price: Option<Price>,
-    output: Arc<Judge>,
+    output: Arc<Scoring>,
 }
 
 fn per_minute(n: Option<u32>) -> Option<DefaultDirectRateLimiter> {
@@ -94,7 +95,7 @@ impl JudgeService {
     /// Starts the service when some evaluator is a judge.
     pub fn start(
         evaluators: &Arc<EvaluatorSet>,
-        output: &Arc<Judge>,
+        output: &Arc<Scoring>,
     ) -> anyhow::Result<Option<JudgeService>> {
         if !evaluators
             .evaluators()
@@ -200,14 +201,14 @@ impl JudgeService {
         self.held.clone()
     }
 
-    /// Hands a span's request for evaluator `index` to the service, holding `inputs` when it is
+    /// Hands a span's request for evaluator `index` to the service, holding `tokens` when it is
     /// queued. A cached verdict, a spent budget or a full queue decide it at once.
-    pub fn submit<'p>(
+    pub fn submit(
         &self,
         index: usize,
         request: JudgeRequest,
         span: impl FnOnce() -> StoredSpan,
-        inputs: impl Iterator<Item = &'p Arc<Pending>>,
+        tokens: &[Token],
     ) -> Submitted {
         let (Some(Some(endpoint)), Some(Some(queue))) =
             (self.endpoints.get(index), self.queues.get(index))
@@ -242,7 +243,7 @@ impl JudgeService {
                 detail: "the judge's spend budget for the period is used up".into(),
             });
         }
-        let holds = inputs.map(|p| Hold::new(p, &self.held)).collect();
+        let holds = tokens.iter().map(|t| Hold::new(t, &self.held)).collect();
         match queue.try_send(JudgeJob {
             request,
             span: span(),
@@ -498,23 +499,25 @@ fn deliver(
     let evaluation = e.evaluation(&span, outcome);
     let output = &endpoint.output;
     output.metrics.record(endpoint.index, &evaluation, &span);
-    if !output.sink.has_output() || !to_otlp::emits_span(&evaluation) {
+    let shapes = output.exporters.shapes();
+    if !shapes.any() {
         return;
     }
     let end = start + took.as_nanos() as u64;
-    let mut out = to_otlp::evaluation_span(&span, &evaluation, start, end);
-    if let Some(llm) = e.evaluator.as_judge() {
-        out.attributes.extend(judge_attributes(
-            &llm.config().model,
-            completion,
-            endpoint.price.as_ref(),
-        ));
-    }
-    output.sink.output(
-        &otlp::hex(span.trace_id()),
-        vec![out],
-        job.holds.iter().map(Hold::pending),
+    let extra = match e.evaluator.as_judge() {
+        Some(llm) => judge_attributes(&llm.config().model, completion, endpoint.price.as_ref()),
+        None => Vec::new(),
+    };
+    let mut batch = Batch::new(span.trace_id());
+    batch.add(
+        shapes,
+        &span,
+        std::slice::from_ref(&evaluation),
+        (start, end),
+        &extra,
     );
+    let tokens: Vec<Token> = job.holds.iter().map(|h| h.token().clone()).collect();
+    output.exporters.export(&batch, &tokens);
 }
 
 #[cfg(test)]

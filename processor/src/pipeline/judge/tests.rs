@@ -1,8 +1,7 @@
 //! The service's guards against the local judge server: the cache, the budget, the breaker and
-//! shedding, without Kafka (no output topic; the inputs' acknowledgements are watched instead).
+//! shedding, without Kafka (no exporter; the inputs' acknowledgements are watched instead).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use evalstream_evaluators::evaluator::{EvaluatorSet, Outcome, SkipReason};
@@ -10,21 +9,33 @@ use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::scorers::judge::JudgeRequest;
 use evalstream_evaluators::spec;
 
-use crate::commands::judge_server::{self as server, Fault};
 use super::{JudgeService, Submitted};
+use crate::commands::judge_server::{self as server, Fault};
+use crate::pipeline::ack::{Origin, Rejection, Status, Token};
 use crate::pipeline::assembly::StoredSpan;
-use crate::receivers::kafka::offsets::TopicPartition;
-use crate::receivers::kafka::pending::{Ack, Pending, Received};
-use crate::exporters::kafka::sink::Sink;
+use crate::pipeline::export::Exporters;
+use crate::pipeline::worker::Scoring;
 use crate::telemetry::metrics::Metrics;
-use crate::pipeline::worker::Judge;
+
+/// An input that reports its offset when it finishes.
+struct Input {
+    offset: i64,
+    acks: crossbeam_channel::Sender<i64>,
+}
+
+impl Origin for Input {
+    fn finished(&self, _: Status) {
+        let _ = self.acks.send(self.offset);
+    }
+    fn rejected(&self, _: Token, _: Rejection) {}
+}
 
 struct Setup {
     service: JudgeService,
     metrics: Arc<Metrics>,
     set: Arc<EvaluatorSet>,
-    acks: crossbeam_channel::Receiver<Ack>,
-    acks_tx: crossbeam_channel::Sender<Ack>,
+    acks: crossbeam_channel::Receiver<i64>,
+    acks_tx: crossbeam_channel::Sender<i64>,
 }
 
 fn setup(url: &str, extra: serde_json::Value) -> Setup {
@@ -39,19 +50,9 @@ fn setup(url: &str, extra: serde_json::Value) -> Setup {
         serde_json::from_value(serde_json::json!([judge])).unwrap();
     let set = Arc::new(spec::build_set(&specs).unwrap());
     let metrics = Metrics::new(set.evaluators(), &[], 0).unwrap();
-    let (redirect, _) = crossbeam_channel::unbounded();
-    let sink = Sink::new(
-        "127.0.0.1:9",
-        &Default::default(),
-        None,
-        "dlq".into(),
-        metrics.clone(),
-        redirect,
-    )
-    .unwrap();
-    let output = Arc::new(Judge {
+    let output = Arc::new(Scoring {
         evaluators: set.clone(),
-        sink: Arc::new(sink),
+        exporters: Arc::new(Exporters::new(Vec::new())),
         metrics: metrics.clone(),
         prices: PriceTable::new(true, &Default::default()).unwrap(),
     });
@@ -67,18 +68,11 @@ fn setup(url: &str, extra: serde_json::Value) -> Setup {
 }
 
 impl Setup {
-    fn pending(&self, offset: i64) -> Arc<Pending> {
-        let received = Received::new(
-            TopicPartition {
-                topic: "input".into(),
-                partition: 0,
-            },
+    fn token(&self, offset: i64) -> Token {
+        Token::new(Input {
             offset,
-            None,
-            Vec::new(),
-            &Arc::new(AtomicUsize::new(0)),
-        );
-        Pending::new(Arc::new(received), self.acks_tx.clone())
+            acks: self.acks_tx.clone(),
+        })
     }
 
     /// Submits a request for the toxicity of `answer`, as a worker does (the worker's own hold
@@ -89,12 +83,9 @@ impl Setup {
         let decoded = view.decode();
         let llm = self.set.evaluators()[0].evaluator.as_judge().unwrap();
         let request: JudgeRequest = llm.request(&decoded.view(), None).unwrap();
-        let pending = self.pending(offset);
-        let submitted = self
-            .service
-            .submit(0, request, || view.clone(), std::iter::once(&pending));
-        pending.done();
-        submitted
+        let token = self.token(offset);
+        self.service
+            .submit(0, request, || view.clone(), std::slice::from_ref(&token))
     }
 
     fn wait_acked(&self, n: usize) {

@@ -42,19 +42,23 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use super::dead_letter::DeadLetterJob;
 use super::health::{InputHealth, Origin};
+use super::input::{Ack, KafkaInput, Received};
 use super::offsets::{OffsetTracker, TopicPartition};
-use super::pending::{Ack, Pending, Received};
 use crate::config::KafkaReceiver;
-use crate::telemetry::metrics::Metrics;
+use crate::pipeline::ack::Token;
 use crate::pipeline::traces::Assembler;
+use crate::pipeline::traces::Selector;
+use crate::pipeline::worker::{Body, Input};
+use crate::telemetry::metrics::Metrics;
 
 /// One message handed to a worker, with the token that acknowledges it.
-pub struct Work {
+struct Work {
     /// The message.
-    pub message: Arc<Received>,
-    /// Its outstanding outputs.
-    pub pending: Arc<Pending>,
+    message: Arc<Received>,
+    /// What the workers get.
+    input: Input,
 }
 
 struct State {
@@ -79,7 +83,14 @@ impl State {
     fn drain(&mut self, partitions: Option<&[TopicPartition]>, deadline: Instant) -> usize {
         let ours = |tp: &TopicPartition| partitions.is_none_or(|p| p.contains(tp));
         let before = self.held.len();
-        self.held.retain(|w| !ours(&w.message.tp));
+        self.held.retain(|w| {
+            let keep = !ours(&w.message.tp);
+            if !keep && let Some(input) = w.input.token.origin::<KafkaInput>() {
+                // Dropping the token must not acknowledge a message nobody evaluated.
+                input.keep_uncommitted();
+            }
+            keep
+        });
         let dropped = before - self.held.len();
         let in_flight = |s: &Self| match partitions {
             Some(p) => s.tracker.in_flight_in(p),
@@ -175,8 +186,16 @@ impl ConsumerContext for SourceContext {
                 partition: e.partition(),
             })
             .collect();
+        let selector: Selector = {
+            let revoked = revoked.clone();
+            Arc::new(move |token: &Token| {
+                token
+                    .origin::<KafkaInput>()
+                    .is_some_and(|k| revoked.contains(&k.source.tp))
+            })
+        };
         if let Some(traces) = &self.traces {
-            traces.flush(Some(&revoked));
+            traces.flush(Some(&selector));
         }
         let mut state = self.state();
         let left = state.drain(Some(&revoked), Instant::now() + self.drain_timeout);
@@ -192,7 +211,7 @@ impl ConsumerContext for SourceContext {
             state.tracker.forget(tp);
         }
         if let Some(traces) = &self.traces {
-            traces.resume(&revoked);
+            traces.resume(&selector);
         }
         info!(
             partitions = revoked.len(),
@@ -274,8 +293,10 @@ const SLICE: usize = 64;
 /// The consumer and its loop.
 pub struct Source {
     consumer: Arc<BaseConsumer<SourceContext>>,
-    work: Sender<Vec<Work>>,
+    work: Sender<Vec<Input>>,
     acks: Sender<Ack>,
+    dead_letters: Sender<DeadLetterJob>,
+    encoding: evalstream_evaluators::otlp::Encoding,
     max_in_flight: usize,
     in_flight_bytes: Arc<AtomicUsize>,
     max_in_flight_bytes: usize,
@@ -293,7 +314,8 @@ impl Source {
     /// do not count against the in-flight limits, which are for the cheap path).
     pub fn new(
         config: &KafkaReceiver,
-        work: Sender<Vec<Work>>,
+        work: Sender<Vec<Input>>,
+        dead_letters: Sender<DeadLetterJob>,
         traces: Option<Assembler>,
         held_by_judges: Arc<AtomicUsize>,
         metrics: Arc<Metrics>,
@@ -344,6 +366,8 @@ impl Source {
             consumer: Arc::new(consumer),
             work,
             acks: ack_tx,
+            dead_letters,
+            encoding: config.encoding,
             max_in_flight,
             in_flight_bytes: Arc::new(AtomicUsize::new(0)),
             max_in_flight_bytes: config.max_in_flight_bytes.max(1),
@@ -429,8 +453,18 @@ impl Source {
             payload,
             &self.in_flight_bytes,
         ));
-        let pending = Pending::new(message.clone(), self.acks.clone());
-        Work { message, pending }
+        let token = Token::new(KafkaInput::new(
+            message.clone(),
+            self.acks.clone(),
+            self.dead_letters.clone(),
+        ));
+        Work {
+            message,
+            input: Input {
+                body: Body::Kept(self.encoding),
+                token,
+            },
+        }
     }
 
     /// Polls until `shutdown` is set, then drains in-flight work within the drain timeout and
@@ -509,11 +543,13 @@ impl Source {
             while !state.held.is_empty() {
                 let n = state.held.len().min(SLICE);
                 let slice: Vec<Work> = state.held.drain(..n).collect();
-                match self.work.send_timeout(slice, Duration::from_millis(10)) {
+                let (messages, inputs): (Vec<_>, Vec<_>) =
+                    slice.into_iter().map(|w| (w.message, w.input)).unzip();
+                match self.work.send_timeout(inputs, Duration::from_millis(10)) {
                     Ok(()) => {}
-                    Err(SendTimeoutError::Timeout(slice)) => {
-                        for work in slice.into_iter().rev() {
-                            state.held.push_front(work);
+                    Err(SendTimeoutError::Timeout(inputs)) => {
+                        for (message, input) in messages.into_iter().zip(inputs).rev() {
+                            state.held.push_front(Work { message, input });
                         }
                         break;
                     }

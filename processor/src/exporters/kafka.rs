@@ -1,0 +1,327 @@
+//! The Kafka exporter: one idempotent producer writing each trace's evaluations, keyed by its
+//! hex trace id, as `otlp_proto`: evaluation events as `ExportLogsServiceRequest` to the logs
+//! topic (`otlp_logs`, where the collector's kafka receiver reads logs), evaluator spans as
+//! `ExportTraceServiceRequest` to the traces topic when asked. Each request is split into records
+//! under `message.max.bytes`.
+//!
+//! Delivery runs with infinite retries on transient errors (the producer is idempotent, so
+//! retries do not duplicate), which turns a broker outage into backpressure instead of loss. A
+//! record refused for good rejects the tokens of its inputs with the record attached
+//! ([`Rejection::output`]): the receiver keeps it (the Kafka receiver's dead-letter topic), so it
+//! is neither lost nor retried forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evalstream_evaluators::otlp;
+use evalstream_evaluators::to_otlp;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use tracing::warn;
+
+use crate::config::{KafkaExporter as KafkaExporterConfig, Output};
+use crate::pipeline::ack::{RejectedOutput, Rejection, Token};
+use crate::pipeline::export::{Batch, Exporter, Shapes};
+use crate::telemetry::metrics::Metrics;
+
+/// Groups evaluator spans into requests that each encode to at most `budget` bytes (as
+/// `to_otlp::export_request`), keeping their order. A span too large for any record travels
+/// alone (the producer refuses it, and it is dead-lettered with its input).
+fn split_by_size(spans: Vec<Span>, budget: usize) -> Vec<Vec<Span>> {
+    // The request around the spans (resource, scope), plus room for the length prefixes of
+    // the enclosing messages to grow (up to 5 bytes each).
+    let frame = to_otlp::export_request(Vec::new()).encoded_len() + 16;
+    let room = budget.saturating_sub(frame);
+    let mut chunks = Vec::new();
+    let mut chunk: Vec<Span> = Vec::new();
+    let mut used = 0;
+    for span in spans {
+        let len = span.encoded_len();
+        // Field tag and length prefix of the span inside its `ScopeSpans`.
+        let size = len + 1 + prost::encoding::encoded_len_varint(len as u64);
+        if !chunk.is_empty() && used + size > room {
+            chunks.push(std::mem::take(&mut chunk));
+            used = 0;
+        }
+        used += size;
+        chunk.push(span);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Groups events (with their resources) into requests that each encode to at most `budget`
+/// bytes, as [`split_by_size`] does for spans. A resource is repeated in every request its events
+/// are spread over.
+fn split_events_by_size(
+    groups: &[(Option<Resource>, Vec<LogRecord>)],
+    budget: usize,
+) -> Vec<Vec<(Option<Resource>, Vec<LogRecord>)>> {
+    let frame = to_otlp::logs_request([(None, Vec::new())]).encoded_len() + 16;
+    let room = budget.saturating_sub(frame);
+    let mut chunks = Vec::new();
+    let mut chunk: Vec<(Option<Resource>, Vec<LogRecord>)> = Vec::new();
+    let mut used = 0;
+    for (resource, records) in groups {
+        let resource_size = resource.as_ref().map_or(0, |r| r.encoded_len() + 6);
+        for record in records {
+            let len = record.encoded_len();
+            let size = len + 1 + prost::encoding::encoded_len_varint(len as u64);
+            let same_group = chunk.last().is_some_and(|(r, _)| r == resource);
+            let added = size + if same_group { 0 } else { resource_size + 16 };
+            if !chunk.is_empty() && used + added > room {
+                chunks.push(std::mem::take(&mut chunk));
+                used = 0;
+            }
+            match chunk.last_mut() {
+                Some((r, rs)) if r == resource => rs.push(record.clone()),
+                _ => {
+                    used += resource_size + 16;
+                    chunk.push((resource.clone(), vec![record.clone()]));
+                }
+            }
+            used += size;
+        }
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Delivery reports, on the producer's own thread.
+pub struct ProducerReports {
+    metrics: Arc<Metrics>,
+}
+
+impl ProducerReports {
+    /// A record was refused for good: its inputs are rejected with it attached, so their
+    /// receiver keeps it.
+    fn refused(&self, tokens: &[Token], key: Option<&[u8]>, payload: &[u8], reason: String) {
+        self.metrics.undeliverable.inc();
+        let output = Arc::new(RejectedOutput {
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+        });
+        for token in tokens {
+            token.reject(Rejection {
+                error_type: "delivery",
+                message: reason.clone(),
+                output: Some(output.clone()),
+            });
+        }
+    }
+}
+
+impl ClientContext for ProducerReports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics
+            .kafka_errors
+            .with_label_values(&["producer"])
+            .inc();
+        warn!(%error, reason, "output producer error");
+    }
+}
+
+impl ProducerContext for ProducerReports {
+    /// The tokens of the inputs a record came from, let go when it is delivered.
+    type DeliveryOpaque = Box<Vec<Token>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tokens: Box<Vec<Token>>) {
+        match result {
+            Ok(m) => {
+                self.metrics.outputs.inc();
+                tracing::trace!(
+                    key = %String::from_utf8_lossy(m.key().unwrap_or_default()),
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    inputs = tokens.len(),
+                    "output delivered"
+                );
+            }
+            Err((e, m)) => {
+                let reason = format!("cannot deliver evaluations: {e}");
+                self.refused(&tokens, m.key(), m.payload().unwrap_or_default(), reason);
+            }
+        }
+    }
+}
+
+/// The producer of evaluation events and evaluator spans.
+pub struct KafkaExporter {
+    id: String,
+    producer: ThreadedProducer<ProducerReports>,
+    shapes: Shapes,
+    logs_topic: String,
+    traces_topic: String,
+    /// The producer's `message.max.bytes`: outputs are split under it.
+    max_record_bytes: usize,
+}
+
+/// Bytes left free under `message.max.bytes` for what librdkafka counts besides key, payload and
+/// headers (its size check is `key + value + headers`; the broker's batch adds ~70 bytes).
+const RECORD_MARGIN: usize = 512;
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+impl KafkaExporter {
+    /// Creates the producer. `client` properties override the defaults.
+    pub fn new(
+        id: &str,
+        config: &KafkaExporterConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<KafkaExporter, KafkaError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", config.brokers.join(","))
+            .set("enable.idempotence", "true")
+            // Retry transient failures for ever: an outage becomes backpressure, not loss.
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "100000");
+        for (k, v) in &config.client {
+            client.set(k, v);
+        }
+        let max_record_bytes = client
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+        let producer = client.create_with_context(ProducerReports { metrics })?;
+        Ok(KafkaExporter {
+            id: id.to_owned(),
+            producer,
+            shapes: Shapes {
+                events: config.output.contains(&Output::Events),
+                spans: config.output.contains(&Output::Spans),
+                lines: false,
+            },
+            logs_topic: config.logs.topic.clone(),
+            traces_topic: config.traces.topic.clone(),
+            max_record_bytes,
+        })
+    }
+
+    /// Queues a record, waiting while the producer's queue is full. A record that cannot be
+    /// queued at all (an invalid record, a closing producer) takes the path of a refused one.
+    fn send(&self, topic: &str, key: &str, payload: &[u8], tokens: &[Token]) {
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(tokens.to_vec()))
+            .key(key.as_bytes())
+            .payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, r)) => {
+                    warn!(error = %e, "cannot queue a record");
+                    let reason = format!("cannot queue evaluations: {e}");
+                    self.producer.context().refused(
+                        &r.delivery_opaque,
+                        Some(key.as_bytes()),
+                        payload,
+                        reason,
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Messages waiting in the producer.
+    pub fn queue_len(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+impl Exporter for KafkaExporter {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn shapes(&self) -> Shapes {
+        self.shapes
+    }
+
+    /// Produces the trace's events and spans, keyed by its hex trace id, in as many records as
+    /// it takes to stay under `message.max.bytes` (300 LLM spans' evaluations made a 1.21 MB
+    /// record, which the producer refused: every evaluation was lost and the input
+    /// dead-lettered). The inputs are let go when every record is delivered.
+    fn export(&self, batch: &Batch, tokens: &[Token]) {
+        let metrics = &self.producer.context().metrics;
+        metrics.producer_queue.set(i64::from(self.queue_len()));
+        let key = otlp::hex(&batch.trace_id);
+        let budget = self
+            .max_record_bytes
+            .saturating_sub(key.len() + RECORD_MARGIN);
+        if self.shapes.events && !batch.events.is_empty() {
+            for chunk in split_events_by_size(&batch.events, budget) {
+                let payload = to_otlp::logs_request(chunk).encode_to_vec();
+                self.send(&self.logs_topic, &key, &payload, tokens);
+            }
+        }
+        if self.shapes.spans && !batch.spans.is_empty() {
+            for chunk in split_by_size(batch.spans.clone(), budget) {
+                let payload = to_otlp::export_request(chunk).encode_to_vec();
+                self.send(&self.traces_topic, &key, &payload, tokens);
+            }
+        }
+    }
+
+    fn flush(&self, timeout: Duration) -> bool {
+        self.producer.flush(timeout).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evalstream_evaluators::otlp;
+
+    fn span(i: usize, attribute_bytes: usize) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: (i as u64).to_be_bytes().to_vec(),
+            name: "evaluation pii".into(),
+            attributes: vec![otlp::kv_str(
+                "gen_ai.evaluation.explanation",
+                "x".repeat(attribute_bytes),
+            )],
+            ..Default::default()
+        }
+    }
+
+    /// 300 LLM spans' evaluations made one 1.21 MB record, which the producer refused.
+    #[test]
+    fn outputs_are_split_under_the_record_limit_in_order() {
+        let spans: Vec<Span> = (0..1500).map(|i| span(i, 700 + i % 300)).collect();
+        let whole = to_otlp::export_request(spans.clone()).encoded_len();
+        assert!(
+            whole > 1_000_000,
+            "the test needs more than one record: {whole}"
+        );
+        let budget = 1_000_000 - 32 - RECORD_MARGIN;
+        let chunks = split_by_size(spans.clone(), budget);
+        assert!(chunks.len() >= 2);
+        for chunk in &chunks {
+            let size = to_otlp::export_request(chunk.clone()).encoded_len();
+            assert!(size <= budget, "{size} > {budget}");
+        }
+        let rejoined: Vec<Span> = chunks.into_iter().flatten().collect();
+        assert_eq!(rejoined, spans, "every span, once, in order");
+        // A span larger than the budget still goes (alone), never silently dropped.
+        let huge = split_by_size(vec![span(0, 10), span(1, 5000), span(2, 10)], 1000);
+        assert_eq!(huge.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1]);
+    }
+}

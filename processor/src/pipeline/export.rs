@@ -1,0 +1,196 @@
+//! The seam between the pipeline and the exporters: an [`Exporter`] takes the evaluations of
+//! one trace ([`Batch`]) with the acknowledgement tokens of the inputs they came from.
+//!
+//! The pipeline builds each output shape once, and only the shapes some exporter asked for
+//! ([`Shapes`]): evaluation events (log records), evaluator spans, JSON lines. Encoding, sending,
+//! retrying and splitting into records belong to the exporter. An exporter clones the tokens it
+//! needs until its backend accepted the output and drops them then; an output it gives up on it
+//! hands back by rejecting the tokens ([`Token::reject`] with the output), and the receiver
+//! decides what a rejection means (the Kafka receiver writes a dead letter, the OTLP receiver
+//! answers the client with an error, so the client sends again).
+
+use std::time::Duration;
+
+use evalstream_evaluators::evaluator::Evaluation;
+use evalstream_evaluators::span::GenAiSpan;
+use evalstream_evaluators::{to_json, to_otlp};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use super::ack::Token;
+
+/// The output shapes an exporter reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shapes {
+    /// `gen_ai.evaluation.result` log records ([`Batch::events`]).
+    pub events: bool,
+    /// Evaluator spans ([`Batch::spans`]).
+    pub spans: bool,
+    /// JSON lines, as `evalstream eval` prints ([`Batch::lines`]).
+    pub lines: bool,
+}
+
+impl Shapes {
+    /// Every shape either asks for.
+    pub fn union(self, other: Shapes) -> Shapes {
+        Shapes {
+            events: self.events || other.events,
+            spans: self.spans || other.spans,
+            lines: self.lines || other.lines,
+        }
+    }
+
+    /// Whether any shape is asked for.
+    pub fn any(self) -> bool {
+        self.events || self.spans || self.lines
+    }
+}
+
+/// Where evaluations go. Implementations must not block for long: a full queue may make
+/// [`Exporter::export`] wait (backpressure), a slow backend must not.
+pub trait Exporter: Send + Sync {
+    /// The exporter's id (`kafka`, `otlphttp/phoenix`), for logs and metrics.
+    fn id(&self) -> &str;
+
+    /// The shapes it reads.
+    fn shapes(&self) -> Shapes;
+
+    /// Takes one trace's evaluations, holding `tokens` until its backend accepted them.
+    fn export(&self, batch: &Batch, tokens: &[Token]);
+
+    /// Waits up to `timeout` for what was taken to be accepted. False if some was not.
+    fn flush(&self, timeout: Duration) -> bool;
+}
+
+/// The evaluations of one trace, in the shapes the exporters read.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The trace id (raw bytes).
+    pub trace_id: Vec<u8>,
+    /// Evaluation events, grouped by the judged spans' resources.
+    pub events: Vec<(Option<Resource>, Vec<LogRecord>)>,
+    /// Evaluator spans.
+    pub spans: Vec<Span>,
+    /// JSON lines (without the newline).
+    pub lines: Vec<String>,
+}
+
+impl Batch {
+    /// An empty batch for `trace_id`.
+    pub fn new(trace_id: &[u8]) -> Batch {
+        Batch {
+            trace_id: trace_id.to_vec(),
+            ..Batch::default()
+        }
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.spans.is_empty() && self.lines.is_empty()
+    }
+
+    /// Adds the evaluations of `judged`, in the `shapes` asked for. `start` and `end` are when
+    /// they ran (nanoseconds since the Unix epoch); `extra` attributes go on each span and event.
+    pub fn add(
+        &mut self,
+        shapes: Shapes,
+        judged: &GenAiSpan<'_>,
+        evaluations: &[Evaluation<'_>],
+        (start, end): (u64, u64),
+        extra: &[KeyValue],
+    ) {
+        if shapes.lines {
+            self.lines.extend(
+                evaluations
+                    .iter()
+                    .filter_map(|e| serde_json::to_string(&to_json::Line::new(judged, e)).ok()),
+            );
+        }
+        let emitted = || evaluations.iter().filter(|e| to_otlp::emits_span(e));
+        if shapes.spans {
+            self.spans.extend(emitted().map(|e| {
+                let mut span = to_otlp::evaluation_span(judged, e, start, end);
+                span.attributes.extend_from_slice(extra);
+                span
+            }));
+        }
+        if shapes.events {
+            let records: Vec<LogRecord> = emitted()
+                .map(|e| to_otlp::evaluation_event(judged, e, end, extra.iter().cloned()))
+                .collect();
+            if records.is_empty() {
+                return;
+            }
+            // Spans of a trace mostly share one resource: compare with the last group's
+            // attributes before making another.
+            let attributes = judged.resource().attributes;
+            match self.events.last_mut() {
+                Some((resource, group))
+                    if resource.as_ref().map_or(&[][..], |r| &r.attributes[..]) == attributes =>
+                {
+                    group.extend(records);
+                }
+                _ => {
+                    let resource = (!attributes.is_empty()).then(|| Resource {
+                        attributes: attributes.to_vec(),
+                        ..Default::default()
+                    });
+                    self.events.push((resource, records));
+                }
+            }
+        }
+    }
+
+    /// The events as a logs request.
+    pub fn logs_request(&self) -> ExportLogsServiceRequest {
+        to_otlp::logs_request(self.events.iter().cloned())
+    }
+}
+
+/// Every configured exporter: each batch goes to all of them.
+pub struct Exporters {
+    list: Vec<Box<dyn Exporter>>,
+    shapes: Shapes,
+}
+
+impl Exporters {
+    /// The exporters, in order.
+    pub fn new(list: Vec<Box<dyn Exporter>>) -> Exporters {
+        let shapes = list
+            .iter()
+            .fold(Shapes::default(), |s, e| s.union(e.shapes()));
+        Exporters { list, shapes }
+    }
+
+    /// What the exporters read, together.
+    pub fn shapes(&self) -> Shapes {
+        self.shapes
+    }
+
+    /// Hands `batch` to every exporter.
+    pub fn export(&self, batch: &Batch, tokens: &[Token]) {
+        if batch.is_empty() {
+            return;
+        }
+        for exporter in &self.list {
+            exporter.export(batch, tokens);
+        }
+    }
+
+    /// Flushes every exporter, sharing `timeout`. False if any had work left.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut all = true;
+        for exporter in &self.list {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !exporter.flush(left) {
+                tracing::warn!(exporter = exporter.id(), "some outputs were not delivered");
+                all = false;
+            }
+        }
+        all
+    }
+}
