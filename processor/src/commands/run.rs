@@ -1,13 +1,15 @@
 //! `evalstream run`: the streaming worker.
 //!
-//! Threads, each owning one thing: the consumer's poll thread ([`Source`]), one evaluation
-//! [`Worker`] per core, with trace evaluators one trace-buffer shard per core ([`Assembler`]),
-//! librdkafka's producer thread (inside [`Sink`]), a thread re-routing undeliverable messages to
-//! the dead-letter topic, and the async runtime serving `/metrics` and waiting for SIGTERM/SIGINT.
-//! Work queues are bounded; the two that carry acknowledgements and failed outputs back are
-//! bounded by the messages in flight instead, so the producer's thread never waits on them.
-//! Shutdown stops the input, evaluates buffered traces with what they have, drains in-flight
-//! work, commits what finished, flushes the producer and returns.
+//! Threads, each owning one thing: one evaluation [`Worker`] per core, with trace evaluators one
+//! trace-buffer shard per core ([`Assembler`]), the exporters' own (librdkafka's producer
+//! thread), and per receiver: the Kafka consumer's poll thread ([`Source`]) with the dead-letter
+//! writer, or the OTLP servers on the async runtime, which also serves `/metrics` and waits for
+//! SIGTERM/SIGINT. Work queues are bounded; the channels that carry acknowledgements back are
+//! bounded by the inputs in flight instead, so an exporter's thread never waits on them.
+//! Shutdown stops the receivers (the OTLP servers stop accepting and finish their requests; the
+//! Kafka source evaluates buffered traces with what they have, drains in-flight work and commits
+//! what finished), then the workers, the trace buffer and the judges finish, the exporters flush
+//! and it returns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +17,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use crossbeam_channel::Sender;
 use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::spec::{self, EvaluatorKind};
 use tracing::{info, warn};
@@ -25,7 +28,7 @@ use crate::exporters::stdout::StdoutExporter;
 use crate::pipeline::export::{Exporter, Exporters};
 use crate::pipeline::judge::JudgeService;
 use crate::pipeline::traces::Assembler;
-use crate::pipeline::worker::{Scoring, Worker};
+use crate::pipeline::worker::{Input, Scoring, Worker};
 use crate::receivers::kafka::dead_letter::DeadLetters;
 use crate::receivers::kafka::source::Source;
 use crate::telemetry::drift::series::Drift;
@@ -36,11 +39,11 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let Some(receiver) = config.receivers.kafka.clone() else {
+    if config.receivers.kafka.is_none() && config.receivers.otlp.is_none() {
         anyhow::bail!(
-            "`evalstream run` needs a `receivers.kafka` section (see deploy/evalstream.yaml)"
+            "`evalstream run` needs a receiver: `receivers.otlp` or `receivers.kafka` (see deploy/evalstream.yaml)"
         );
-    };
+    }
     let evaluators = Arc::new(spec::build_set(&config.evaluators)?);
     let (segments, max_segment_values) = config
         .telemetry
@@ -76,37 +79,212 @@ pub async fn run(
         None => None,
     };
 
+    let config = Arc::new(config);
+    let pipeline = {
+        let (config, metrics) = (config.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || Pipeline::start(&config, evaluators, metrics))
+            .await
+            .context("starting the pipeline panicked")??
+    };
     let stop = Arc::new(AtomicBool::new(false));
-    let pipeline = tokio::task::spawn_blocking({
-        let stop = stop.clone();
-        let metrics = metrics.clone();
-        move || pipeline(&config, receiver, evaluators, metrics, &stop)
-    });
-    tokio::pin!(pipeline);
+    let (otlp_stop_tx, otlp_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let otlp = match &config.receivers.otlp {
+        Some(otlp) => Some(
+            crate::receivers::otlp::start(
+                otlp,
+                pipeline.work.clone(),
+                &metrics,
+                async {
+                    let _ = otlp_stop_rx.await;
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let kafka = match config.receivers.kafka.clone() {
+        Some(receiver) => Some({
+            let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
+            let start = pipeline.kafka_parts();
+            tokio::task::spawn_blocking(move || {
+                run_kafka(&config, &receiver, start, metrics, &stop)
+            })
+        }),
+        None => None,
+    };
+    if kafka.is_none() {
+        // The OTLP receiver is ready once it listens; Kafka's, once partitions are assigned.
+        metrics.set_ready(true);
+    }
     tokio::pin!(shutdown);
-    let result = tokio::select! {
-        result = &mut pipeline => result,
-        () = &mut shutdown => {
+    let result = match kafka {
+        Some(mut kafka) => tokio::select! {
+            result = &mut kafka => result.context("the Kafka receiver panicked").and_then(|r| r),
+            () = &mut shutdown => {
+                info!("shutdown requested");
+                stop.store(true, Ordering::Release);
+                kafka.await.context("the Kafka receiver panicked").and_then(|r| r)
+            }
+        },
+        None => {
+            shutdown.await;
             info!("shutdown requested");
-            stop.store(true, Ordering::Release);
-            pipeline.await
+            Ok(())
         }
     };
+    let _ = otlp_stop_tx.send(());
+    if let Some(otlp) = otlp {
+        otlp.stopped().await;
+    }
+    tokio::task::spawn_blocking(move || pipeline.stop())
+        .await
+        .context("stopping the pipeline panicked")?;
     let _ = http_stop_tx.send(());
     if let Some(server) = server {
         let _ = server.await;
     }
-    result.context("the pipeline thread panicked")?
+    info!("stopped");
+    result
 }
 
-fn pipeline(
+/// What runs between the receivers and the exporters: workers, trace buffer, judges.
+struct Pipeline {
+    /// The workers' queue; receivers hold clones. The pipeline stops once all are dropped.
+    work: Sender<Vec<Input>>,
+    workers: Vec<thread::JoinHandle<()>>,
+    shards: Vec<thread::JoinHandle<()>>,
+    worker: Arc<Worker>,
+    exporters: Arc<Exporters>,
+    done: Arc<AtomicBool>,
+    reloader: Option<thread::JoinHandle<()>>,
+}
+
+/// What the Kafka receiver takes from the pipeline.
+struct KafkaParts {
+    work: Sender<Vec<Input>>,
+    traces: Option<Assembler>,
+    held_by_judges: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Pipeline {
+    fn start(
+        config: &Config,
+        evaluators: Arc<evalstream_evaluators::evaluator::EvaluatorSet>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Pipeline> {
+        let exporters = Arc::new(build_exporters(config, &metrics)?);
+        let threads = thread::available_parallelism().map_or(2, |n| n.get());
+        let prices = config
+            .evaluators
+            .iter()
+            .find_map(|s| match &s.kind {
+                EvaluatorKind::Cost(c) => Some(PriceTable::new(c.builtin_prices, &c.prices)),
+                _ => None,
+            })
+            .unwrap_or_else(|| PriceTable::new(true, &Default::default()))
+            .map_err(anyhow::Error::msg)?;
+        let needs_traces = evaluators.needs_traces();
+        let scoring = Arc::new(Scoring {
+            evaluators,
+            exporters: exporters.clone(),
+            metrics: metrics.clone(),
+            prices,
+        });
+        let judges = JudgeService::start(&scoring.evaluators, &scoring)?.map(Arc::new);
+        let (assembler, shards) = if needs_traces {
+            let (assembler, shards) =
+                Assembler::start(&config.traces, threads, scoring.clone(), judges.clone())?;
+            (Some(assembler), shards)
+        } else {
+            (None, Vec::new())
+        };
+        let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
+        let worker = Arc::new(Worker {
+            scoring,
+            traces: assembler,
+            judges,
+        });
+        let workers: Vec<_> = (0..threads)
+            .map(|i| {
+                let worker = worker.clone();
+                let queue = work_rx.clone();
+                crate::evaluation_thread(format!("evalstream-worker-{i}"))
+                    .spawn(move || worker.run(queue))
+            })
+            .collect::<Result<_, _>>()?;
+        let done = Arc::new(AtomicBool::new(false));
+        let reloader =
+            crate::pipeline::reload::start(&worker.scoring.evaluators, &metrics, &done)?;
+        info!(workers = threads, trace_buffer = needs_traces, "evaluating");
+        Ok(Pipeline {
+            work: work_tx,
+            workers,
+            shards,
+            worker,
+            exporters,
+            done,
+            reloader,
+        })
+    }
+
+    fn kafka_parts(&self) -> KafkaParts {
+        KafkaParts {
+            work: self.work.clone(),
+            traces: self.worker.traces.clone(),
+            held_by_judges: self
+                .worker
+                .judges
+                .as_ref()
+                .map_or_else(Default::default, |j| j.held()),
+        }
+    }
+
+    /// Lets the workers finish their queue (the receivers have stopped and dropped their
+    /// senders), evaluates what the trace buffer holds, waits for the judges, flushes the
+    /// exporters.
+    fn stop(self) {
+        let Pipeline {
+            work,
+            workers,
+            shards,
+            worker,
+            exporters,
+            done,
+            reloader,
+        } = self;
+        drop(work);
+        for w in workers {
+            let _ = w.join();
+        }
+        // The workers' handles are gone with them; this last one lets the shards stop.
+        if let Some(traces) = &worker.traces {
+            traces.flush(None);
+        }
+        drop(worker);
+        for s in shards {
+            let _ = s.join();
+        }
+        if !exporters.flush(Duration::from_secs(10)) {
+            warn!(
+                "some outputs were not delivered before exit; their inputs are unacknowledged and will be evaluated again"
+            );
+        }
+        done.store(true, Ordering::Release);
+        if let Some(reloader) = reloader {
+            let _ = reloader.join();
+        }
+    }
+}
+
+/// Runs the Kafka receiver until `stop` is set: the consumer, the dead-letter writer and the
+/// drift state topic.
+fn run_kafka(
     config: &Config,
-    receiver: crate::config::KafkaReceiver,
-    evaluators: Arc<evalstream_evaluators::evaluator::EvaluatorSet>,
+    receiver: &crate::config::KafkaReceiver,
+    parts: KafkaParts,
     metrics: Arc<Metrics>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let exporters = Arc::new(build_exporters(config, &metrics)?);
     let (dead_letters, dead_letter_tx) = DeadLetters::new(
         &receiver.brokers.join(","),
         &receiver.client,
@@ -114,94 +292,31 @@ fn pipeline(
         metrics.clone(),
     )
     .context("cannot create the dead-letter producer")?;
-    let threads = thread::available_parallelism().map_or(2, |n| n.get());
-    let prices = config
-        .evaluators
-        .iter()
-        .find_map(|s| match &s.kind {
-            EvaluatorKind::Cost(c) => Some(PriceTable::new(c.builtin_prices, &c.prices)),
-            _ => None,
-        })
-        .unwrap_or_else(|| PriceTable::new(true, &Default::default()))
-        .map_err(anyhow::Error::msg)?;
-    let needs_traces = evaluators.needs_traces();
-    let scoring = Arc::new(Scoring {
-        evaluators,
-        exporters: exporters.clone(),
-        metrics: metrics.clone(),
-        prices,
-    });
-    let judges = JudgeService::start(&scoring.evaluators, &scoring)?.map(Arc::new);
-    let (assembler, shards) = if needs_traces {
-        let (assembler, shards) =
-            Assembler::start(&config.traces, threads, scoring.clone(), judges.clone())?;
-        (Some(assembler), shards)
-    } else {
-        (None, Vec::new())
-    };
-    let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
-    let held_by_judges = judges.as_ref().map_or_else(Default::default, |j| j.held());
     let source = Source::new(
-        &receiver,
-        work_tx,
+        receiver,
+        parts.work,
         dead_letter_tx,
-        assembler.clone(),
-        held_by_judges,
+        parts.traces,
+        parts.held_by_judges,
         metrics.clone(),
     )
     .context("cannot create the input consumer")?;
-    info!(topics = ?receiver.topics, group = %receiver.group_id, workers = threads,
-        trace_buffer = needs_traces, "consuming");
-    let worker = Arc::new(Worker {
-        scoring,
-        traces: assembler,
-        judges,
-    });
-    let workers: Vec<_> = (0..threads)
-        .map(|i| {
-            let worker = worker.clone();
-            let queue = work_rx.clone();
-            crate::evaluation_thread(format!("evalstream-worker-{i}"))
-                .spawn(move || worker.run(queue))
-        })
-        .collect::<Result<_, _>>()?;
-    drop(work_rx);
-
+    info!(topics = ?receiver.topics, group = %receiver.group_id, "consuming");
     let done = Arc::new(AtomicBool::new(false));
-    let drift_state = start_drift_state(config, &receiver, &metrics, &done)?;
-    let reloader = crate::pipeline::reload::start(&worker.scoring.evaluators, &metrics, &done)?;
+    let drift_state = start_drift_state(config, receiver, &metrics, &done)?;
     let dead_letter_writer = {
         let done = done.clone();
         thread::Builder::new()
             .name("evalstream-dead-letters".into())
             .spawn(move || dead_letters.run(&done, Duration::from_secs(10)))?
     };
-
-    // The source returns once `stop` is set and in-flight work is drained and committed. It owns
-    // the work queue's sender, so the workers finish the queue and stop after it.
+    // The source returns once `stop` is set and in-flight work is drained and committed.
     source.run(stop);
-    for w in workers {
-        let _ = w.join();
-    }
-    // The workers' handles are gone with them; this last one lets the shards stop.
-    drop(worker);
-    for s in shards {
-        let _ = s.join();
-    }
-    if !exporters.flush(Duration::from_secs(10)) {
-        warn!(
-            "some outputs were not delivered before exit; their inputs are uncommitted and will be evaluated again"
-        );
-    }
     done.store(true, Ordering::Release);
     let _ = dead_letter_writer.join();
     if let Some(writer) = drift_state {
         let _ = writer.join();
     }
-    if let Some(reloader) = reloader {
-        let _ = reloader.join();
-    }
-    info!("stopped");
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! ([`traces`], [`assembly`]), LLM judges ([`judge`]) and hot reload of scripts ([`reload`]).
 
 pub mod ack;
+pub mod admission;
 pub mod assembly;
 pub mod export;
 pub mod judge;
