@@ -1,3 +1,5 @@
-//! Where spans come in: a Kafka consumer group ([`kafka`]).
+//! Where spans come in: a Kafka consumer group ([`kafka`]), or OTLP/gRPC and OTLP/HTTP
+//! listeners ([`otlp`]).
 
 pub mod kafka;
+pub mod otlp;

@@ -229,7 +229,29 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(metrics, limits.admin_token.clone());
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    serve_router(
+        listener,
+        app,
+        limits.max_connections,
+        limits.header_read_timeout,
+        SHUTDOWN_GRACE,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `app` on `listener` (HTTP/1.1) with a connection cap and a header-read timeout until
+/// `shutdown` completes; then closes the listener and lets open requests finish for at most
+/// `grace`. Shared with the OTLP receiver's HTTP listener.
+pub(crate) async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    max_connections: usize,
+    header_read_timeout: Duration,
+    grace: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -256,7 +278,7 @@ pub async fn serve(
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+            .header_read_timeout(header_read_timeout);
         let connection =
             builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
@@ -267,9 +289,12 @@ pub async fn serve(
             drop(slot);
         });
     }
+    // Closed at once, so new clients are refused instead of waiting in the backlog for a server
+    // that no longer accepts.
+    drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+        () = tokio::time::sleep(grace) => {}
     }
     Ok(())
 }
