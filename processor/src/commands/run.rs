@@ -90,15 +90,11 @@ pub async fn run(
     let (otlp_stop_tx, otlp_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let otlp = match &config.receivers.otlp {
         Some(otlp) => Some(
-            crate::receivers::otlp::start(
-                otlp,
-                pipeline.work.clone(),
-                &metrics,
-                async {
-                    let _ = otlp_stop_rx.await;
-                },
-            )
-            .await?,
+            crate::receivers::otlp::start(otlp, pipeline.work.clone(), async {
+                let _ = otlp_stop_rx.await;
+            })
+            .await
+            .context("cannot start the OTLP receiver")?,
         ),
         None => None,
     };
@@ -133,8 +129,10 @@ pub async fn run(
         }
     };
     let _ = otlp_stop_tx.send(());
-    if let Some(otlp) = otlp {
-        otlp.stopped().await;
+    if let Some(otlp) = otlp
+        && let Err(e) = otlp.wait().await
+    {
+        warn!(error = %e, "the OTLP receiver failed");
     }
     tokio::task::spawn_blocking(move || pipeline.stop())
         .await

@@ -69,6 +69,9 @@ pub struct Receivers {
     /// A Kafka topic fed by a collector's Kafka exporter.
     #[serde(default)]
     pub kafka: Option<KafkaReceiver>,
+    /// OTLP over gRPC and HTTP, as a collector or an SDK sends it.
+    #[serde(default)]
+    pub otlp: Option<otlp_receiver::OtlpReceiverConfig>,
 }
 
 /// `receivers.kafka`: the topic the collector's Kafka exporter writes. Defaults follow the

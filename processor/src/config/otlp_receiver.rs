@@ -23,6 +23,40 @@ use serde::{Deserialize, Deserializer};
 pub struct OtlpReceiverConfig {
     /// The listeners, by protocol.
     pub protocols: Protocols,
+    /// When a request is answered: `after_export` (default) once every evaluation made from it
+    /// was accepted by the exporters, so an answered request is never lost and a failed export
+    /// makes the client send again; `on_receipt` as soon as it is taken (lower latency for the
+    /// application, at the price of losing what is in flight if the process dies).
+    #[serde(default)]
+    pub answer: AnswerWhen,
+    /// Requests in flight at most; beyond, clients are told to retry later (gRPC
+    /// `RESOURCE_EXHAUSTED`, HTTP 429 with `Retry-After`). Each holds its decoded spans.
+    #[serde(default = "default_max_in_flight_requests")]
+    pub max_in_flight_requests: usize,
+    /// Encoded bytes of the requests in flight at most, with the same answer beyond.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+}
+
+/// `receivers.otlp.answer`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerWhen {
+    /// Once the evaluations were exported.
+    #[default]
+    AfterExport,
+    /// As soon as the request is taken.
+    OnReceipt,
+}
+
+/// 256 requests of the SDKs' default 512 spans keep two cores busy for a while and the exporters'
+/// queues full, without holding more than a few hundred megabytes of decoded spans.
+fn default_max_in_flight_requests() -> usize {
+    256
+}
+
+fn default_max_in_flight_bytes() -> usize {
+    64 << 20
 }
 
 /// `receivers.otlp.protocols`: each one on when present.
@@ -103,6 +137,9 @@ impl Default for OtlpReceiverConfig {
                 grpc: Some(GrpcConfig::default()),
                 http: Some(HttpConfig::default()),
             },
+            answer: AnswerWhen::default(),
+            max_in_flight_requests: default_max_in_flight_requests(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
         }
     }
 }

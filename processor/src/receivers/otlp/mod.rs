@@ -42,6 +42,7 @@ use crate::config::otlp_receiver::OtlpReceiverConfig;
 
 mod grpc;
 mod http;
+pub mod intake;
 
 /// What the receiver hands requests to: the pipeline. Implemented elsewhere.
 ///
@@ -160,6 +161,27 @@ impl Servers {
         }
         Ok(())
     }
+}
+
+/// Starts the OTLP receiver of `run`: requests go to the workers' queue `work` within the
+/// configured in-flight limits, until `shutdown` completes.
+pub async fn start(
+    config: &OtlpReceiverConfig,
+    work: crossbeam_channel::Sender<Vec<crate::pipeline::worker::Input>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Servers, Error> {
+    let admission = crate::pipeline::admission::Admission::new(
+        config.max_in_flight_requests,
+        config.max_in_flight_bytes,
+    );
+    let intake = Arc::new(intake::PipelineIntake::new(
+        work,
+        admission,
+        config.answer == crate::config::otlp_receiver::AnswerWhen::OnReceipt,
+    ));
+    let servers = serve(config, intake, shutdown).await?;
+    info!(grpc = ?servers.grpc_address(), http = ?servers.http_address(), "receiving OTLP");
+    Ok(servers)
 }
 
 /// Binds the configured listeners and serves them until `shutdown` completes. Bind errors are
