@@ -15,6 +15,7 @@ use evalstream_evaluators::otlp::Encoding;
 
 use crate::pipeline::assembly::AssemblyConfig;
 mod env;
+pub mod otlp_exporter;
 
 use crate::telemetry::drift::DriftConfig;
 pub use crate::telemetry::labels::Segment;
