@@ -56,9 +56,10 @@ enum Command {
     /// Run the streaming worker: consume OTLP spans from Kafka, evaluate them, produce evaluator
     /// spans. Stops cleanly on SIGTERM or SIGINT (drains in-flight work and commits).
     Run {
-        /// The configuration file.
+        /// The configuration file. Without one: OTLP in on 127.0.0.1:4317 (gRPC) and :4318
+        /// (HTTP), the default evaluators, scores as JSON lines on stdout, metrics on :9464.
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Produce corpus-shaped traces (fresh ids, one trace per message, keyed by hex trace id) to
     /// a topic: test traffic and the input of benchmarks.
@@ -116,8 +117,21 @@ fn parse_gate(s: &str) -> Result<Gate, String> {
 }
 
 /// Loads the configuration and runs the worker until a signal stops it.
-fn run_worker(config: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(config)?;
+fn run_worker(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => {
+            eprintln!(
+                "evalstream: no --config, running the built-in one: OTLP in on 127.0.0.1:4317 (gRPC) and 127.0.0.1:4318 (HTTP), the default evaluators ({}), one JSON line per evaluation on stdout, metrics on http://127.0.0.1:9464/metrics",
+                evalstream_evaluators::spec::default_specs()
+                    .iter()
+                    .map(|s| s.effective_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Config::builtin()
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -218,7 +232,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => exit(run_worker(&config)),
+        Command::Run { config } => exit(run_worker(config.as_deref())),
         Command::DriftReplay {
             false_alarm_budget,
             warmup,

@@ -22,10 +22,12 @@ use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::spec::{self, EvaluatorKind};
 use tracing::{info, warn};
 
-use crate::config::{Config, ExporterConfig};
+use crate::config::{Config, ExporterConfig, Output};
 use crate::exporters::kafka::KafkaExporter;
+use crate::exporters::otlp::OtlpClient;
+use crate::exporters::otlp::exporter::OtlpExporter;
 use crate::exporters::stdout::StdoutExporter;
-use crate::pipeline::export::{Exporter, Exporters};
+use crate::pipeline::export::{Exporter, Exporters, Shapes};
 use crate::pipeline::judge::JudgeService;
 use crate::pipeline::traces::Assembler;
 use crate::pipeline::worker::{Input, Scoring, Worker};
@@ -98,16 +100,11 @@ pub async fn run(
         ),
         None => None,
     };
-    let kafka = match config.receivers.kafka.clone() {
-        Some(receiver) => Some({
-            let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
-            let start = pipeline.kafka_parts();
-            tokio::task::spawn_blocking(move || {
-                run_kafka(&config, &receiver, start, metrics, &stop)
-            })
-        }),
-        None => None,
-    };
+    let kafka = config.receivers.kafka.clone().map(|receiver| {
+        let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
+        let parts = pipeline.kafka_parts();
+        tokio::task::spawn_blocking(move || run_kafka(&config, &receiver, parts, metrics, &stop))
+    });
     if kafka.is_none() {
         // The OTLP receiver is ready once it listens; Kafka's, once partitions are assigned.
         metrics.set_ready(true);
@@ -130,7 +127,7 @@ pub async fn run(
     };
     let _ = otlp_stop_tx.send(());
     if let Some(otlp) = otlp
-        && let Err(e) = otlp.wait().await
+        && let Err(e) = otlp.stopped().await
     {
         warn!(error = %e, "the OTLP receiver failed");
     }
@@ -211,8 +208,7 @@ impl Pipeline {
             })
             .collect::<Result<_, _>>()?;
         let done = Arc::new(AtomicBool::new(false));
-        let reloader =
-            crate::pipeline::reload::start(&worker.scoring.evaluators, &metrics, &done)?;
+        let reloader = crate::pipeline::reload::start(&worker.scoring.evaluators, &metrics, &done)?;
         info!(workers = threads, trace_buffer = needs_traces, "evaluating");
         Ok(Pipeline {
             work: work_tx,
@@ -328,6 +324,16 @@ fn build_exporters(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Ex
                     .with_context(|| format!("exporters.{id}: cannot create the producer"))?,
             ),
             ExporterConfig::Stdout(_) => Box::new(StdoutExporter::new(id)),
+            ExporterConfig::Otlp(protocol, o) => {
+                let client = OtlpClient::start(o, *protocol, &tokio::runtime::Handle::current())
+                    .map_err(|e| anyhow::anyhow!("exporters.{id}: {e}"))?;
+                let shapes = Shapes {
+                    events: o.output.contains(&Output::Events),
+                    spans: o.output.contains(&Output::Spans),
+                    lines: false,
+                };
+                Box::new(OtlpExporter::new(id, client, shapes))
+            }
         });
     }
     Ok(Exporters::new(list))

@@ -15,6 +15,7 @@ use evalstream_evaluators::otlp::Encoding;
 
 use crate::pipeline::assembly::AssemblyConfig;
 mod env;
+pub mod otlp_exporter;
 pub mod otlp_receiver;
 
 use crate::telemetry::drift::DriftConfig;
@@ -150,10 +151,16 @@ pub enum ExporterConfig {
     Kafka(KafkaExporter),
     /// `stdout`: JSON lines, as `evalstream eval` prints.
     Stdout(StdoutExporter),
+    /// `otlp` (gRPC) or `otlphttp` (HTTP/protobuf): events and evaluator spans to an OTLP
+    /// backend.
+    Otlp(
+        otlp_exporter::Protocol,
+        Box<otlp_exporter::OtlpExporterConfig>,
+    ),
 }
 
 /// The exporter types, for errors.
-const EXPORTER_TYPES: &[&str] = &["kafka", "stdout"];
+const EXPORTER_TYPES: &[&str] = &["kafka", "stdout", "otlp", "otlphttp"];
 
 impl Exporters {
     /// The Kafka exporters.
@@ -190,6 +197,15 @@ impl<'de> Deserialize<'de> for Exporters {
                         "stdout" => ExporterConfig::Stdout(
                             map.next_value::<Option<StdoutExporter>>()?
                                 .unwrap_or_default(),
+                        ),
+                        "otlp" => ExporterConfig::Otlp(
+                            otlp_exporter::Protocol::Grpc,
+                            Box::new(map.next_value()?),
+                        ),
+                        // `otlp_http` is the collector's name for it since v0.165.
+                        "otlphttp" | "otlp_http" => ExporterConfig::Otlp(
+                            otlp_exporter::Protocol::HttpProtobuf,
+                            Box::new(map.next_value()?),
                         ),
                         other => return Err(A::Error::unknown_variant(other, EXPORTER_TYPES)),
                     };
@@ -409,7 +425,27 @@ pub enum ConfigError {
     },
 }
 
+/// What `evalstream run` does without `--config`: one machine, no broker. OTLP in on the
+/// loopback ports an SDK exports to by default, the default evaluators, scores as JSON lines on
+/// standard output, metrics on a local port.
+pub const BUILTIN: &str = r#"receivers:
+  otlp:
+    protocols:
+      grpc: { endpoint: "127.0.0.1:4317" }
+      http: { endpoint: "127.0.0.1:4318" }
+exporters:
+  stdout:
+telemetry:
+  metrics: { listen: "127.0.0.1:9464" }
+"#;
+
 impl Config {
+    /// The built-in configuration ([`BUILTIN`]).
+    pub fn builtin() -> Config {
+        Config::parse(BUILTIN, Path::new("(built-in)"), &|_| None)
+            .expect("the built-in configuration is valid")
+    }
+
     /// Reads, expands and checks a configuration file (evaluators included), using the process
     /// environment for `${env:…}`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -584,6 +620,7 @@ impl fmt::Display for Config {
                     )?
                 }
                 ExporterConfig::Stdout(_) => write!(f, "; exporter {id} to stdout")?,
+                ExporterConfig::Otlp(_, o) => write!(f, "; exporter {id} to {}", o.endpoint)?,
             }
         }
         if let Some(m) = &self.telemetry.metrics {
@@ -640,6 +677,34 @@ mod tests {
         let err = parse("drift:\n  false_alarm_budget: 10").unwrap_err();
         assert!(err.contains("drift.false_alarm_budget"), "{err}");
         assert_eq!(parse("{}").unwrap().drift, None);
+    }
+
+    #[test]
+    fn the_builtin_config_runs_otlp_in_and_stdout_out_with_the_default_evaluators() {
+        let c = Config::builtin();
+        let otlp = c.receivers.otlp.unwrap();
+        assert_eq!(otlp.protocols.grpc.unwrap().endpoint, "127.0.0.1:4317");
+        assert_eq!(otlp.protocols.http.unwrap().endpoint, "127.0.0.1:4318");
+        assert!(c.receivers.kafka.is_none());
+        assert!(
+            matches!(c.exporters.list[..], [(ref id, ExporterConfig::Stdout(_))] if id == "stdout")
+        );
+        assert_eq!(c.evaluators, spec::default_specs());
+        assert_eq!(c.telemetry.metrics.unwrap().listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn exporters_are_named_by_type_and_checked() {
+        let c = parse(
+            "exporters:\n  kafka/a: { output: [events, spans] }\n  otlphttp/b: { endpoint: \"http://127.0.0.1:4318\" }\n  stdout:\n",
+        )
+        .unwrap();
+        let ids: Vec<&str> = c.exporters.list.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["kafka/a", "otlphttp/b", "stdout"]);
+        let err = parse("exporters:\n  zipkin: {}\n").unwrap_err();
+        assert!(err.contains("zipkin") && err.contains("otlphttp"), "{err}");
+        let err = parse("exporters:\n  kafka: { topic: x }\n").unwrap_err();
+        assert!(err.contains("topic"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Where evaluations go: each exporter implements the pipeline's
-//! [`Exporter`](crate::pipeline::export::Exporter) seam — a Kafka topic ([`kafka`]), the
-//! process's standard output ([`stdout`]).
+//! [`Exporter`](crate::pipeline::export::Exporter) seam — a Kafka topic ([`kafka`]), an OTLP
+//! backend over gRPC or HTTP ([`otlp`]), the process's standard output ([`stdout`]).
 
 pub mod kafka;
+pub mod otlp;
 pub mod stdout;

@@ -16,7 +16,9 @@ use crate::pipeline::worker::{Body, Input};
 
 /// Hands requests to the workers, within the admission limits.
 pub struct PipelineIntake {
-    work: Sender<Vec<Input>>,
+    /// The workers' queue, until [`PipelineIntake::close`]: a server task that outlives its
+    /// shutdown grace must not keep the workers from finishing.
+    work: Mutex<Option<Sender<Vec<Input>>>>,
     admission: Arc<Admission>,
     /// Answer as soon as a request is taken, not once its evaluations are exported.
     answer_on_receipt: bool,
@@ -34,10 +36,17 @@ impl PipelineIntake {
         answer_on_receipt: bool,
     ) -> PipelineIntake {
         PipelineIntake {
-            work,
+            work: Mutex::new(Some(work)),
             admission,
             answer_on_receipt,
         }
+    }
+}
+
+impl PipelineIntake {
+    /// Stops taking requests (they get "unavailable") and lets go of the workers' queue.
+    pub fn close(&self) {
+        self.work.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
@@ -66,7 +75,11 @@ impl Intake for PipelineIntake {
             body: Body::Decoded(request),
             token,
         };
-        match self.work.try_send(vec![input]) {
+        let sent = match &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(work) => work.try_send(vec![input]),
+            None => Err(TrySendError::Disconnected(Vec::new())),
+        };
+        match sent {
             Ok(()) => {
                 if let Some(early) = early {
                     let _ = early.send(Answer::Accepted {

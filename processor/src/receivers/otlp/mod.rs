@@ -169,7 +169,7 @@ pub async fn start(
     config: &OtlpReceiverConfig,
     work: crossbeam_channel::Sender<Vec<crate::pipeline::worker::Input>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Servers, Error> {
+) -> Result<Running, Error> {
     let admission = crate::pipeline::admission::Admission::new(
         config.max_in_flight_requests,
         config.max_in_flight_bytes,
@@ -179,9 +179,25 @@ pub async fn start(
         admission,
         config.answer == crate::config::otlp_receiver::AnswerWhen::OnReceipt,
     ));
-    let servers = serve(config, intake, shutdown).await?;
+    let servers = serve(config, intake.clone(), shutdown).await?;
     info!(grpc = ?servers.grpc_address(), http = ?servers.http_address(), "receiving OTLP");
-    Ok(servers)
+    Ok(Running { servers, intake })
+}
+
+/// The OTLP receiver of `run`, started.
+pub struct Running {
+    servers: Servers,
+    intake: Arc<intake::PipelineIntake>,
+}
+
+impl Running {
+    /// Waits for the servers to end (after the shutdown future given to [`start`] completed),
+    /// then lets go of the workers' queue.
+    pub async fn stopped(self) -> Result<(), Error> {
+        let result = self.servers.wait().await;
+        self.intake.close();
+        result
+    }
 }
 
 /// Binds the configured listeners and serves them until `shutdown` completes. Bind errors are

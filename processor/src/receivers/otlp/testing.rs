@@ -116,6 +116,7 @@ pub(super) fn config() -> OtlpReceiverConfig {
                 ..HttpConfig::default()
             }),
         },
+        ..OtlpReceiverConfig::default()
     }
 }
 
