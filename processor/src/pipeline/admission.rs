@@ -79,7 +79,7 @@ mod tests {
         let two = a.try_admit(10).unwrap();
         assert!(a.try_admit(1).is_none(), "two inputs in flight");
         drop(one);
-        assert!(a.try_admit(81).is_none(), "91 bytes would pass 100");
+        assert!(a.try_admit(91).is_none(), "101 bytes would pass 100");
         let three = a.try_admit(80).unwrap();
         assert_eq!((a.inputs(), a.bytes()), (2, 90));
         drop((two, three));
