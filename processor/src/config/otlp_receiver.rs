@@ -29,6 +29,12 @@ pub struct OtlpReceiverConfig {
     /// application, at the price of losing what is in flight if the process dies).
     #[serde(default)]
     pub answer: AnswerWhen,
+    /// Inline mode: pass every received span on, unchanged, to the OTLP exporters (`otlp`,
+    /// `otlphttp`) beside the evaluations, so an application pointed at evalstream sees its
+    /// traces and their scores in its backend. The request is answered once the backend took
+    /// both.
+    #[serde(default)]
+    pub forward: bool,
     /// Requests in flight at most; beyond, clients are told to retry later (gRPC
     /// `RESOURCE_EXHAUSTED`, HTTP 429 with `Retry-After`). Each holds its decoded spans.
     #[serde(default = "default_max_in_flight_requests")]
@@ -138,6 +144,7 @@ impl Default for OtlpReceiverConfig {
                 http: Some(HttpConfig::default()),
             },
             answer: AnswerWhen::default(),
+            forward: false,
             max_in_flight_requests: default_max_in_flight_requests(),
             max_in_flight_bytes: default_max_in_flight_bytes(),
         }

@@ -15,6 +15,7 @@ use evalstream_evaluators::evaluator::Evaluation;
 use evalstream_evaluators::span::GenAiSpan;
 use evalstream_evaluators::{to_json, to_otlp};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -60,6 +61,11 @@ pub trait Exporter: Send + Sync {
 
     /// Takes one trace's evaluations, holding `tokens` until its backend accepted them.
     fn export(&self, batch: &Batch, tokens: &[Token]);
+
+    /// Takes the original spans of an input whose receiver forwards them (inline mode: the
+    /// application points its SDK at evalstream, and its traces reach the backend beside their
+    /// scores). Exporters to trace backends send them on; the others ignore them.
+    fn forward(&self, _request: &ExportTraceServiceRequest, _tokens: &[Token]) {}
 
     /// Waits up to `timeout` for what was taken to be accepted. False if some was not.
     fn flush(&self, timeout: Duration) -> bool;
@@ -177,6 +183,13 @@ impl Exporters {
         }
         for exporter in &self.list {
             exporter.export(batch, tokens);
+        }
+    }
+
+    /// Hands an input's original spans to every exporter (see [`Exporter::forward`]).
+    pub fn forward(&self, request: &ExportTraceServiceRequest, tokens: &[Token]) {
+        for exporter in &self.list {
+            exporter.forward(request, tokens);
         }
     }
 

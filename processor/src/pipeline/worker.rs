@@ -48,6 +48,9 @@ pub enum Body {
     Kept(Encoding),
     /// A request decoded already (by the OTLP receiver's server).
     Decoded(ExportTraceServiceRequest),
+    /// The same, whose spans also go on to the exporters as they are (the OTLP receiver's
+    /// `forward`).
+    Forwarded(ExportTraceServiceRequest),
 }
 
 /// Which evaluators a pass over spans runs.
@@ -351,6 +354,12 @@ impl Worker {
         let decoded;
         let request = match &input.body {
             Body::Decoded(request) => request,
+            Body::Forwarded(request) => {
+                self.scoring
+                    .exporters
+                    .forward(request, std::slice::from_ref(&input.token));
+                request
+            }
             Body::Kept(encoding) => {
                 match input
                     .token

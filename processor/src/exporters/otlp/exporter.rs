@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use evalstream_evaluators::to_otlp;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 
 use super::{ExportRequest, OtlpClient, Signal};
@@ -67,6 +68,10 @@ impl Exporter for OtlpExporter {
             let request = to_otlp::export_request(batch.spans.clone());
             self.send(Signal::Traces, request.encode_to_vec(), tokens);
         }
+    }
+
+    fn forward(&self, request: &ExportTraceServiceRequest, tokens: &[Token]) {
+        self.send(Signal::Traces, request.encode_to_vec(), tokens);
     }
 
     fn flush(&self, timeout: Duration) -> bool {

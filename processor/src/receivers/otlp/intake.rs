@@ -22,6 +22,8 @@ pub struct PipelineIntake {
     admission: Arc<Admission>,
     /// Answer as soon as a request is taken, not once its evaluations are exported.
     answer_on_receipt: bool,
+    /// Pass the original spans on to the exporters.
+    forward: bool,
 }
 
 /// How long a client is told to wait when the pipeline is full: long enough for in-flight work
@@ -34,11 +36,13 @@ impl PipelineIntake {
         work: Sender<Vec<Input>>,
         admission: Arc<Admission>,
         answer_on_receipt: bool,
+        forward: bool,
     ) -> PipelineIntake {
         PipelineIntake {
             work: Mutex::new(Some(work)),
             admission,
             answer_on_receipt,
+            forward,
         }
     }
 }
@@ -71,10 +75,12 @@ impl Intake for PipelineIntake {
             rejection: Mutex::new(None),
             _permit: permit,
         });
-        let input = Input {
-            body: Body::Decoded(request),
-            token,
+        let body = if self.forward {
+            Body::Forwarded(request)
+        } else {
+            Body::Decoded(request)
         };
+        let input = Input { body, token };
         let sent = match &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(work) => work.try_send(vec![input]),
             None => Err(TrySendError::Disconnected(Vec::new())),

@@ -178,6 +178,7 @@ pub async fn start(
         work,
         admission,
         config.answer == crate::config::otlp_receiver::AnswerWhen::OnReceipt,
+        config.forward,
     ));
     let servers = serve(config, intake.clone(), shutdown).await?;
     info!(grpc = ?servers.grpc_address(), http = ?servers.http_address(), "receiving OTLP");
