@@ -1473,7 +1473,7 @@ fn an_edited_script_is_reloaded_while_the_worker_runs() {
 
 #[test]
 fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
-    use evalstream::commands::judge_server::{self as server, Fault};
+    use evalstream::pipeline::judge::stand_in::{self as server, Fault};
     let (_one_mock_at_a_time, cluster) = mock_setup();
     let address = cluster.bootstrap_servers();
     let (url, judge) = server::start().unwrap();
@@ -1577,7 +1577,7 @@ fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
 
 #[test]
 fn a_judge_gated_on_grounding_is_called_only_where_grounding_is_low() {
-    use evalstream::commands::judge_server as server;
+    use evalstream::pipeline::judge::stand_in as server;
     let (_one_mock_at_a_time, cluster) = mock_setup();
     let address = cluster.bootstrap_servers();
     let (url, judge) = server::start().unwrap();
@@ -1660,7 +1660,7 @@ fn a_judge_gated_on_grounding_is_called_only_where_grounding_is_low() {
 
 #[test]
 fn a_long_judge_outage_leaves_the_cheap_scorers_and_commits_running() {
-    use evalstream::commands::judge_server as server;
+    use evalstream::pipeline::judge::stand_in as server;
     let (_one_mock_at_a_time, cluster) = mock_setup();
     let address = cluster.bootstrap_servers();
     let (url, judge) = server::start().unwrap();

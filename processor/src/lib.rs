@@ -38,7 +38,7 @@ pub fn on_evaluation_thread<T: Send + 'static>(
         .spawn(f)?
         .join()
         .map_err(|panic| {
-            std::io::Error::other(crate::pipeline::worker::panic_message(panic.as_ref()))
+            std::io::Error::other(crate::pipeline::evaluate::panic_message(panic.as_ref()))
         })
 }
 

@@ -142,7 +142,7 @@ fn run_worker(config: Option<&std::path::Path>) -> anyhow::Result<()> {
 
 /// Serves the judge stand-in until a signal stops it, then prints how many requests it served.
 fn judge_server(listen: std::net::SocketAddr, latency_ms: u64) -> anyhow::Result<()> {
-    use evalstream::commands::judge_server::{self as server, Behaviour};
+    use evalstream::pipeline::judge::stand_in::{self as server, Behaviour};
     let behaviour = std::sync::Arc::new(Behaviour::new());
     behaviour.forget_requests();
     behaviour.set_latency(std::time::Duration::from_millis(latency_ms));

@@ -28,9 +28,12 @@ use crate::exporters::otlp::OtlpClient;
 use crate::exporters::otlp::exporter::OtlpExporter;
 use crate::exporters::stdout::StdoutExporter;
 use crate::pipeline::export::{Exporter, Exporters, Shapes};
-use crate::pipeline::judge::JudgeService;
+use crate::pipeline::judge::{self, JudgeService};
 use crate::pipeline::traces::Assembler;
-use crate::pipeline::worker::{Input, Scoring, Worker};
+use crate::pipeline::{
+    evaluate::Scoring,
+    worker::{Input, Worker},
+};
 use crate::receivers::kafka::dead_letter::DeadLetters;
 use crate::receivers::kafka::source::Source;
 use crate::telemetry::drift::series::Drift;
@@ -185,7 +188,11 @@ impl Pipeline {
             metrics: metrics.clone(),
             prices,
         });
-        let judges = JudgeService::start(&scoring.evaluators, &scoring)?.map(Arc::new);
+        let output = judge::Output {
+            exporters: exporters.clone(),
+            metrics: metrics.clone(),
+        };
+        let judges = JudgeService::start(&scoring.evaluators, &output)?.map(Arc::new);
         let (assembler, shards) = if needs_traces {
             let (assembler, shards) =
                 Assembler::start(&config.traces, threads, scoring.clone(), judges.clone())?;

@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod admission;
 pub mod assembly;
+pub mod evaluate;
 pub mod export;
 pub mod judge;
 pub mod reload;

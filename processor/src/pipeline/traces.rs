@@ -26,8 +26,8 @@ use super::ack::{Hold, Token};
 use super::assembly::{
     AssemblyConfig, Completion, DecodedSpan, ReadyTrace, StoredSpan, TraceBuffer,
 };
+use super::evaluate::{Pass, Scoring};
 use super::judge::JudgeService;
-use super::worker::{Pass, Scoring};
 
 /// Picks inputs by their tokens: a receiver's way to name its own inputs (those of revoked
 /// partitions, say) without the buffer knowing what they are.
@@ -243,7 +243,7 @@ impl Shard {
         }));
         if let Err(panic) = judged {
             tracing::error!(trace_id = %evalstream_evaluators::otlp::hex(&ready.trace_id),
-                message = %crate::pipeline::worker::panic_message(panic.as_ref()),
+                message = %crate::pipeline::evaluate::panic_message(panic.as_ref()),
                 "judging a trace panicked; its trace evaluations are lost");
         }
     }

@@ -3,35 +3,27 @@
 //! receiver decides what that means: a dead letter, an error answer).
 //!
 //! Workers are plain threads, one per core: evaluation is CPU work and must not sit on an async
-//! runtime. An evaluator that panics on a span yields an `error` outcome for that span; the worker
-//! and the partition carry on.
+//! runtime. A panic while processing an input (a bug outside the evaluators, which are guarded
+//! one by one) rejects that input; the thread carries on.
 //!
 //! When trace evaluators are configured, a worker runs only the span evaluators and hands each
-//! trace's spans to the trace buffer ([`Assembler`]), holding the message until the trace is
+//! trace's spans to the trace buffer ([`Assembler`]), holding the input until the trace is
 //! evaluated; the buffer's threads run the trace evaluators through the same [`Scoring`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use evalstream_evaluators::evaluator::{
-    ConfiguredEvaluator, Evaluation, EvaluatorSet, Outcome, SkipReason,
-};
 use evalstream_evaluators::otlp::{self, Encoding};
-use evalstream_evaluators::pricing::PriceTable;
-use evalstream_evaluators::scorers::judge::LlmJudge;
-use evalstream_evaluators::span::{self, GenAiSpan, OperationKind};
+use evalstream_evaluators::span;
 use evalstream_evaluators::trace::TraceView;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::ack::{Rejection, Token};
-use super::assembly::{Completion, SharedParts, StoredSpan};
-use super::export::{Batch, Exporters};
-use super::judge::{JudgeService, Submitted};
+use super::assembly::{SharedParts, StoredSpan};
+use super::evaluate::{Pass, Scoring, panic_message};
+use super::judge::JudgeService;
 use super::traces::Assembler;
-use crate::telemetry::metrics::Metrics;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 /// One input for the workers: its spans and its acknowledgement token.
 pub struct Input {
@@ -51,273 +43,6 @@ pub enum Body {
     /// The same, whose spans also go on to the exporters as they are (the OTLP receiver's
     /// `forward`).
     Forwarded(ExportTraceServiceRequest),
-}
-
-/// Which evaluators a pass over spans runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    /// Every evaluator, trace evaluators seeing the spans at hand.
-    All,
-    /// Evaluators of single spans (trace evaluators run when the trace is assembled).
-    Spans,
-    /// Trace evaluators, on an assembled trace.
-    Traces(Completion),
-}
-
-impl Pass {
-    fn runs(self, e: &ConfiguredEvaluator) -> bool {
-        match self {
-            Pass::All => true,
-            Pass::Spans => !e.needs_trace(),
-            Pass::Traces(_) => e.needs_trace(),
-        }
-    }
-}
-
-/// Runs evaluators and hands their results to the exporters: what the workers, the trace buffer
-/// and the judge service share.
-pub struct Scoring {
-    /// The configured evaluators.
-    pub evaluators: Arc<EvaluatorSet>,
-    /// Where outputs go.
-    pub exporters: Arc<Exporters>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Prices for the cost metrics.
-    pub prices: PriceTable,
-}
-
-/// Runs one evaluator on a span of `trace` it applies to, turning a panic into an `error`
-/// outcome.
-fn run_guarded<'e>(
-    e: &'e ConfiguredEvaluator,
-    span: &GenAiSpan<'_>,
-    trace: &TraceView<'_>,
-) -> Evaluation<'e> {
-    match catch_unwind(AssertUnwindSafe(|| e.run_applied(span, Some(trace)))) {
-        Ok(evaluation) => evaluation,
-        Err(panic) => {
-            let message = panic_message(panic.as_ref());
-            e.evaluation(
-                span,
-                Outcome::Error {
-                    error_type: "panic".into(),
-                    message,
-                },
-            )
-        }
-    }
-}
-
-/// What a panic said.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
-}
-
-impl Scoring {
-    /// Runs the pass's evaluators on every span of `traces`, records the metrics and hands the
-    /// evaluations to the exporters, one batch per trace, with the `tokens` of the inputs they
-    /// came from. Spans for judge evaluators go to `judges` (their verdicts follow later, holding
-    /// the tokens). Returns how many judge calls were queued.
-    pub fn score(
-        &self,
-        traces: &[TraceView<'_>],
-        pass: Pass,
-        tokens: &[Token],
-        judges: Option<&JudgeService>,
-    ) -> usize {
-        let mut queued = 0;
-        let mut evaluations = Vec::new();
-        let shapes = self.exporters.shapes();
-        let extra: Vec<KeyValue> = match pass {
-            Pass::Traces(completion) => vec![completion_attribute(completion)],
-            _ => Vec::new(),
-        };
-        for trace in traces {
-            let mut batch = Batch::new(trace.trace_id());
-            for s in trace.spans() {
-                if !matches!(pass, Pass::Traces(_)) {
-                    self.metrics.spans.inc();
-                }
-                evaluations.clear();
-                let started = Instant::now();
-                for (index, e) in self.evaluators.evaluators().iter().enumerate() {
-                    if !pass.runs(e) || !e.applies(s, Some(trace)) {
-                        continue;
-                    }
-                    let evaluation = if let Some(skip) =
-                        self.refused_by_cascade(e, s, trace, pass, &evaluations)
-                    {
-                        Some(e.evaluation(s, skip))
-                    } else if let (Some(llm), Some(service)) = (e.evaluator.as_judge(), judges) {
-                        Self::send_to_judge(index, e, llm, service, s, trace, tokens, &mut queued)
-                    } else {
-                        Some(run_guarded(e, s, trace))
-                    };
-                    if let Some(evaluation) = evaluation {
-                        self.metrics.record(index, &evaluation, s);
-                        evaluations.push(evaluation);
-                    }
-                }
-                if self.accounts(pass, s, !evaluations.is_empty()) {
-                    self.account(s);
-                }
-                if evaluations.is_empty() {
-                    continue;
-                }
-                self.metrics
-                    .evaluation_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                if !shapes.any() {
-                    continue;
-                }
-                let end = crate::now_unix_nanos();
-                let start = end.saturating_sub(started.elapsed().as_nanos() as u64);
-                batch.add(shapes, s, &evaluations, (start, end), &extra);
-            }
-            self.exporters.export(&batch, tokens);
-        }
-        queued
-    }
-
-    /// The skip of an evaluator whose `when` does not hold on this span, given the evaluations
-    /// `made` on it so far in this pass.
-    fn refused_by_cascade(
-        &self,
-        e: &ConfiguredEvaluator,
-        s: &GenAiSpan<'_>,
-        trace: &TraceView<'_>,
-        pass: Pass,
-        made: &[Evaluation<'_>],
-    ) -> Option<Outcome> {
-        if e.when.is_empty() {
-            return None;
-        }
-        let all = self.evaluators.evaluators();
-        // A span evaluator's score, seen from the trace pass, was sent with the span's message;
-        // it is cheap and deterministic, so it is worked out again rather than kept.
-        let elsewhere: Vec<(usize, Option<Evaluation<'_>>)> = e
-            .when
-            .dependencies()
-            .filter(|&i| !pass.runs(&all[i]))
-            .map(|i| {
-                let dependency = &all[i];
-                let judged = dependency.applies(s, Some(trace));
-                (i, judged.then(|| run_guarded(dependency, s, trace)))
-            })
-            .collect();
-        e.when.refuses(|i| {
-            if let Some((_, evaluation)) = elsewhere.iter().find(|(j, _)| *j == i) {
-                return evaluation.as_ref().map(|m| &m.outcome);
-            }
-            self.evaluators.outcome_among(made, i)
-        })
-    }
-
-    /// Hands a span a judge evaluator applies to to the judge service. Returns the evaluation
-    /// when it is decided at once (sampled out, nothing to judge, a cached verdict, shed, over
-    /// budget); `None` when its verdict follows, holding `tokens` (counted in `queued`).
-    #[allow(clippy::too_many_arguments)]
-    fn send_to_judge<'e>(
-        index: usize,
-        e: &'e ConfiguredEvaluator,
-        llm: &LlmJudge,
-        service: &JudgeService,
-        s: &GenAiSpan<'_>,
-        trace: &TraceView<'_>,
-        tokens: &[Token],
-        queued: &mut usize,
-    ) -> Option<Evaluation<'e>> {
-        let outcome = if !e.sampler.keeps(s.trace_id()) {
-            Outcome::Skipped {
-                reason: SkipReason::SampledOut,
-                detail: "".into(),
-            }
-        } else {
-            match llm.request(s, Some(trace)) {
-                Ok(request) => {
-                    match service.submit(index, request, || StoredSpan::of_view(s), tokens) {
-                        Submitted::Queued => {
-                            *queued += 1;
-                            return None;
-                        }
-                        Submitted::Now(outcome) => outcome,
-                    }
-                }
-                Err(outcome) => outcome,
-            }
-        };
-        Some(e.evaluation(s, outcome))
-    }
-
-    /// Whether this pass accounts a span's lag, tokens and cost: each span once, in the pass
-    /// that sees it first (the workers'), when any evaluator judges it.
-    fn accounts(&self, pass: Pass, s: &GenAiSpan<'_>, evaluated: bool) -> bool {
-        match pass {
-            Pass::All => evaluated,
-            Pass::Spans => {
-                evaluated
-                    || self
-                        .evaluators
-                        .evaluators()
-                        .iter()
-                        .any(|e| e.needs_trace() && e.selector.matches(s))
-            }
-            Pass::Traces(_) => false,
-        }
-    }
-
-    /// Lag, cost and token metrics of a judged span.
-    fn account(&self, s: &GenAiSpan<'_>) {
-        let end = s.end_time_unix_nano();
-        if end > 0 {
-            let lag = crate::now_unix_nanos().saturating_sub(end) as f64 / 1e9;
-            self.metrics.lag_seconds.observe(lag);
-        }
-        if !matches!(s.kind(), OperationKind::Chat | OperationKind::Embeddings) {
-            return;
-        }
-        let Some(model) = s.model() else { return };
-        let label = self.metrics.models.label(model);
-        let usage = s.usage();
-        let n = |v: Option<u64>| v.unwrap_or(0);
-        for (kind, count) in [
-            (
-                "input",
-                n(usage.input)
-                    .saturating_sub(n(usage.cache_read).saturating_add(n(usage.cache_write))),
-            ),
-            ("cache_read", n(usage.cache_read)),
-            ("cache_write", n(usage.cache_write)),
-            ("output", n(usage.output).saturating_sub(n(usage.reasoning))),
-            ("reasoning", n(usage.reasoning)),
-        ] {
-            if count > 0 {
-                self.metrics
-                    .tokens
-                    .with_label_values(&[label.as_str(), kind])
-                    .inc_by(count);
-            }
-        }
-        if let Some((_, price)) = self.prices.lookup(model)
-            && let Some(cost) = PriceTable::cost(price, &usage)
-        {
-            self.metrics
-                .cost_usd
-                .with_label_values(&[label.as_str()])
-                .inc_by(cost.total_usd);
-        }
-    }
-}
-
-/// `evalstream.trace.completion` on a trace evaluator's span: whether the trace it judged was
-/// complete, or evaluated with what it had (`timed_out`, `evicted`, `late`, `flushed`).
-fn completion_attribute(completion: Completion) -> KeyValue {
-    otlp::kv_str("evalstream.trace.completion", completion.as_str())
 }
 
 /// A worker thread's view of what it shares.

@@ -321,7 +321,7 @@ impl JudgeClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::judge_server::{self as server, Fault};
+    use crate::pipeline::judge::stand_in::{self as server, Fault};
 
     fn client(url: &str, timeout: Duration, max_retries: usize) -> JudgeClient {
         JudgeClient::new(

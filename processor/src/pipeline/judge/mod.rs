@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod guard;
+pub mod stand_in;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::AtomicUsize;
@@ -33,8 +34,8 @@ use tracing::warn;
 
 use super::ack::{Hold, Token};
 use super::assembly::StoredSpan;
-use super::export::Batch;
-use super::worker::Scoring;
+use super::export::{Batch, Exporters};
+use crate::telemetry::metrics::Metrics;
 use client::{CallError, Completion, JudgeClient, RetryPolicy};
 use guard::{Breaker, Permit, Spend};
 
@@ -79,7 +80,16 @@ struct Endpoint {
     spend: Mutex<Spend>,
     breaker: Mutex<Breaker>,
     price: Option<Price>,
-    output: Arc<Scoring>,
+    output: Output,
+}
+
+/// Where verdicts go: the exporters, and the metrics they are recorded in.
+#[derive(Clone)]
+pub struct Output {
+    /// The exporters.
+    pub exporters: Arc<Exporters>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 fn per_minute(n: Option<u32>) -> Option<DefaultDirectRateLimiter> {
@@ -95,7 +105,7 @@ impl JudgeService {
     /// Starts the service when some evaluator is a judge.
     pub fn start(
         evaluators: &Arc<EvaluatorSet>,
-        output: &Arc<Scoring>,
+        output: &Output,
     ) -> anyhow::Result<Option<JudgeService>> {
         if !evaluators
             .evaluators()

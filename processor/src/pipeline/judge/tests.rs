@@ -5,16 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evalstream_evaluators::evaluator::{EvaluatorSet, Outcome, SkipReason};
-use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::scorers::judge::JudgeRequest;
 use evalstream_evaluators::spec;
 
 use super::{JudgeService, Submitted};
-use crate::commands::judge_server::{self as server, Fault};
 use crate::pipeline::ack::{Origin, Rejection, Status, Token};
 use crate::pipeline::assembly::StoredSpan;
 use crate::pipeline::export::Exporters;
-use crate::pipeline::worker::Scoring;
+use crate::pipeline::judge::stand_in::{self as server, Fault};
 use crate::telemetry::metrics::Metrics;
 
 /// An input that reports its offset when it finishes.
@@ -50,12 +48,10 @@ fn setup(url: &str, extra: serde_json::Value) -> Setup {
         serde_json::from_value(serde_json::json!([judge])).unwrap();
     let set = Arc::new(spec::build_set(&specs).unwrap());
     let metrics = Metrics::new(set.evaluators(), &[], 0).unwrap();
-    let output = Arc::new(Scoring {
-        evaluators: set.clone(),
+    let output = super::Output {
         exporters: Arc::new(Exporters::new(Vec::new())),
         metrics: metrics.clone(),
-        prices: PriceTable::new(true, &Default::default()).unwrap(),
-    });
+    };
     let service = JudgeService::start(&set, &output).unwrap().unwrap();
     let (acks_tx, acks) = crossbeam_channel::unbounded();
     Setup {

@@ -283,7 +283,7 @@ fn supervise(
                 message: if e.is_panic() {
                     format!(
                         "panicked: {}",
-                        crate::pipeline::worker::panic_message(e.into_panic().as_ref())
+                        crate::pipeline::evaluate::panic_message(e.into_panic().as_ref())
                     )
                 } else {
                     "cancelled".into()
