@@ -1541,8 +1541,17 @@ fn judge_verdicts_survive_faults_and_never_hold_up_the_cheap_scorers() {
             .count(),
         judged - 2
     );
-    // Retried: two more requests than verdicts from the server.
-    assert_eq!(judge.received().len(), judged + 2);
+    // Retried: two more requests than verdicts from the server, less the verdicts served from
+    // the cache (spans with the same answer, when the first verdict was in before the next one
+    // was submitted: it depends on timing, and once failed this test on a loaded machine).
+    let cached = worker
+        .metric("evalstream_judge_not_sent_total{evaluator=\"tox\",reason=\"cache_hit\"}")
+        .unwrap_or(0.0) as usize;
+    assert_eq!(
+        judge.received().len() + cached,
+        judged + 2,
+        "{cached} cache hits"
+    );
     assert!(judge.most_in_flight() <= 4, "{}", judge.most_in_flight());
     // Personal data in the answers (the corpus's `pii` scenario) was masked before sending.
     let sent: Vec<String> = judge.received().iter().map(|b| b.to_string()).collect();

@@ -268,10 +268,35 @@ fn commit(
     if offsets.is_empty() {
         return;
     }
-    if let Err(e) = consumer.commit(&next_offsets(offsets), mode) {
-        debug!(error = %e, "commit failed");
+    let list = next_offsets(offsets);
+    // A synchronous commit is the last one (stopping) or the one before a handover (revoke): a
+    // retriable failure (coordinator moving, a request timing out) is tried again, or the next
+    // owner re-reads everything since the last periodic commit. An injected
+    // COORDINATOR_NOT_AVAILABLE once left a partition with no commit at all.
+    let deadline = Instant::now() + SYNC_COMMIT_PATIENCE;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match consumer.commit(&list, mode) {
+            Ok(()) => return,
+            Err(e) if matches!(mode, CommitMode::Sync) && Instant::now() + wait < deadline => {
+                debug!(error = %e, retry_in = ?wait, "commit failed; trying again");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            Err(e) if matches!(mode, CommitMode::Sync) => {
+                warn!(error = %e, "cannot commit offsets; what finished since the last commit is read again by the next owner");
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "commit failed");
+                return;
+            }
+        }
     }
 }
+
+/// How long a synchronous commit keeps trying.
+const SYNC_COMMIT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Stores the given next-offsets for librdkafka's auto-commit.
 fn store(consumer: &BaseConsumer<SourceContext>, offsets: &[(TopicPartition, i64)]) {
