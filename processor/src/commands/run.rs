@@ -363,20 +363,8 @@ fn start_drift_state(
     let mut client = rdkafka::ClientConfig::new();
     client.set("bootstrap.servers", receiver.brokers.join(","));
     // Only the connection settings of the receiver's client apply to this small client.
-    const CONNECTION: [&str; 8] = [
-        "security.",
-        "sasl.",
-        "ssl.",
-        "socket.",
-        "broker.",
-        "client.",
-        "metadata.",
-        "api.version",
-    ];
-    for (k, v) in &receiver.client {
-        if CONNECTION.iter().any(|prefix| k.starts_with(prefix)) {
-            client.set(k, v);
-        }
+    for (k, v) in crate::receivers::kafka::connection_properties(&receiver.client) {
+        client.set(k, v);
     }
     let state = crate::telemetry::drift::state::StateTopic {
         client,

@@ -241,11 +241,8 @@ impl DeadLetters {
             // Retry transient failures for ever: an outage becomes backpressure, not loss.
             .set("message.timeout.ms", "0")
             .set("linger.ms", "5");
-        for (k, v) in client {
-            // Consumer-only properties would make the producer warn for each.
-            if !k.starts_with("fetch.") && !k.starts_with("group.") && !k.contains("offset") {
-                config.set(k, v);
-            }
+        for (k, v) in super::connection_properties(client) {
+            config.set(k, v);
         }
         let max_record_bytes = config
             .get("message.max.bytes")

@@ -8,3 +8,25 @@ pub mod health;
 pub mod input;
 pub mod offsets;
 pub mod source;
+
+/// The librdkafka properties of a receiver's `client` that say how to reach and authenticate to
+/// the cluster, for the receiver's other clients (the dead-letter producer, the drift state
+/// topic): the consumer's own settings would only make them warn.
+pub fn connection_properties(
+    client: &std::collections::BTreeMap<String, String>,
+) -> impl Iterator<Item = (&String, &String)> {
+    const CONNECTION: [&str; 9] = [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "socket.",
+        "broker.",
+        "client.",
+        "metadata.",
+        "api.version",
+        "message.max.bytes",
+    ];
+    client
+        .iter()
+        .filter(|(k, _)| CONNECTION.iter().any(|prefix| k.starts_with(prefix)))
+}

@@ -278,7 +278,11 @@ fn commit(
     loop {
         match consumer.commit(&list, mode) {
             Ok(()) => return,
-            Err(e) if matches!(mode, CommitMode::Sync) && Instant::now() + wait < deadline => {
+            Err(e)
+                if matches!(mode, CommitMode::Sync)
+                    && !lost_membership(&e)
+                    && Instant::now() + wait < deadline =>
+            {
                 debug!(error = %e, retry_in = ?wait, "commit failed; trying again");
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(1));
@@ -293,6 +297,17 @@ fn commit(
             }
         }
     }
+}
+
+/// Whether a commit failed because this consumer is no longer (or not yet again) a member of the
+/// group: trying again cannot help, and the partitions' next owner re-reads what was not
+/// committed.
+fn lost_membership(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(UnknownMemberId | IllegalGeneration | RebalanceInProgress | FencedInstanceId)
+    )
 }
 
 /// How long a synchronous commit keeps trying.
