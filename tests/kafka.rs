@@ -37,7 +37,7 @@ fn mock_setup() -> (
 ) {
     let guard = MOCK_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    for topic in ["input", "output", "dlq"] {
+    for topic in ["input", "output", "logs", "dlq"] {
         cluster.create_topic(topic, 2, 1).unwrap();
     }
     // The mock broker does not serve CreateTopics: the drift state topic is made here.
@@ -111,7 +111,8 @@ receivers:
 exporters:
   kafka:
     brokers: ["{broker}"]
-    output: [spans]
+    output: [events, spans]
+    logs: {{ topic: logs }}
     traces: {{ topic: output }}
     client: {{ {exporter_client} }}
 telemetry:
@@ -395,6 +396,53 @@ fn expected_outputs(
     expected
 }
 
+/// The evaluation events the offline evaluation gives: (score id, trace id, judged span id).
+fn expected_events(
+    set: &EvaluatorSet,
+    requests: &[ExportTraceServiceRequest],
+) -> HashSet<(String, Vec<u8>, Vec<u8>)> {
+    let mut expected = HashSet::new();
+    for request in requests {
+        for s in span::spans(request) {
+            let mut evaluations = Vec::new();
+            set.evaluate(&s, &mut evaluations);
+            for e in evaluations.iter().filter(|e| to_otlp::emits_span(e)) {
+                expected.insert((
+                    e.score_id.to_hex(),
+                    s.trace_id().to_vec(),
+                    s.span_id().to_vec(),
+                ));
+            }
+        }
+    }
+    expected
+}
+
+/// The evaluation events in records of the logs topic, checking each record's key (the hex
+/// trace id of every event in it) and that each is a `gen_ai.evaluation.result` event.
+fn output_events(records: &[Record]) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    let mut events = Vec::new();
+    for r in records {
+        let request = ExportLogsServiceRequest::decode(&r.payload[..])
+            .expect("a logs record holds an ExportLogsServiceRequest");
+        for rl in &request.resource_logs {
+            for sl in &rl.scope_logs {
+                for l in &sl.log_records {
+                    assert_eq!(l.event_name, "gen_ai.evaluation.result");
+                    assert_eq!(r.key.as_deref(), Some(otlp::hex(&l.trace_id).as_str()));
+                    let score_id = otlp::find(&l.attributes, "evalstream.score.id")
+                        .and_then(otlp::as_str)
+                        .expect("evalstream.score.id")
+                        .to_owned();
+                    events.push((score_id, l.trace_id.clone(), l.span_id.clone()));
+                }
+            }
+        }
+    }
+    events
+}
+
 /// Evaluator span ids found in output records (with repeats), checking each record's key.
 fn output_span_ids(records: &[Record]) -> Vec<Vec<u8>> {
     let mut ids = Vec::new();
@@ -425,7 +473,7 @@ fn count_spans(records: &[Record]) -> usize {
 
 fn setup(partitions: u32) -> Broker {
     let broker = Broker::start();
-    for topic in ["input", "output", "dlq"] {
+    for topic in ["input", "output", "logs", "dlq"] {
         broker.create_topic(topic, partitions);
     }
     broker
@@ -470,6 +518,17 @@ fn the_corpus_flows_through_kafka_in_both_encodings() {
         assert_eq!(
             got, want,
             "{encoding}: the output topic holds exactly the offline evaluations"
+        );
+        // The same evaluations as `gen_ai.evaluation.result` log records on the logs topic,
+        // each on the judged span's trace and span ids.
+        let want_events = expected_events(&set, &requests);
+        let events = read_topic(&broker.address(), "logs", Duration::from_secs(60), |r| {
+            output_events(r).len() >= want_events.len()
+        });
+        let got_events: HashSet<_> = output_events(&events).into_iter().collect();
+        assert_eq!(
+            got_events, want_events,
+            "{encoding}: the logs topic holds every event"
         );
         assert_eq!(
             worker.metric("evalstream_messages_consumed_total"),
@@ -2273,7 +2332,7 @@ fn compressed_batches_in_every_codec_the_collector_writes_are_read() {
 /// was consumed, with the errors logged at debug.
 #[test]
 fn a_missing_input_topic_makes_readyz_say_why() {
-    let (_one_mock_at_a_time, cluster) = mock_with_topics(&["output", "dlq"]);
+    let (_one_mock_at_a_time, cluster) = mock_with_topics(&["output", "logs", "dlq"]);
     let address = cluster.bootstrap_servers();
     let dir = temp_dir("missing-topic");
     let worker = Worker::start(&dir, "w", &address, "g", Encoding::OtlpProto);
@@ -2433,7 +2492,7 @@ type ClientProperties<'a> = Vec<(&'a str, &'a str)>;
 #[test]
 fn the_worker_consumes_and_produces_over_sasl_ssl_and_mutual_tls() {
     let broker = Broker::start_secured();
-    for topic in ["input", "output", "dlq"] {
+    for topic in ["input", "output", "logs", "dlq"] {
         broker.create_topic(topic, 2);
     }
     let secured = broker.secured.as_ref().unwrap();
@@ -2510,7 +2569,7 @@ fn the_worker_consumes_and_produces_over_sasl_ssl_and_mutual_tls() {
 #[test]
 fn a_wrong_sasl_password_is_named_on_readyz_and_in_the_log() {
     let broker = Broker::start_secured();
-    for topic in ["input", "output", "dlq"] {
+    for topic in ["input", "output", "logs", "dlq"] {
         broker.create_topic(topic, 2);
     }
     let secured = broker.secured.as_ref().unwrap();
