@@ -36,13 +36,15 @@ source scripts/lib/local-broker.sh
 worker_pid=
 judge_pid=
 trap 'kafka_stop; [ -z "$judge_pid" ] || kill $judge_pid 2>/dev/null || true; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
-create_topics 4 bench_in bench_out bench_dlq bench_steady peer_out
+create_topics 4 bench_in bench_out bench_logs bench_dlq bench_steady peer_out
 $bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
 
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 scrape() { curl -s "127.0.0.1:$metrics_port/metrics"; }
 metric() { scrape | awk -v n="$1" '$1 == n { print $2 }'; }
 exporter="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], output: [spans], traces: { topic: bench_out }, client: { ${OUT_CLIENT:-} } } }"
+# The default output: gen_ai.evaluation.result log records to a logs topic.
+events="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], logs: { topic: bench_logs }, client: { ${OUT_CLIENT:-} } } }"
 floor="evaluators: [ { type: latency, select: { kinds: [guardrail] } } ]"
 # The default set plus the trace evaluators, whose traces are buffered until complete (a short
 # quiet period: the whole topic is there at once, and the run ends when the last trace is judged).
@@ -94,6 +96,7 @@ throughput() { # name, evaluators/exporters yaml; prints a result line, records 
   broker_cpu0=$(cpu_seconds $broker_pid)
   start_worker "$1" bench_in "$2"
   read -r first end start_count < <(wait_consumed "$traces")
+  echo "$(cpu_seconds $worker_pid)" >"$work/$1.cpu"
   cpu="CPU: worker $(cpu_seconds $worker_pid) s, broker $(python3 -c "print(f'{$(cpu_seconds $broker_pid) - $broker_cpu0:.1f}')") s"
   spans=$(metric evalstream_spans_consumed_total)
   gaps=$(metric evalstream_input_offset_gaps_total)
@@ -115,10 +118,13 @@ PY
 
 echo "worker on $(nproc) cores, $traces traces, Kafka on 127.0.0.1:$port"
 throughput evaluate "$exporter"
+throughput events "$events"
 throughput consume_only "$floor"
 throughput with_traces "$with_traces"
 python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); print(f'evaluate / consume-only floor: {e / f:.0%}')" \
   "$work/evaluate" "$work/consume_only"
+python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); print(f'events / consume-only floor: {e / f:.0%}')" \
+  "$work/events" "$work/consume_only"
 
 if [ "$judge_latency" -gt 0 ]; then
   # The default set plus an LLM judge on every answer, against the local judge stand-in: the
@@ -211,8 +217,13 @@ if [ "$peer_traces" -gt 0 ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q confluent-kafka opentelemetry-proto jsonschema
   fi
+  peer_cpu0=$(python3 -c 'import os; t = os.times(); print(t.children_user + t.children_system)')
   peer=$(PEER_NO_GROUNDING=1 "$venv/bin/python" scripts/peer/python_worker.py "127.0.0.1:$port" bench_in peer_out "$peer_traces")
   echo "$peer"
+  # Per CPU-second of each worker process: evalstream's events run (spans / its CPU seconds)
+  # against the peer's spans per second of its single busy core.
+  python3 -c "import re, sys; p = float(re.search(r'= (\d+) spans/s', sys.argv[1]).group(1)); spans = float(sys.argv[4]) * float(sys.argv[5]); cpu = float(open(sys.argv[2]).read()); print(f'spans per worker CPU-second: evalstream (events) {spans / cpu:.0f}, Python peer (one core) {p:.0f}: {spans / cpu / p:.1f}x')" \
+    "$peer" "$work/events.cpu" "" "$traces" "$(cat "$work/spans_per_trace" 2>/dev/null || echo 0)"
   python3 -c "import re, sys; p = float(re.search(r'= (\d+) spans/s', sys.argv[1]).group(1)); e = float(open(sys.argv[2]).read()); print(f'evalstream / Python peer: {e / p:.1f}x')" \
     "$peer" "$work/evaluate"
 fi
