@@ -58,6 +58,12 @@ pub trait Evaluator: Send + Sync + fmt::Debug {
         Reload::Unchanged
     }
 
+    /// Whether [`Evaluator::reload`] can ever pick up a change (a script read from a file): the
+    /// streaming worker polls definitions only when some evaluator says so.
+    fn reloads(&self) -> bool {
+        false
+    }
+
     /// The judge model behind this evaluator, when it is one: the worker sends its requests
     /// asynchronously instead of calling [`Evaluator::evaluate`].
     fn as_judge(&self) -> Option<&crate::scorers::judge::LlmJudge> {

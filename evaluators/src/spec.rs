@@ -16,208 +16,43 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use crate::cascade::{self, Cascade, ConditionConfig};
-use crate::evaluator::{
-    ConfiguredEvaluator, Evaluator, EvaluatorSet, Sampler, Selector, SelectorConfig,
-};
-use crate::scorers::agent_loop::{AgentLoop, AgentLoopConfig};
-use crate::scorers::citations::{Citations, CitationsConfig};
-use crate::scorers::cost::{CostConfig, CostScorer};
-use crate::scorers::empty_output::{EmptyOutput, EmptyOutputConfig};
-use crate::scorers::finish_reason::{FinishReasonCheck, FinishReasonConfig};
-use crate::scorers::grounding::{Grounding, GroundingConfig};
-use crate::scorers::json_schema::{JsonSchema, JsonSchemaConfig};
-use crate::scorers::json_valid::{JsonValid, JsonValidConfig};
-use crate::scorers::judge::{LlmJudge, LlmJudgeConfig};
-use crate::scorers::latency::{Latency, LatencyConfig};
-use crate::scorers::length::{Length, LengthConfig};
-use crate::scorers::pii::{Pii, PiiConfig};
-use crate::scorers::refusal::{Refusal, RefusalConfig};
-use crate::scorers::script::{Script, ScriptConfig};
-use crate::scorers::text_match::{Contains, ContainsConfig, RegexConfig, RegexMatch};
-use crate::scorers::tool_args::{ToolArgs, ToolArgsConfig};
+use crate::evaluator::{ConfiguredEvaluator, EvaluatorSet, Sampler, Selector, SelectorConfig};
+use crate::scorers::BUILTINS;
+use crate::scorers::cost::CostConfig;
+use crate::scorers::empty_output::EmptyOutputConfig;
+use crate::scorers::finish_reason::FinishReasonConfig;
+use crate::scorers::json_valid::JsonValidConfig;
+use crate::scorers::pii::PiiConfig;
+use crate::scorers::refusal::RefusalConfig;
+use crate::scorers::registry::Options;
 use crate::span::OperationKind;
 
-/// A built-in evaluator type with its options.
-///
-/// Read by [`EvaluatorKind::from_options`] rather than a derived internally tagged
-/// `Deserialize`: serde buffers internally tagged content, which loses the path of an error
-/// inside the options (`kinds[1]`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum EvaluatorKind {
-    /// The model declined to answer.
-    Refusal(RefusalConfig),
-    /// Personal data in the text.
-    Pii(PiiConfig),
-    /// Output that should be JSON parses.
-    JsonValid(JsonValidConfig),
-    /// A JSON answer meets a JSON Schema.
-    JsonSchema(JsonSchemaConfig),
-    /// Tool calls' arguments meet their tools' parameter schemas.
-    ToolArgs(ToolArgsConfig),
-    /// Citations in the answer resolve to documents retrieved in the trace.
-    Citations(CitationsConfig),
-    /// Each claim of the answer is supported by a document retrieved in the trace.
-    Grounding(GroundingConfig),
-    /// The trace shows no runaway agent: tool loops, too many LLM calls, retries, budgets.
-    AgentLoop(AgentLoopConfig),
-    /// A user scorer written as a Rhai script.
-    Rhai(ScriptConfig),
-    /// A judge model's verdict (boxed: its options are much larger than the others').
-    LlmJudge(Box<LlmJudgeConfig>),
-    /// A regular expression matches (or does not).
-    Regex(RegexConfig),
-    /// The text holds given values.
-    Contains(ContainsConfig),
-    /// The text holds none of given values.
-    NotContains(ContainsConfig),
-    /// The answer's length is within bounds.
-    Length(LengthConfig),
-    /// The call's duration is within a limit.
-    Latency(LatencyConfig),
-    /// The model did not stop for a bad reason.
-    FinishReason(FinishReasonConfig),
-    /// The model answered with something.
-    EmptyOutput(EmptyOutputConfig),
-    /// The call's cost in USD.
-    Cost(CostConfig),
-}
-
-/// Every built-in evaluator type, as written in configuration.
-pub const TYPES: [&str; 18] = [
-    "refusal",
-    "pii",
-    "json_valid",
-    "json_schema",
-    "tool_args",
-    "citations",
-    "grounding",
-    "agent_loop",
-    "rhai",
-    "llm_judge",
-    "regex",
-    "contains",
-    "not_contains",
-    "length",
-    "latency",
-    "finish_reason",
-    "empty_output",
-    "cost",
-];
+/// A built-in evaluator type with its options; generated from the list of built-in scorers (see
+/// [`crate::scorers`]).
+pub use crate::scorers::EvaluatorKind;
 
 impl EvaluatorKind {
     /// Reads the options of evaluator type `type_name` (every key but the shared ones); errors
-    /// name the path inside the options.
-    pub fn from_options(
-        type_name: &str,
-        options: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Self, String> {
-        fn read<T: serde::de::DeserializeOwned>(
-            options: serde_json::Map<String, serde_json::Value>,
-        ) -> Result<T, String> {
-            serde_path_to_error::deserialize(serde_json::Value::Object(options))
-                .map_err(|e| path_error(&e))
-        }
-        Ok(match type_name {
-            "refusal" => EvaluatorKind::Refusal(read(options)?),
-            "pii" => EvaluatorKind::Pii(read(options)?),
-            "json_valid" => EvaluatorKind::JsonValid(read(options)?),
-            "json_schema" => EvaluatorKind::JsonSchema(read(options)?),
-            "tool_args" => EvaluatorKind::ToolArgs(read(options)?),
-            "citations" => EvaluatorKind::Citations(read(options)?),
-            "grounding" => EvaluatorKind::Grounding(read(options)?),
-            "agent_loop" => EvaluatorKind::AgentLoop(read(options)?),
-            "rhai" => EvaluatorKind::Rhai(read(options)?),
-            "llm_judge" => EvaluatorKind::LlmJudge(read(options)?),
-            "regex" => EvaluatorKind::Regex(read(options)?),
-            "contains" => EvaluatorKind::Contains(read(options)?),
-            "not_contains" => EvaluatorKind::NotContains(read(options)?),
-            "length" => EvaluatorKind::Length(read(options)?),
-            "latency" => EvaluatorKind::Latency(read(options)?),
-            "finish_reason" => EvaluatorKind::FinishReason(read(options)?),
-            "empty_output" => EvaluatorKind::EmptyOutput(read(options)?),
-            "cost" => EvaluatorKind::Cost(read(options)?),
-            other => {
-                return Err(format!(
-                    "type: unknown evaluator type `{other}`, expected one of {}",
-                    TYPES.join(", ")
-                ));
-            }
-        })
+    /// name the path inside the options, and an unknown type lists every type.
+    pub fn from_options(type_name: &str, options: Options) -> Result<Self, String> {
+        let Some(builtin) = BUILTINS.iter().find(|b| b.type_name == type_name) else {
+            let types: Vec<&str> = BUILTINS.iter().map(|b| b.type_name).collect();
+            return Err(format!(
+                "type: unknown evaluator type `{type_name}`, expected one of {}",
+                types.join(", ")
+            ));
+        };
+        (builtin.parse)(options)
     }
 
     /// The type name, as written in configuration.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            EvaluatorKind::Refusal(_) => "refusal",
-            EvaluatorKind::Pii(_) => "pii",
-            EvaluatorKind::JsonValid(_) => "json_valid",
-            EvaluatorKind::JsonSchema(_) => "json_schema",
-            EvaluatorKind::ToolArgs(_) => "tool_args",
-            EvaluatorKind::Citations(_) => "citations",
-            EvaluatorKind::Grounding(_) => "grounding",
-            EvaluatorKind::AgentLoop(_) => "agent_loop",
-            EvaluatorKind::Rhai(_) => "rhai",
-            EvaluatorKind::LlmJudge(_) => "llm_judge",
-            EvaluatorKind::Regex(_) => "regex",
-            EvaluatorKind::Contains(_) => "contains",
-            EvaluatorKind::NotContains(_) => "not_contains",
-            EvaluatorKind::Length(_) => "length",
-            EvaluatorKind::Latency(_) => "latency",
-            EvaluatorKind::FinishReason(_) => "finish_reason",
-            EvaluatorKind::EmptyOutput(_) => "empty_output",
-            EvaluatorKind::Cost(_) => "cost",
-        }
+        self.registration().type_name
     }
 
     /// The operation kinds an evaluator of this type judges when `select.kinds` is not given.
     pub fn default_kinds(&self) -> &'static [OperationKind] {
-        match self {
-            EvaluatorKind::Cost(_) | EvaluatorKind::Latency(_) => {
-                &[OperationKind::Chat, OperationKind::Embeddings]
-            }
-            EvaluatorKind::ToolArgs(_) => &[OperationKind::Chat, OperationKind::Tool],
-            // Judged on the trace's root, whatever its kind (see `scorers::agent_loop`); never
-            // on evalstream's own evaluator spans.
-            EvaluatorKind::AgentLoop(_) => &[
-                OperationKind::Agent,
-                OperationKind::Chat,
-                OperationKind::Tool,
-                OperationKind::Retrieval,
-                OperationKind::Embeddings,
-                OperationKind::Guardrail,
-                OperationKind::Other,
-            ],
-            _ => &[OperationKind::Chat],
-        }
-    }
-
-    /// The implementation's version: bump it when a scorer's behaviour changes.
-    fn implementation_version(&self) -> u32 {
-        1
-    }
-
-    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
-        Ok(match self {
-            EvaluatorKind::Refusal(c) => Box::new(Refusal::build(c)?),
-            EvaluatorKind::Pii(c) => Box::new(Pii::build(c)?),
-            EvaluatorKind::JsonValid(c) => Box::new(JsonValid::build(c)?),
-            EvaluatorKind::JsonSchema(c) => Box::new(JsonSchema::build(c)?),
-            EvaluatorKind::ToolArgs(c) => Box::new(ToolArgs::build(c)?),
-            EvaluatorKind::Citations(c) => Box::new(Citations::build(c)?),
-            EvaluatorKind::Grounding(c) => Box::new(Grounding::build(c)?),
-            EvaluatorKind::AgentLoop(c) => Box::new(AgentLoop::build(c)?),
-            EvaluatorKind::Rhai(c) => Box::new(Script::build(c)?),
-            EvaluatorKind::LlmJudge(c) => Box::new(LlmJudge::build(c)?),
-            EvaluatorKind::Regex(c) => Box::new(RegexMatch::build(c)?),
-            EvaluatorKind::Contains(c) => Box::new(Contains::build(c, false)?),
-            EvaluatorKind::NotContains(c) => Box::new(Contains::build(c, true)?),
-            EvaluatorKind::Length(c) => Box::new(Length::build(c)?),
-            EvaluatorKind::Latency(c) => Box::new(Latency::build(c)?),
-            EvaluatorKind::FinishReason(c) => Box::new(FinishReasonCheck::build(c)?),
-            EvaluatorKind::EmptyOutput(_) => Box::new(EmptyOutput),
-            EvaluatorKind::Cost(c) => Box::new(CostScorer::build(c)?),
-        })
+        self.registration().default_kinds
     }
 }
 
@@ -240,13 +75,13 @@ pub struct EvaluatorSpec {
 
 impl EvaluatorSpec {
     /// A spec for a type with default options, applying to its default span kinds.
-    pub fn of(kind: EvaluatorKind) -> EvaluatorSpec {
+    pub fn of(kind: impl Into<EvaluatorKind>) -> EvaluatorSpec {
         EvaluatorSpec {
             name: None,
             select: SelectorConfig::default(),
             sample: 1.0,
             when: Vec::new(),
-            kind,
+            kind: kind.into(),
         }
     }
 
@@ -274,12 +109,12 @@ impl EvaluatorSpec {
                 self.sample
             ));
         }
-        let evaluator = self.kind.build()?;
+        let evaluator = self.kind.build_scorer()?;
         let options =
             serde_json::to_string(&self.kind).map_err(|e| format!("cannot hash options: {e}"))?;
         let fingerprint = evaluator.fingerprint();
         let version = crate::evaluator::version(
-            &self.kind.implementation_version().to_string(),
+            &self.kind.registration().version.to_string(),
             &options,
             fingerprint,
         );
@@ -345,12 +180,12 @@ pub fn build_set(specs: &[EvaluatorSpec]) -> Result<EvaluatorSet, BuildError> {
 /// `finish_reason`, `empty_output` and `cost` with the built-in prices.
 pub fn default_specs() -> Vec<EvaluatorSpec> {
     vec![
-        EvaluatorSpec::of(EvaluatorKind::Refusal(RefusalConfig::default())),
-        EvaluatorSpec::of(EvaluatorKind::Pii(PiiConfig::default())),
-        EvaluatorSpec::of(EvaluatorKind::JsonValid(JsonValidConfig::default())),
-        EvaluatorSpec::of(EvaluatorKind::FinishReason(FinishReasonConfig::default())),
-        EvaluatorSpec::of(EvaluatorKind::EmptyOutput(EmptyOutputConfig::default())),
-        EvaluatorSpec::of(EvaluatorKind::Cost(CostConfig::default())),
+        EvaluatorSpec::of(RefusalConfig::default()),
+        EvaluatorSpec::of(PiiConfig::default()),
+        EvaluatorSpec::of(JsonValidConfig::default()),
+        EvaluatorSpec::of(FinishReasonConfig::default()),
+        EvaluatorSpec::of(EmptyOutputConfig::default()),
+        EvaluatorSpec::of(CostConfig::default()),
     ]
 }
 
@@ -513,6 +348,29 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("evaluators[0] (regex): pattern")
+        );
+    }
+
+    /// Versions hash the options as serialised (`{"type":…,<fields in order>}`): a change in
+    /// how they serialise changes every score id, so the default set's versions are pinned.
+    #[test]
+    fn the_default_evaluators_keep_their_versions() {
+        let set = build_set(&default_specs()).unwrap();
+        let versions: Vec<(&str, &str)> = set
+            .evaluators()
+            .iter()
+            .map(|e| (e.name.as_str(), e.version.as_str()))
+            .collect();
+        assert_eq!(
+            versions,
+            [
+                ("refusal", "1.46cc2b3d"),
+                ("pii", "1.9c6735c8"),
+                ("json_valid", "1.8863e55f"),
+                ("finish_reason", "1.47819b2c"),
+                ("empty_output", "1.9e7ee849"),
+                ("cost", "1.3576cdca"),
+            ]
         );
     }
 

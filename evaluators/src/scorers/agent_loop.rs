@@ -38,6 +38,7 @@ use serde_json::Value;
 use super::{MAX_NAME_CHARS, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
 use crate::pricing::{Price, PriceTable};
+use crate::scorers::registry::Builtin;
 use crate::span::{GenAiSpan, OperationKind};
 use crate::trace::TraceView;
 
@@ -66,6 +67,24 @@ pub struct AgentLoopConfig {
     /// Prices by model name (USD per million tokens), over the built-in table.
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
+}
+
+impl Builtin for AgentLoopConfig {
+    const TYPE: &'static str = "agent_loop";
+    // Judged on the trace's root, whatever its kind; never on evalstream's own evaluator spans.
+    const DEFAULT_KINDS: &'static [OperationKind] = &[
+        OperationKind::Agent,
+        OperationKind::Chat,
+        OperationKind::Tool,
+        OperationKind::Retrieval,
+        OperationKind::Embeddings,
+        OperationKind::Guardrail,
+        OperationKind::Other,
+    ];
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(AgentLoop::build(self)?))
+    }
 }
 
 fn default_max_repeated_tool_calls() -> u32 {

@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use super::compile_regex;
 use crate::evaluator::{Evaluator, Outcome};
+use crate::scorers::registry::Builtin;
 use crate::span::{Document, GenAiSpan};
 use crate::trace::TraceView;
 
@@ -30,6 +31,14 @@ pub struct CitationsConfig {
     /// Whether an answer with retrieved context must cite.
     #[serde(default = "yes")]
     pub require_citations: bool,
+}
+
+impl Builtin for CitationsConfig {
+    const TYPE: &'static str = "citations";
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Citations::build(self)?))
+    }
 }
 
 impl Default for CitationsConfig {

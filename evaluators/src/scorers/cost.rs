@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{MAX_NAME_CHARS, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
 use crate::pricing::{Price, PriceTable};
-use crate::span::GenAiSpan;
+use crate::scorers::registry::Builtin;
+use crate::span::{GenAiSpan, OperationKind};
 
 /// Configuration of `cost`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -26,6 +27,16 @@ pub struct CostConfig {
     /// The most one call may cost, USD.
     #[serde(default)]
     pub max_usd: Option<f64>,
+}
+
+impl Builtin for CostConfig {
+    const TYPE: &'static str = "cost";
+    const DEFAULT_KINDS: &'static [OperationKind] =
+        &[OperationKind::Chat, OperationKind::Embeddings];
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(CostScorer::build(self)?))
+    }
 }
 
 fn yes() -> bool {

@@ -6,12 +6,21 @@
 use serde::{Deserialize, Serialize};
 
 use crate::evaluator::{Evaluator, Outcome};
+use crate::scorers::registry::Builtin;
 use crate::span::GenAiSpan;
 
 /// Configuration of `empty_output` (no options yet; unknown keys are rejected).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyOutputConfig {}
+
+impl Builtin for EmptyOutputConfig {
+    const TYPE: &'static str = "empty_output";
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(EmptyOutput))
+    }
+}
 
 /// The `empty_output` scorer.
 #[derive(Debug)]

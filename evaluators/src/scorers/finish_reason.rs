@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{MAX_NAME_CHARS, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
+use crate::scorers::registry::Builtin;
 use crate::span::{FinishReason, GenAiSpan};
 
 /// Configuration of `finish_reason`.
@@ -18,6 +19,14 @@ pub struct FinishReasonConfig {
     /// Canonical reasons that fail: any of `stop`, `length`, `content_filter`, `tool_call`, `error`.
     #[serde(default = "default_fail_on")]
     pub fail_on: Vec<String>,
+}
+
+impl Builtin for FinishReasonConfig {
+    const TYPE: &'static str = "finish_reason";
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(FinishReasonCheck::build(self)?))
+    }
 }
 
 fn default_fail_on() -> Vec<String> {

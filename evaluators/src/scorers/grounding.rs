@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use super::citations::{Citations, CitationsConfig, position_of};
 use crate::evaluator::{Evaluator, Outcome};
+use crate::scorers::registry::Builtin;
 use crate::span::{Document, GenAiSpan};
 use crate::trace::TraceView;
 use text::{TokenKind, Tokens};
@@ -72,6 +73,14 @@ pub struct GroundingConfig {
     /// Look for context blocks in the prompt when no retriever recorded documents.
     #[serde(default = "yes")]
     pub use_prompt_context: bool,
+}
+
+impl Builtin for GroundingConfig {
+    const TYPE: &'static str = "grounding";
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Grounding::build(self)?))
+    }
 }
 
 fn default_min_overlap() -> f64 {

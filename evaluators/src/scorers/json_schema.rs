@@ -22,6 +22,7 @@ use super::json_valid::unfence;
 use super::schema::{self, DraftChoice, SchemaCache};
 use crate::evaluator::{Evaluator, Outcome};
 use crate::otlp::JsonError;
+use crate::scorers::registry::Builtin;
 use crate::span::{GenAiSpan, JsonRequest};
 
 /// Configuration of `json_schema`.
@@ -46,6 +47,14 @@ pub struct JsonSchemaConfig {
     /// Violations listed in the explanation.
     #[serde(default = "default_max_errors")]
     pub max_errors: usize,
+}
+
+impl Builtin for JsonSchemaConfig {
+    const TYPE: &'static str = "json_schema";
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(JsonSchema::build(self)?))
+    }
 }
 
 fn yes() -> bool {

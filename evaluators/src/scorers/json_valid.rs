@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::evaluator::{Evaluator, Outcome};
 use crate::otlp::JsonError;
+use crate::scorers::registry::Builtin;
 use crate::span::{GenAiSpan, JsonRequest};
 
 /// Configuration of `json_valid`.
@@ -23,6 +24,14 @@ pub struct JsonValidConfig {
     /// Accept JSON wrapped in a Markdown code fence (```json … ```).
     #[serde(default = "yes")]
     pub allow_code_fence: bool,
+}
+
+impl Builtin for JsonValidConfig {
+    const TYPE: &'static str = "json_valid";
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(JsonValid::build(self)?))
+    }
 }
 
 fn yes() -> bool {

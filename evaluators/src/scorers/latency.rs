@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::evaluator::{Evaluator, Outcome};
-use crate::span::GenAiSpan;
+use crate::scorers::registry::Builtin;
+use crate::span::{GenAiSpan, OperationKind};
 
 /// Configuration of `latency`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -15,6 +16,16 @@ pub struct LatencyConfig {
     /// The slowest acceptable duration, in seconds.
     #[serde(default = "default_max")]
     pub max_seconds: f64,
+}
+
+impl Builtin for LatencyConfig {
+    const TYPE: &'static str = "latency";
+    const DEFAULT_KINDS: &'static [OperationKind] =
+        &[OperationKind::Chat, OperationKind::Embeddings];
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Latency::build(self)?))
+    }
 }
 
 fn default_max() -> f64 {

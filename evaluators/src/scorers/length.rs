@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TextSource;
 use crate::evaluator::{Evaluator, Outcome};
+use crate::scorers::registry::Builtin;
 use crate::span::GenAiSpan;
 
 /// What `length` counts.
@@ -38,6 +39,15 @@ pub struct LengthConfig {
     /// Which text to measure (characters and words only).
     #[serde(default)]
     pub on: TextSource,
+}
+
+impl Builtin for LengthConfig {
+    const TYPE: &'static str = "length";
+    const EXAMPLE: &'static str = r#"{"max": 500}"#;
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Length::build(self)?))
+    }
 }
 
 /// The `length` scorer.

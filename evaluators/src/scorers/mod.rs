@@ -1,6 +1,29 @@
-//! The built-in heuristic scorers. One file per scorer, each holding its configuration (with
+//! The built-in scorers. One file per scorer, each holding its configuration (with
 //! `deny_unknown_fields`), a `build` step that validates and compiles once, the runtime scorer,
-//! and its tests.
+//! its registration ([`registry::Builtin`], implemented by the configuration) and its tests.
+//!
+//! # To add a scorer
+//!
+//! 1. Write `scorers/my_scorer.rs`: a documented `MyScorerConfig` (`Deserialize`, `Serialize`,
+//!    `Debug`, `Clone`, `PartialEq`, `#[serde(deny_unknown_fields)]`), the scorer implementing
+//!    [`Evaluator`](crate::evaluator::Evaluator) (override `needs_trace` if it judges whole
+//!    traces), tests, and its registration:
+//!    ```ignore
+//!    impl Builtin for MyScorerConfig {
+//!        const TYPE: &'static str = "my_scorer";
+//!        // Optional: DEFAULT_KINDS (default `[chat]`), VERSION (default 1), EXAMPLE (default
+//!        // `{}`: the smallest options that build, when some option is required).
+//!        fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+//!            Ok(Box::new(MyScorer::build(self)?))
+//!        }
+//!    }
+//!    ```
+//! 2. Declare it below (`pub mod my_scorer;`) and add one line to the `builtins!` list:
+//!    `MyScorer(my_scorer::MyScorerConfig),`.
+//!
+//! Nothing else names the types: configuration reads `type: my_scorer` through [`BUILTINS`], and
+//! the registry's tests build every listed type from its `EXAMPLE`. Document it in the README's
+//! table of evaluators.
 
 use std::borrow::Cow;
 
@@ -21,10 +44,34 @@ pub mod latency;
 pub mod length;
 pub mod pii;
 pub mod refusal;
+pub mod registry;
 pub mod schema;
 pub mod script;
 pub mod text_match;
 pub mod tool_args;
+
+// The built-in scorers, one line each: `Variant(path::ToConfig),`. Generates `EvaluatorKind` and
+// `BUILTINS`; the order is the one configuration errors list the types in.
+registry::builtins! {
+    Refusal(refusal::RefusalConfig),
+    Pii(pii::PiiConfig),
+    JsonValid(json_valid::JsonValidConfig),
+    JsonSchema(json_schema::JsonSchemaConfig),
+    ToolArgs(tool_args::ToolArgsConfig),
+    Citations(citations::CitationsConfig),
+    Grounding(grounding::GroundingConfig),
+    AgentLoop(agent_loop::AgentLoopConfig),
+    Rhai(script::ScriptConfig),
+    LlmJudge(Box<judge::LlmJudgeConfig>),
+    Regex(text_match::RegexConfig),
+    Contains(text_match::ContainsConfig),
+    NotContains(text_match::NotContainsConfig),
+    Length(length::LengthConfig),
+    Latency(latency::LatencyConfig),
+    FinishReason(finish_reason::FinishReasonConfig),
+    EmptyOutput(empty_output::EmptyOutputConfig),
+    Cost(cost::CostConfig),
+}
 
 /// Which text of a span a text scorer reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TextSource;
 use crate::evaluator::{Evaluator, Outcome};
+use crate::scorers::registry::Builtin;
 use crate::span::GenAiSpan;
 
 /// A kind of personal data.
@@ -76,6 +77,14 @@ pub struct PiiConfig {
     /// Which text to scan (default: the output).
     #[serde(default)]
     pub on: TextSource,
+}
+
+impl Builtin for PiiConfig {
+    const TYPE: &'static str = "pii";
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Pii::build(self)?))
+    }
 }
 
 fn all_kinds() -> Vec<PiiKind> {

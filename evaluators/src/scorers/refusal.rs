@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{TextSource, compile_regex, excerpt, prefix_chars};
 use crate::evaluator::{Evaluator, Outcome};
+use crate::scorers::registry::Builtin;
 use crate::span::{FinishReason, GenAiSpan, Part};
 
 /// Configuration of `refusal`.
@@ -30,6 +31,14 @@ pub struct RefusalConfig {
     /// How many characters from the start of the answer are searched for refusal phrases.
     #[serde(default = "default_window")]
     pub window: usize,
+}
+
+impl Builtin for RefusalConfig {
+    const TYPE: &'static str = "refusal";
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Refusal::build(self)?))
+    }
 }
 
 fn default_window() -> usize {

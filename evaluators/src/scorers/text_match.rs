@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{TextSource, compile_regex, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
+use crate::scorers::registry::Builtin;
 use crate::span::GenAiSpan;
 
 /// Whether a `regex` evaluator wants the pattern to match.
@@ -37,6 +38,15 @@ pub struct RegexConfig {
     /// Which text to match.
     #[serde(default)]
     pub on: TextSource,
+}
+
+impl Builtin for RegexConfig {
+    const TYPE: &'static str = "regex";
+    const EXAMPLE: &'static str = r#"{"pattern": "sorry"}"#;
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(RegexMatch::build(self)?))
+    }
 }
 
 /// Whether `contains` needs any or all of its values.
@@ -65,6 +75,30 @@ pub struct ContainsConfig {
     /// Which text to search.
     #[serde(default)]
     pub on: TextSource,
+}
+
+impl Builtin for ContainsConfig {
+    const TYPE: &'static str = "contains";
+    const EXAMPLE: &'static str = r#"{"values": ["acme"]}"#;
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Contains::build(self, false)?))
+    }
+}
+
+/// Configuration of `not_contains`: the options of `contains`, its own type so it registers
+/// under its own name.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct NotContainsConfig(pub ContainsConfig);
+
+impl Builtin for NotContainsConfig {
+    const TYPE: &'static str = "not_contains";
+    const EXAMPLE: &'static str = r#"{"values": ["acme"]}"#;
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Contains::build(&self.0, true)?))
+    }
 }
 
 /// The `regex` scorer.

@@ -17,6 +17,7 @@ use super::schema::{self, DraftChoice, SchemaCache};
 use super::{MAX_NAME_CHARS, excerpt};
 use crate::evaluator::{Evaluator, Outcome};
 use crate::otlp::JsonError;
+use crate::scorers::registry::Builtin;
 use crate::span::{GenAiSpan, OperationKind, ToolDefinition};
 use crate::trace::TraceView;
 
@@ -30,6 +31,15 @@ pub struct ToolArgsConfig {
     /// Violations listed in the explanation, per call.
     #[serde(default = "default_max_errors")]
     pub max_errors: usize,
+}
+
+impl Builtin for ToolArgsConfig {
+    const TYPE: &'static str = "tool_args";
+    const DEFAULT_KINDS: &'static [OperationKind] = &[OperationKind::Chat, OperationKind::Tool];
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(ToolArgs::build(self)?))
+    }
 }
 
 impl Default for ToolArgsConfig {

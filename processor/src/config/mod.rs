@@ -816,7 +816,7 @@ evaluators:
         assert_eq!(k.group_id, "g-default-$HOME");
         assert_eq!(c.evaluators[0].sample, 0.25);
         assert!(
-            matches!(&c.evaluators[0].kind, EvaluatorKind::NotContains(n) if n.values == ["acme"])
+            matches!(&c.evaluators[0].kind, EvaluatorKind::NotContains(n) if n.0.values == ["acme"])
         );
         let err = parse("receivers:\n  kafka:\n    group_id: ${env:NOPE}\n").unwrap_err();
         assert!(

@@ -22,7 +22,8 @@ use crate::telemetry::metrics::Metrics;
 /// How often script files are read again.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
-/// Starts the reload thread when some evaluator is a script; it stops once `done` is set.
+/// Starts the reload thread when some evaluator can reload (a script read from a file); it stops
+/// once `done` is set.
 pub fn start(
     evaluators: &Arc<EvaluatorSet>,
     metrics: &Arc<Metrics>,
@@ -31,7 +32,7 @@ pub fn start(
     if !evaluators
         .evaluators()
         .iter()
-        .any(|e| e.type_name == "rhai")
+        .any(|e| e.evaluator.reloads())
     {
         return Ok(None);
     }

@@ -20,6 +20,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::evaluator::{Evaluator, Outcome};
 use crate::scorers::pii::{self, PiiKind};
+use crate::scorers::registry::Builtin;
 use crate::scorers::{excerpt, prefix_chars};
 use crate::span::GenAiSpan;
 use crate::trace::TraceView;
@@ -149,6 +150,16 @@ pub struct LlmJudgeConfig {
     /// Seconds the circuit stays open before one call tries again.
     #[serde(default = "default_breaker_cooldown")]
     pub breaker_cooldown_seconds: f64,
+}
+
+impl Builtin for LlmJudgeConfig {
+    const TYPE: &'static str = "llm_judge";
+    const EXAMPLE: &'static str =
+        r#"{"template": "faithfulness", "endpoint": "http://localhost:8000/v1", "model": "judge"}"#;
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(LlmJudge::build(self)?))
+    }
 }
 
 fn default_cache_size() -> u64 {

@@ -37,6 +37,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::evaluator::{Evaluator, Outcome, Reload};
 use crate::pricing::PriceTable;
+use crate::scorers::registry::Builtin;
 use crate::span::GenAiSpan;
 use crate::trace::TraceView;
 use sandbox::ScriptLimits;
@@ -60,6 +61,16 @@ pub struct ScriptConfig {
     /// Limits on one call.
     #[serde(default)]
     pub limits: ScriptLimits,
+}
+
+impl Builtin for ScriptConfig {
+    const TYPE: &'static str = "rhai";
+    // One of the repository's example scorers.
+    const EXAMPLE: &'static str = r#"{"script": "../scripts/scorers/answer_length.rhai"}"#;
+
+    fn build(&self) -> Result<Box<dyn Evaluator>, String> {
+        Ok(Box::new(Script::build(self)?))
+    }
 }
 
 fn default_threshold() -> f64 {
@@ -328,6 +339,10 @@ impl Evaluator for Script {
 
     fn reload(&self) -> Reload {
         self.reload_file()
+    }
+
+    fn reloads(&self) -> bool {
+        self.path.is_some()
     }
 }
 
