@@ -99,6 +99,7 @@ throughput() { # name, evaluators/exporters yaml; prints a result line, records 
   echo "$(cpu_seconds $worker_pid)" >"$work/$1.cpu"
   cpu="CPU: worker $(cpu_seconds $worker_pid) s, broker $(python3 -c "print(f'{$(cpu_seconds $broker_pid) - $broker_cpu0:.1f}')") s"
   spans=$(metric evalstream_spans_consumed_total)
+  echo "$spans" >"$work/$1.spans"
   gaps=$(metric evalstream_input_offset_gaps_total)
   [ "${gaps:-0}" = "0" ] || echo "note: $1 saw $gaps input offset gap(s): the broker skipped records" >&2
   evals=$(scrape | awk '/^evalstream_evaluations_total/ { s += $2 } END { print s+0 }')
@@ -217,13 +218,12 @@ if [ "$peer_traces" -gt 0 ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q confluent-kafka opentelemetry-proto jsonschema
   fi
-  peer_cpu0=$(python3 -c 'import os; t = os.times(); print(t.children_user + t.children_system)')
   peer=$(PEER_NO_GROUNDING=1 "$venv/bin/python" scripts/peer/python_worker.py "127.0.0.1:$port" bench_in peer_out "$peer_traces")
   echo "$peer"
   # Per CPU-second of each worker process: evalstream's events run (spans / its CPU seconds)
   # against the peer's spans per second of its single busy core.
-  python3 -c "import re, sys; p = float(re.search(r'= (\d+) spans/s', sys.argv[1]).group(1)); spans = float(sys.argv[4]) * float(sys.argv[5]); cpu = float(open(sys.argv[2]).read()); print(f'spans per worker CPU-second: evalstream (events) {spans / cpu:.0f}, Python peer (one core) {p:.0f}: {spans / cpu / p:.1f}x')" \
-    "$peer" "$work/events.cpu" "" "$traces" "$(cat "$work/spans_per_trace" 2>/dev/null || echo 0)"
+  python3 -c "import re, sys; p = float(re.search(r'= (\d+) spans/s', sys.argv[1]).group(1)); spans, cpu = (float(open(f).read()) for f in sys.argv[2:]); print(f'spans per worker CPU-second: evalstream (events) {spans / cpu:.0f}, Python peer (one core) {p:.0f}: {spans / cpu / p:.1f}x')" \
+    "$peer" "$work/events.spans" "$work/events.cpu"
   python3 -c "import re, sys; p = float(re.search(r'= (\d+) spans/s', sys.argv[1]).group(1)); e = float(open(sys.argv[2]).read()); print(f'evalstream / Python peer: {e / p:.1f}x')" \
     "$peer" "$work/evaluate"
 fi
