@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs what it needs when missing (the OpenSSL headers, Apache
-# Kafka, the test broker, Prometheus, and for the collector end-to-end test an OpenTelemetry
-# Collector built with Go and a Python app's venv), checks and unit-tests the alert rules with
+# Kafka, the test broker, Prometheus, for the collector end-to-end test an OpenTelemetry
+# Collector built with Go and a Python app's venv, and for the OTLP exporter's end-to-end test
+# Arize Phoenix in a venv), checks and unit-tests the alert rules with
 # promtool, then formatting, lints and every test of the workspace (unit, corpus, command-line, property,
 # Kafka and Prometheus integration tests, and doc examples), then the tests of every Rhai scorer in
 # scripts/scorers, then the fuzz targets for FUZZ_SECONDS each (default 60; 0 builds them and
@@ -43,6 +44,10 @@ step "set-up: the collector test's OpenTelemetry Collector (Go build, when missi
 scripts/install-collector.sh
 step "set-up: the collector test's Python app (venv, when missing)"
 scripts/install-python-app.sh
+# tests/phoenix.rs: Arize Phoenix, the backend its OTLP exporter writes to (a venv from PyPI,
+# about 850 MB, a few minutes the first time).
+step "set-up: the Phoenix test's Arize Phoenix (venv, when missing)"
+scripts/install-phoenix.sh
 
 step "alert rules (promtool check and unit tests)"
 (cd deploy/prometheus && promtool check config prometheus.yaml && promtool test rules evalstream.rules.test.yaml)

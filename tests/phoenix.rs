@@ -1,0 +1,619 @@
+//! The `otlphttp` exporter against a real tracing backend, Arize Phoenix 20.26.1
+//! (`scripts/install-phoenix.sh` installs it into `target/phoenix/venv`; `scripts/test.sh` runs
+//! it). `phoenix serve` runs on free ports with sqlite in a directory of its own; `evalstream run`
+//! takes the corpus over OTLP/HTTP in inline mode (`forward: true`) and exports to Phoenix; the
+//! test reads back through Phoenix's REST API (`/v1/projects`, `/v1/projects/{name}/spans`).
+//!
+//! What Phoenix takes, as found with this version:
+//! - OTLP/HTTP protobuf on `POST /v1/traces` of its HTTP port, gzip or not; the request is
+//!   answered before the spans are written (a background task queues them, a bulk inserter writes
+//!   them a moment later), so the test polls until they are all there.
+//! - No `/v1/logs`: `POST /v1/logs` answers 405. Phoenix keeps evaluations as spans and as *span
+//!   annotations* (its own `POST /v1/span_annotations`, which evalstream does not write), not as
+//!   log events; so the exporter to Phoenix is configured with `output: [spans]`. With the default
+//!   `output: [events]` the exporter takes the 405 as a permanent refusal: no retry, a warning
+//!   naming the exporter and the status, and the input is answered at once with 503 and that
+//!   message (a failed export asks the client to send again; see [`logs_are_refused_at_once`]).
+//! - Evaluator spans show up as spans of kind `UNKNOWN` (they carry no
+//!   `openinference.span.kind`), children of the judged span in its trace, with their
+//!   `gen_ai.evaluation.*` attributes and `gen_ai.evaluation.result` event as sent.
+//!
+//! Projects (issue 16). Phoenix files a *trace*, not a span, under a project: the project of the
+//! first span of that trace it writes, named by the `x-project-name` request header, else by the
+//! resource attribute `openinference.project.name`, else `default`; `service.name` plays no part.
+//! Every later span of the trace joins the trace's project whatever its own resource says. The
+//! corpus names no project, so as it is everything lands in `default`; this test adds
+//! `openinference.project.name: support-agent` to its resource, as a Phoenix user's application
+//! does. Evaluator spans carry evalstream's resource (`service.name: evalstream`, no project), so:
+//! - they never land in a project apart from the spans they judge (same trace, same project);
+//! - but when an evaluator span is written before any span of its trace, the trace, the
+//!   application's own spans included, is filed under `default`. In inline mode the forwarded
+//!   request is queued before the evaluations, but the exporter sends requests concurrently and
+//!   Phoenix writes them asynchronously, so either may come first: the test accepts `support-agent`
+//!   or `default` per trace and prints the split (10 to 18 of the 40 traces under `default` in our
+//!   runs). When evalstream only scores and the application exports to Phoenix itself (a collector
+//!   fanning out to both), which comes first depends on the two paths;
+//!   [`evaluator_spans_first_file_the_trace_under_default`] shows the application's spans filed
+//!   under `default` when the evaluations come first. (An `x-project-name` header in the exporter's
+//!   `headers` files all it sends under one project, evaluations and forwarded spans alike.)
+//!
+//! Timing: importing Phoenix's server takes 15-20 s here (pydantic-ai, the LLM providers'
+//! clients, MCP), creating its sqlite schema a few more; on this project's two-core machines,
+//! busy with other builds (load 5-7), it answered 28-38 s after its start. The three cases then
+//! take 6-8 s, so the test about 45 s.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use evalstream_evaluators::otlp::types::{
+    AnyValue, ExportTraceServiceRequest, KeyValue, any_value,
+};
+use prost::Message as _;
+use serde_json::Value;
+use support::{free_ports, temp_dir};
+
+/// The corpus files posted in inline mode; [`EVALUATED_FIRST`] is kept for the ordering case, so
+/// its traces are new to Phoenix there.
+const INLINE: [&str; 4] = ["openinference", "openllmetry", "otel_v2_latest", "traceai"];
+const EVALUATED_FIRST: &str = "otel_v2";
+/// The project the application names on its resource.
+const PROJECT: &str = "support-agent";
+/// Phoenix's project for spans that name none.
+const DEFAULT_PROJECT: &str = "default";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn corpus_file(name: &str) -> PathBuf {
+    repo().join(format!("tests/fixtures/corpus/{name}.pb"))
+}
+
+/// A corpus file as the application would send it to Phoenix: its resource names [`PROJECT`].
+fn with_project(name: &str) -> ExportTraceServiceRequest {
+    let mut request =
+        ExportTraceServiceRequest::decode(&std::fs::read(corpus_file(name)).unwrap()[..]).unwrap();
+    for rs in &mut request.resource_spans {
+        rs.resource
+            .get_or_insert_default()
+            .attributes
+            .push(KeyValue {
+                key: "openinference.project.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(PROJECT.into())),
+                }),
+                ..Default::default()
+            });
+    }
+    request
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// span id → trace id, in hex, of every span of `request`.
+fn span_ids(request: &ExportTraceServiceRequest) -> BTreeMap<String, String> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .map(|s| (hex(&s.span_id), hex(&s.trace_id)))
+        .collect()
+}
+
+/// `evalstream eval`'s scored and errored verdicts for `files` (a skipped evaluation makes no
+/// evaluator span), by score id.
+fn verdicts(files: &[&str]) -> BTreeMap<String, Value> {
+    let eval = Command::new(env!("CARGO_BIN_EXE_evalstream"))
+        .arg("eval")
+        .args(files.iter().map(|f| corpus_file(f)))
+        .output()
+        .unwrap();
+    assert!(eval.status.success());
+    String::from_utf8(eval.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["outcome"] != "skipped")
+        .map(|v| (v["score_id"].as_str().unwrap().to_owned(), v))
+        .collect()
+}
+
+/// POSTs an OTLP/HTTP protobuf body to `/v1/traces` of `port`: the status and the body.
+fn post(port: u16, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut response = Vec::new();
+    let _ = s.read_to_end(&mut response);
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |i| i + 4);
+    let status = String::from_utf8_lossy(&response[..split])
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, response[split..].to_vec())
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The test's directory: Phoenix's data and log, each `evalstream run`'s configuration and log.
+/// Removed when the test passed; kept, with its files listed, when it failed.
+struct Workdir(PathBuf);
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the logs are kept in {}:", self.0.display());
+            for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                eprintln!("  {}", entry.path().display());
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// `phoenix serve` on free loopback ports, sqlite in `<dir>/phoenix-data`, its output in
+/// `<dir>/phoenix.log`. Killed on drop.
+struct Phoenix {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Phoenix {
+    fn start(dir: &Path) -> Phoenix {
+        let bin = repo().join("target/phoenix/venv/bin/phoenix");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/install-phoenix.sh (scripts/test.sh does)",
+            bin.display()
+        );
+        let [port, grpc] = free_ports();
+        let data = dir.join("phoenix-data");
+        std::fs::create_dir_all(&data).unwrap();
+        let log = dir.join("phoenix.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(bin);
+        // Nothing from the caller's environment decides where Phoenix listens or stores.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PHOENIX_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .arg("serve")
+            .env("PHOENIX_HOST", "127.0.0.1")
+            .env("PHOENIX_PORT", port.to_string())
+            .env("PHOENIX_GRPC_PORT", grpc.to_string())
+            .env("PHOENIX_WORKING_DIR", &data)
+            // Its migrations otherwise log every statement (thousands of lines).
+            .env("PHOENIX_LOG_MIGRATIONS", "false")
+            .env("PHOENIX_TELEMETRY_ENABLED", "false")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("phoenix starts");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut phoenix = Phoenix {
+            child,
+            port,
+            log,
+            client,
+            runtime,
+        };
+        let started = Instant::now();
+        let limit = Duration::from_secs(120);
+        loop {
+            let healthy = phoenix.runtime.block_on(async {
+                let answer = phoenix
+                    .client
+                    .get(phoenix.url("/healthz"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                answer.is_ok_and(|r| r.status().is_success())
+            });
+            if healthy {
+                break;
+            }
+            phoenix.assert_running();
+            assert!(
+                started.elapsed() < limit,
+                "Phoenix did not answer within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "Phoenix answered {:.1} s after its start",
+            started.elapsed().as_secs_f64()
+        );
+        phoenix
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Fails the test, with the end of Phoenix's log, when it has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "Phoenix exited ({status}); the end of {}:\n{}",
+                self.log.display(),
+                tail(&self.log)
+            );
+        }
+    }
+
+    /// `GET path`, which must succeed: its JSON.
+    fn get(&self, path: &str) -> Value {
+        self.runtime.block_on(async {
+            let response = self.client.get(self.url(path)).send().await.unwrap();
+            let status = response.status();
+            let text = response.text().await.unwrap();
+            assert!(status.is_success(), "GET {path}: {status} {text}");
+            serde_json::from_str(&text).unwrap()
+        })
+    }
+
+    fn projects(&self) -> Vec<String> {
+        self.get("/v1/projects")["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Every span Phoenix holds, by OTel span id, with its project.
+    fn spans(&self) -> HashMap<String, (String, Value)> {
+        let mut spans = HashMap::new();
+        for project in self.projects() {
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut path = format!("/v1/projects/{project}/spans?limit=1000");
+                if let Some(c) = &cursor {
+                    path.push_str(&format!("&cursor={c}"));
+                }
+                let page = self.get(&path);
+                for span in page["data"].as_array().unwrap() {
+                    let id = span["context"]["span_id"].as_str().unwrap().to_owned();
+                    spans.insert(id, (project.clone(), span.clone()));
+                }
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+        }
+        spans
+    }
+
+    /// Waits until Phoenix holds `count` spans (it writes them a moment after answering).
+    fn wait_for_spans(&mut self, count: usize) -> HashMap<String, (String, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let spans = self.spans();
+            if spans.len() >= count {
+                return spans;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "Phoenix holds {} spans, {count} expected",
+                spans.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Phoenix {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("Phoenix's log: {}", self.log.display());
+        }
+    }
+}
+
+/// `evalstream run` with `config`, its log in `<dir>/<name>.log`. Stopped with SIGTERM by
+/// [`Run::stop`], killed on drop otherwise.
+struct Run {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Run {
+    /// Starts it and waits until its OTLP/HTTP receiver on `port` listens.
+    fn start(dir: &Path, name: &str, config: &str, port: u16) -> Run {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_evalstream"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut run = Run { child, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = run.child.try_wait().unwrap() {
+                panic!("{name} exited ({status}):\n{}", tail(&run.log));
+            }
+            assert!(Instant::now() < deadline, "{name} never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        run
+    }
+
+    fn stop(mut self) -> String {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "run exited with {status}");
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `evalstream run` configuration: OTLP/HTTP on `http`, `forward` as given, one `otlphttp`
+/// exporter to Phoenix with `output` (the default when `None`).
+fn config(http: u16, metrics: u16, forward: bool, phoenix: u16, output: Option<&str>) -> String {
+    let output = output.map_or(String::new(), |o| format!("    output: {o}\n"));
+    format!(
+        r#"receivers:
+  otlp:
+    protocols:
+      http: {{ endpoint: "127.0.0.1:{http}" }}
+    forward: {forward}
+exporters:
+  otlphttp:
+    endpoint: "http://127.0.0.1:{phoenix}"
+{output}    retry_on_failure: {{ initial_interval: 100ms }}
+telemetry:
+  metrics: {{ listen: "127.0.0.1:{metrics}" }}
+"#
+    )
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+/// One case of the test, against the shared Phoenix.
+type Case = fn(&mut Phoenix, &Path);
+
+#[test]
+fn phoenix_keeps_the_forwarded_spans_and_their_evaluator_spans() {
+    let dir = Workdir(temp_dir("phoenix"));
+    // One Phoenix for the three cases: its start-up is most of the test's time.
+    let mut phoenix = Phoenix::start(&dir.0);
+    let cases: [(&str, Case); 3] = [
+        ("inline mode", inline_mode_with_spans),
+        ("events refused", logs_are_refused_at_once),
+        (
+            "evaluator spans first",
+            evaluator_spans_first_file_the_trace_under_default,
+        ),
+    ];
+    for (name, case) in cases {
+        let started = Instant::now();
+        case(&mut phoenix, &dir.0);
+        eprintln!("{name}: {:.1} s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// Inline mode, `output: [spans]`: Phoenix holds every span the application sent and one
+/// evaluator span per scored or errored verdict `evalstream eval` gives for the same files, a
+/// child of the span it judges in its trace, with its attributes; each trace in one project.
+fn inline_mode_with_spans(phoenix: &mut Phoenix, dir: &Path) {
+    let [http, metrics] = free_ports();
+    let run = Run::start(
+        dir,
+        "run-inline",
+        &config(http, metrics, true, phoenix.port, Some("[spans]")),
+        http,
+    );
+    let mut sent = BTreeMap::new();
+    for name in INLINE {
+        let request = with_project(name);
+        // Answered once Phoenix took both the forwarded spans and the evaluator spans.
+        let (status, body) = post(http, &request.encode_to_vec());
+        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
+        sent.extend(span_ids(&request));
+    }
+    run.stop();
+    let verdicts = verdicts(&INLINE);
+    assert!(verdicts.len() > 100, "the corpus has verdicts");
+    let spans = phoenix.wait_for_spans(sent.len() + verdicts.len());
+    assert_eq!(spans.len(), sent.len() + verdicts.len(), "nothing else");
+
+    // The application's spans, by span id, in their traces.
+    for (span_id, trace_id) in &sent {
+        let (_, span) = spans.get(span_id).expect("a forwarded span in Phoenix");
+        assert_eq!(span["context"]["trace_id"], trace_id.as_str());
+    }
+
+    // The evaluator spans: each a verdict of eval's, on the span it judges.
+    let mut seen = BTreeSet::new();
+    for (project, span) in spans
+        .values()
+        .filter(|(_, s)| !sent.contains_key(s["context"]["span_id"].as_str().unwrap()))
+    {
+        let score_id = attr(span, "evalstream.score.id")
+            .as_str()
+            .expect("a score id");
+        assert!(seen.insert(score_id.to_owned()), "one span per verdict");
+        let verdict = verdicts.get(score_id).expect("a verdict eval gives");
+        let parent = span["parent_id"].as_str().expect("a parent");
+        assert_eq!(parent, verdict["span_id"], "the parent is the judged span");
+        assert_eq!(
+            span["context"]["trace_id"], verdict["trace_id"],
+            "in its trace"
+        );
+        let (judged_project, _) = &spans[parent];
+        assert_eq!(
+            project, judged_project,
+            "Phoenix files the trace, not the span"
+        );
+        assert_eq!(attr(span, "gen_ai.operation.name"), "evaluation");
+        assert_eq!(attr(span, "gen_ai.evaluation.name"), &verdict["evaluator"]);
+        assert_eq!(
+            attr(span, "evalstream.evaluation.outcome"),
+            &verdict["outcome"]
+        );
+        assert_eq!(
+            attr(span, "evalstream.evaluator.version"),
+            &verdict["evaluator_version"]
+        );
+        if verdict["outcome"] == "scored" {
+            let (got, want) = (
+                attr(span, "gen_ai.evaluation.score.value")
+                    .as_f64()
+                    .unwrap(),
+                verdict["score"].as_f64().unwrap(),
+            );
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{got} != {want}"
+            );
+            assert_eq!(
+                attr(span, "gen_ai.evaluation.score.label"),
+                &verdict["label"]
+            );
+            assert_eq!(
+                attr(span, "evalstream.evaluation.passed"),
+                &verdict["passed"]
+            );
+        } else {
+            assert_eq!(attr(span, "error.type"), &verdict["error_type"]);
+        }
+        assert!(attr(span, "gen_ai.evaluation.explanation").is_string());
+        assert_eq!(span["events"][0]["name"], "gen_ai.evaluation.result");
+    }
+    assert_eq!(seen.len(), verdicts.len());
+
+    // Projects: every trace under one, the application's or, when an evaluator span of it was
+    // written first, `default` (see the module's comment).
+    let mut traces: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (project, span) in spans.values() {
+        traces
+            .entry(span["context"]["trace_id"].as_str().unwrap())
+            .or_default()
+            .insert(project);
+    }
+    let mut by_project: BTreeMap<&str, usize> = BTreeMap::new();
+    for (trace, projects) in &traces {
+        assert_eq!(projects.len(), 1, "trace {trace} under {projects:?}");
+        let project = projects.first().unwrap();
+        assert!([PROJECT, DEFAULT_PROJECT].contains(project), "{project}");
+        *by_project.entry(project).or_default() += 1;
+    }
+    eprintln!("traces by Phoenix project: {by_project:?}");
+}
+
+/// The default `output: [events]` to Phoenix: `POST /v1/logs` answers 405, which the exporter
+/// takes as a permanent refusal. The input is answered at once, with the backend's answer.
+fn logs_are_refused_at_once(phoenix: &mut Phoenix, dir: &Path) {
+    let [http, metrics] = free_ports();
+    let run = Run::start(
+        dir,
+        "run-events",
+        &config(http, metrics, false, phoenix.port, None),
+        http,
+    );
+    let started = Instant::now();
+    let (status, body) = post(http, &std::fs::read(corpus_file(INLINE[0])).unwrap());
+    let took = started.elapsed();
+    let body = String::from_utf8_lossy(&body);
+    // 503: a failed export asks the client to send again (`answer: after_export`), even when the
+    // backend refused for good.
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("exporter otlphttp: the backend answered http 405"),
+        "{body}"
+    );
+    // No retry and no wait: the exporter's timeout (30 s) and retries (300 s) are not involved.
+    assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    let log = run.stop();
+    assert!(
+        log.contains("evaluations not exported") && log.contains("405"),
+        "{log}"
+    );
+}
+
+/// Evaluator spans written before their trace's own spans (evalstream scoring alone, the
+/// application exporting to Phoenix itself): the trace is filed under `default`, and the
+/// application's spans with it, though their resource names [`PROJECT`] (issue 16).
+fn evaluator_spans_first_file_the_trace_under_default(phoenix: &mut Phoenix, dir: &Path) {
+    let before = phoenix.spans().len();
+    let [http, metrics] = free_ports();
+    let run = Run::start(
+        dir,
+        "run-spans",
+        &config(http, metrics, false, phoenix.port, Some("[spans]")),
+        http,
+    );
+    let request = with_project(EVALUATED_FIRST);
+    let body = request.encode_to_vec();
+    assert_eq!(post(http, &body).0, 200);
+    run.stop();
+    let verdicts = verdicts(&[EVALUATED_FIRST]);
+    phoenix.wait_for_spans(before + verdicts.len());
+    // Now the application's own export.
+    assert_eq!(post(phoenix.port, &body).0, 200);
+    let sent = span_ids(&request);
+    let spans = phoenix.wait_for_spans(before + verdicts.len() + sent.len());
+    for span_id in sent.keys() {
+        let (project, _) = &spans[span_id];
+        assert_eq!(project, DEFAULT_PROJECT, "the application's span {span_id}");
+    }
+}
