@@ -101,14 +101,28 @@ fn split_events_by_size(
 /// Delivery reports, on the producer's own thread.
 pub struct ProducerReports {
     metrics: Arc<Metrics>,
+    /// The events' topic: a refused record to it holds logs, any other evaluator spans.
+    logs_topic: String,
 }
 
 impl ProducerReports {
     /// A record was refused for good: its inputs are rejected with it attached, so their
     /// receiver keeps it.
-    fn refused(&self, tokens: &[Token], key: Option<&[u8]>, payload: &[u8], reason: String) {
+    fn refused(
+        &self,
+        tokens: &[Token],
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: String,
+    ) {
         self.metrics.undeliverable.inc();
         let output = Arc::new(RejectedOutput {
+            signal: if topic == self.logs_topic {
+                "logs"
+            } else {
+                "traces"
+            },
             key: key.map(<[u8]>::to_vec),
             payload: payload.to_vec(),
         });
@@ -150,7 +164,13 @@ impl ProducerContext for ProducerReports {
             }
             Err((e, m)) => {
                 let reason = format!("cannot deliver evaluations: {e}");
-                self.refused(&tokens, m.key(), m.payload().unwrap_or_default(), reason);
+                self.refused(
+                    &tokens,
+                    m.topic(),
+                    m.key(),
+                    m.payload().unwrap_or_default(),
+                    reason,
+                );
             }
         }
     }
@@ -196,7 +216,10 @@ impl KafkaExporter {
             .get("message.max.bytes")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
-        let producer = client.create_with_context(ProducerReports { metrics })?;
+        let producer = client.create_with_context(ProducerReports {
+            metrics,
+            logs_topic: config.logs.topic.clone(),
+        })?;
         Ok(KafkaExporter {
             id: id.to_owned(),
             producer,
@@ -229,6 +252,7 @@ impl KafkaExporter {
                     let reason = format!("cannot queue evaluations: {e}");
                     self.producer.context().refused(
                         &r.delivery_opaque,
+                        topic,
                         Some(key.as_bytes()),
                         payload,
                         reason,

@@ -45,6 +45,9 @@ pub struct Rejection {
 /// (the Kafka receiver's dead-letter topic) does.
 #[derive(Debug)]
 pub struct RejectedOutput {
+    /// What it holds: `logs` (an `ExportLogsServiceRequest` of evaluation events) or `traces`
+    /// (an `ExportTraceServiceRequest` of evaluator spans).
+    pub signal: &'static str,
     /// The exporter's record key (the hex trace id).
     pub key: Option<Vec<u8>>,
     /// The encoded output.

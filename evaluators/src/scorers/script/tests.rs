@@ -465,7 +465,10 @@ fn a_changed_file_is_reloaded_and_a_broken_one_keeps_the_old_version() {
     .unwrap();
     let set = crate::spec::build_set(&specs).unwrap();
     let e = &set.evaluators()[0];
-    assert!(e.evaluator.reloads(), "a script read from a file can change");
+    assert!(
+        e.evaluator.reloads(),
+        "a script read from a file can change"
+    );
     let sp = chat("Paris.");
     let first = e.run(&view(&sp)).unwrap();
     assert_eq!(first.outcome.score().unwrap().value, 1.0);

@@ -86,7 +86,8 @@ impl DeadLetterJob {
 
     /// An output an exporter gave up on, with headers naming the error and the input it came
     /// from (`evalstream.source.offsets`: `topic/partition@offset`);
-    /// `evalstream.dead_letter.content` is `evaluations` (an input's is `input`).
+    /// `evalstream.dead_letter.content` is `evaluations` (an input's is `input`) and
+    /// `evalstream.dead_letter.signal` says which request it holds (`logs` or `traces`).
     pub fn output(
         token: Token,
         input: &KafkaInput,
@@ -96,6 +97,7 @@ impl DeadLetterJob {
     ) -> DeadLetterJob {
         let mut headers = error_headers(reason, message, "evaluations");
         headers.push(("evalstream.source.offsets", input.describe()));
+        headers.push(("evalstream.dead_letter.signal", output.signal.to_owned()));
         DeadLetterJob::new(
             token,
             reason,

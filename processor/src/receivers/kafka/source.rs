@@ -206,7 +206,9 @@ impl ConsumerContext for SourceContext {
             .filter(|(tp, _)| revoked.contains(tp))
             .collect();
         store(consumer, &offsets);
-        commit(consumer, &offsets, CommitMode::Sync);
+        // Once: this runs inside `poll`, and waiting longer here (during a broker outage, say)
+        // passes `max.poll.interval.ms` and throws the consumer out of its group.
+        commit(consumer, &offsets, CommitMode::Sync, Duration::ZERO);
         for tp in &revoked {
             state.tracker.forget(tp);
         }
@@ -264,16 +266,17 @@ fn commit(
     consumer: &BaseConsumer<SourceContext>,
     offsets: &[(TopicPartition, i64)],
     mode: CommitMode,
+    patience: Duration,
 ) {
     if offsets.is_empty() {
         return;
     }
     let list = next_offsets(offsets);
-    // A synchronous commit is the last one (stopping) or the one before a handover (revoke): a
-    // retriable failure (coordinator moving, a request timing out) is tried again, or the next
-    // owner re-reads everything since the last periodic commit. An injected
+    // The last commit (stopping) is tried again for up to `patience` on a retriable failure
+    // (coordinator moving, a request timing out), or the next owner re-reads everything since
+    // the last periodic commit. An injected
     // COORDINATOR_NOT_AVAILABLE once left a partition with no commit at all.
-    let deadline = Instant::now() + SYNC_COMMIT_PATIENCE;
+    let deadline = Instant::now() + patience;
     let mut wait = Duration::from_millis(100);
     loop {
         match consumer.commit(&list, mode) {
@@ -647,7 +650,12 @@ impl Source {
         // Stored too: closing the consumer auto-commits the stored offsets, which would otherwise
         // take the commit back to before the work that finished while draining.
         store(&self.consumer, &offsets);
-        commit(&self.consumer, &offsets, CommitMode::Sync);
+        commit(
+            &self.consumer,
+            &offsets,
+            CommitMode::Sync,
+            SYNC_COMMIT_PATIENCE,
+        );
         info!(unfinished, "input stopped");
     }
 }
