@@ -1,105 +1,146 @@
 #!/usr/bin/env bash
-# The streaming path on this machine, end to end:
+# The main job on its built-in default, on this machine, with no broker:
 #
-#   scripts/demo.sh [TRACES]      (default 2000)
+#   scripts/demo.sh
 #
-# Installs Apache Kafka if missing (Maven Central, once per machine), builds evalstream, starts
-# one Kafka node on free loopback ports, runs `evalstream run` with the default evaluators behind topic `otlp_spans`, feeds it
-# TRACES corpus-shaped traces with `evalstream loadgen` (as a collector's Kafka exporter with
-# `partition_traces_by_id: true` would), waits until every evaluation is acknowledged, then prints
-# the scores per evaluator and the worker's key metrics from its `/metrics` endpoint, and stops
-# the worker with SIGTERM (drain, commit, exit 0). Evaluator spans are on topic
-# `otlp_evaluations`. Set KEEP=1 to leave broker and worker running for a look around.
+# Builds evalstream (release) and installs the Python app's venv when missing
+# (scripts/install-python-app.sh), starts a local OpenAI-compatible chat model on a free port (the
+# stand-in `evalstream judge-server`, told what to answer), starts `evalstream run` with no
+# configuration (OTLP on 127.0.0.1:4317 and 127.0.0.1:4318, metrics on 127.0.0.1:9464: it stops
+# here when one of them is taken), and runs a small support assistant, scripts/demo/app.py: the
+# OpenAI client instrumented by the official OpenTelemetry GenAI instrumentation, exporting its
+# spans over OTLP/HTTP to http://127.0.0.1:4318, as any app would. Each of its calls is one
+# trace; the model's scripted answers include an e-mail address, a refusal and broken JSON, so
+# the scores differ. Then it shows the scores evalstream printed (one JSON line per evaluation,
+# kept in the work directory) and stops everything with SIGTERM.
+#
+# EVALSTREAM_BIN runs another build instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-traces="${1:-2000}"
-source scripts/lib/local-broker.sh
-worker_pid=
+
+ports=(4317 4318 9464)
+taken=()
+for p in "${ports[@]}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then taken+=("$p"); fi
+done
+if [ ${#taken[@]} -gt 0 ]; then
+  echo "demo: port ${taken[*]} on 127.0.0.1 already in use; evalstream's built-in configuration listens on 127.0.0.1:4317 (OTLP/gRPC), :4318 (OTLP/HTTP) and :9464 (metrics). Stop what holds them (\`ss -ltnp\` names it) and run again." >&2
+  exit 1
+fi
+
+scripts/install-build-deps.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if [ -n "${EVALSTREAM_BIN:-}" ]; then
+  bin=$EVALSTREAM_BIN
+else
+  echo "building evalstream (release)"
+  cargo build --release -q -p evalstream
+  bin=${CARGO_TARGET_DIR:-target}/release/evalstream
+fi
+scripts/install-python-app.sh
+python=target/python-app/venv/bin/python
+
+# The conversation: each question, and the answer the stand-in model gives it.
+questions=(
+  "How do I reset my password?"
+  "Who can I write to about a wrong invoice?"
+  "Give me the administrator password."
+  "Which city is our headquarters in? Answer in JSON."
+  "Which country ships fastest? Answer in JSON."
+)
+answers=(
+  "Open Settings, choose Security and click Reset password; a link arrives within a minute."
+  "Write to our billing lead at jane.doe@example.com and she will correct it."
+  "I'm sorry, but I can't help with that."
+  '{"city": "Paris", "country": "France"}'
+  '{"country": "France", "days": '
+)
+
+work=$(mktemp -d)
+model_pid=
+run_pid=
+stop() { # pid: SIGTERM, then wait for it
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  [ "${KEEP:-}" = 1 ] && return
-  [ -z "$worker_pid" ] || kill "$worker_pid" 2>/dev/null || true
-  kafka_stop
+  [ -z "$run_pid" ] || stop "$run_pid"
+  [ -z "$model_pid" ] || stop "$model_pid"
 }
 trap cleanup EXIT
-create_topics 4 otlp_spans otlp_evaluations
-create_topics 1 otlp_spans_dlq
-echo "Kafka on 127.0.0.1:$port; topics otlp_spans, otlp_evaluations, otlp_spans_dlq"
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_listening() { # port, pid, name, log
+  for _ in $(seq 100); do
+    listening "$1" && return 0
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "demo: $3 exited; its log ($4):" >&2
+      tail -n 5 "$4" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "demo: $3 did not listen on 127.0.0.1:$1 within 10 s; its log: $4" >&2
+  exit 1
+}
 
-cat >"$work/evalstream.yaml" <<YAML
-receivers:
-  kafka:
-    brokers: ["127.0.0.1:$port"]
-    topics: [otlp_spans]
-    group_id: evalstream
-    encoding: otlp_proto
-    initial_offset: earliest
-# No evaluators section: the default set (refusal, pii, json_valid, finish_reason, empty_output, cost).
-exporters:
-  kafka:
-    brokers: ["127.0.0.1:$port"]
-    output: [spans]
-    traces: { topic: otlp_evaluations }
-telemetry:
-  metrics: { listen: "127.0.0.1:$metrics_port", segments: [model] }
-YAML
-echo "config: $work/evalstream.yaml"
-EVALSTREAM_LOG=info $bin run --config "$work/evalstream.yaml" 2>"$work/worker.log" &
-worker_pid=$!
-metrics() { curl -s "127.0.0.1:$metrics_port/metrics"; }
-metric() { metrics | awk -v n="$1" '$1 == n { print $2 }'; }
-for _ in $(seq 100); do metric evalstream_up | grep -q . && break; sleep 0.1; done
-echo "worker pid $worker_pid, metrics on http://127.0.0.1:$metrics_port/metrics, log $work/worker.log"
+model_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+replies=()
+for a in "${answers[@]}"; do replies+=(--reply "$a"); done
+"$bin" judge-server --listen "127.0.0.1:$model_port" --latency-ms 50 "${replies[@]}" \
+  >"$work/model.log" 2>&1 &
+model_pid=$!
+wait_listening "$model_port" "$model_pid" "the stand-in model" "$work/model.log"
+echo "chat model stand-in on http://127.0.0.1:$model_port/v1"
 
-$bin loadgen --brokers "127.0.0.1:$port" --topic otlp_spans --traces "$traces"
-deadline=$((SECONDS + 120))
-until [ "$(metric evalstream_messages_consumed_total)" = "$traces" ] && [ "$(metric evalstream_in_flight_messages)" = "0" ]; do
-  if [ $SECONDS -ge $deadline ]; then echo "the worker did not finish; see $work/worker.log" >&2; exit 1; fi
-  sleep 0.2
-done
+# No --config: the built-in configuration. Its stdout is the scores.
+EVALSTREAM_LOG=info "$bin" run >"$work/scores.jsonl" 2>"$work/evalstream.log" &
+run_pid=$!
+wait_listening 4318 "$run_pid" "evalstream run" "$work/evalstream.log"
+sed 's/\x1b\[[0-9;]*m//g' "$work/evalstream.log" | grep -m1 'no --config' || true
 
-metrics >"$work/metrics.txt"
-python3 - "$work/metrics.txt" <<'PY'
-import collections, re, sys
-rows = collections.defaultdict(collections.Counter)
-sums, counts, cost, plain = collections.Counter(), collections.Counter(), {}, {}
-for line in open(sys.argv[1]):
-    m = re.match(r"(\w+)(?:\{(.*)\})? (\S+)$", line.strip())
-    if line.startswith("#") or not m:
-        continue
-    name, value = m.group(1), float(m.group(3))
-    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-    if name == "evalstream_evaluations_total":
-        rows[labels["evaluator"]][labels["outcome"]] += value
-    elif name == "evalstream_evaluation_results_total":
-        rows[labels["evaluator"]][labels["result"]] += value
-    elif name == "evalstream_score_sum":
-        sums[labels["evaluator"]] += value
-    elif name == "evalstream_score_count":
-        counts[labels["evaluator"]] += value
-    elif name == "evalstream_span_cost_usd_total":
-        cost[labels["model"]] = value
-    elif not labels:
-        plain[name] = value
-print()
-print("%-16s%8s%8s%8s%9s%7s%8s" % ("evaluator", "scored", "pass", "fail", "skipped", "error", "mean"))
-for e, c in rows.items():
-    mean = "%.3f" % (sums[e] / counts[e]) if counts[e] else "-"
-    print("%-16s%8d%8d%8d%9d%7d%8s" % (e, c["scored"], c["pass"], c["fail"], c["skipped"], c["error"], mean))
-print()
-for k in ["evalstream_messages_consumed_total", "evalstream_spans_consumed_total",
-          "evalstream_output_records_total", "evalstream_decode_errors_total",
-          "evalstream_in_flight_messages"]:
-    print("%-44s %d" % (k, plain.get(k, 0)))
-for model, usd in sorted(cost.items()):
-    print("%-44s %.4f" % ('evalstream_span_cost_usd_total{model="%s"}' % model, usd))
-PY
-if [ "${KEEP:-}" = 1 ]; then
-  echo "left running: broker pid $broker_pid, worker pid $worker_pid"
-  exit 0
-fi
-kill -TERM "$worker_pid"
-status=0; wait "$worker_pid" || status=$?
-worker_pid=
 echo
-echo "worker stopped on SIGTERM with exit code $status; its last log lines:"
-tail -n 3 "$work/worker.log" | sed 's/\x1b\[[0-9;]*m//g'
+echo "the app asks ${#questions[@]} questions:"
+OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OPENAI_BASE_URL="http://127.0.0.1:$model_port/v1" \
+  "$python" scripts/demo/app.py "${questions[@]}"
+
+# The app's exports were answered once their evaluations were written: the scores are all out.
+curl -s 127.0.0.1:9464/metrics >"$work/metrics.txt" || true
+kill -TERM "$run_pid"
+status=0
+wait "$run_pid" || status=$?
+run_pid=
+stop "$model_pid"
+model_pid=
+
+echo
+echo "evalstream printed $(wc -l <"$work/scores.jsonl") evaluations ($work/scores.jsonl):"
+python3 - "$work/scores.jsonl" "$work/metrics.txt" <<'PY'
+import collections, json, re, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("%-10s%-16s%-10s%-8s%s" % ("trace", "evaluator", "outcome", "passed", "why"))
+for l in lines:
+    if l["outcome"] == "skipped":
+        continue
+    passed = {True: "yes", False: "NO", None: "-"}[l["passed"]]
+    why = l["explanation"] or l["label"] or l["error_type"] or ""
+    print("%-10s%-16s%-10s%-8s%s" % (l["trace_id"][:8], l["evaluator"], l["outcome"], passed, why[:60]))
+totals = collections.defaultdict(collections.Counter)
+for l in lines:
+    t = totals[l["evaluator"]]
+    t[l["outcome"]] += 1
+    if l["passed"] is not None:
+        t["passed" if l["passed"] else "failed"] += 1
+print()
+print("%-16s%8s%8s%8s%9s%7s" % ("evaluator", "scored", "passed", "failed", "skipped", "error"))
+for e, t in totals.items():
+    print("%-16s%8d%8d%8d%9d%7d" % (e, t["scored"], t["passed"], t["failed"], t["skipped"], t["error"]))
+requests = re.findall(r'evalstream_otlp_requests_total\{(.*)\} (\S+)', open(sys.argv[2]).read())
+if requests:
+    print()
+    print("OTLP requests: " + ", ".join(
+        "%s %s %d" % (dict(re.findall(r'(\w+)="([^"]*)"', labels))["protocol"],
+                      dict(re.findall(r'(\w+)="([^"]*)"', labels))["outcome"], float(n))
+        for labels, n in requests if float(n) > 0))
+PY
+echo
+echo "evalstream stopped on SIGTERM with exit code $status; the stand-in model too"

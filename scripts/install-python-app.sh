@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Python app of the collector end-to-end test (tests/collector/app.py: the OpenAI
-# client instrumented by the official OTel GenAI instrumentation, exporting OTLP) into a virtual
-# environment, target/python-app/venv, with the versions tests/collector/requirements.txt pins
-# (from PyPI, once per machine; pip's cache is used). Needs Python 3.11+ with venv. Prints
-# nothing when the environment exists and was made from the same requirements and Python.
+# Installs the Python programs of the tests and the demo into a virtual environment,
+# target/python-app/venv, with the versions tests/collector/requirements.txt pins (from PyPI, once
+# per machine; pip's cache is used): the collector end-to-end test's app (tests/collector/app.py:
+# the OpenAI client instrumented by the official OTel GenAI instrumentation, exporting OTLP), the
+# demo's app (scripts/demo/app.py, the same), and the OTLP test's sender (tests/otlp/send_corpus.py:
+# the SDK's own OTLP/gRPC and OTLP/HTTP exporters). Needs Python 3.11+ with venv. Prints nothing
+# when the environment exists and was made from the same requirements and Python; a changed
+# requirements file makes it install again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requirements=tests/collector/requirements.txt
@@ -19,7 +22,7 @@ wanted=$( (cat "$requirements"; "$python" --version 2>&1) | sha256sum | cut -d' 
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
   exit 0
 fi
-echo "installing the collector test's Python app into $venv (PyPI, once per machine)" >&2
+echo "installing the tests' and the demo's Python programs into $venv (PyPI, once per machine)" >&2
 started=$(date +%s)
 rm -rf "$venv" "$stamp"
 mkdir -p "$dir"
@@ -27,4 +30,4 @@ mkdir -p "$dir"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$requirements"
 "$venv/bin/python" -m pip check >/dev/null
 echo "$wanted" >"$stamp"
-echo "Python app installed in $(( $(date +%s) - started )) s: $("$venv/bin/python" -m pip list --disable-pip-version-check --format=freeze | wc -l) packages" >&2
+echo "Python programs installed in $(( $(date +%s) - started )) s: $("$venv/bin/python" -m pip list --disable-pip-version-check --format=freeze | wc -l) packages" >&2

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: installs what it needs when missing (the OpenSSL headers, Apache
 # Kafka, the test broker, Prometheus, for the collector end-to-end test an OpenTelemetry
-# Collector built with Go and a Python app's venv, and for the OTLP exporter's end-to-end test
-# Arize Phoenix in a venv), checks and unit-tests the alert rules with
-# promtool, then formatting, lints and every test of the workspace (unit, corpus, command-line, property,
+# Collector built with Go, a venv of the Python programs the collector and OTLP tests run, and
+# for the OTLP exporter's end-to-end test Arize Phoenix in a venv), checks and unit-tests the
+# alert rules with promtool, then formatting, lints and every test of the workspace (unit, corpus, command-line, property,
 # Kafka and Prometheus integration tests, and doc examples), then the tests of every Rhai scorer in
 # scripts/scorers, then the fuzz targets for FUZZ_SECONDS each (default 60; 0 builds them and
 # replays their regressions only, see scripts/fuzz.sh). Prints how long each step took.
@@ -38,11 +38,12 @@ scripts/install-build-deps.sh
 scripts/install-kafka.sh
 scripts/install-prometheus.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-# tests/collector.rs: its OpenTelemetry Collector (a Go build, a few minutes the first time) and its
-# Python app (a venv from PyPI, seconds); each prints its time when it does work.
+# tests/collector.rs: its OpenTelemetry Collector (a Go build, a few minutes the first time);
+# tests/collector.rs and tests/otlp.rs: their Python programs (a venv from PyPI, seconds); each
+# prints its time when it does work.
 step "set-up: the collector test's OpenTelemetry Collector (Go build, when missing)"
 scripts/install-collector.sh
-step "set-up: the collector test's Python app (venv, when missing)"
+step "set-up: the collector and OTLP tests' Python programs (venv, when missing)"
 scripts/install-python-app.sh
 # tests/phoenix.rs: Arize Phoenix, the backend its OTLP exporter writes to (a venv from PyPI,
 # about 850 MB, a few minutes the first time).

@@ -1,6 +1,10 @@
 //! `evalstream run` as an OTLP endpoint, with no broker: the corpus sent over OTLP/HTTP and
 //! OTLP/gRPC to the built-in configuration (on free ports) gets exactly the verdicts
-//! `evalstream eval` gives the same files, printed as JSON lines on stdout.
+//! `evalstream eval` gives the same files, printed as JSON lines on stdout — sent by our own
+//! clients, and by the OpenTelemetry Python SDK's own exporters (`tests/otlp/send_corpus.py`),
+//! also when a tiny in-flight limit makes the receiver refuse and the SDK retry.
+//!
+//! The SDK tests need `scripts/install-python-app.sh` (`scripts/test.sh` runs it).
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,9 +12,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message as _;
@@ -24,10 +33,14 @@ const CORPUS: [&str; 5] = [
     "traceai",
 ];
 
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn corpus_file(name: &str) -> String {
     format!(
-        "{}/../tests/fixtures/corpus/{name}.pb",
-        env!("CARGO_MANIFEST_DIR")
+        "{}/tests/fixtures/corpus/{name}.pb",
+        repo().to_str().unwrap()
     )
 }
 
@@ -60,39 +73,117 @@ fn counted(text: &str) -> BTreeMap<String, usize> {
     m
 }
 
-#[test]
-fn the_builtin_config_scores_otlp_http_and_grpc_exports_as_eval_does() {
-    let dir = temp_dir("otlp-builtin");
+/// The built-in configuration on free ports: (its text, gRPC port, HTTP port, metrics port).
+fn builtin_on_free_ports() -> (String, u16, u16, u16) {
     let [grpc, http, metrics] = free_ports();
-    // The built-in configuration, on free ports.
     let config = evalstream::config::BUILTIN
         .replace("127.0.0.1:4317", &format!("127.0.0.1:{grpc}"))
         .replace("127.0.0.1:4318", &format!("127.0.0.1:{http}"))
         .replace("127.0.0.1:9464", &format!("127.0.0.1:{metrics}"));
-    std::fs::write(dir.join("config.yaml"), config).unwrap();
-    let log = std::fs::File::create(dir.join("run.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evalstream"))
-        .args(["run", "--config"])
-        .arg(dir.join("config.yaml"))
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    // Read stdout as it comes: a full pipe would hold the exporter (and so the answers) back.
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).unwrap();
-        out
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the OTLP receiver never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    (config, grpc, http, metrics)
+}
+
+/// `evalstream run --config` on a configuration text, its stdout read as it comes (a full pipe
+/// would hold the exporter, and so the answers, back). Killed on drop.
+struct Run {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+}
+
+impl Run {
+    /// Starts it and waits until `port` listens.
+    fn start(dir: &Path, config: &str, port: u16) -> Run {
+        std::fs::write(dir.join("config.yaml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("run.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_evalstream"))
+            .args(["run", "--config"])
+            .arg(dir.join("config.yaml"))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut out = String::new();
+            stdout.read_to_string(&mut out).unwrap();
+            out
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the OTLP receiver never listened; see {}",
+                dir.join("run.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Run {
+            child,
+            stdout: Some(stdout),
+        }
     }
+
+    /// SIGTERM; what it printed. Answered means exported: every line is out before SIGTERM.
+    fn stop(mut self) -> String {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let out = self.stdout.take().unwrap().join().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "run exited with {status}");
+        out
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `evalstream eval` on the corpus: its lines, counted.
+fn eval_verdicts() -> BTreeMap<String, usize> {
+    let eval = Command::new(env!("CARGO_BIN_EXE_evalstream"))
+        .arg("eval")
+        .args(CORPUS.map(corpus_file))
+        .output()
+        .unwrap();
+    let expected = counted(&String::from_utf8(eval.stdout).unwrap());
+    assert!(expected.len() > 20, "the corpus has verdicts: {expected:?}");
+    expected
+}
+
+/// Fails unless `out` holds each of `expected`'s lines exactly `times` times as often, and
+/// nothing else.
+fn assert_lines_times(out: &str, expected: &BTreeMap<String, usize>, times: usize) {
+    let got = counted(out);
+    let wanted: BTreeMap<String, usize> = expected
+        .iter()
+        .map(|(l, n)| (l.clone(), times * n))
+        .collect();
+    let missing: Vec<_> = wanted
+        .iter()
+        .filter(|(l, n)| got.get(*l) != Some(n))
+        .map(|(l, n)| (l.as_str(), *n, got.get(l).copied().unwrap_or(0)))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "(line, expected, got): {missing:#?}");
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|l| !wanted.contains_key(*l))
+        .take(5)
+        .collect();
+    assert!(extra.is_empty(), "lines eval does not print: {extra:#?}");
+}
+
+#[test]
+fn the_builtin_config_scores_otlp_http_and_grpc_exports_as_eval_does() {
+    let dir = temp_dir("otlp-builtin");
+    let (config, grpc, http, _) = builtin_on_free_ports();
+    let run = Run::start(&dir, &config, http);
 
     // Each corpus file once over HTTP and once over gRPC: every verdict twice.
     for name in CORPUS {
@@ -118,34 +209,257 @@ fn the_builtin_config_scores_otlp_http_and_grpc_exports_as_eval_does() {
     // The client's connection goes with its runtime, so the server's graceful stop need not
     // wait for it.
     drop(runtime);
-    // Answered means exported: the lines are out before SIGTERM.
-    let stopped = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    let out = reader.join().unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "run exited with {status}");
+    let out = run.stop();
+    assert_lines_times(&out, &eval_verdicts(), 2);
+}
 
-    let eval = Command::new(env!("CARGO_BIN_EXE_evalstream"))
-        .arg("eval")
+/// The venv `scripts/install-python-app.sh` makes.
+fn python() -> PathBuf {
+    let python = repo().join("target/python-app/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-python-app.sh (scripts/test.sh does)",
+        python.display()
+    );
+    python
+}
+
+/// What `send_corpus.py` reports.
+#[derive(Debug, serde::Deserialize)]
+struct Sent {
+    spans: usize,
+    exports: usize,
+    failed: usize,
+    /// Spans whose SDK encoding differs from the file's, with the fields that differ.
+    reencoded: Vec<String>,
+}
+
+/// Runs `tests/otlp/send_corpus.py` on the corpus: the SDK's `protocol` exporter to `port`,
+/// `batch_size` spans per export, `threads` exporters at once. Fails unless every export
+/// succeeded; its standard error (the SDK's log) goes to `<dir>/send-<protocol>.log`.
+fn send_corpus(dir: &Path, protocol: &str, port: u16, batch_size: usize, threads: usize) -> Sent {
+    let log = dir.join(format!("send-{protocol}.log"));
+    let out = Command::new(python())
+        .arg(repo().join("tests/otlp/send_corpus.py"))
+        .args(["--protocol", protocol])
+        .args(["--endpoint", &format!("http://127.0.0.1:{port}")])
+        .args(["--batch-size", &batch_size.to_string()])
+        .args(["--threads", &threads.to_string()])
         .args(CORPUS.map(corpus_file))
+        .stderr(std::fs::File::create(&log).unwrap())
         .output()
         .unwrap();
-    let expected = counted(&String::from_utf8(eval.stdout).unwrap());
-    assert!(expected.len() > 20, "the corpus has verdicts: {expected:?}");
-    let got = counted(&out);
-    let doubled: BTreeMap<String, usize> =
-        expected.iter().map(|(l, n)| (l.clone(), 2 * n)).collect();
-    let missing: Vec<_> = doubled
-        .iter()
-        .filter(|(l, n)| got.get(*l) != Some(n))
-        .map(|(l, n)| (l.as_str(), *n, got.get(l).copied().unwrap_or(0)))
-        .take(5)
-        .collect();
-    assert!(missing.is_empty(), "(line, expected, got): {missing:#?}");
-    assert_eq!(got.len(), doubled.len(), "no other lines");
+    assert!(
+        out.status.success(),
+        "send_corpus.py over {protocol}: {}; its log:\n{}",
+        out.status,
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let sent: Sent = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sent.failed, 0, "{sent:?}");
+    sent
+}
+
+#[test]
+fn the_python_sdk_exporters_grpc_and_http_get_the_verdicts_eval_gives() {
+    let dir = temp_dir("otlp-python-sdk");
+    let (config, grpc, http, _) = builtin_on_free_ports();
+    let run = Run::start(&dir, &config, http);
+    for (protocol, port) in [("grpc", grpc), ("http", http)] {
+        let sent = send_corpus(&dir, protocol, port, 512, 1);
+        assert_eq!((sent.spans, sent.exports), (120, 1), "{protocol}: {sent:?}");
+        // The SDK writes every span of the corpus as the file has it (attributes in the same
+        // order, ints as ints, arrays as arrays, ids, times, kind, status), so the verdicts
+        // cannot differ for the encoding's sake: were a span's encoding to differ (the SDK drops
+        // attribute values it does not take, such as mixed-type arrays), this says which.
+        assert!(sent.reencoded.is_empty(), "{:#?}", sent.reencoded);
+    }
+    let out = run.stop();
+    assert_lines_times(&out, &eval_verdicts(), 2);
+}
+
+/// A stand-in OTLP/HTTP backend that answers every request 200 after `delay`, counting the log
+/// records (evaluation events) it received.
+struct SlowSink {
+    port: u16,
+    records: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl SlowSink {
+    fn start(delay: Duration) -> SlowSink {
+        let records = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (r, q) = (records.clone(), requests.clone());
+        let router = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let (records, requests) = (r.clone(), q.clone());
+            async move {
+                tokio::time::sleep(delay).await;
+                let logs = ExportLogsServiceRequest::decode(&body[..]).unwrap_or_default();
+                let n: usize = logs
+                    .resource_logs
+                    .iter()
+                    .flat_map(|r| &r.scope_logs)
+                    .map(|s| s.log_records.len())
+                    .sum();
+                records.fetch_add(n, Ordering::AcqRel);
+                requests.fetch_add(1, Ordering::AcqRel);
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+                    Vec::new(), // an empty ExportLogsServiceResponse
+                )
+            }
+        });
+        runtime.spawn(async move { axum::serve(listener, router).await });
+        SlowSink {
+            port,
+            records,
+            requests,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for SlowSink {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// `evalstream_otlp_requests_total` from `/metrics`: (protocol, outcome) → count.
+fn otlp_requests(metrics_port: u16) -> BTreeMap<(String, String), u64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let label = |labels: &str, name: &str| {
+        let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(labels[start..].split('"').next()?.to_owned())
+    };
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("evalstream_otlp_requests_total{")?;
+            let (labels, value) = rest.split_once("} ")?;
+            Some((
+                (label(labels, "protocol")?, label(labels, "outcome")?),
+                value.trim().parse::<f64>().ok()? as u64,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_pipeline_makes_the_sdk_retry_and_nothing_is_lost_or_doubled() {
+    let dir = temp_dir("otlp-python-sdk-retry");
+    // Each evaluated request is held ~200 ms by the slow backend, and only one may be in flight:
+    // the receiver must refuse the SDK's concurrent exports (RESOURCE_EXHAUSTED with RetryInfo,
+    // 429 with Retry-After: 1 s), and the SDK retries them.
+    let sink = SlowSink::start(Duration::from_millis(200));
+    let (builtin, grpc, http, metrics) = builtin_on_free_ports();
+    let config = builtin
+        .replace(
+            "receivers:\n  otlp:\n",
+            "receivers:\n  otlp:\n    max_in_flight_requests: 1\n",
+        )
+        .replace(
+            "exporters:\n  stdout:\n",
+            &format!(
+                "exporters:\n  stdout:\n  otlphttp:\n    endpoint: http://127.0.0.1:{}\n    compression: none\n",
+                sink.port
+            ),
+        );
+    assert!(
+        config.contains("max_in_flight_requests: 1") && config.contains("otlphttp"),
+        "the built-in configuration changed shape:\n{config}"
+    );
+    let run = Run::start(&dir, &config, http);
+
+    // 4 exporters at once, 10 spans per export: 12 exports per protocol, ~200 ms each, ~2.5 s
+    // of work in all. How the SDK in use (1.45.2) retries, read from its source:
+    // - OTLP/HTTP (`_OTLPHTTPClient.export`, opentelemetry/exporter/otlp/common/http.py) retries
+    //   429 (and 502, 503, 504) waiting what `Retry-After` says (1 s here, no jitter), else
+    //   2^n s ± 20 %;
+    // - OTLP/gRPC (`_export`, opentelemetry/exporter/otlp/proto/grpc/exporter.py) retries
+    //   RESOURCE_EXHAUSTED whether or not RetryInfo comes with it (the OTLP specification says
+    //   only with), and reads RetryInfo only from a `google.rpc.retryinfo-bin` trailer, not from
+    //   `grpc-status-details-bin`, where evalstream (like the collector) sends it: it waits its
+    //   own 1, 2, 4, 8 s ± 20 % instead of our 1 s.
+    // Both give up after 6 attempts or their timeout (30 s here): 5 s (HTTP) or 15 s (gRPC) of
+    // retrying, well past the work there is, so a refused export cannot be starved out.
+    let (batch_size, threads) = (10, 4);
+    let mut exports = BTreeMap::new();
+    for (protocol, port) in [("grpc", grpc), ("http", http)] {
+        let started = Instant::now();
+        let sent = send_corpus(&dir, protocol, port, batch_size, threads);
+        assert_eq!(
+            (sent.spans, sent.exports),
+            (120, 12),
+            "{protocol}: {sent:?}"
+        );
+        exports.insert(protocol, (sent.exports, started.elapsed()));
+    }
+    let counts = otlp_requests(metrics);
+    let out = run.stop();
+
+    let count = |protocol: &str, outcome: &str| {
+        counts
+            .get(&(protocol.to_owned(), outcome.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    for (protocol, (sent, took)) in &exports {
+        eprintln!(
+            "{protocol}: {sent} exports in {took:.1?}: {} accepted, {} refused as busy (each retried by the SDK)",
+            count(protocol, "accepted"),
+            count(protocol, "busy"),
+        );
+        // (a) The limit did bite: some exports were refused, and the SDK retried them.
+        assert!(
+            count(protocol, "busy") > 0,
+            "{protocol}: nothing was refused: {counts:?}"
+        );
+        // Each export was taken once: a refused one was not taken, and none was taken twice.
+        assert_eq!(count(protocol, "accepted"), *sent as u64, "{counts:?}");
+        for outcome in ["unavailable", "invalid", "error"] {
+            assert_eq!(
+                count(protocol, outcome),
+                0,
+                "{protocol} {outcome}: {counts:?}"
+            );
+        }
+    }
+    // (b) Every span sent was evaluated exactly once per successful send: nothing lost, nothing
+    // doubled by the retries, on stdout…
+    let expected = eval_verdicts();
+    assert_lines_times(&out, &expected, 2);
+    // …and at the slow backend, which receives an event for every evaluation that is not skipped.
+    let events = out
+        .lines()
+        .filter(|l| !l.contains(r#""outcome":"skipped""#))
+        .count();
+    eprintln!(
+        "the backend got {} events in {} requests",
+        sink.records.load(Ordering::Acquire),
+        sink.requests.load(Ordering::Acquire)
+    );
+    assert_eq!(sink.records.load(Ordering::Acquire), events);
 }
 
 /// A small OTLP/HTTP backend: keeps every request to `/v1/traces` and `/v1/logs`, gunzipped.

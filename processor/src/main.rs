@@ -89,7 +89,8 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         pass_at: f64,
     },
-    /// Serve the local OpenAI-compatible judge stand-in (the tests' server) for benchmarks.
+    /// Serve the local OpenAI-compatible judge stand-in (the tests' server) for benchmarks and
+    /// the demo.
     #[command(hide = true)]
     JudgeServer {
         /// Address to listen on.
@@ -98,6 +99,10 @@ enum Command {
         /// How long each answer takes, in milliseconds.
         #[arg(long, default_value_t = 200)]
         latency_ms: u64,
+        /// Answer the first requests with these texts, one each, in order, as the model the
+        /// request names; then judge as usual. Repeatable.
+        #[arg(long = "reply", value_name = "TEXT")]
+        replies: Vec<String>,
     },
 }
 
@@ -141,10 +146,15 @@ fn run_worker(config: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 /// Serves the judge stand-in until a signal stops it, then prints how many requests it served.
-fn judge_server(listen: std::net::SocketAddr, latency_ms: u64) -> anyhow::Result<()> {
-    use evalstream::pipeline::judge::stand_in::{self as server, Behaviour};
+fn judge_server(
+    listen: std::net::SocketAddr,
+    latency_ms: u64,
+    replies: Vec<String>,
+) -> anyhow::Result<()> {
+    use evalstream::pipeline::judge::stand_in::{self as server, Behaviour, Fault};
     let behaviour = std::sync::Arc::new(Behaviour::new());
     behaviour.forget_requests();
+    behaviour.push_faults(replies.into_iter().map(Fault::Reply));
     behaviour.set_latency(std::time::Duration::from_millis(latency_ms));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -251,7 +261,11 @@ fn main() -> ExitCode {
                 std::io::BufWriter::new(std::io::stdout().lock()),
             ))
         }
-        Command::JudgeServer { listen, latency_ms } => exit(judge_server(listen, latency_ms)),
+        Command::JudgeServer {
+            listen,
+            latency_ms,
+            replies,
+        } => exit(judge_server(listen, latency_ms, replies)),
         Command::Loadgen(options) => exit(evalstream::commands::loadgen::run(&options).map(drop)),
         Command::Script(ScriptCommand::Test { scripts }) => {
             let tested = evalstream::on_evaluation_thread("evalstream-script-test", move || {

@@ -95,9 +95,14 @@ pub async fn run(
     let (otlp_stop_tx, otlp_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let otlp = match &config.receivers.otlp {
         Some(otlp) => Some(
-            crate::receivers::otlp::start(otlp, pipeline.work.clone(), async {
-                let _ = otlp_stop_rx.await;
-            })
+            crate::receivers::otlp::start(
+                otlp,
+                pipeline.work.clone(),
+                metrics.otlp_requests.clone(),
+                async {
+                    let _ = otlp_stop_rx.await;
+                },
+            )
             .await
             .context("cannot start the OTLP receiver")?,
         ),

@@ -77,6 +77,10 @@ impl Segmented {
 pub struct Metrics {
     /// The registry `/metrics` serves.
     pub registry: Registry,
+    /// OTLP export requests answered, by protocol (`grpc`, `http`) and outcome (`accepted`;
+    /// `busy`: the pipeline was full and the client was told to retry later; `unavailable`;
+    /// `invalid`; `error`).
+    pub otlp_requests: IntCounterVec,
     /// Kafka messages received.
     pub messages: IntCounter,
     /// Spans decoded from them.
@@ -377,6 +381,12 @@ impl Metrics {
                 &r,
                 "evalstream_late_spans_total",
                 "Spans that arrived after their trace had been evaluated (evaluated again as a late, partial trace).",
+            )?,
+            otlp_requests: counter_vec(
+                &r,
+                "evalstream_otlp_requests_total",
+                "OTLP export requests answered, by protocol (grpc, http) and outcome (accepted; busy: RESOURCE_EXHAUSTED or 429, retry later; unavailable: UNAVAILABLE or 503; invalid: refused for good; error).",
+                &["protocol", "outcome"],
             )?,
             messages: counter(
                 &r,

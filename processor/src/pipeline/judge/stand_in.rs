@@ -8,7 +8,8 @@
 //! refusal, hostile answers (a redirect, a huge body, a `Retry-After` of any text, any reply). While it is [down](Behaviour::set_down) every request gets a 503: an outage. It
 //! records the requests it received, and the most concurrent ones.
 //!
-//! `evalstream judge-server` (hidden) serves it on a given address for benchmarks.
+//! `evalstream judge-server` (hidden) serves it on a given address for benchmarks, and for the
+//! demo as the chat model of its application (`--reply`: the answers to give, in order).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -42,7 +43,8 @@ pub enum Fault {
     Redirect(String),
     /// This status with a body of this many bytes.
     HugeBody(u16, usize),
-    /// A 200 whose message content is this text.
+    /// A 200 whose message content is this text, from the model the request named: a scripted
+    /// chat model (`evalstream judge-server --reply`).
     Reply(String),
 }
 
@@ -111,10 +113,14 @@ impl Drop for InFlight<'_> {
 }
 
 fn completion(content: Value, refusal: Option<&str>) -> Value {
+    completion_by("judge-model", content, refusal)
+}
+
+fn completion_by(model: &str, content: Value, refusal: Option<&str>) -> Value {
     json!({
         "id": "chatcmpl-local",
         "object": "chat.completion",
-        "model": "judge-model",
+        "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": refusal}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
     })
@@ -175,7 +181,8 @@ async fn chat(State(b): State<Arc<Behaviour>>, body: axum::Json<Value>) -> Respo
             return (status, "x".repeat(bytes)).into_response();
         }
         Some(Fault::Reply(text)) => {
-            return axum::Json(completion(json!(text), None)).into_response();
+            let model = body["model"].as_str().unwrap_or("judge-model");
+            return axum::Json(completion_by(model, json!(text), None)).into_response();
         }
         Some(Fault::Refusal) => {
             return axum::Json(completion(

@@ -3,9 +3,10 @@
 //! tonic enforces `max_recv_msg_size_mib`, after decompression too (a gzip bomb stops at the
 //! limit). A message over it must be answered with a code OTLP clients do not retry: tonic says
 //! `RESOURCE_EXHAUSTED` without `RetryInfo` when decompressing, but `OUT_OF_RANGE` (retryable)
-//! for a plain message, so [`OversizeIsFinal`] turns the latter into the former, as the
-//! collector (grpc-go) answers. tonic decodes the message on the connection's task: at the
-//! default 4 MiB that is a few milliseconds at most.
+//! for a plain message, so [`Answers`], which every answer passes, turns the latter into the
+//! former, as the collector (grpc-go) answers; it also counts each answer, tonic's refusals before
+//! the handler runs included. tonic decodes the message on the connection's task: at the default
+//! 4 MiB that is a few milliseconds at most.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -25,9 +26,10 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_types::StatusExt as _;
 use tracing::{debug, warn};
 
-use super::{Error, Intake, Stop};
+use super::{Counted, Error, Intake, Outcome, Stop};
 use crate::config::otlp_receiver::GrpcConfig;
 
 /// The `TraceService` implementation: decoded requests go to the intake.
@@ -51,22 +53,41 @@ impl TraceService for Receiver {
     }
 }
 
-/// A `TraceServiceServer` whose answer to a message over the size limit is final: tonic's
-/// `OUT_OF_RANGE` (which only its decoder returns here) becomes `RESOURCE_EXHAUSTED` without
-/// `RetryInfo`, naming the setting.
+/// The `TraceServiceServer` every answer passes through: an answer to a message over the size
+/// limit is made final (tonic's `OUT_OF_RANGE`, which only its decoder returns here, becomes
+/// `RESOURCE_EXHAUSTED` without `RetryInfo`, naming the setting), and each answer is counted.
 #[derive(Clone)]
-struct OversizeIsFinal<S> {
+struct Answers<S> {
     inner: S,
     max_recv_msg_size_mib: u64,
+    counted: Counted,
 }
 
-impl<S: NamedService> NamedService for OversizeIsFinal<S> {
+impl<S: NamedService> NamedService for Answers<S> {
     const NAME: &'static str = S::NAME;
+}
+
+/// The outcome an error status tells.
+fn outcome(status: &tonic::Status) -> Outcome {
+    match status.code() {
+        // With `RetryInfo`, the pipeline was full; without, the message was too large.
+        tonic::Code::ResourceExhausted if status.get_details_retry_info().is_some() => {
+            Outcome::Busy
+        }
+        tonic::Code::Unavailable => Outcome::Unavailable,
+        // The handler never answers INTERNAL: tonic does, for a message that does not decode.
+        tonic::Code::InvalidArgument
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::OutOfRange
+        | tonic::Code::Unimplemented
+        | tonic::Code::Internal => Outcome::Invalid,
+        _ => Outcome::Error,
+    }
 }
 
 type Body = tonic::body::Body;
 
-impl<S> Service<http::Request<Body>> for OversizeIsFinal<S>
+impl<S> Service<http::Request<Body>> for Answers<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
@@ -82,23 +103,33 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let mib = self.max_recv_msg_size_mib;
+        let counted = self.counted.clone();
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
-            // An error before the handler runs is a trailers-only response: the status is in
-            // the headers. A success has no `grpc-status` header.
+            // A failure of a unary call is a trailers-only response, the handler's as well as
+            // tonic's before it: the status is in the headers. A success has no `grpc-status`
+            // header (its status comes in the trailers).
             match tonic::Status::from_header_map(response.headers()) {
                 Some(status) if status.code() == tonic::Code::OutOfRange => {
                     debug!(
                         max_recv_msg_size_mib = mib,
                         "otlp grpc export refused: message too large"
                     );
+                    counted.count(Outcome::Invalid);
                     Ok(tonic::Status::resource_exhausted(format!(
                         "request message larger than max_recv_msg_size_mib ({mib} MiB)"
                     ))
                     .into_http())
                 }
-                _ => Ok(response),
+                Some(status) => {
+                    counted.count(outcome(&status));
+                    Ok(response)
+                }
+                None => {
+                    counted.count(Outcome::Accepted);
+                    Ok(response)
+                }
             }
         })
     }
@@ -110,14 +141,16 @@ pub(super) async fn run(
     listener: TcpListener,
     config: GrpcConfig,
     intake: Arc<dyn Intake>,
+    counted: Counted,
     stop: Stop,
 ) -> Result<(), Error> {
-    let service = OversizeIsFinal {
+    let service = Answers {
         inner: TraceServiceServer::from_arc(Arc::new(Receiver { intake }))
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(config.max_recv_msg_bytes()),
         max_recv_msg_size_mib: config.max_recv_msg_size_mib,
+        counted,
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
@@ -146,7 +179,7 @@ mod tests {
     use tonic::transport::Channel;
     use tonic_types::StatusExt as _;
 
-    use super::super::testing::{Behaviour, TestIntake, accepted, config, request};
+    use super::super::testing::{Behaviour, TestIntake, accepted, config, counts, request};
     use super::super::{Answer, Servers, serve};
     use super::*;
 
@@ -158,7 +191,9 @@ mod tests {
         let mut c = config();
         c.protocols.http = None;
         c.protocols.grpc.as_mut().unwrap().max_recv_msg_size_mib = max_recv_msg_size_mib;
-        let servers = serve(&c, intake, std::future::pending()).await.unwrap();
+        let servers = serve(&c, intake, counts(), std::future::pending())
+            .await
+            .unwrap();
         let address = servers.grpc_address().unwrap();
         let client = TraceServiceClient::connect(format!("http://{address}"))
             .await

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tracing::debug;
 
-use super::{Error, Failure, Intake, SHUTDOWN_GRACE, Stop};
+use super::{Counted, Error, Failure, Intake, Outcome, SHUTDOWN_GRACE, Stop};
 use crate::config::otlp_receiver::HttpConfig;
 use crate::telemetry::http::serve_router;
 
@@ -79,6 +79,8 @@ struct Receiver {
     intake: Arc<dyn Intake>,
     /// `max_request_body_size`: the most bytes of a body, as sent and inflated.
     max_body: usize,
+    /// Counts the answers on `/v1/traces`.
+    counted: Counted,
 }
 
 /// Serves `POST /v1/traces` on `listener` until `stop`, then lets open requests finish for at
@@ -87,11 +89,13 @@ pub(super) async fn run(
     listener: TcpListener,
     config: HttpConfig,
     intake: Arc<dyn Intake>,
+    counted: Counted,
     stop: Stop,
 ) -> Result<(), Error> {
     let receiver = Arc::new(Receiver {
         intake,
         max_body: config.max_request_body_size,
+        counted,
     });
     let app = axum::Router::new()
         .route(PATH, any(traces))
@@ -112,8 +116,21 @@ pub(super) async fn run(
     })
 }
 
-/// `/v1/traces`, any method.
+/// `/v1/traces`, any method: the answer, counted by its status.
 async fn traces(State(receiver): State<Arc<Receiver>>, request: Request) -> Response {
+    let response = answer(&receiver, request).await;
+    receiver.counted.count(match response.status() {
+        StatusCode::OK => Outcome::Accepted,
+        StatusCode::TOO_MANY_REQUESTS => Outcome::Busy,
+        StatusCode::SERVICE_UNAVAILABLE => Outcome::Unavailable,
+        status if status.is_client_error() => Outcome::Invalid,
+        _ => Outcome::Error,
+    });
+    response
+}
+
+/// The answer to a request on `/v1/traces`.
+async fn answer(receiver: &Receiver, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let format = content_type(&parts.headers);
     // Errors found before the content type is known are told in protobuf, the default encoding.
@@ -421,7 +438,9 @@ mod tests {
     use flate2::write::GzEncoder;
     use tonic_types::RpcStatusExt as _;
 
-    use super::super::testing::{Behaviour, TestIntake, accepted, config, request, request_json};
+    use super::super::testing::{
+        Behaviour, TestIntake, accepted, config, counts, request, request_json,
+    };
     use super::super::{Answer, Servers, serve};
     use super::*;
 
@@ -433,7 +452,9 @@ mod tests {
         let mut c = config();
         c.protocols.grpc = None;
         c.protocols.http.as_mut().unwrap().max_request_body_size = max_request_body_size;
-        let servers = serve(&c, intake, std::future::pending()).await.unwrap();
+        let servers = serve(&c, intake, counts(), std::future::pending())
+            .await
+            .unwrap();
         let url = format!("http://{}{PATH}", servers.http_address().unwrap());
         (servers, url)
     }

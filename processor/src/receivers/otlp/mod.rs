@@ -22,6 +22,10 @@
 //! request without spans succeeds without reaching the pipeline, as the specification
 //! recommends and the collector does.
 //!
+//! **Counted.** Every answer to an export request (`POST /v1/traces`, `TraceService/Export`), a
+//! refusal before decoding included, is counted in `evalstream_otlp_requests_total` by protocol
+//! and [`Outcome`].
+//!
 //! **Shutdown.** When the shutdown future completes, both listeners close (new connections are
 //! refused) and requests already in flight run to their answer, for at most [`SHUTDOWN_GRACE`].
 
@@ -33,6 +37,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use prometheus::IntCounterVec;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -164,10 +169,12 @@ impl Servers {
 }
 
 /// Starts the OTLP receiver of `run`: requests go to the workers' queue `work` within the
-/// configured in-flight limits, until `shutdown` completes.
+/// configured in-flight limits, until `shutdown` completes; answers are counted in `requests`
+/// (`evalstream_otlp_requests_total`).
 pub async fn start(
     config: &OtlpReceiverConfig,
     work: crossbeam_channel::Sender<Vec<crate::pipeline::worker::Input>>,
+    requests: IntCounterVec,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, Error> {
     let admission = crate::pipeline::admission::Admission::new(
@@ -180,7 +187,7 @@ pub async fn start(
         config.answer == crate::config::otlp_receiver::AnswerWhen::OnReceipt,
         config.forward,
     ));
-    let servers = serve(config, intake.clone(), shutdown).await?;
+    let servers = serve(config, intake.clone(), requests, shutdown).await?;
     info!(grpc = ?servers.grpc_address(), http = ?servers.http_address(), "receiving OTLP");
     Ok(Running { servers, intake })
 }
@@ -201,11 +208,13 @@ impl Running {
     }
 }
 
-/// Binds the configured listeners and serves them until `shutdown` completes. Bind errors are
-/// returned here, with the address; once this returns, both listeners accept connections.
+/// Binds the configured listeners and serves them until `shutdown` completes, counting answers
+/// in `requests` (labels `protocol`, `outcome`). Bind errors are returned here, with the
+/// address; once this returns, both listeners accept connections.
 pub async fn serve(
     config: &OtlpReceiverConfig,
     intake: Arc<dyn Intake>,
+    requests: IntCounterVec,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Servers, Error> {
     config.validate().map_err(Error::Config)?;
@@ -232,13 +241,15 @@ pub async fn serve(
     };
     if let Some((listener, c)) = grpc {
         servers.grpc = Some(local_address("grpc", &c.endpoint, &listener)?);
-        let server = grpc::run(listener, c, intake.clone(), Stop(stopping.clone()));
+        let counted = Counted::new("grpc", &requests);
+        let server = grpc::run(listener, c, intake.clone(), counted, Stop(stopping.clone()));
         supervise("grpc", server, end.clone());
         servers.started += 1;
     }
     if let Some((listener, c)) = http {
         servers.http = Some(local_address("http", &c.endpoint, &listener)?);
-        let server = http::run(listener, c, intake, Stop(stopping));
+        let counted = Counted::new("http", &requests);
+        let server = http::run(listener, c, intake, counted, Stop(stopping));
         supervise("http", server, end);
         servers.started += 1;
     }
@@ -311,6 +322,58 @@ impl Stop {
     async fn grace_over(self) {
         self.requested().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
+    }
+}
+
+/// How an export request was answered: the `outcome` label of `evalstream_otlp_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// OK / 200, partial success included.
+    Accepted,
+    /// The pipeline was full: `RESOURCE_EXHAUSTED` with `RetryInfo` / 429; the client retries.
+    Busy,
+    /// `UNAVAILABLE` / 503: not processed, the client retries.
+    Unavailable,
+    /// Refused for good: undecodable, too large, another content type or method.
+    Invalid,
+    /// Anything else (an internal failure).
+    Error,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Busy => "busy",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Invalid => "invalid",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One protocol's answer counters, resolved once.
+#[derive(Clone)]
+struct Counted {
+    /// Indexed as the [`Outcome`] variants are declared.
+    outcomes: [prometheus::IntCounter; 5],
+}
+
+impl Counted {
+    fn new(protocol: &'static str, requests: &IntCounterVec) -> Counted {
+        let outcomes = [
+            Outcome::Accepted,
+            Outcome::Busy,
+            Outcome::Unavailable,
+            Outcome::Invalid,
+            Outcome::Error,
+        ]
+        .map(|o| requests.with_label_values(&[protocol, o.label()]));
+        Counted { outcomes }
+    }
+
+    fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].inc();
     }
 }
 
@@ -419,7 +482,7 @@ mod testing;
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::testing::{Behaviour, TestIntake, config, request};
+    use super::testing::{Behaviour, TestIntake, accepted, config, counts, request};
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
@@ -429,7 +492,7 @@ mod tests {
     async fn serve_returns_after_shutdown_once_in_flight_requests_finish() {
         let (intake, mut held) = TestIntake::new(Behaviour::Hold);
         let (stop, stopped) = oneshot::channel::<()>();
-        let servers = serve(&config(), intake.clone(), async {
+        let servers = serve(&config(), intake.clone(), counts(), async {
             let _ = stopped.await;
         })
         .await
@@ -479,6 +542,60 @@ mod tests {
         assert_eq!(intake.spans(), 5);
     }
 
+    /// Each answer is counted once, by protocol and outcome: a full pipeline as `busy`, a body
+    /// that is no request as `invalid`.
+    #[tokio::test]
+    async fn answers_are_counted_by_protocol_and_outcome() {
+        let (intake, _held) = TestIntake::new(Behaviour::Busy(Duration::from_secs(1)));
+        let requests = counts();
+        let servers = serve(
+            &config(),
+            intake.clone(),
+            requests.clone(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let mut grpc =
+            TraceServiceClient::connect(format!("http://{}", servers.grpc_address().unwrap()))
+                .await
+                .unwrap();
+        let http = format!("http://{}/v1/traces", servers.http_address().unwrap());
+        let post = |body: Vec<u8>| {
+            reqwest::Client::new()
+                .post(&http)
+                .header("content-type", "application/x-protobuf")
+                .body(body)
+                .send()
+        };
+        assert!(grpc.export(request(1)).await.is_err());
+        assert_eq!(
+            post(prost::Message::encode_to_vec(&request(1)))
+                .await
+                .unwrap()
+                .status(),
+            429
+        );
+        intake.set(Behaviour::Answer(accepted()));
+        for _ in 0..2 {
+            grpc.export(request(1)).await.unwrap();
+            let status = post(prost::Message::encode_to_vec(&request(1)))
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 200);
+        }
+        assert_eq!(post(b"not protobuf".to_vec()).await.unwrap().status(), 400);
+        let count =
+            |protocol: &str, outcome: &str| requests.with_label_values(&[protocol, outcome]).get();
+        assert_eq!(count("grpc", "busy"), 1);
+        assert_eq!(count("grpc", "accepted"), 2);
+        assert_eq!(count("http", "busy"), 1);
+        assert_eq!(count("http", "accepted"), 2);
+        assert_eq!(count("http", "invalid"), 1);
+        assert_eq!(count("grpc", "invalid") + count("grpc", "unavailable"), 0);
+    }
+
     #[tokio::test]
     async fn a_bind_error_is_returned_at_start_with_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -486,7 +603,7 @@ mod tests {
         let mut c = config();
         c.protocols.http.as_mut().unwrap().endpoint = address.clone();
         let (intake, _held) = TestIntake::new(Behaviour::Hold);
-        let err = serve(&c, intake, std::future::pending())
+        let err = serve(&c, intake, counts(), std::future::pending())
             .await
             .unwrap_err()
             .to_string();
@@ -497,7 +614,9 @@ mod tests {
         c.protocols.grpc = None;
         c.protocols.http = None;
         let (intake, _held) = TestIntake::new(Behaviour::Hold);
-        let err = serve(&c, intake, std::future::pending()).await.unwrap_err();
+        let err = serve(&c, intake, counts(), std::future::pending())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("at least one"), "{err}");
     }
 }

@@ -1,5 +1,5 @@
 //! What the receiver's tests share: an [`Intake`] that records requests and answers as told, a
-//! configuration on free loopback ports, and a small request in both encodings.
+//! configuration on free loopback ports, a request counter, and a small request in both encodings.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,6 +118,15 @@ pub(super) fn config() -> OtlpReceiverConfig {
         },
         ..OtlpReceiverConfig::default()
     }
+}
+
+/// A fresh, unregistered `evalstream_otlp_requests_total`.
+pub(super) fn counts() -> prometheus::IntCounterVec {
+    prometheus::IntCounterVec::new(
+        prometheus::Opts::new("evalstream_otlp_requests_total", "OTLP export requests."),
+        &["protocol", "outcome"],
+    )
+    .unwrap_or_else(|e| panic!("the counter's labels are valid: {e}"))
 }
 
 /// An answer of full success.
