@@ -8,7 +8,7 @@
 //!    `Debug`, `Clone`, `PartialEq`, `#[serde(deny_unknown_fields)]`), the scorer implementing
 //!    [`Evaluator`](crate::evaluator::Evaluator) (override `needs_trace` if it judges whole
 //!    traces), tests, and its registration:
-//!    ```ignore
+//!    ```text
 //!    impl Builtin for MyScorerConfig {
 //!        const TYPE: &'static str = "my_scorer";
 //!        // Optional: DEFAULT_KINDS (default `[chat]`), VERSION (default 1), EXAMPLE (default
