@@ -28,7 +28,7 @@ use tracing::warn;
 
 use crate::config::{KafkaExporter as KafkaExporterConfig, Output};
 use crate::pipeline::ack::{RejectedOutput, Rejection, Token};
-use crate::pipeline::export::{Batch, Exporter, Shapes};
+use crate::pipeline::export::{Exporter, Outputs, Shapes};
 use crate::telemetry::metrics::Metrics;
 
 /// Groups evaluator spans into requests that each encode to at most `budget` bytes (as
@@ -282,23 +282,45 @@ impl Exporter for KafkaExporter {
     /// it takes to stay under `message.max.bytes` (300 LLM spans' evaluations made a 1.21 MB
     /// record, which the producer refused: every evaluation was lost and the input
     /// dead-lettered). The inputs are let go when every record is delivered.
-    fn export(&self, batch: &Batch, tokens: &[Token]) {
+    fn export(&self, batch: &Outputs, tokens: &[Token]) {
         let metrics = &self.producer.context().metrics;
         metrics.producer_queue.set(i64::from(self.queue_len()));
         let key = otlp::hex(&batch.trace_id);
         let budget = self
             .max_record_bytes
             .saturating_sub(key.len() + RECORD_MARGIN);
-        if self.shapes.events && !batch.events.is_empty() {
-            for chunk in split_events_by_size(&batch.events, budget) {
-                let payload = to_otlp::logs_request(chunk).encode_to_vec();
-                self.send(&self.logs_topic, &key, &payload, tokens);
+        // Most traces fit one record: encoded by reference. Only an oversized one is copied
+        // into pieces.
+        if let (true, Some(events)) = (self.shapes.events, &batch.events) {
+            if events.encoded_len() <= budget {
+                self.send(&self.logs_topic, &key, &events.encode_to_vec(), tokens);
+            } else {
+                let groups: Vec<_> = events
+                    .resource_logs
+                    .iter()
+                    .map(|rl| {
+                        let records = rl.scope_logs.iter().flat_map(|s| s.log_records.clone());
+                        (rl.resource.clone(), records.collect())
+                    })
+                    .collect();
+                for chunk in split_events_by_size(&groups, budget) {
+                    let payload = to_otlp::logs_request(chunk).encode_to_vec();
+                    self.send(&self.logs_topic, &key, &payload, tokens);
+                }
             }
         }
-        if self.shapes.spans && !batch.spans.is_empty() {
-            for chunk in split_by_size(batch.spans.clone(), budget) {
-                let payload = to_otlp::export_request(chunk).encode_to_vec();
-                self.send(&self.traces_topic, &key, &payload, tokens);
+        if let (true, Some(spans)) = (self.shapes.spans, &batch.spans) {
+            if spans.encoded_len() <= budget {
+                self.send(&self.traces_topic, &key, &spans.encode_to_vec(), tokens);
+            } else {
+                let all = spans
+                    .resource_spans
+                    .iter()
+                    .flat_map(|rs| rs.scope_spans.iter().flat_map(|s| s.spans.clone()));
+                for chunk in split_by_size(all.collect(), budget) {
+                    let payload = to_otlp::export_request(chunk).encode_to_vec();
+                    self.send(&self.traces_topic, &key, &payload, tokens);
+                }
             }
         }
     }

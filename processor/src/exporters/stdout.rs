@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use crate::pipeline::ack::{Rejection, Token};
-use crate::pipeline::export::{Batch, Exporter, Shapes};
+use crate::pipeline::export::{Exporter, Outputs, Shapes};
 
 /// Writes evaluations to the process's standard output.
 pub struct StdoutExporter {
@@ -35,7 +35,7 @@ impl Exporter for StdoutExporter {
         }
     }
 
-    fn export(&self, batch: &Batch, tokens: &[Token]) {
+    fn export(&self, batch: &Outputs, tokens: &[Token]) {
         if batch.lines.is_empty() {
             return;
         }

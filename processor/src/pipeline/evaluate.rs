@@ -152,7 +152,7 @@ impl Scoring {
                 let start = end.saturating_sub(started.elapsed().as_nanos() as u64);
                 batch.add(shapes, s, &evaluations, (start, end), &extra);
             }
-            self.exporters.export(&batch, tokens);
+            self.exporters.export(batch, tokens);
         }
         queued
     }

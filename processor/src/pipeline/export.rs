@@ -60,7 +60,7 @@ pub trait Exporter: Send + Sync {
     fn shapes(&self) -> Shapes;
 
     /// Takes one trace's evaluations, holding `tokens` until its backend accepted them.
-    fn export(&self, batch: &Batch, tokens: &[Token]);
+    fn export(&self, outputs: &Outputs, tokens: &[Token]);
 
     /// Takes the original spans of an input whose receiver forwards them (inline mode: the
     /// application points its SDK at evalstream, and its traces reach the backend beside their
@@ -150,10 +150,29 @@ impl Batch {
         }
     }
 
-    /// The events as a logs request.
-    pub fn logs_request(&self) -> ExportLogsServiceRequest {
-        to_otlp::logs_request(self.events.iter().cloned())
+    /// The batch as the requests exporters encode, built once by moving what was gathered:
+    /// every exporter then encodes by reference, and none copies the batch.
+    pub fn into_outputs(self) -> Outputs {
+        Outputs {
+            trace_id: self.trace_id,
+            events: (!self.events.is_empty()).then(|| to_otlp::logs_request(self.events)),
+            spans: (!self.spans.is_empty()).then(|| to_otlp::export_request(self.spans)),
+            lines: self.lines,
+        }
     }
+}
+
+/// One trace's evaluations as the exporters read them.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// The trace id (raw bytes).
+    pub trace_id: Vec<u8>,
+    /// Evaluation events, under the judged spans' resources.
+    pub events: Option<ExportLogsServiceRequest>,
+    /// Evaluator spans.
+    pub spans: Option<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    /// JSON lines (without the newline).
+    pub lines: Vec<String>,
 }
 
 /// Every configured exporter: each batch goes to all of them.
@@ -177,12 +196,13 @@ impl Exporters {
     }
 
     /// Hands `batch` to every exporter.
-    pub fn export(&self, batch: &Batch, tokens: &[Token]) {
+    pub fn export(&self, batch: Batch, tokens: &[Token]) {
         if batch.is_empty() {
             return;
         }
+        let outputs = batch.into_outputs();
         for exporter in &self.list {
-            exporter.export(batch, tokens);
+            exporter.export(&outputs, tokens);
         }
     }
 

@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use evalstream_evaluators::to_otlp;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 
 use super::{ExportRequest, OtlpClient, Signal};
 use crate::pipeline::ack::{Rejection, Token};
-use crate::pipeline::export::{Batch, Exporter, Shapes};
+use crate::pipeline::export::{Exporter, Outputs, Shapes};
 
 /// An OTLP backend.
 pub struct OtlpExporter {
@@ -60,13 +59,12 @@ impl Exporter for OtlpExporter {
         self.shapes
     }
 
-    fn export(&self, batch: &Batch, tokens: &[Token]) {
-        if self.shapes.events && !batch.events.is_empty() {
-            self.send(Signal::Logs, batch.logs_request().encode_to_vec(), tokens);
+    fn export(&self, outputs: &Outputs, tokens: &[Token]) {
+        if let (true, Some(events)) = (self.shapes.events, &outputs.events) {
+            self.send(Signal::Logs, events.encode_to_vec(), tokens);
         }
-        if self.shapes.spans && !batch.spans.is_empty() {
-            let request = to_otlp::export_request(batch.spans.clone());
-            self.send(Signal::Traces, request.encode_to_vec(), tokens);
+        if let (true, Some(spans)) = (self.shapes.spans, &outputs.spans) {
+            self.send(Signal::Traces, spans.encode_to_vec(), tokens);
         }
     }
 

@@ -527,7 +527,7 @@ fn deliver(
         &extra,
     );
     let tokens: Vec<Token> = job.holds.iter().map(|h| h.token().clone()).collect();
-    output.exporters.export(&batch, &tokens);
+    output.exporters.export(batch, &tokens);
 }
 
 #[cfg(test)]
