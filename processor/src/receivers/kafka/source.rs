@@ -577,8 +577,14 @@ impl Source {
             let mut state = ctx.state();
             for work in received.drain(..) {
                 state.tracker.begin(&work.message.tp, work.message.offset);
-                self.metrics.messages.inc_by(1);
                 state.held.push_back(work);
+            }
+            if took > 0 {
+                // The gauge first, then the counter: a scrape between the two must not see
+                // every message consumed and none in flight (a test waiting for "all consumed,
+                // nothing in flight" once read its verdict before the work had started).
+                self.metrics.in_flight.set(state.tracker.in_flight() as i64);
+                self.metrics.messages.inc_by(took as u64);
             }
             // Hand out what is held, in slices (one channel operation per slice, not per
             // message), waiting briefly for room: the poll thread has nothing better to do then,
