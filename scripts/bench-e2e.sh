@@ -2,7 +2,7 @@
 # End-to-end benchmark of `evalstream run` against a local Apache Kafka broker, with the Python peer
 # (scripts/peer/python_worker.py) on the same broker and topic in the same run.
 #
-#   scripts/bench-e2e.sh [TRACES]     (default 20000)
+#   scripts/bench-e2e.sh [TRACES]     (default 20000; 0 skips steps 1 and 4)
 #
 # 1. Produces TRACES corpus-shaped traces (one per message, keyed by trace id) into a topic with 4
 #    partitions, then runs the release worker on it twice, in separate consumer groups: with the
@@ -15,6 +15,13 @@
 # 3. The Python peer (refusal, PII and JSON-schema checks, one process, confluent-kafka) consumes
 #    PEER_TRACES messages of the same topic; prints its spans/s and evalstream's multiple of it.
 #
+# 5. OTLP in, no broker: the worker's OTLP gRPC receiver takes OTLP_TRACES traces in requests of
+#    512 spans (`evalstream loadgen --otlp`, OTLP_CONCURRENCY requests awaiting their answer, each
+#    answered after its evaluations were accepted), runs the default evaluators and exports the
+#    events with `otlphttp` (OTLP_COMPRESSION, default gzip as the collector's) to a local counting
+#    sink (`evalstream otlp-sink`). Prints spans/s and the CPU seconds of the worker, the sender and
+#    the sink apart, and checks the sink got one log record per evaluation.
+#
 # 4. (between 1 and 2) The default set plus an `llm_judge` on every answer, against the local judge
 #    stand-in (`evalstream judge-server`, JUDGE_LATENCY_MS per answer): spans/s of the heuristic
 #    scorers while the judge runs, and the judge's calls/s against its bound, JUDGE_SLOTS /
@@ -23,7 +30,8 @@
 # Environment: LAG_RATE (default 5000; 0 skips step 2), PEER_TRACES (default TRACES up to 20000;
 # 0 skips step 3), JUDGE_LATENCY_MS (default 200; 0 skips step 4), JUDGE_SLOTS (256), JUDGE_QUEUE
 # (the judge's max_queued: 2560, two seconds of calls at the bound), OUT_CLIENT (extra output-producer properties as YAML flow-map entries, e.g.
-# 'linger.ms: "50"'), IN_FLIGHT (the receiver's max_in_flight_messages; default the worker's).
+# 'linger.ms: "50"'), IN_FLIGHT (the receiver's max_in_flight_messages; default the worker's),
+# OTLP_TRACES (default 100000; 0 skips step 5), OTLP_CONCURRENCY (8), OTLP_COMPRESSION (gzip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces="${1:-20000}"
@@ -32,12 +40,14 @@ peer_traces="${PEER_TRACES:-$((traces < 20000 ? traces : 20000))}"
 judge_latency="${JUDGE_LATENCY_MS:-200}"
 judge_slots="${JUDGE_SLOTS:-256}"
 judge_queue="${JUDGE_QUEUE:-2560}"
+otlp_traces="${OTLP_TRACES:-100000}"
 source scripts/lib/local-broker.sh
 worker_pid=
 judge_pid=
-trap 'kafka_stop; [ -z "$judge_pid" ] || kill $judge_pid 2>/dev/null || true; [ -z "$worker_pid" ] || kill $worker_pid 2>/dev/null || true' EXIT
+sink_pid=
+trap 'kafka_stop; for p in $judge_pid $worker_pid $sink_pid; do kill $p 2>/dev/null || true; done' EXIT
 create_topics 4 bench_in bench_out bench_logs bench_dlq bench_steady peer_out
-$bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
+[ "$traces" -eq 0 ] || $bin loadgen --brokers "127.0.0.1:$port" --topic bench_in --traces "$traces"
 
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 scrape() { curl -s "127.0.0.1:$metrics_port/metrics"; }
@@ -118,6 +128,8 @@ PY
 }
 
 echo "worker on $(nproc) cores, $traces traces, Kafka on 127.0.0.1:$port"
+# Steps 1 and 4 (left unindented: they hold heredocs).
+if [ "$traces" -gt 0 ]; then
 throughput evaluate "$exporter"
 throughput events "$events"
 throughput consume_only "$floor"
@@ -181,6 +193,7 @@ PY
   stop_worker
   kill "$judge_pid" 2>/dev/null || true
 fi
+fi
 
 if [ "$lag_rate" -gt 0 ]; then
   start_worker steady bench_steady "$exporter"
@@ -226,4 +239,53 @@ if [ "$peer_traces" -gt 0 ]; then
     "$peer" "$work/events.spans" "$work/events.cpu"
   python3 -c "import re, sys; p = float(re.search(r'= (\d+) spans/s', sys.argv[1]).group(1)); e = float(open(sys.argv[2]).read()); print(f'evalstream / Python peer: {e / p:.1f}x')" \
     "$peer" "$work/evaluate"
+fi
+
+if [ "$otlp_traces" -gt 0 ]; then
+  sink_port=$(free_port)
+  grpc_port=$(free_port)
+  $bin otlp-sink --listen "127.0.0.1:$sink_port" 2>"$work/sink.log" &
+  sink_pid=$!
+  cat >"$work/otlp.yaml" <<YAML
+receivers:
+  otlp:
+    protocols:
+      grpc: { endpoint: "127.0.0.1:$grpc_port" }
+exporters:
+  otlphttp:
+    endpoint: http://127.0.0.1:$sink_port
+    compression: ${OTLP_COMPRESSION:-gzip}
+telemetry:
+  metrics: { listen: "127.0.0.1:$metrics_port" }
+YAML
+  EVALSTREAM_LOG=warn $bin run --config "$work/otlp.yaml" 2>"$work/otlp.log" &
+  worker_pid=$!
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$metrics_port/readyz" >/dev/null && break; sleep 0.1; done
+  worker_cpu0=$(cpu_seconds $worker_pid)
+  sink_cpu0=$(cpu_seconds $sink_pid)
+  # The sender's own CPU (user + system seconds), from bash's `time`.
+  TIMEFORMAT='%U %S'
+  { time $bin loadgen --otlp "http://127.0.0.1:$grpc_port" --traces "$otlp_traces" --spans-per-request 512 \
+      --concurrency "${OTLP_CONCURRENCY:-8}" 2>"$work/loadgen-otlp.log"; } 2>"$work/loadgen-otlp.time"
+  worker_cpu=$(python3 -c "print(f'{$(cpu_seconds $worker_pid) - $worker_cpu0:.1f}')")
+  sink_cpu=$(python3 -c "print(f'{$(cpu_seconds $sink_pid) - $sink_cpu0:.1f}')")
+  # Every answer came after its evaluations were accepted: the sink has them all by now.
+  evaluated=$(scrape | awk '/^evalstream_evaluations_total/ && !/outcome="skipped"/ { s += $2 } END { print s+0 }')
+  received=$(curl -s "127.0.0.1:$sink_port/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["log_records"])')
+  rss=$(awk '/VmHWM/ { printf "%.0f", $2/1024 }' "/proc/$worker_pid/status")
+  stop_worker
+  kill "$sink_pid" 2>/dev/null || true; sink_pid=
+  python3 - "$(cat "$work/loadgen-otlp.log")" "$(cat "$work/loadgen-otlp.time")" "$worker_cpu" "$sink_cpu" "$evaluated" "$received" "$rss" "${OTLP_COMPRESSION:-gzip}" <<'PY'
+import re, sys
+log, sender_time, worker_cpu, sink_cpu, evaluated, received, rss, compression = sys.argv[1:]
+m = re.search(r"\((\d+) spans\).* in (\d+) requests.* in ([\d.]+) s", log)
+if not m:
+    sys.exit(f"loadgen did not finish: {log}")
+spans, requests, seconds = int(m.group(1)), int(m.group(2)), float(m.group(3))
+sender_cpu = sum(float(x) for x in sender_time.split())
+print(f"otlp_grpc      {spans / seconds:9.0f} spans/s ({spans} spans in {requests} requests of ~512, {seconds:.1f} s; otlphttp events, {compression})   peak RSS {rss} MiB")
+print(f"               CPU: worker {worker_cpu} s ({spans / max(float(worker_cpu), 1e-9):.0f} spans per CPU-second), sender {sender_cpu:.1f} s, sink {sink_cpu} s")
+status = "every one" if int(received) == int(evaluated) else "MISMATCH"
+print(f"               evaluation events: {evaluated} scored or errored, {received} at the sink ({status})")
+PY
 fi

@@ -2,10 +2,11 @@
 //! official OTel GenAI instrumentation of the OpenAI client sends its spans over OTLP to the
 //! collector built by `scripts/install-collector.sh`, running `deploy/collector/gateway.yaml` as
 //! users would; the collector writes them to Kafka (`otlp_spans`, keyed by trace id); the real
-//! `evalstream run` evaluates them and writes evaluator spans to `otlp_evaluations`; the
-//! collector reads those back and exports them over OTLP/HTTP to a sink this test serves, standing
-//! in for the tracing backend. Every evaluation the input calls for must come back at the sink,
-//! parented to the span it judges.
+//! `evalstream run` evaluates them and writes its evaluation events (`gen_ai.evaluation.result`
+//! log records) to `otlp_logs` and evaluator spans to `otlp_evaluations`; the collector reads both
+//! back and exports them over OTLP/HTTP to a sink this test serves, standing in for the backend.
+//! Every evaluation the input calls for must come back at the sink twice: as a log record carrying
+//! the judged span's trace and span ids under the app's resource, and as a span parented to it.
 //!
 //! Needs `scripts/install-kafka.sh`, `scripts/install-collector.sh` and
 //! `scripts/install-python-app.sh` (`scripts/test.sh` runs all three).
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use evalstream_evaluators::otlp::types::{ExportTraceServiceRequest, KeyValue, any_value};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -189,11 +191,13 @@ fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     }
 }
 
-/// The stand-in for the tracing backend: OTLP/HTTP protobuf on `POST /v1/traces`, gzip or not
-/// (the collector's `otlp_http` exporter compresses with gzip by default), every request kept.
+/// The stand-in for the backend: OTLP/HTTP protobuf on `POST /v1/traces` and `POST /v1/logs`,
+/// gzip or not (the collector's `otlp_http` exporter compresses with gzip by default), every
+/// request kept.
 struct Sink {
     port: u16,
     received: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
     errors: Arc<Mutex<Vec<String>>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -204,12 +208,10 @@ impl Sink {
         use axum::http::{HeaderMap, StatusCode, header};
         use axum::response::IntoResponse;
 
-        type Shared = (
-            Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-            Arc<Mutex<Vec<String>>>,
-        );
-        async fn traces(
-            State((received, errors)): State<Shared>,
+        type Shared<M> = (Arc<Mutex<Vec<M>>>, Arc<Mutex<Vec<String>>>);
+        /// Keeps an export request of type `M`, answering with an empty response.
+        async fn keep<M: prost::Message + Default + Send + 'static>(
+            State((received, errors)): State<Shared<M>>,
             headers: HeaderMap,
             body: axum::body::Bytes,
         ) -> axum::response::Response {
@@ -223,16 +225,15 @@ impl Sink {
                 "gzip" => gunzip(&body),
                 other => Err(format!("unexpected Content-Encoding {other}")),
             };
-            let request = decoded.and_then(|bytes| {
-                ExportTraceServiceRequest::decode(bytes.as_slice()).map_err(|e| e.to_string())
-            });
+            let request =
+                decoded.and_then(|bytes| M::decode(bytes.as_slice()).map_err(|e| e.to_string()));
             match request {
                 Ok(request) => {
                     received.lock().unwrap().push(request);
                     (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "application/x-protobuf")],
-                        Vec::new(), // an empty ExportTraceServiceResponse
+                        Vec::new(), // an empty export response
                     )
                         .into_response()
                 }
@@ -244,6 +245,7 @@ impl Sink {
         }
 
         let received = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -254,17 +256,67 @@ impl Sink {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let router = axum::Router::new()
-            .route("/v1/traces", axum::routing::post(traces))
-            .layer(DefaultBodyLimit::max(64 << 20))
+        let traces = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(keep::<ExportTraceServiceRequest>),
+            )
             .with_state((received.clone(), errors.clone()));
+        let log_records = axum::Router::new()
+            .route(
+                "/v1/logs",
+                axum::routing::post(keep::<ExportLogsServiceRequest>),
+            )
+            .with_state((logs.clone(), errors.clone()));
+        let router = traces
+            .merge(log_records)
+            .layer(DefaultBodyLimit::max(64 << 20));
         runtime.spawn(async move { axum::serve(listener, router).await });
         Sink {
             port,
             received,
+            logs,
             errors,
             runtime: Some(runtime),
         }
+    }
+
+    /// The evaluation events received, by score id.
+    fn events(&self) -> BTreeMap<String, Event> {
+        let mut out = BTreeMap::new();
+        for request in self.logs.lock().unwrap().iter() {
+            for rl in &request.resource_logs {
+                let service = rl
+                    .resource
+                    .as_ref()
+                    .and_then(|r| string_attribute(&r.attributes, "service.name"));
+                for sl in &rl.scope_logs {
+                    for record in &sl.log_records {
+                        let attributes = &record.attributes;
+                        let Some(score_id) = string_attribute(attributes, "evalstream.score.id")
+                        else {
+                            continue;
+                        };
+                        let passed = match attribute(attributes, "evalstream.evaluation.passed") {
+                            Some(any_value::Value::BoolValue(b)) => Some(*b),
+                            _ => None,
+                        };
+                        let event = Event {
+                            event_name: record.event_name.clone(),
+                            trace_id: hex(&record.trace_id),
+                            span_id: hex(&record.span_id),
+                            service: service.clone(),
+                            evaluator: string_attribute(attributes, "gen_ai.evaluation.name"),
+                            label: string_attribute(attributes, "gen_ai.evaluation.score.label"),
+                            passed,
+                        };
+                        let previous = out.insert(score_id.clone(), event);
+                        assert!(previous.is_none(), "evaluation event {score_id} twice");
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The evaluator spans received: (trace id, span id) → the span's facts.
@@ -349,6 +401,18 @@ struct Received {
     score_id: Option<String>,
 }
 
+/// An evaluation event (log record) as the sink received it.
+#[derive(Debug, Clone, PartialEq)]
+struct Event {
+    event_name: String,
+    trace_id: String,
+    span_id: String,
+    service: Option<String>,
+    evaluator: Option<String>,
+    label: Option<String>,
+    passed: Option<bool>,
+}
+
 /// A record of `otlp_spans` as the collector wrote it.
 struct Record {
     partition: i32,
@@ -424,6 +488,7 @@ fn evaluations_go_through_a_real_collector_and_back() {
     let broker = Broker::start();
     broker.create_topic("otlp_spans", PARTITIONS);
     broker.create_topic("otlp_evaluations", PARTITIONS);
+    broker.create_topic("otlp_logs", PARTITIONS);
     broker.create_topic("otlp_spans_dlq", 1);
     let sink = Sink::start();
 
@@ -445,7 +510,7 @@ fn evaluations_go_through_a_real_collector_and_back() {
             .env("COLLECTOR_METRICS_PORT", collector_metrics.to_string()),
     );
 
-    // The worker, on the default evaluators.
+    // The worker, on the default evaluators, writing both outputs to their default topics.
     let metrics = free_port();
     let config = dir.join("evalstream.yaml");
     std::fs::write(
@@ -462,8 +527,7 @@ fn evaluations_go_through_a_real_collector_and_back() {
 exporters:
   kafka:
     brokers: ["{broker}"]
-    output: [spans]
-    traces: {{ topic: otlp_evaluations }}
+    output: [events, spans]
 telemetry:
   metrics:
     listen: "127.0.0.1:{metrics}"
@@ -655,14 +719,17 @@ telemetry:
         .collect();
     assert!(!expected.is_empty());
 
-    // Everything comes back through the collector to the sink.
+    // Everything comes back through the collector to the sink, as spans and as events.
     let have_all = || {
         let received: BTreeSet<String> = sink
             .evaluations()
             .values()
             .filter_map(|r| r.score_id.clone())
             .collect();
-        expected.keys().all(|id| received.contains(id))
+        let events = sink.events();
+        expected
+            .keys()
+            .all(|id| received.contains(id) && events.contains_key(id))
     };
     wait_for(
         &format!("{} evaluations at the sink", expected.len()),
@@ -724,6 +791,30 @@ telemetry:
         "the sink has exactly the offline evaluations"
     );
 
+    // The events: exactly the offline evaluations, each a `gen_ai.evaluation.result` record on
+    // the judged chat span, filed under the app's resource (so a backend shows it with the
+    // app's trace), with the same verdict as its evaluator span.
+    let events = sink.events();
+    assert_eq!(
+        events.keys().collect::<BTreeSet<_>>(),
+        expected.keys().collect::<BTreeSet<_>>(),
+        "the sink has exactly the offline evaluations as events"
+    );
+    for (score_id, event) in &events {
+        let want = &expected[score_id];
+        assert_eq!(event.event_name, "gen_ai.evaluation.result");
+        assert_eq!(want["trace_id"], event.trace_id.as_str(), "{event:?}");
+        assert_eq!(want["span_id"], event.span_id.as_str(), "{event:?}");
+        assert!(
+            chat_by_span.contains_key(&(event.trace_id.clone(), event.span_id.clone())),
+            "{event:?} is not on an app chat span"
+        );
+        assert_eq!(event.service.as_deref(), Some("support-bot"), "{event:?}");
+        assert_eq!(want["evaluator"].as_str(), event.evaluator.as_deref());
+        assert_eq!(want["label"].as_str(), event.label.as_deref(), "{event:?}");
+        assert_eq!(want["passed"].as_bool(), event.passed, "{event:?}");
+    }
+
     // And each answer was judged as its case calls for.
     for chat in &chats {
         let got = by_chat
@@ -774,11 +865,12 @@ telemetry:
     otelcol.assert_running();
     worker.assert_running();
     eprintln!(
-        "{} spans in {} records on otlp_spans; {} evaluations of {} chat spans back at the sink in {} requests",
+        "{} spans in {} records on otlp_spans; {} evaluations of {} chat spans back at the sink as spans in {} requests and as events in {}",
         app_spans,
         records.len(),
         received.len(),
         chats.len(),
-        sink.received.lock().unwrap().len()
+        sink.received.lock().unwrap().len(),
+        sink.logs.lock().unwrap().len()
     );
 }

@@ -62,7 +62,8 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Produce corpus-shaped traces (fresh ids, one trace per message, keyed by hex trace id) to
-    /// a topic: test traffic and the input of benchmarks.
+    /// a topic, or with `--otlp` send them to an OTLP gRPC receiver in batched requests: test
+    /// traffic and the input of benchmarks.
     Loadgen(evalstream::commands::loadgen::LoadgenOptions),
     /// Check a configuration file and print what it configures.
     Validate {
@@ -103,6 +104,14 @@ enum Command {
         /// request names; then judge as usual. Repeatable.
         #[arg(long = "reply", value_name = "TEXT")]
         replies: Vec<String>,
+    },
+    /// Serve a counting OTLP/HTTP backend (`/v1/logs`, `/v1/traces`, counts at `/stats`) for
+    /// benchmarks.
+    #[command(hide = true)]
+    OtlpSink {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:4319")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -168,6 +177,23 @@ fn judge_server(
             () = shutdown_signal() => {}
         }
         println!("answered {}", behaviour.answered());
+        anyhow::Ok(())
+    })
+}
+
+fn otlp_sink(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use evalstream::commands::otlp_sink::{Counts, serve};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        eprintln!("OTLP/HTTP sink on http://{listen} (counts at /stats)");
+        tokio::select! {
+            served = serve(listener, std::sync::Arc::new(Counts::default())) => served?,
+            () = shutdown_signal() => {}
+        }
         anyhow::Ok(())
     })
 }
@@ -266,6 +292,7 @@ fn main() -> ExitCode {
             latency_ms,
             replies,
         } => exit(judge_server(listen, latency_ms, replies)),
+        Command::OtlpSink { listen } => exit(otlp_sink(listen)),
         Command::Loadgen(options) => exit(evalstream::commands::loadgen::run(&options).map(drop)),
         Command::Script(ScriptCommand::Test { scripts }) => {
             let tested = evalstream::on_evaluation_thread("evalstream-script-test", move || {

@@ -5,25 +5,26 @@
 //! produced trace is a template with a fresh trace id, fresh span ids (parent links kept) and
 //! timestamps moved so it ends as it is produced, so every message is distinct and lag metrics are
 //! meaningful. `--rate` paces production, for measuring lag under a steady load.
+//!
+//! With `--otlp ENDPOINT` the same traces go to an OTLP gRPC receiver instead ([`to_otlp`]),
+//! packed into requests of `--spans-per-request` spans, as an SDK's or a collector's batch is.
+
+mod to_kafka;
+mod to_otlp;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use evalstream_evaluators::otlp::{self, Encoding, types::ExportTraceServiceRequest};
-use prost::Message as _;
-use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use xxhash_rust::xxh3::xxh3_128;
 
 /// The corpus exports, one `ExportTraceServiceRequest` each.
 const CORPUS: [&[u8]; 5] = [
-    include_bytes!("../../../tests/fixtures/corpus/openinference.pb"),
-    include_bytes!("../../../tests/fixtures/corpus/openllmetry.pb"),
-    include_bytes!("../../../tests/fixtures/corpus/otel_v2.pb"),
-    include_bytes!("../../../tests/fixtures/corpus/otel_v2_latest.pb"),
-    include_bytes!("../../../tests/fixtures/corpus/traceai.pb"),
+    include_bytes!("../../../../tests/fixtures/corpus/openinference.pb"),
+    include_bytes!("../../../../tests/fixtures/corpus/openllmetry.pb"),
+    include_bytes!("../../../../tests/fixtures/corpus/otel_v2.pb"),
+    include_bytes!("../../../../tests/fixtures/corpus/otel_v2_latest.pb"),
+    include_bytes!("../../../../tests/fixtures/corpus/traceai.pb"),
 ];
 
 /// One trace per request, from every corpus export: each export with only one trace's spans
@@ -129,6 +130,16 @@ pub struct LoadgenOptions {
     /// A librdkafka producer property, KEY=VALUE (repeatable), over the defaults.
     #[arg(long = "producer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub producer_properties: Vec<(String, String)>,
+    /// Send to this OTLP gRPC receiver (`http://127.0.0.1:4317`) instead of a Kafka topic.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub otlp: Option<String>,
+    /// With `--otlp`: whole traces are packed into requests of at least this many spans (the
+    /// last one may be smaller).
+    #[arg(long, default_value_t = 512)]
+    pub spans_per_request: usize,
+    /// With `--otlp`: requests awaiting their answer at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -137,66 +148,12 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))
 }
 
-/// Produces the traces and waits for every one to be acknowledged; returns spans produced.
+/// Sends the traces where the options say; returns the spans sent.
 pub fn run(options: &LoadgenOptions) -> anyhow::Result<u64> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &options.brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "200000")
-        // As the collector's exporter: retries never duplicate or reorder a trace.
-        .set("enable.idempotence", "true");
-    for (k, v) in &options.producer_properties {
-        config.set(k, v);
+    match &options.otlp {
+        Some(endpoint) => to_otlp::send(endpoint, options),
+        None => to_kafka::produce(options),
     }
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        config.create().context("cannot create the producer")?;
-    let templates = templates()?;
-    let started = Instant::now();
-    let mut spans = 0u64;
-    for i in 0..options.traces {
-        if options.rate > 0 {
-            let due = Duration::from_secs_f64(i as f64 / options.rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let template = &templates[(i % templates.len() as u64) as usize];
-        // Each trace ends as it is produced, so the worker's end-to-end lag is measured from here.
-        let request = instantiate(
-            template,
-            options.seed.wrapping_mul(1_000_003).wrapping_add(i),
-            crate::now_unix_nanos(),
-        );
-        spans += evalstream_evaluators::span::spans(&request).count() as u64;
-        let key = otlp::hex(&request.resource_spans[0].scope_spans[0].spans[0].trace_id);
-        let payload = match options.encoding {
-            Encoding::OtlpProto => request.encode_to_vec(),
-            Encoding::OtlpJson => serde_json::to_vec(&request)?,
-        };
-        let mut record = BaseRecord::to(&options.topic).key(&key).payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e).context("cannot produce"),
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(120))
-        .context("not every trace was acknowledged")?;
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "produced {} traces ({spans} spans) to {} in {seconds:.2} s ({:.0} traces/s)",
-        options.traces,
-        options.topic,
-        options.traces as f64 / seconds
-    );
-    Ok(spans)
 }
 
 #[cfg(test)]
