@@ -457,3 +457,212 @@ fn a_script_recursing_at_the_deepest_allowed_limits_errors_without_aborting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("max_call_levels"), "{}", stderr(&out));
 }
+
+/// Writes `request` with only the spans `keep` picks (by their place in the request) to `path`.
+fn write_part(
+    request: &otlp::types::ExportTraceServiceRequest,
+    path: &Path,
+    keep: impl Fn(usize) -> bool,
+) {
+    use prost::Message as _;
+    let mut part = request.clone();
+    let mut i = 0;
+    for rs in &mut part.resource_spans {
+        for ss in &mut rs.scope_spans {
+            ss.spans.retain(|_| {
+                i += 1;
+                keep(i - 1)
+            });
+        }
+    }
+    std::fs::write(path, part.encode_to_vec()).unwrap();
+}
+
+/// The verdicts of an `eval` run, as comparable tuples, sorted.
+fn verdicts(out: &Output) -> Vec<String> {
+    let mut v: Vec<String> = lines(out)
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {} {} {} {} {} {}",
+                l["trace_id"],
+                l["span_id"],
+                l["evaluator"],
+                l["outcome"],
+                l["label"],
+                l["score"],
+                l["passed"]
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A trace split across two files (as batch span processors and collector file exports write
+/// them) gets the verdicts of the whole trace: `eval` gathers spans by trace id across every
+/// input before the trace evaluators run. (Per request, the answer in one file and its
+/// retrieved documents in the other, `citations` skipped and `grounding` fell back to the
+/// prompt: a hallucinated citation passed a gate silently.)
+#[test]
+fn a_trace_split_across_two_files_gets_the_verdicts_of_the_whole_trace() {
+    let dir = temp_dir("split-trace");
+    let config = dir.join("rag.yaml");
+    std::fs::write(
+        &config,
+        "evaluators:\n  - type: refusal\n  - type: citations\n  - type: grounding\n",
+    )
+    .unwrap();
+    let whole = corpus("openinference.pb");
+    let request = otlp::decode(&std::fs::read(&whole).unwrap(), Encoding::OtlpProto).unwrap();
+    let (even, odd) = (dir.join("even.pb"), dir.join("odd.pb"));
+    write_part(&request, &even, |i| i % 2 == 0);
+    write_part(&request, &odd, |i| i % 2 == 1);
+    let eval = |files: &[&Path]| {
+        let out = bin()
+            .args(["eval", "--no-summary", "--config"])
+            .arg(&config)
+            .args(files)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        out
+    };
+    let together = eval(&[Path::new(&whole)]);
+    let scored = |out: &Output, evaluator: &str| {
+        lines(out)
+            .iter()
+            .filter(|l| l["evaluator"] == evaluator && l["outcome"] == "scored")
+            .count()
+    };
+    assert!(
+        scored(&together, "citations") >= 2,
+        "the RAG answers' citations"
+    );
+    let split = eval(&[&even, &odd]);
+    assert_eq!(verdicts(&split), verdicts(&together));
+    // The split does separate answers from their documents: one part alone judges less.
+    let alone = |part: &Path| scored(&eval(&[part]), "citations");
+    assert!(
+        alone(&even) + alone(&odd) < scored(&together, "citations"),
+        "each part alone lacks what the other holds"
+    );
+    // Lines come in input order: all of the first file's before the second's.
+    let mut seen_odd = false;
+    let odd_spans: std::collections::HashSet<String> = {
+        let part = otlp::decode(&std::fs::read(&odd).unwrap(), Encoding::OtlpProto).unwrap();
+        span::spans(&part).map(|s| otlp::hex(s.span_id())).collect()
+    };
+    let even_spans: std::collections::HashSet<String> = {
+        let part = otlp::decode(&std::fs::read(&even).unwrap(), Encoding::OtlpProto).unwrap();
+        span::spans(&part).map(|s| otlp::hex(s.span_id())).collect()
+    };
+    for l in lines(&split).iter().filter(|l| l["evaluator"] == "refusal") {
+        let id = l["span_id"].as_str().unwrap();
+        if odd_spans.contains(id) {
+            seen_odd = true;
+        } else {
+            assert!(even_spans.contains(id));
+            assert!(!seen_odd, "a line of the first file after the second's");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The local judge stand-in, killed on drop.
+struct JudgeServer(std::process::Child, u16);
+
+impl JudgeServer {
+    fn start(latency_ms: u64) -> JudgeServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = bin()
+            .args(["judge-server", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--latency-ms", &latency_ms.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the judge server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        JudgeServer(child, port)
+    }
+}
+
+impl Drop for JudgeServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `eval` calls `llm_judge` evaluators as `run` does (the online client, concurrently, never
+/// shedding), so a CI gate can use the judges that run online; `--skip-judges` leaves them out.
+#[test]
+fn eval_calls_the_judges_and_skip_judges_leaves_them_out() {
+    let judge = JudgeServer::start(20);
+    let dir = temp_dir("judges");
+    let config = dir.join("judge.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "evaluators:\n  - type: refusal\n  - type: llm_judge\n    name: tox\n    template: toxicity\n    endpoint: http://127.0.0.1:{}/v1\n    model: judge-model\n    max_concurrency: 4\n    max_queued: 1\n    cache_size: 0\n",
+            judge.1
+        ),
+    )
+    .unwrap();
+    let eval = |extra: &[&str]| {
+        let out = bin()
+            .args(["eval", "--no-summary", "--config"])
+            .arg(&config)
+            .args(extra)
+            .arg(corpus("openinference.pb"))
+            .arg(corpus("otel_v2_latest.pb"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        lines(&out)
+    };
+    let judged = eval(&[]);
+    let refusal: Vec<&serde_json::Value> = judged
+        .iter()
+        .filter(|l| l["evaluator"] == "refusal")
+        .collect();
+    let tox: Vec<&serde_json::Value> = judged.iter().filter(|l| l["evaluator"] == "tox").collect();
+    // One verdict per span refusal saw, none shed although the queue holds one call.
+    assert_eq!(tox.len(), refusal.len());
+    let scored = tox.iter().filter(|l| l["outcome"] == "scored").count();
+    let with_content = refusal.iter().filter(|l| l["outcome"] == "scored").count();
+    assert!(with_content > 0);
+    assert_eq!(scored, with_content, "every answer judged: {tox:#?}");
+    assert!(
+        tox.iter().all(|l| l["skip_reason"] != "shed"),
+        "nothing shed"
+    );
+    // In input order: each judge line follows its span's refusal line.
+    let order: Vec<(String, String)> = judged
+        .iter()
+        .map(|l| (l["span_id"].to_string(), l["evaluator"].to_string()))
+        .collect();
+    for pair in order.chunks(2) {
+        assert_eq!(pair[0].0, pair[1].0, "{pair:?}");
+    }
+    let skipped = eval(&["--skip-judges"]);
+    let tox: Vec<&serde_json::Value> = skipped.iter().filter(|l| l["evaluator"] == "tox").collect();
+    assert_eq!(tox.len(), refusal.len());
+    assert!(
+        tox.iter()
+            .all(|l| l["outcome"] == "skipped" && l["skip_reason"] == "not_applicable"),
+        "{tox:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

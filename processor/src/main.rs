@@ -49,6 +49,10 @@ enum Command {
         /// Do not print the summary table.
         #[arg(long)]
         no_summary: bool,
+        /// Do not call `llm_judge` evaluators: their spans are skipped `not_applicable` (by
+        /// default they are judged, as `run` judges them).
+        #[arg(long)]
+        skip_judges: bool,
         /// Input files, or `-` for standard input.
         #[arg(required = true, value_name = "FILE")]
         inputs: Vec<String>,
@@ -247,6 +251,7 @@ fn main() -> ExitCode {
             output,
             encoding,
             no_summary,
+            skip_judges,
             inputs,
         } => {
             let options = EvalOptions {
@@ -256,6 +261,7 @@ fn main() -> ExitCode {
                 encoding,
                 inputs,
                 no_summary,
+                skip_judges,
             };
             let evaluated = evalstream::on_evaluation_thread("evalstream-eval", move || {
                 eval::run(&options, std::io::stdout().lock())

@@ -1,7 +1,7 @@
 //! `evalstream run`: the streaming worker.
 //!
-//! Threads, each owning one thing: one evaluation [`Worker`] per core, with trace evaluators one
-//! trace-buffer shard per core ([`Assembler`]), the exporters' own (librdkafka's producer
+//! Threads, each owning one thing: the pipeline's ([`Pipeline`]: one evaluation worker per core,
+//! with trace evaluators one trace-buffer shard per core, the judges), the exporters' own (librdkafka's producer
 //! thread), and per receiver: the Kafka consumer's poll thread ([`Source`]) with the dead-letter
 //! writer, or the OTLP servers on the async runtime, which also serves `/metrics` and waits for
 //! SIGTERM/SIGINT. Work queues are bounded; the channels that carry acknowledgements back are
@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use crossbeam_channel::Sender;
-use evalstream_evaluators::pricing::PriceTable;
-use evalstream_evaluators::spec::{self, EvaluatorKind};
+use evalstream_evaluators::spec;
 use tracing::{info, warn};
 
 use crate::config::{Config, ExporterConfig, Output};
@@ -28,12 +27,10 @@ use crate::exporters::otlp::OtlpClient;
 use crate::exporters::otlp::exporter::OtlpExporter;
 use crate::exporters::stdout::StdoutExporter;
 use crate::pipeline::export::{Exporter, Exporters, Shapes};
-use crate::pipeline::judge::{self, JudgeService};
+use crate::pipeline::judge::WhenFull;
+use crate::pipeline::stages::{Pipeline, Settings};
 use crate::pipeline::traces::Assembler;
-use crate::pipeline::{
-    evaluate::Scoring,
-    worker::{Input, Worker},
-};
+use crate::pipeline::worker::Input;
 use crate::receivers::kafka::dead_letter::DeadLetters;
 use crate::receivers::kafka::source::Source;
 use crate::telemetry::drift::series::Drift;
@@ -87,7 +84,7 @@ pub async fn run(
     let config = Arc::new(config);
     let pipeline = {
         let (config, metrics) = (config.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || Pipeline::start(&config, evaluators, metrics))
+        tokio::task::spawn_blocking(move || start_pipeline(&config, evaluators, metrics))
             .await
             .context("starting the pipeline panicked")??
     };
@@ -97,7 +94,7 @@ pub async fn run(
         Some(otlp) => Some(
             crate::receivers::otlp::start(
                 otlp,
-                pipeline.work.clone(),
+                pipeline.work(),
                 metrics.otlp_requests.clone(),
                 async {
                     let _ = otlp_stop_rx.await;
@@ -110,7 +107,7 @@ pub async fn run(
     };
     let kafka = config.receivers.kafka.clone().map(|receiver| {
         let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
-        let parts = pipeline.kafka_parts();
+        let parts = KafkaParts::of(&pipeline);
         tokio::task::spawn_blocking(move || run_kafka(&config, &receiver, parts, metrics, &stop))
     });
     if kafka.is_none() {
@@ -139,7 +136,7 @@ pub async fn run(
     {
         warn!(error = %e, "the OTLP receiver failed");
     }
-    tokio::task::spawn_blocking(move || pipeline.stop())
+    tokio::task::spawn_blocking(move || pipeline.stop(Duration::ZERO))
         .await
         .context("stopping the pipeline panicked")?;
     let _ = http_stop_tx.send(());
@@ -150,18 +147,6 @@ pub async fn run(
     result
 }
 
-/// What runs between the receivers and the exporters: workers, trace buffer, judges.
-struct Pipeline {
-    /// The workers' queue; receivers hold clones. The pipeline stops once all are dropped.
-    work: Sender<Vec<Input>>,
-    workers: Vec<thread::JoinHandle<()>>,
-    shards: Vec<thread::JoinHandle<()>>,
-    worker: Arc<Worker>,
-    exporters: Arc<Exporters>,
-    done: Arc<AtomicBool>,
-    reloader: Option<thread::JoinHandle<()>>,
-}
-
 /// What the Kafka receiver takes from the pipeline.
 struct KafkaParts {
     work: Sender<Vec<Input>>,
@@ -169,117 +154,30 @@ struct KafkaParts {
     held_by_judges: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl Pipeline {
-    fn start(
-        config: &Config,
-        evaluators: Arc<evalstream_evaluators::evaluator::EvaluatorSet>,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Pipeline> {
-        let exporters = Arc::new(build_exporters(config, &metrics)?);
-        let threads = thread::available_parallelism().map_or(2, |n| n.get());
-        let prices = config
-            .evaluators
-            .iter()
-            .find_map(|s| match &s.kind {
-                EvaluatorKind::Cost(c) => Some(PriceTable::new(c.builtin_prices, &c.prices)),
-                _ => None,
-            })
-            .unwrap_or_else(|| PriceTable::new(true, &Default::default()))
-            .map_err(anyhow::Error::msg)?;
-        let needs_traces = evaluators.needs_traces();
-        let scoring = Arc::new(Scoring {
-            evaluators,
-            exporters: exporters.clone(),
-            metrics: metrics.clone(),
-            prices,
-        });
-        let output = judge::Output {
-            exporters: exporters.clone(),
-            metrics: metrics.clone(),
-        };
-        let judges = JudgeService::start(&scoring.evaluators, &output)?.map(Arc::new);
-        let (assembler, shards) = if needs_traces {
-            let (assembler, shards) =
-                Assembler::start(&config.traces, threads, scoring.clone(), judges.clone())?;
-            (Some(assembler), shards)
-        } else {
-            (None, Vec::new())
-        };
-        let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
-        let worker = Arc::new(Worker {
-            scoring,
-            traces: assembler,
-            judges,
-        });
-        let workers: Vec<_> = (0..threads)
-            .map(|i| {
-                let worker = worker.clone();
-                let queue = work_rx.clone();
-                crate::evaluation_thread(format!("evalstream-worker-{i}"))
-                    .spawn(move || worker.run(queue))
-            })
-            .collect::<Result<_, _>>()?;
-        let done = Arc::new(AtomicBool::new(false));
-        let reloader = crate::pipeline::reload::start(&worker.scoring.evaluators, &metrics, &done)?;
-        info!(workers = threads, trace_buffer = needs_traces, "evaluating");
-        Ok(Pipeline {
-            work: work_tx,
-            workers,
-            shards,
-            worker,
-            exporters,
-            done,
-            reloader,
-        })
-    }
-
-    fn kafka_parts(&self) -> KafkaParts {
+impl KafkaParts {
+    fn of(pipeline: &Pipeline) -> KafkaParts {
         KafkaParts {
-            work: self.work.clone(),
-            traces: self.worker.traces.clone(),
-            held_by_judges: self
-                .worker
-                .judges
-                .as_ref()
-                .map_or_else(Default::default, |j| j.held()),
+            work: pipeline.work(),
+            traces: pipeline.traces(),
+            held_by_judges: pipeline.held_by_judges(),
         }
     }
+}
 
-    /// Lets the workers finish their queue (the receivers have stopped and dropped their
-    /// senders), evaluates what the trace buffer holds, waits for the judges, flushes the
-    /// exporters.
-    fn stop(self) {
-        let Pipeline {
-            work,
-            workers,
-            shards,
-            worker,
-            exporters,
-            done,
-            reloader,
-        } = self;
-        drop(work);
-        for w in workers {
-            let _ = w.join();
-        }
-        // The workers' handles are gone with them; this last one lets the shards stop.
-        if let Some(traces) = &worker.traces {
-            traces.flush(None);
-        }
-        drop(worker);
-        for s in shards {
-            let _ = s.join();
-        }
-        if !exporters.flush(Duration::from_secs(10)) {
-            warn!(
-                "some outputs were not delivered before exit; their inputs are unacknowledged and will be evaluated again"
-            );
-        }
-        done.store(true, Ordering::Release);
-        if let Some(reloader) = reloader {
-            let _ = reloader.join();
-        }
-    }
+/// Starts the pipeline on the configured exporters.
+fn start_pipeline(
+    config: &Config,
+    evaluators: Arc<evalstream_evaluators::evaluator::EvaluatorSet>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Pipeline> {
+    let exporters = Arc::new(build_exporters(config, &metrics)?);
+    let settings = Settings {
+        traces: &config.traces,
+        prices: config.prices().map_err(anyhow::Error::msg)?,
+        judges: Some(WhenFull::Shed),
+        reload: true,
+    };
+    Pipeline::start(settings, evaluators, exporters, metrics)
 }
 
 /// Runs the Kafka receiver until `stop` is set: the consumer, the dead-letter writer and the

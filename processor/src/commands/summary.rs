@@ -34,6 +34,22 @@ impl Tally {
     }
 }
 
+/// One evaluation's outcome, as counted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Recorded {
+    /// Scored `value`, passing or not.
+    Scored {
+        /// The score.
+        value: f64,
+        /// Whether it passed.
+        passed: bool,
+    },
+    /// Skipped.
+    Skipped,
+    /// Errored.
+    Error,
+}
+
 /// Tallies by evaluator name, in configuration order, plus input counts.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -66,22 +82,32 @@ impl Summary {
 
     /// Counts one evaluation.
     pub fn record(&mut self, evaluation: &Evaluation<'_>) {
-        let tally = self
-            .tallies
-            .entry(evaluation.evaluator.to_owned())
-            .or_default();
-        match &evaluation.outcome {
-            Outcome::Scored(s) => {
+        let scored = match &evaluation.outcome {
+            Outcome::Scored(s) => Recorded::Scored {
+                value: s.value,
+                passed: s.passed,
+            },
+            Outcome::Skipped { .. } => Recorded::Skipped,
+            Outcome::Error { .. } => Recorded::Error,
+        };
+        self.record_outcome(evaluation.evaluator, scored);
+    }
+
+    /// Counts one evaluation of `evaluator`, as its JSON line tells it.
+    pub fn record_outcome(&mut self, evaluator: &str, outcome: Recorded) {
+        let tally = self.tallies.entry(evaluator.to_owned()).or_default();
+        match outcome {
+            Recorded::Scored { value, passed } => {
                 tally.scored += 1;
-                tally.score_sum += s.value;
-                if s.passed {
+                tally.score_sum += value;
+                if passed {
                     tally.passed += 1
                 } else {
                     tally.failed += 1
                 }
             }
-            Outcome::Skipped { .. } => tally.skipped += 1,
-            Outcome::Error { .. } => tally.errors += 1,
+            Recorded::Skipped => tally.skipped += 1,
+            Recorded::Error => tally.errors += 1,
         }
     }
 

@@ -440,6 +440,19 @@ telemetry:
 "#;
 
 impl Config {
+    /// The model prices: the `cost` evaluator's table, else the built-in one.
+    pub fn prices(&self) -> Result<evalstream_evaluators::pricing::PriceTable, String> {
+        use evalstream_evaluators::pricing::PriceTable;
+        use evalstream_evaluators::spec::EvaluatorKind;
+        self.evaluators
+            .iter()
+            .find_map(|s| match &s.kind {
+                EvaluatorKind::Cost(c) => Some(PriceTable::new(c.builtin_prices, &c.prices)),
+                _ => None,
+            })
+            .unwrap_or_else(|| PriceTable::new(true, &Default::default()))
+    }
+
     /// The built-in configuration ([`BUILTIN`]).
     pub fn builtin() -> Config {
         Config::parse(BUILTIN, Path::new("(built-in)"), &|_| None)

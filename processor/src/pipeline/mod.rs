@@ -1,5 +1,6 @@
 //! Between receivers and exporters: evaluation of spans ([`worker`]), whole traces
-//! ([`traces`], [`assembly`]), LLM judges ([`judge`]) and hot reload of scripts ([`reload`]).
+//! ([`traces`], [`assembly`]), LLM judges ([`judge`]) and hot reload of scripts ([`reload`]),
+//! started and stopped together as one [`stages::Pipeline`] that `run` and `eval` share.
 
 pub mod ack;
 pub mod admission;
@@ -8,5 +9,6 @@ pub mod evaluate;
 pub mod export;
 pub mod judge;
 pub mod reload;
+pub mod stages;
 pub mod traces;
 pub mod worker;

@@ -58,12 +58,24 @@ pub enum Submitted {
     Now(Outcome),
 }
 
+/// What a worker does when a judge's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Sheds the span at once (`skipped: shed`): online, a slow judge must never hold up the
+    /// cheap scorers or the commits.
+    Shed,
+    /// Waits for room: offline (`evalstream eval`), every selected span gets its verdict and the
+    /// wait is the backpressure that bounds the calls in memory.
+    Wait,
+}
+
 /// The handle the workers queue jobs on.
 pub struct JudgeService {
     /// Per evaluator index: its endpoint (none for evaluators that are not judges).
     endpoints: Vec<Option<Arc<Endpoint>>>,
     queues: Vec<Option<mpsc::Sender<JudgeJob>>>,
     held: Arc<AtomicUsize>,
+    when_full: WhenFull,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -106,6 +118,7 @@ impl JudgeService {
     pub fn start(
         evaluators: &Arc<EvaluatorSet>,
         output: &Output,
+        when_full: WhenFull,
     ) -> anyhow::Result<Option<JudgeService>> {
         if !evaluators
             .evaluators()
@@ -202,6 +215,7 @@ impl JudgeService {
             endpoints,
             queues,
             held: Arc::new(AtomicUsize::new(0)),
+            when_full,
             runtime: Some(runtime),
         }))
     }
@@ -254,13 +268,19 @@ impl JudgeService {
             });
         }
         let holds = tokens.iter().map(|t| Hold::new(t, &self.held)).collect();
-        match queue.try_send(JudgeJob {
+        let job = JudgeJob {
             request,
             span: span(),
             holds,
-        }) {
-            Ok(()) => Submitted::Queued,
-            Err(_) => {
+        };
+        let sent = match self.when_full {
+            WhenFull::Shed => queue.try_send(job).is_ok(),
+            // Workers and trace-buffer shards are plain threads, never inside the runtime.
+            WhenFull::Wait => queue.blocking_send(job).is_ok(),
+        };
+        match sent {
+            true => Submitted::Queued,
+            false => {
                 not_sent("shed");
                 Submitted::Now(Outcome::Skipped {
                     reason: SkipReason::Shed,

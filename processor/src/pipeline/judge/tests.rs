@@ -52,7 +52,9 @@ fn setup(url: &str, extra: serde_json::Value) -> Setup {
         exporters: Arc::new(Exporters::new(Vec::new())),
         metrics: metrics.clone(),
     };
-    let service = JudgeService::start(&set, &output).unwrap().unwrap();
+    let service = JudgeService::start(&set, &output, super::WhenFull::Shed)
+        .unwrap()
+        .unwrap();
     let (acks_tx, acks) = crossbeam_channel::unbounded();
     Setup {
         service,

@@ -5,23 +5,44 @@
 //! every span, prints one JSON object per evaluation to standard output, a summary table to
 //! standard error, optionally writes the evaluator spans to a file, and applies `--fail-on` gates.
 //! An input that cannot be read or decoded is reported and counted; the others still run.
+//!
+//! The evaluation is `run`'s own ([`Pipeline`]): trace evaluators see whole traces gathered
+//! across every request, line and file (held in the trace buffer, bounded by `traces.max_traces`
+//! and `traces.max_bytes`: past them the oldest traces are judged with what they have, as online;
+//! nothing is judged early for being quiet, since the run ends when the input does), and
+//! `llm_judge` evaluators call their judges with the online client, retries, rate limits, budget,
+//! cache and redaction, up to each judge's `max_concurrency` at once, waiting for room in its
+//! queue rather than shedding (`--skip-judges` leaves them out: their spans are skipped
+//! `not_applicable`). Output comes in input order ([`ledger`]), so `--fail-on` gates see exactly
+//! what `run` would score.
+
+mod ledger;
 
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context as _;
-use evalstream_evaluators::evaluator::{Evaluation, EvaluatorSet};
+use crossbeam_channel::Sender;
 use evalstream_evaluators::otlp::{self, DecodeError, Encoding, types::ExportTraceServiceRequest};
-use evalstream_evaluators::span;
-use evalstream_evaluators::trace::TraceView;
-use evalstream_evaluators::{spec, to_json, to_otlp};
+use evalstream_evaluators::{spec, to_otlp};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message as _;
 
 use crate::commands::gate::{Gate, Verdict};
 use crate::commands::summary::Summary;
 use crate::config::Config;
+use crate::pipeline::ack::Token;
+use crate::pipeline::assembly::AssemblyConfig;
+use crate::pipeline::export::Exporters;
+use crate::pipeline::judge::WhenFull;
+use crate::pipeline::stages::{Pipeline, Settings};
+use crate::pipeline::worker::{Body, Input};
+use crate::telemetry::metrics::Metrics;
+use ledger::{Collector, EvalInput, Ledger};
 
 /// What `evalstream eval` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +59,8 @@ pub struct EvalOptions {
     pub inputs: Vec<String>,
     /// Leave out the summary table.
     pub no_summary: bool,
+    /// Do not call `llm_judge` evaluators (their spans are skipped `not_applicable`).
+    pub skip_judges: bool,
 }
 
 /// How a run ended, as a process exit code.
@@ -71,47 +94,68 @@ fn read_input(name: &str) -> io::Result<Vec<u8>> {
     }
 }
 
-/// Runs the evaluators over every span of every request and writes the results.
-struct EvalRun<'s, W: Write> {
-    set: &'s EvaluatorSet,
+/// How long `eval` waits, at the end, for judge calls still running: each call has its own
+/// timeout and retries; this only bounds a judge that keeps answering "retry later".
+const JUDGE_PATIENCE: Duration = Duration::from_secs(3600);
+
+/// Quiet and waiting periods of the trace buffer in `eval`: longer than any run, so traces are
+/// judged when the input ends (or when the buffer's limits make room), never for a pause in
+/// reading.
+const NEVER_SECONDS: f64 = 1e9;
+
+/// Feeds decoded requests to the pipeline and prints what comes back, in order.
+struct EvalRun<W: Write> {
+    /// The pipeline's queue, until every input is in.
+    work: Option<Sender<Vec<Input>>>,
+    ledger: Arc<Ledger>,
+    next_seq: u64,
     out: W,
     summary: Summary,
-    spans_out: Option<Vec<opentelemetry_proto::tonic::trace::v1::Span>>,
-    scratch: Vec<Evaluation<'s>>,
 }
 
-impl<'s, W: Write> EvalRun<'s, W> {
-    fn request(&mut self, request: &ExportTraceServiceRequest) -> io::Result<()> {
+impl<W: Write> EvalRun<W> {
+    /// Hands one request to the pipeline, printing what finished meanwhile.
+    fn request(&mut self, name: &str, request: ExportTraceServiceRequest) -> io::Result<()> {
         self.summary.requests += 1;
-        let now = crate::now_unix_nanos();
-        // Trace evaluators see the other spans of the same trace in this request.
-        let traces = TraceView::group(span::spans(request), false);
-        for (trace, span) in TraceView::each_span(&traces) {
-            self.summary.spans += 1;
-            self.scratch.clear();
-            self.set.evaluate_in(span, trace, &mut self.scratch);
-            for e in &self.scratch {
-                serde_json::to_writer(&mut self.out, &to_json::Line::new(span, e))?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ledger
+            .register(seq, name.to_owned(), ledger::span_ids(&request));
+        let input = Input {
+            body: Body::Decoded(request),
+            token: Token::new(EvalInput::new(seq, self.ledger.clone())),
+        };
+        // Blocks while the workers are busy: the queue is bounded.
+        let sent = self.work.as_ref().map(|w| w.send(vec![input]));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(io::Error::other("the evaluation workers stopped"));
+        }
+        self.print_ready()
+    }
+
+    /// Prints the inputs released so far.
+    fn print_ready(&mut self) -> io::Result<()> {
+        for finished in self.ledger.take_ready() {
+            self.summary.spans += finished.spans;
+            for line in &finished.lines {
+                self.out.write_all(line.text.as_bytes())?;
                 self.out.write_all(b"\n")?;
-                self.summary.record(e);
-                if let Some(spans) = &mut self.spans_out
-                    && to_otlp::emits_span(e)
-                {
-                    spans.push(to_otlp::evaluation_span(
-                        span,
-                        e,
-                        now,
-                        crate::now_unix_nanos(),
-                    ));
-                }
+                self.summary.record_outcome(&line.evaluator, line.outcome);
+            }
+            for rejection in &finished.rejections {
+                eprintln!("error: {}: {rejection}", finished.name);
+            }
+            if !finished.rejections.is_empty() {
+                self.summary.bad_inputs += 1;
             }
         }
         Ok(())
     }
 
-    /// Decodes and evaluates one input. Decoding errors are returned; output errors too.
+    /// Decodes and hands on one input. Decoding errors are returned; output errors too.
     fn input(
         &mut self,
+        name: &str,
         bytes: &[u8],
         encoding: Encoding,
         progress: &ProgressBar,
@@ -119,16 +163,19 @@ impl<'s, W: Write> EvalRun<'s, W> {
         match encoding {
             Encoding::OtlpProto => {
                 let request = otlp::decode(bytes, encoding).map_err(InputError::Decode)?;
-                self.request(&request).map_err(InputError::Output)?;
+                self.request(name, request).map_err(InputError::Output)?;
                 progress.inc(bytes.len() as u64);
             }
             Encoding::OtlpJson => {
                 let mut requests = otlp::json_requests(bytes);
                 let mut last = 0;
                 let mut any = false;
+                let mut line = 0;
                 while let Some(request) = requests.next() {
                     let request = request.map_err(InputError::Decode)?;
-                    self.request(&request).map_err(InputError::Output)?;
+                    line += 1;
+                    self.request(&format!("{name} (request {line})"), request)
+                        .map_err(InputError::Output)?;
                     any = true;
                     let offset = requests.byte_offset();
                     progress.inc((offset - last) as u64);
@@ -167,7 +214,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let set = spec::build_set(&config.evaluators)?;
+    let set = Arc::new(spec::build_set(&config.evaluators)?);
     let names: Vec<&str> = set.evaluators().iter().map(|e| e.name.as_str()).collect();
     let mut summary = Summary::new(names.iter().copied());
     for gate in &options.fail_on {
@@ -175,6 +222,25 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
             .map_err(anyhow::Error::msg)?;
     }
     summary.inputs = options.inputs.len() as u64;
+
+    let ledger = Arc::new(Ledger::new(names.iter().copied()));
+    let collector = Arc::new(Collector::new(ledger.clone(), options.output.is_some()));
+    let exporters = Arc::new(Exporters::new(vec![Box::new(SharedCollector(
+        collector.clone(),
+    ))]));
+    let metrics = Metrics::new(set.evaluators(), &[], 0).context("cannot register metrics")?;
+    let traces = AssemblyConfig {
+        quiet_seconds: NEVER_SECONDS,
+        max_wait_seconds: NEVER_SECONDS,
+        ..config.traces.clone()
+    };
+    let settings = Settings {
+        traces: &traces,
+        prices: config.prices().map_err(anyhow::Error::msg)?,
+        judges: (!options.skip_judges).then_some(WhenFull::Wait),
+        reload: false,
+    };
+    let pipeline = Pipeline::start(settings, set.clone(), exporters, metrics)?;
 
     let total: u64 = options
         .inputs
@@ -185,12 +251,13 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         .sum();
     let progress = progress_bar(total);
     let mut run = EvalRun {
-        set: &set,
+        work: Some(pipeline.work()),
+        ledger: ledger.clone(),
+        next_seq: 0,
         out: io::BufWriter::new(out),
         summary,
-        spans_out: options.output.as_ref().map(|_| Vec::new()),
-        scratch: Vec::new(),
     };
+    let mut broken_pipe = false;
     for name in &options.inputs {
         let bytes = match read_input(name) {
             Ok(b) => b,
@@ -204,26 +271,40 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
             .encoding
             .or_else(|| encoding_by_name(name))
             .unwrap_or_else(|| Encoding::sniff(&bytes));
-        match run.input(&bytes, encoding, &progress) {
+        match run.input(name, &bytes, encoding, &progress) {
             Ok(()) => {}
             Err(InputError::Decode(e)) => {
                 progress.suspend(|| eprintln!("error: {name}: {e}"));
                 run.summary.bad_inputs += 1;
             }
             Err(InputError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
-                return Ok(RunResult::Ok);
+                broken_pipe = true;
+                break;
             }
             Err(InputError::Output(e)) => return Err(e).context("cannot write evaluations"),
         }
     }
+    // Every input is in: the trace buffer judges what it holds, the judges finish.
+    drop(run.work.take());
+    pipeline.stop(JUDGE_PATIENCE);
     progress.finish_and_clear();
-    match run.out.flush() {
+    if broken_pipe {
+        return Ok(RunResult::Ok);
+    }
+    match run.print_ready().and_then(|()| run.out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(RunResult::Ok),
         other => other.context("cannot write evaluations")?,
     }
     let summary = run.summary;
+    let unreleased = ledger.unreleased();
+    if unreleased > 0 {
+        anyhow::bail!(
+            "{unreleased} input(s) were still being evaluated at the end (a judge call did not finish)"
+        );
+    }
 
-    if let (Some(path), Some(spans)) = (&options.output, run.spans_out) {
+    if let Some(path) = &options.output {
+        let spans = collector.take_spans();
         let count = spans.len();
         let request = to_otlp::export_request(spans);
         let bytes = if encoding_by_name(&path.to_string_lossy()) == Some(Encoding::OtlpJson) {
@@ -259,6 +340,24 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         return Ok(RunResult::BadInput);
     }
     Ok(result)
+}
+
+/// The collector as the pipeline's one exporter, while `run` keeps a handle to take the spans.
+struct SharedCollector(Arc<Collector>);
+
+impl crate::pipeline::export::Exporter for SharedCollector {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+    fn shapes(&self) -> crate::pipeline::export::Shapes {
+        self.0.shapes()
+    }
+    fn export(&self, outputs: &crate::pipeline::export::Outputs, tokens: &[Token]) {
+        self.0.export(outputs, tokens)
+    }
+    fn flush(&self, timeout: Duration) -> bool {
+        self.0.flush(timeout)
+    }
 }
 
 #[cfg(test)]
