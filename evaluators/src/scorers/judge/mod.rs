@@ -120,9 +120,16 @@ pub struct LlmJudgeConfig {
     /// Seconds before a request is abandoned (and retried).
     #[serde(default = "default_timeout")]
     pub timeout_seconds: f64,
-    /// Retries of a request after 429, 5xx, a timeout or a connection error.
+    /// Retries of a request after 5xx, a timeout or a connection error (and a 429, within one
+    /// attempt series; see `verdict_deadline_seconds`).
     #[serde(default = "default_retries")]
     pub max_retries: usize,
+    /// Seconds a span's verdict is tried for while the endpoint answers 429 (rate limited):
+    /// the calls slow down to what it allows and a refused one is sent again until this passes,
+    /// so a provider's rate limit delays verdicts instead of losing them. Past it the verdict is
+    /// an error (`judge_rate_limited`).
+    #[serde(default = "default_verdict_deadline")]
+    pub verdict_deadline_seconds: f64,
     /// Requests per minute at most (a token bucket), when the provider limits them.
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
@@ -186,6 +193,9 @@ fn default_timeout() -> f64 {
 }
 fn default_retries() -> usize {
     3
+}
+fn default_verdict_deadline() -> f64 {
+    300.0
 }
 
 fn yes() -> bool {
@@ -354,6 +364,9 @@ impl LlmJudge {
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !positive(config.cache_ttl_seconds) || !positive(config.breaker_cooldown_seconds) {
             return Err("cache_ttl_seconds and breaker_cooldown_seconds: positive numbers".into());
+        }
+        if !positive(config.verdict_deadline_seconds) {
+            return Err("verdict_deadline_seconds: a positive number".into());
         }
         Ok(LlmJudge {
             config: config.clone(),

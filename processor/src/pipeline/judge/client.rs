@@ -208,6 +208,11 @@ impl JudgeClient {
         })
     }
 
+    /// The longest `Retry-After` honoured.
+    pub fn max_retry_after(&self) -> Duration {
+        self.retry.max_retry_after
+    }
+
     /// Sends one request, once.
     pub async fn call_once(&self, body: &Value) -> Result<Completion, CallError> {
         let timeout = |e: &reqwest::Error| e.is_timeout();

@@ -93,6 +93,12 @@ struct Endpoint {
     breaker: Mutex<Breaker>,
     price: Option<Price>,
     output: Output,
+    /// Until when calls wait before they are sent: set by a 429 to what its `Retry-After` (or
+    /// the backoff) asked, so the endpoint's rate limit slows every call down, not only the
+    /// refused one.
+    cooldown: Mutex<Option<Instant>>,
+    /// How long a span's verdict is tried for while the endpoint answers 429.
+    verdict_deadline: Duration,
 }
 
 /// Where verdicts go: the exporters, and the metrics they are recorded in.
@@ -188,6 +194,8 @@ impl JudgeService {
                 )),
                 price,
                 output: output.clone(),
+                cooldown: Mutex::new(None),
+                verdict_deadline: Duration::from_secs_f64(c.verdict_deadline_seconds),
             });
             output
                 .metrics
@@ -399,16 +407,43 @@ impl Endpoint {
             }
         }
         let started = Instant::now();
-        let result = self
-            .client
-            .call(&request.body, |e, wait| {
-                metrics
-                    .judge_retries
-                    .with_label_values(&[name, e.error_type()])
-                    .inc();
-                warn!(evaluator = %name, error = %e, wait = ?wait, "retrying the judge");
-            })
-            .await;
+        let result = loop {
+            self.wait_for_cooldown().await;
+            let result = self
+                .client
+                .call(&request.body, |e, wait| {
+                    metrics
+                        .judge_retries
+                        .with_label_values(&[name, e.error_type()])
+                        .inc();
+                    if is_rate_limited(e) {
+                        self.cool_down(wait);
+                    }
+                    warn!(evaluator = %name, error = %e, wait = ?wait, "retrying the judge");
+                })
+                .await;
+            // Rate limited past the client's retries: the endpoint is up and asks for a slower
+            // pace, so this span's verdict waits its turn again, up to its deadline.
+            match &result {
+                Err(
+                    e @ CallError::Status {
+                        status: 429,
+                        retry_after,
+                        ..
+                    },
+                ) if started.elapsed() < self.verdict_deadline
+                    // A wait longer than the client honours gives up, as the client does.
+                    && retry_after.is_none_or(|w| w <= self.client.max_retry_after()) =>
+                {
+                    self.cool_down(retry_after.unwrap_or(Duration::from_secs(1)));
+                    metrics
+                        .judge_retries
+                        .with_label_values(&[name, e.error_type()])
+                        .inc();
+                }
+                _ => break result,
+            }
+        };
         metrics
             .judge_latency_seconds
             .with_label_values(&[name])
@@ -418,8 +453,12 @@ impl Endpoint {
             Err(e) => e.error_type(),
         };
         metrics.judge_calls.with_label_values(&[name, label]).inc();
-        // Only the endpoint's failures count against it; a rejected request does not.
-        let failed = result.as_ref().err().is_some_and(CallError::is_retryable);
+        // Only the endpoint's failures count against it; a rejected request does not, nor a
+        // rate limit (the endpoint is up and said when to come back).
+        let failed = result
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.is_retryable() && !is_rate_limited(e));
         let opened = {
             let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
             let opened = breaker.record(!failed, Instant::now());
@@ -461,6 +500,37 @@ impl Endpoint {
         }
         Some(result)
     }
+}
+
+impl Endpoint {
+    /// Waits until the endpoint's cooldown has passed.
+    async fn wait_for_cooldown(&self) {
+        loop {
+            let until = *self.cooldown.lock().unwrap_or_else(|e| e.into_inner());
+            match until {
+                Some(until) if until > Instant::now() => {
+                    tokio::time::sleep_until(until.into()).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Holds every call back for `wait` from now (never shortening a longer cooldown).
+    fn cool_down(&self, wait: Duration) {
+        let Some(until) = Instant::now().checked_add(wait) else {
+            return;
+        };
+        let mut cooldown = self.cooldown.lock().unwrap_or_else(|e| e.into_inner());
+        if cooldown.is_none_or(|c| c < until) {
+            *cooldown = Some(until);
+        }
+    }
+}
+
+/// Whether the endpoint refused for its rate limit (429).
+fn is_rate_limited(e: &CallError) -> bool {
+    matches!(e, CallError::Status { status: 429, .. })
 }
 
 /// The outcome of a call.

@@ -293,3 +293,48 @@ fn hostile_answers_become_error_verdicts_and_release_their_inputs() {
             .join("\n")
     );
 }
+
+/// A judge that refuses calls with 429 and `Retry-After` still yields a verdict for every span:
+/// the calls slow down to the pace the endpoint asks for, and a refused one is sent again until
+/// its verdict deadline, not only `max_retries` times. (With 40% of calls refused, `run` gave up
+/// on about 1.6% of answers: `judge_rate_limited` after its retries.)
+#[test]
+fn rate_limited_calls_slow_down_and_every_span_gets_its_verdict() {
+    let (url, server) = server::start().unwrap();
+    let s = setup(
+        &url,
+        serde_json::json!({"cache_size": 0, "max_retries": 1, "max_concurrency": 4}),
+    );
+    // The first 40 calls are refused: with one retry each, 20 spans used to fail them all.
+    server.push_faults((0..40).map(|_| Fault::RateLimited(0.02)));
+    for offset in 0..20 {
+        assert!(matches!(
+            s.submit(offset, &format!("answer {offset}")),
+            Submitted::Queued
+        ));
+    }
+    s.wait_acked(20);
+    assert_eq!(s.count(&s.metrics.judge_calls, &["tox", "ok"]), 20);
+    assert_eq!(
+        s.count(&s.metrics.judge_calls, &["tox", "judge_rate_limited"]),
+        0
+    );
+    assert!(s.count(&s.metrics.judge_retries, &["tox", "judge_rate_limited"]) >= 40);
+}
+
+/// The deadline bounds it: an endpoint that never stops refusing ends in an error verdict.
+#[test]
+fn a_verdict_rate_limited_past_its_deadline_is_an_error() {
+    let (url, server) = server::start().unwrap();
+    let s = setup(
+        &url,
+        serde_json::json!({"cache_size": 0, "max_retries": 0, "verdict_deadline_seconds": 0.3}),
+    );
+    server.push_faults((0..1000).map(|_| Fault::RateLimited(0.05)));
+    assert!(matches!(s.submit(0, "an answer"), Submitted::Queued));
+    s.wait_acked(1);
+    assert_eq!(
+        s.count(&s.metrics.judge_calls, &["tox", "judge_rate_limited"]),
+        1
+    );
+}
