@@ -9,7 +9,8 @@
 #    default evaluators producing evaluator spans, and as a consume-only floor (an evaluator that
 #    selects no span, so every message is consumed and decoded and nothing is evaluated). Prints
 #    spans/s, evaluations/s and peak RSS of each, and the ratio of the two. A third run adds the
-#    trace evaluators (citations, grounding, tool_args, agent_loop) with trace assembly.
+#    trace evaluators (citations, grounding, tool_args, agent_loop) with trace assembly, and one
+#    with the events exported exactly once (a Kafka transaction a second with the input offsets).
 # 2. Steady load: the worker runs while loadgen produces LAG_RATE traces/s for 10 s; prints the
 #    p50/p99 end-to-end lag (span end to evaluations produced) from the worker's histogram.
 # 3. The Python peer (refusal, PII and JSON-schema checks, one process, confluent-kafka) consumes
@@ -55,6 +56,8 @@ metric() { scrape | awk -v n="$1" '$1 == n { print $2 }'; }
 exporter="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], output: [spans], traces: { topic: bench_out }, client: { ${OUT_CLIENT:-} } } }"
 # The default output: gen_ai.evaluation.result log records to a logs topic.
 events="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], logs: { topic: bench_logs }, client: { ${OUT_CLIENT:-} } } }"
+# The same, exactly once: events and input offsets in one transaction a second.
+exactly_once="exporters: { kafka: { brokers: [\"127.0.0.1:$port\"], logs: { topic: bench_logs }, exactly_once: true, transactional_id: bench-$$, client: { ${OUT_CLIENT:-} } } }"
 floor="evaluators: [ { type: latency, select: { kinds: [guardrail] } } ]"
 # The default set plus the trace evaluators, whose traces are buffered until complete (a short
 # quiet period: the whole topic is there at once, and the run ends when the last trace is judged).
@@ -132,12 +135,15 @@ echo "worker on $(nproc) cores, $traces traces, Kafka on 127.0.0.1:$port"
 if [ "$traces" -gt 0 ]; then
 throughput evaluate "$exporter"
 throughput events "$events"
+throughput exactly_once "$exactly_once"
 throughput consume_only "$floor"
 throughput with_traces "$with_traces"
 python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); print(f'evaluate / consume-only floor: {e / f:.0%}')" \
   "$work/evaluate" "$work/consume_only"
 python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); print(f'events / consume-only floor: {e / f:.0%}')" \
   "$work/events" "$work/consume_only"
+python3 -c "import sys; e, f = (float(open(p).read()) for p in sys.argv[1:]); print(f'exactly once / at least once (events): {e / f:.0%}')" \
+  "$work/exactly_once" "$work/events"
 
 if [ "$judge_latency" -gt 0 ]; then
   # The default set plus an LLM judge on every answer, against the local judge stand-in: the

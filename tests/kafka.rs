@@ -86,6 +86,31 @@ impl Worker {
         top_extra: &str,
         client: &[(&str, &str)],
     ) -> Worker {
+        Worker::start_exporting(
+            dir,
+            name,
+            broker,
+            group,
+            (encoding, receiver_extra),
+            "",
+            top_extra,
+            client,
+        )
+    }
+
+    /// As [`Worker::start_configured`], with extra `exporters.kafka` settings (YAML lines,
+    /// indented 4).
+    #[allow(clippy::too_many_arguments)]
+    fn start_exporting(
+        dir: &Path,
+        name: &str,
+        broker: &str,
+        group: &str,
+        (encoding, receiver_extra): (Encoding, &str),
+        exporter_extra: &str,
+        top_extra: &str,
+        client: &[(&str, &str)],
+    ) -> Worker {
         let metrics_port = free_port();
         let client: String = client
             .iter()
@@ -115,6 +140,7 @@ exporters:
     logs: {{ topic: logs }}
     traces: {{ topic: output }}
     client: {{ {exporter_client} }}
+{exporter_extra}
 telemetry:
   metrics: {{ listen: "127.0.0.1:{metrics_port}" }}
   admin_token: {ADMIN_TOKEN}
@@ -771,6 +797,125 @@ fn sigkill_scenario(address: &str, dir_name: &str, traces: u64, kill_at_outputs:
         unique.iter().all(|id| expected.contains_key(id)),
         "nothing unexpected"
     );
+}
+
+/// Reads `topic` as a `read_committed` consumer does (what downstream readers of an exactly-once
+/// output run with): each partition from its start up to its high watermark; the offsets of
+/// transaction markers and aborted records are skipped, not gaps.
+fn read_committed(broker: &str, topic: &str, partitions: i32, timeout: Duration) -> Vec<Record> {
+    let mut records = Vec::new();
+    for partition in 0..partitions {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker)
+            .set("group.id", "evalstream-test-read-committed")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                records.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: HashMap::new(),
+                });
+            }
+            let position = consumer
+                .position()
+                .ok()
+                .and_then(|p| p.find_partition(topic, partition).map(|e| e.offset()));
+            if matches!(position, Some(Offset::Offset(o)) if o >= high) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}[{partition}] not read to {high} as read_committed (at {position:?})"
+            );
+        }
+    }
+    records
+}
+
+/// Exactly once (`exporters.kafka.exactly_once`): a worker SIGKILLed mid-stream and restarted
+/// leaves every evaluation on the output topic exactly once for a `read_committed` reader: the
+/// killed run's open transaction is aborted (fenced by the restart's same `transactional.id`),
+/// and the restart reads again from the last committed transaction.
+#[test]
+fn exactly_once_sigkill_and_restart_lose_and_repeat_nothing() {
+    let broker = setup(2);
+    let address = broker.address();
+    let (requests, messages) = loadgen_messages(3000, 9_000);
+    produce(&address, "input", &messages);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_outputs(&set, &requests);
+    let dir = temp_dir("exactly-once");
+    let exactly_once = "    exactly_once: true\n    transactional_id: evalstream-test-eo\n    transaction_interval_ms: 200";
+    let start = |name: &str| {
+        Worker::start_exporting(
+            &dir,
+            name,
+            &address,
+            "g",
+            (Encoding::OtlpProto, ""),
+            exactly_once,
+            "",
+            &[],
+        )
+    };
+    let mut first = start("first");
+    wait_for(
+        Duration::from_secs(60),
+        "the first worker committed transactions",
+        || {
+            first
+                .metric("evalstream_kafka_transactions_total")
+                .unwrap_or(0.0)
+                >= 2.0
+                && first
+                    .metric("evalstream_output_records_total")
+                    .unwrap_or(0.0)
+                    >= 1200.0
+        },
+    );
+    first.kill(); // SIGKILL: its open transaction is never committed.
+    let second = start("second");
+    wait_for(
+        Duration::from_secs(120),
+        "the restarted worker committed every input",
+        || {
+            committed_vs_end(&address, "g", "input", 2)
+                .iter()
+                .all(|(committed, end)| committed == end)
+        },
+    );
+    let records = read_committed(&address, "output", 2, Duration::from_secs(60));
+    let ids = output_span_ids(&records);
+    let unique: HashSet<Vec<u8>> = ids.iter().cloned().collect();
+    let missing = expected.keys().filter(|k| !unique.contains(*k)).count();
+    let duplicates = ids.len() - unique.len();
+    eprintln!(
+        "exactly once: {} expected evaluator spans, {} read committed, {duplicates} duplicates, {missing} missing; {} transactions by the second worker",
+        expected.len(),
+        ids.len(),
+        second
+            .metric("evalstream_kafka_transactions_total")
+            .unwrap_or(-1.0)
+    );
+    assert_eq!(missing, 0, "every evaluation is there");
+    assert_eq!(duplicates, 0, "and none twice");
+    assert!(unique.iter().all(|id| expected.contains_key(id)));
+    let (code, _) = second.terminate();
+    assert_eq!(code, Some(0));
 }
 
 fn loadgen_messages(traces: u64, seed: u64) -> (Vec<ExportTraceServiceRequest>, Vec<Outgoing>) {

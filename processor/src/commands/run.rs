@@ -31,6 +31,7 @@ use crate::pipeline::judge::WhenFull;
 use crate::pipeline::stages::{Pipeline, Settings};
 use crate::pipeline::traces::Assembler;
 use crate::pipeline::worker::Input;
+use crate::receivers::kafka::Transaction;
 use crate::receivers::kafka::dead_letter::DeadLetters;
 use crate::receivers::kafka::source::Source;
 use crate::telemetry::drift::series::Drift;
@@ -82,7 +83,7 @@ pub async fn run(
     };
 
     let config = Arc::new(config);
-    let pipeline = {
+    let (pipeline, transaction) = {
         let (config, metrics) = (config.clone(), metrics.clone());
         tokio::task::spawn_blocking(move || start_pipeline(&config, evaluators, metrics))
             .await
@@ -107,7 +108,7 @@ pub async fn run(
     };
     let kafka = config.receivers.kafka.clone().map(|receiver| {
         let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
-        let parts = KafkaParts::of(&pipeline);
+        let parts = KafkaParts::of(&pipeline, transaction.clone());
         tokio::task::spawn_blocking(move || run_kafka(&config, &receiver, parts, metrics, &stop))
     });
     if kafka.is_none() {
@@ -152,32 +153,40 @@ struct KafkaParts {
     work: Sender<Vec<Input>>,
     traces: Option<Assembler>,
     held_by_judges: Arc<std::sync::atomic::AtomicUsize>,
+    /// Exactly once: the output's transaction.
+    transaction: Option<Arc<dyn Transaction>>,
 }
 
 impl KafkaParts {
-    fn of(pipeline: &Pipeline) -> KafkaParts {
+    fn of(pipeline: &Pipeline, transaction: Option<Arc<dyn Transaction>>) -> KafkaParts {
         KafkaParts {
             work: pipeline.work(),
             traces: pipeline.traces(),
             held_by_judges: pipeline.held_by_judges(),
+            transaction,
         }
     }
 }
 
-/// Starts the pipeline on the configured exporters.
+/// Starts the pipeline on the configured exporters; returns it with the exactly-once
+/// transaction, if any.
 fn start_pipeline(
     config: &Config,
     evaluators: Arc<evalstream_evaluators::evaluator::EvaluatorSet>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Pipeline> {
-    let exporters = Arc::new(build_exporters(config, &metrics)?);
+) -> anyhow::Result<(Pipeline, Option<Arc<dyn Transaction>>)> {
+    let (exporters, transaction) = build_exporters(config, &metrics)?;
+    let exporters = Arc::new(exporters);
     let settings = Settings {
         traces: &config.traces,
         prices: config.prices().map_err(anyhow::Error::msg)?,
         judges: Some(WhenFull::Shed),
         reload: true,
     };
-    Pipeline::start(settings, evaluators, exporters, metrics)
+    Ok((
+        Pipeline::start(settings, evaluators, exporters, metrics)?,
+        transaction,
+    ))
 }
 
 /// Runs the Kafka receiver until `stop` is set: the consumer, the dead-letter writer and the
@@ -196,6 +205,9 @@ fn run_kafka(
         metrics.clone(),
     )
     .context("cannot create the dead-letter producer")?;
+    let interval = config.exactly_once().map_or(Duration::MAX, |(_, k)| {
+        Duration::from_millis(k.transaction_interval_ms)
+    });
     let source = Source::new(
         receiver,
         parts.work,
@@ -203,6 +215,7 @@ fn run_kafka(
         parts.traces,
         parts.held_by_judges,
         metrics.clone(),
+        parts.transaction.map(|t| (t, interval)),
     )
     .context("cannot create the input consumer")?;
     info!(topics = ?receiver.topics, group = %receiver.group_id, "consuming");
@@ -214,21 +227,44 @@ fn run_kafka(
             .name("evalstream-dead-letters".into())
             .spawn(move || dead_letters.run(&done, Duration::from_secs(10)))?
     };
-    // The source returns once `stop` is set and in-flight work is drained and committed.
-    source.run(stop);
+    // The source returns once `stop` is set and in-flight work is drained and committed (or,
+    // exactly once, when a transaction could not commit).
+    let result = source.run(stop);
     done.store(true, Ordering::Release);
     let _ = dead_letter_writer.join();
     if let Some(writer) = drift_state {
         let _ = writer.join();
     }
-    Ok(())
+    result.map_err(|why| anyhow::anyhow!("exactly once: {why}"))
 }
 
 /// The configured exporters, started.
-fn build_exporters(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Exporters> {
+/// Returns them with the exactly-once Kafka exporter's transaction, when one is configured.
+fn build_exporters(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Exporters, Option<Arc<dyn Transaction>>)> {
     let mut list: Vec<Box<dyn Exporter>> = Vec::new();
+    let mut transaction: Option<Arc<dyn Transaction>> = None;
     for (id, exporter) in &config.exporters.list {
         list.push(match exporter {
+            ExporterConfig::Kafka(k) if k.exactly_once => {
+                let mut k = k.clone();
+                let group = config
+                    .receivers
+                    .kafka
+                    .as_ref()
+                    .map_or("evalstream", |r| r.group_id.as_str());
+                k.transactional_id
+                    .get_or_insert_with(|| format!("evalstream-{group}-{}", host_name()));
+                info!(exporter = %id, transactional_id = k.transactional_id.as_deref().unwrap_or_default(), "exactly once: transactional output");
+                let exporter = Arc::new(
+                    KafkaExporter::new(id, &k, metrics.clone())
+                        .with_context(|| format!("exporters.{id}: cannot start the transactional producer"))?,
+                );
+                transaction = Some(Arc::new(ExporterTransaction(exporter.clone())));
+                Box::new(exporter)
+            }
             ExporterConfig::Kafka(k) => Box::new(
                 KafkaExporter::new(id, k, metrics.clone())
                     .with_context(|| format!("exporters.{id}: cannot create the producer"))?,
@@ -246,7 +282,30 @@ fn build_exporters(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Ex
             }
         });
     }
-    Ok(Exporters::new(list))
+    Ok((Exporters::new(list), transaction))
+}
+
+/// This machine's name (a pod's name on Kubernetes), for a default `transactional.id`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The Kafka receiver's view of the exactly-once exporter.
+struct ExporterTransaction(Arc<KafkaExporter>);
+
+impl Transaction for ExporterTransaction {
+    fn commit(
+        &self,
+        offsets: &rdkafka::TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        self.0.commit_transaction(offsets, group)
+    }
 }
 
 /// Restores the drift series from their state topic and starts writing them back, when drift

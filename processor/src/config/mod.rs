@@ -266,6 +266,26 @@ pub struct KafkaExporter {
     /// librdkafka properties passed through as they are.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// Exactly once: the evaluations and the consumed input offsets are written in one Kafka
+    /// transaction, committed every `transaction_interval_ms`; readers of the output topics
+    /// read with `isolation.level=read_committed`. Needs the Kafka receiver alone and no trace
+    /// or judge evaluators (a transaction waits for every input in flight to finish).
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// The producer's `transactional.id` with `exactly_once`: stable across restarts of one
+    /// worker, so a restart fences the previous run's open transaction at once (default
+    /// `evalstream-{group_id}-{host name}`); unique per worker of a group.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// How often the transaction is committed with `exactly_once`, in milliseconds: each
+    /// commit waits for the inputs in flight, so shorter costs throughput and longer delays
+    /// what `read_committed` readers see.
+    #[serde(default = "default_transaction_interval")]
+    pub transaction_interval_ms: u64,
+}
+
+fn default_transaction_interval() -> u64 {
+    1000
 }
 
 impl Default for KafkaExporter {
@@ -276,6 +296,9 @@ impl Default for KafkaExporter {
             logs: default_logs_topic(),
             traces: default_traces_topic(),
             client: BTreeMap::new(),
+            exactly_once: false,
+            transactional_id: None,
+            transaction_interval_ms: default_transaction_interval(),
         }
     }
 }
@@ -548,6 +571,7 @@ impl Config {
             }
         }
         self.traces.validate().map_err(Problem::Other)?;
+        self.validate_exactly_once().map_err(Problem::Other)?;
         if let Some(drift) = &self.drift {
             let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
             drift.validate(&names).map_err(Problem::Other)?;
@@ -586,6 +610,57 @@ impl Config {
         {
             return Err(Problem::Other(
                 "telemetry.admin_token: at least 16 characters (a random token, e.g. from `openssl rand -hex 16`)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The exporter id and settings of the exactly-once Kafka exporter, if one is configured.
+    pub fn exactly_once(&self) -> Option<(&str, &KafkaExporter)> {
+        self.exporters.list.iter().find_map(|(id, e)| match e {
+            ExporterConfig::Kafka(k) if k.exactly_once => Some((id.as_str(), k)),
+            _ => None,
+        })
+    }
+
+    fn validate_exactly_once(&self) -> Result<(), String> {
+        let transactional: Vec<&str> = self
+            .exporters
+            .list
+            .iter()
+            .filter_map(|(id, e)| match e {
+                ExporterConfig::Kafka(k) if k.exactly_once => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let Some(id) = transactional.first() else {
+            return Ok(());
+        };
+        let why = |what: &str| format!("exporters.{id}.exactly_once: {what}");
+        if transactional.len() > 1 {
+            return Err(why("only one exporter can write in the transaction"));
+        }
+        if self.receivers.kafka.is_none() || self.receivers.otlp.is_some() {
+            return Err(why(
+                "needs the Kafka receiver alone: the transaction commits its input offsets, and an OTLP request answered before the transaction commits could be lost with it",
+            ));
+        }
+        if let Some(e) = self.evaluators.iter().find(|e| {
+            matches!(e.kind, spec::EvaluatorKind::LlmJudge(_))
+                || spec::build_set(std::slice::from_ref(e)).is_ok_and(|s| s.needs_traces())
+        }) {
+            return Err(why(&format!(
+                "not with `{}`: each transaction waits for every input in flight, and trace and judge evaluators hold inputs for seconds",
+                e.effective_name()
+            )));
+        }
+        if let Some((_, k)) = self.exactly_once()
+            && !(1..=60_000).contains(&k.transaction_interval_ms)
+        {
+            return Err(format!(
+                "exporters.{id}.transaction_interval_ms: between 1 and 60000"
             ));
         }
         Ok(())
@@ -667,6 +742,52 @@ mod tests {
             _ => None,
         };
         Config::parse(text, Path::new("test.yaml"), &env).map_err(|e| e.to_string())
+    }
+
+    /// Exactly once commits input offsets with the outputs, once nothing is in flight: only the
+    /// Kafka receiver has offsets, and trace and judge evaluators hold inputs for seconds.
+    #[test]
+    fn exactly_once_is_refused_where_it_cannot_hold() {
+        let base = "receivers:\n  kafka: { brokers: [b:9092], topics: [t], group_id: g }\nexporters:\n  kafka: { exactly_once: true }\n";
+        let c = parse(base).unwrap();
+        let (id, k) = c.exactly_once().unwrap();
+        assert_eq!((id, k.transaction_interval_ms), ("kafka", 1000));
+        for (extra, why) in [
+            (
+                "evaluators: [ { type: citations } ]\n",
+                "not with `citations`",
+            ),
+            (
+                "evaluators: [ { type: llm_judge, name: j, template: toxicity, endpoint: 'http://x/v1', model: m } ]\n",
+                "not with `j`",
+            ),
+        ] {
+            let err = parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(
+                err.contains("exporters.kafka.exactly_once") && err.contains(why),
+                "{err}"
+            );
+        }
+        let otlp = base.replace(
+            "receivers:\n",
+            "receivers:\n  otlp: { protocols: { grpc: { endpoint: '127.0.0.1:4317' } } }\n",
+        );
+        let err = parse(&otlp).unwrap_err();
+        assert!(err.contains("needs the Kafka receiver alone"), "{err}");
+        let two = base.replace(
+            "  kafka: { exactly_once: true }\n",
+            "  kafka: { exactly_once: true }\n  kafka/b: { exactly_once: true }\n",
+        );
+        assert!(parse(&two).unwrap_err().contains("only one exporter"));
+        let slow = base.replace(
+            "exactly_once: true",
+            "exactly_once: true, transaction_interval_ms: 0",
+        );
+        assert!(
+            parse(&slow)
+                .unwrap_err()
+                .contains("transaction_interval_ms")
+        );
     }
 
     #[test]

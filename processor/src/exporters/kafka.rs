@@ -9,8 +9,14 @@
 //! record refused for good rejects the tokens of its inputs with the record attached
 //! ([`Rejection::output`]): the receiver keeps it (the Kafka receiver's dead-letter topic), so it
 //! is neither lost nor retried forever.
+//!
+//! **Exactly once** (`exactly_once: true`): the producer is transactional. Records go into the
+//! open transaction; the Kafka receiver, at a moment when none of its inputs is in flight, hands
+//! the consumed offsets to [`KafkaExporter::commit_transaction`], which adds them to the
+//! transaction, commits it and begins the next. Exports wait while a commit runs (a read-write
+//! gate), so no record falls between two transactions.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use evalstream_evaluators::otlp;
@@ -20,7 +26,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use rdkafka::ClientContext;
+use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -185,7 +193,12 @@ pub struct KafkaExporter {
     traces_topic: String,
     /// The producer's `message.max.bytes`: outputs are split under it.
     max_record_bytes: usize,
+    /// Exactly once: exports hold it for reading, a commit for writing.
+    transaction: Option<RwLock<()>>,
 }
+
+/// How long a transaction call may take before it fails (and the worker stops).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes left free under `message.max.bytes` for what librdkafka counts besides key, payload and
 /// headers (its size check is `key + value + headers`; the broker's batch adds ~70 bytes).
@@ -216,10 +229,25 @@ impl KafkaExporter {
             .get("message.max.bytes")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
-        let producer = client.create_with_context(ProducerReports {
-            metrics,
-            logs_topic: config.logs.topic.clone(),
-        })?;
+        if config.exactly_once {
+            let Some(id) = &config.transactional_id else {
+                return Err(KafkaError::ClientCreation(
+                    "exactly_once needs a transactional_id".into(),
+                ));
+            };
+            client.set("transactional.id", id);
+        }
+        let producer: ThreadedProducer<ProducerReports> =
+            client.create_with_context(ProducerReports {
+                metrics,
+                logs_topic: config.logs.topic.clone(),
+            })?;
+        if config.exactly_once {
+            // Fences an earlier producer with the same id (this worker before a restart) and
+            // aborts its open transaction, so readers are not held up until it times out.
+            producer.init_transactions(TRANSACTION_TIMEOUT)?;
+            producer.begin_transaction()?;
+        }
         Ok(KafkaExporter {
             id: id.to_owned(),
             producer,
@@ -231,7 +259,46 @@ impl KafkaExporter {
             logs_topic: config.logs.topic.clone(),
             traces_topic: config.traces.topic.clone(),
             max_record_bytes,
+            transaction: config.exactly_once.then(|| RwLock::new(())),
         })
+    }
+
+    /// Exactly once: adds `offsets` (next offsets to read, for consumer `group`) to the open
+    /// transaction, commits it and begins the next. The caller has nothing in flight, so the
+    /// transaction holds exactly the outputs of these offsets. A retriable failure is tried
+    /// again; any other leaves the transaction aborted (or to be aborted by the fencing of the
+    /// next run) and is returned: the worker must stop.
+    pub fn commit_transaction(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        let Some(gate) = &self.transaction else {
+            return Ok(());
+        };
+        let _commit = gate.write().unwrap_or_else(PoisonError::into_inner);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let committed = self
+                .producer
+                .send_offsets_to_transaction(offsets, group, TRANSACTION_TIMEOUT)
+                .and_then(|()| self.producer.commit_transaction(TRANSACTION_TIMEOUT));
+            match committed {
+                Ok(()) => return self.producer.begin_transaction(),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => {
+                    warn!(error = %e, "the transaction commit failed; trying again");
+                }
+                Err(e) => {
+                    if let KafkaError::Transaction(t) = &e
+                        && t.txn_requires_abort()
+                    {
+                        let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// Queues a record, waiting while the producer's queue is full. A record that cannot be
@@ -283,6 +350,11 @@ impl Exporter for KafkaExporter {
     /// record, which the producer refused: every evaluation was lost and the input
     /// dead-lettered). The inputs are let go when every record is delivered.
     fn export(&self, batch: &Outputs, tokens: &[Token]) {
+        // Exactly once: not while a commit runs (its records would fall between transactions).
+        let _in_transaction = self
+            .transaction
+            .as_ref()
+            .map(|gate| gate.read().unwrap_or_else(PoisonError::into_inner));
         let metrics = &self.producer.context().metrics;
         metrics.producer_queue.set(i64::from(self.queue_len()));
         let key = otlp::hex(&batch.trace_id);

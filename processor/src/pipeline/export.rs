@@ -71,6 +71,26 @@ pub trait Exporter: Send + Sync {
     fn flush(&self, timeout: Duration) -> bool;
 }
 
+/// A shared exporter is one too: a caller that needs more of it than the trait (the Kafka
+/// exporter's transaction, `eval`'s collected output) keeps a clone.
+impl<E: Exporter + ?Sized> Exporter for std::sync::Arc<E> {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn shapes(&self) -> Shapes {
+        (**self).shapes()
+    }
+    fn export(&self, outputs: &Outputs, tokens: &[Token]) {
+        (**self).export(outputs, tokens)
+    }
+    fn forward(&self, request: &ExportTraceServiceRequest, tokens: &[Token]) {
+        (**self).forward(request, tokens)
+    }
+    fn flush(&self, timeout: Duration) -> bool {
+        (**self).flush(timeout)
+    }
+}
+
 /// The evaluations of one trace, in the shapes the exporters read.
 #[derive(Debug, Default)]
 pub struct Batch {

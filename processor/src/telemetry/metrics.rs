@@ -95,6 +95,8 @@ pub struct Metrics {
     pub undeliverable: IntCounter,
     /// Evaluator spans acknowledged by the output topic.
     pub outputs: IntCounter,
+    /// Exactly once: transactions committed (outputs with their input offsets).
+    pub transactions: IntCounter,
     /// Time to run all evaluators on one span.
     pub evaluation_seconds: Histogram,
     /// Now minus the judged span's end time, when its evaluations are produced.
@@ -418,6 +420,11 @@ impl Metrics {
                 &r,
                 "evalstream_undeliverable_messages_total",
                 "Messages whose evaluations could neither be delivered nor dead-lettered; left uncommitted.",
+            )?,
+            transactions: counter(
+                &r,
+                "evalstream_kafka_transactions_total",
+                "Exactly once: Kafka transactions committed, each holding outputs and the input offsets they came from.",
             )?,
             outputs: counter(
                 &r,

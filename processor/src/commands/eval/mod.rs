@@ -225,9 +225,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
 
     let ledger = Arc::new(Ledger::new(names.iter().copied()));
     let collector = Arc::new(Collector::new(ledger.clone(), options.output.is_some()));
-    let exporters = Arc::new(Exporters::new(vec![Box::new(SharedCollector(
-        collector.clone(),
-    ))]));
+    let exporters = Arc::new(Exporters::new(vec![Box::new(collector.clone())]));
     let metrics = Metrics::new(set.evaluators(), &[], 0).context("cannot register metrics")?;
     let traces = AssemblyConfig {
         quiet_seconds: NEVER_SECONDS,
@@ -340,24 +338,6 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         return Ok(RunResult::BadInput);
     }
     Ok(result)
-}
-
-/// The collector as the pipeline's one exporter, while `run` keeps a handle to take the spans.
-struct SharedCollector(Arc<Collector>);
-
-impl crate::pipeline::export::Exporter for SharedCollector {
-    fn id(&self) -> &str {
-        self.0.id()
-    }
-    fn shapes(&self) -> crate::pipeline::export::Shapes {
-        self.0.shapes()
-    }
-    fn export(&self, outputs: &crate::pipeline::export::Outputs, tokens: &[Token]) {
-        self.0.export(outputs, tokens)
-    }
-    fn flush(&self, timeout: Duration) -> bool {
-        self.0.flush(timeout)
-    }
 }
 
 #[cfg(test)]

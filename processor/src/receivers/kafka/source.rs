@@ -21,6 +21,13 @@
 //! trace evaluators are evaluated first, with what they have ([`Assembler::flush`]): their
 //! messages could not finish otherwise.
 //!
+//! **Exactly once** (with a [`Transaction`]): no auto-commit. Every `interval` the loop stops
+//! taking messages until none is in flight (a barrier), then commits the consumed offsets in the
+//! output producer's transaction, which then holds exactly the outputs of those offsets; a revoke
+//! and the shutdown do the same. A transaction that cannot commit stops the worker: its restart
+//! (same `transactional.id`) fences the open transaction, and reading resumes from the last
+//! committed one, so nothing is written twice or lost.
+//!
 //! Messages that stay in flight only because a buffered trace holds them do not count against
 //! `max_in_flight_messages`: the trace buffer's own limits bound them, and they have given up
 //! their bytes.
@@ -42,6 +49,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use super::Transaction;
 use super::dead_letter::DeadLetterJob;
 use super::health::{InputHealth, Origin};
 use super::input::{Ack, KafkaInput, Received};
@@ -79,7 +87,7 @@ impl State {
     /// Waits until every in-flight message of `partitions` (all when `None`) has finished, except
     /// held ones, which are dropped unfinished: they were never handed out, so they stay
     /// uncommitted and are read again by whoever owns the partition next. Returns the number of
-    /// messages left unfinished.
+    /// handed-out messages left unfinished.
     fn drain(&mut self, partitions: Option<&[TopicPartition]>, deadline: Instant) -> usize {
         let ours = |tp: &TopicPartition| partitions.is_none_or(|p| p.contains(tp));
         let before = self.held.len();
@@ -101,7 +109,7 @@ impl State {
                 self.tracker.complete(&ack.tp, ack.offset);
             }
         }
-        in_flight(self)
+        in_flight(self).saturating_sub(dropped)
     }
 }
 
@@ -114,11 +122,46 @@ pub struct SourceContext {
     drain_timeout: Duration,
     assignment_changed: AtomicBool,
     traces: Option<Assembler>,
+    /// Exactly once: where offsets are committed, with the outputs.
+    transaction: Option<Arc<dyn Transaction>>,
+    /// Why the worker must stop (a transaction that could not commit in a rebalance callback,
+    /// where nothing can be returned).
+    failed: Mutex<Option<String>>,
 }
 
 impl SourceContext {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exactly once: commits `offsets` in the transaction, or records why it could not. Called
+    /// only when no input is in flight.
+    fn commit_transaction(
+        &self,
+        transaction: &dyn Transaction,
+        consumer: &BaseConsumer<Self>,
+        offsets: &[(TopicPartition, i64)],
+    ) -> bool {
+        let Some(group) = consumer.group_metadata() else {
+            self.fail("no consumer group metadata for the transaction".into());
+            return false;
+        };
+        match transaction.commit(&next_offsets(offsets), &group) {
+            Ok(()) => {
+                self.metrics.transactions.inc();
+                true
+            }
+            Err(e) => {
+                self.fail(format!("the transaction did not commit: {e}"));
+                false
+            }
+        }
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(error = %why, "exactly once: stopping; a restart resumes from the last committed transaction");
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get_or_insert(why);
     }
 
     fn health(&self) -> MutexGuard<'_, InputHealth> {
@@ -198,6 +241,28 @@ impl ConsumerContext for SourceContext {
             traces.flush(Some(&selector));
         }
         let mut state = self.state();
+        if let Some(transaction) = &self.transaction {
+            // The transaction holds the outputs of every partition's inputs: all of them are
+            // drained, and their offsets committed together, or none is.
+            let left = state.drain(None, Instant::now() + self.drain_timeout);
+            if left == 0 {
+                let offsets = state.tracker.committable();
+                self.commit_transaction(transaction.as_ref(), consumer, &offsets);
+            } else {
+                self.fail(format!(
+                    "{left} input(s) still in flight after drain_timeout_seconds at a rebalance: the transaction cannot commit"
+                ));
+            }
+            // Everything consumed is committed (or the worker stops): the partitions this
+            // worker keeps resume from their positions.
+            state.tracker = OffsetTracker::default();
+            info!(
+                partitions = revoked.len(),
+                unfinished = left,
+                "partitions revoked"
+            );
+            return;
+        }
         let left = state.drain(Some(&revoked), Instant::now() + self.drain_timeout);
         let offsets: Vec<(TopicPartition, i64)> = state
             .tracker
@@ -348,6 +413,8 @@ pub struct Source {
     /// Messages held by queued judge calls (once per call).
     held_by_judges: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// Exactly once: how often the transaction commits.
+    transaction_interval: Duration,
 }
 
 impl Source {
@@ -355,6 +422,9 @@ impl Source {
     /// when trace evaluators are configured, the trace buffer to flush on revoke and shutdown;
     /// `held_by_judges` counts the messages judge calls hold (their queues bound them, so they
     /// do not count against the in-flight limits, which are for the cheap path).
+    ///
+    /// With `transaction` (exactly once), offsets are committed in it every `interval` instead of
+    /// to the group.
     pub fn new(
         config: &KafkaReceiver,
         work: Sender<Vec<Input>>,
@@ -362,7 +432,13 @@ impl Source {
         traces: Option<Assembler>,
         held_by_judges: Arc<AtomicUsize>,
         metrics: Arc<Metrics>,
+        transaction: Option<(Arc<dyn Transaction>, Duration)>,
     ) -> Result<Source, KafkaError> {
+        let (transaction, transaction_interval) = match transaction {
+            Some((t, interval)) => (Some(t), interval),
+            None => (None, Duration::MAX),
+        };
+        let exactly_once = transaction.is_some();
         let max_in_flight = config.max_in_flight_messages.max(1);
         // Unbounded so that acknowledging never blocks the producer's thread; its length is at
         // most the messages in flight, which the loop below and the trace buffer bound.
@@ -381,12 +457,18 @@ impl Source {
             drain_timeout: Duration::from_secs_f64(config.drain_timeout_seconds),
             assignment_changed: AtomicBool::new(false),
             traces,
+            transaction,
+            failed: Mutex::new(None),
         };
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", config.brokers.join(","))
             .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "true")
+            // Exactly once: offsets go in the transaction, never to the group on their own.
+            .set(
+                "enable.auto.commit",
+                if exactly_once { "false" } else { "true" },
+            )
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", config.initial_offset.as_str())
@@ -417,6 +499,7 @@ impl Source {
             held_by_traces,
             held_by_judges,
             metrics,
+            transaction_interval,
         })
     }
 
@@ -511,16 +594,39 @@ impl Source {
     }
 
     /// Polls until `shutdown` is set, then drains in-flight work within the drain timeout and
-    /// commits what finished.
-    pub fn run(self, shutdown: &AtomicBool) {
+    /// commits what finished. Exactly once, an error says why a transaction did not commit (the
+    /// worker must stop).
+    pub fn run(self, shutdown: &AtomicBool) -> Result<(), String> {
         let mut queues: Vec<(TopicPartition, PartitionQueue<SourceContext>)> = Vec::new();
         let mut next_health_check = Instant::now();
         let mut next_queue: usize = 0;
         let mut last_offsets: HashMap<TopicPartition, i64> = HashMap::new();
         let mut received: Vec<Work> = Vec::with_capacity(BATCH);
+        let mut next_commit =
+            Instant::now() + self.transaction_interval.min(Duration::from_secs(3600));
         while !shutdown.load(Ordering::Acquire) {
             let in_flight = self.settle();
             let ctx = self.consumer.context();
+            if ctx
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+            {
+                break;
+            }
+            // Exactly once, at the barrier: nothing new is taken until every input in flight has
+            // finished, then the transaction commits their offsets with their outputs.
+            let barrier = ctx.transaction.is_some() && Instant::now() >= next_commit;
+            if barrier && in_flight == 0 && ctx.state().held.is_empty() {
+                if let Some(transaction) = &ctx.transaction {
+                    let offsets = ctx.state().tracker.committable();
+                    if !ctx.commit_transaction(transaction.as_ref(), &self.consumer, &offsets) {
+                        continue;
+                    }
+                }
+                next_commit = Instant::now() + self.transaction_interval;
+            }
             if ctx.assignment_changed.swap(false, Ordering::AcqRel) {
                 queues = self.split_queues();
                 // A partition given back after another worker had it resumes past what this
@@ -532,7 +638,7 @@ impl Source {
             let bytes = self.in_flight_bytes.load(Ordering::Acquire);
             self.metrics.in_flight_bytes.set(bytes as i64);
             let full = in_flight >= self.max_in_flight || bytes >= self.max_in_flight_bytes;
-            let room = if held == 0 && !full {
+            let room = if held == 0 && !full && !barrier {
                 BATCH.min(self.max_in_flight - in_flight)
             } else {
                 0
@@ -602,7 +708,7 @@ impl Source {
                         }
                         break;
                     }
-                    Err(SendTimeoutError::Disconnected(_)) => return,
+                    Err(SendTimeoutError::Disconnected(_)) => return Ok(()),
                 }
             }
             let held_back = !state.held.is_empty() || full;
@@ -619,6 +725,14 @@ impl Source {
         }
         drop(queues);
         self.drain();
+        let failed = self
+            .consumer
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        failed.map_or(Ok(()), Err)
     }
 
     /// Counts a poll error and logs it (once a minute per partition or error), at `warn`: a
@@ -640,7 +754,7 @@ impl Source {
         }
     }
 
-    fn drain(self) {
+    fn drain(&self) {
         info!("stopping: draining in-flight work");
         self.metrics.paused.set(1);
         let ctx = self.consumer.context();
@@ -653,6 +767,26 @@ impl Source {
         // unfinished work.
         let offsets = state.tracker.committable();
         drop(state);
+        if let Some(transaction) = &ctx.transaction {
+            // Exactly once: only with nothing in flight does the transaction hold exactly the
+            // outputs of these offsets; otherwise it is left open, to be aborted, and everything
+            // since the last commit is read again.
+            let failed = ctx
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+            if unfinished == 0 && !failed {
+                ctx.commit_transaction(transaction.as_ref(), &self.consumer, &offsets);
+            } else {
+                warn!(
+                    unfinished,
+                    "inputs still in flight: the last transaction is not committed, and what it held is read again"
+                );
+            }
+            info!(unfinished, "input stopped");
+            return;
+        }
         // Stored too: closing the consumer auto-commits the stored offsets, which would otherwise
         // take the commit back to before the work that finished while draining.
         store(&self.consumer, &offsets);
