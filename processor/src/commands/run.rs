@@ -25,6 +25,7 @@ use crate::config::{Config, ExporterConfig, Output};
 use crate::exporters::kafka::KafkaExporter;
 use crate::exporters::otlp::OtlpClient;
 use crate::exporters::otlp::exporter::OtlpExporter;
+use crate::exporters::otlp::metrics::ExporterMetrics;
 use crate::exporters::stdout::StdoutExporter;
 use crate::pipeline::export::{Exporter, Exporters, Shapes};
 use crate::pipeline::judge::WhenFull;
@@ -273,12 +274,21 @@ fn build_exporters(
             ExporterConfig::Otlp(protocol, o) => {
                 let client = OtlpClient::start(o, *protocol, &tokio::runtime::Handle::current())
                     .map_err(|e| anyhow::anyhow!("exporters.{id}: {e}"))?;
+                metrics
+                    .registry
+                    .register(Box::new(ExporterMetrics::new(id, client.clone())?))
+                    .with_context(|| format!("exporters.{id}: cannot register its metrics"))?;
                 let shapes = Shapes {
                     events: o.output.contains(&Output::Events),
                     spans: o.output.contains(&Output::Spans),
                     lines: false,
                 };
-                Box::new(OtlpExporter::new(id, client, shapes))
+                Box::new(OtlpExporter::new(
+                    id,
+                    client,
+                    shapes,
+                    o.sending_queue.batch.clone(),
+                )?)
             }
         });
     }

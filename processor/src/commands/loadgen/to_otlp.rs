@@ -70,6 +70,7 @@ pub(super) fn send(endpoint: &str, options: &LoadgenOptions) -> anyhow::Result<u
             enabled: true,
             num_consumers: options.concurrency,
             queue_size: options.concurrency,
+            batch: Default::default(),
         },
         output: vec![crate::config::Output::Spans],
     };

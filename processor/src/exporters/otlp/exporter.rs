@@ -1,37 +1,147 @@
-//! The `otlp` (gRPC) and `otlphttp` exporters as the pipeline sees them: each trace's events go
-//! as one `ExportLogsServiceRequest`, its evaluator spans (when asked) as one
-//! `ExportTraceServiceRequest`, through the [`OtlpClient`]'s bounded queue; the inputs are let go
-//! once the backend accepted, and rejected when it refused for good or retries ran out, so the
-//! receiver can answer or dead-letter them.
+//! The `otlp` (gRPC) and `otlphttp` exporters as the pipeline sees them: the events of many
+//! traces go together as one `ExportLogsServiceRequest`, their evaluator spans (when asked) and
+//! forwarded spans as one `ExportTraceServiceRequest` ([`BatchConfig`]), through the
+//! [`OtlpClient`]'s bounded queue; the inputs are let go once the backend accepted, and rejected
+//! when it refused for good or retries ran out, so the receiver can answer or dead-letter them.
+//!
+//! A batch is built by appending encoded requests: both messages are one repeated field, and
+//! protobuf reads concatenated messages as one with the repeated fields joined, so no trace's
+//! output is decoded or copied again.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 
 use super::{ExportRequest, OtlpClient, Signal};
+use crate::config::otlp_exporter::BatchConfig;
 use crate::pipeline::ack::{Rejection, Token};
 use crate::pipeline::export::{Exporter, Outputs, Shapes};
 
 /// An OTLP backend.
 pub struct OtlpExporter {
-    id: String,
-    client: OtlpClient,
+    shared: Arc<Shared>,
     shapes: Shapes,
 }
 
+/// What the exporter and its flushing thread share.
+struct Shared {
+    id: String,
+    client: OtlpClient,
+    batch: BatchConfig,
+    logs: Mutex<Pending>,
+    traces: Mutex<Pending>,
+}
+
+/// A request being gathered.
+#[derive(Default)]
+struct Pending {
+    /// Encoded requests, appended.
+    body: Vec<u8>,
+    /// Log records or spans in it.
+    items: usize,
+    /// The inputs it came from.
+    tokens: Vec<Token>,
+    /// When its first item came.
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn take(&mut self) -> Pending {
+        std::mem::take(self)
+    }
+}
+
 impl OtlpExporter {
-    /// An exporter with id `id` sending the `shapes` asked for through `client`.
-    pub fn new(id: &str, client: OtlpClient, shapes: Shapes) -> OtlpExporter {
-        OtlpExporter {
+    /// An exporter with id `id` sending the `shapes` asked for through `client`, gathering
+    /// traces into requests as `batch` says. Starts the thread that sends a request whose
+    /// oldest item has waited `flush_timeout`; it stops with the exporter.
+    pub fn new(
+        id: &str,
+        client: OtlpClient,
+        shapes: Shapes,
+        batch: BatchConfig,
+    ) -> std::io::Result<OtlpExporter> {
+        let shared = Arc::new(Shared {
             id: id.to_owned(),
             client,
-            shapes,
+            batch,
+            logs: Mutex::new(Pending::default()),
+            traces: Mutex::new(Pending::default()),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name(format!("evalstream-{}", id.replace('/', "-")))
+            .spawn(move || flush_when_due(&weak))?;
+        Ok(OtlpExporter { shared, shapes })
+    }
+}
+
+/// Sends gathered requests whose oldest item has waited long enough, until the exporter is gone.
+fn flush_when_due(shared: &Weak<Shared>) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let timeout = shared.batch.flush_timeout;
+        for signal in [Signal::Logs, Signal::Traces] {
+            let due = {
+                let mut pending = shared.pending(signal);
+                match pending.since {
+                    Some(since) if since.elapsed() >= timeout => Some(pending.take()),
+                    _ => None,
+                }
+            };
+            if let Some(batch) = due {
+                shared.send(signal, batch);
+            }
+        }
+        drop(shared);
+        std::thread::sleep(timeout / 2);
+    }
+}
+
+impl Shared {
+    fn pending(&self, signal: Signal) -> std::sync::MutexGuard<'_, Pending> {
+        match signal {
+            Signal::Logs => &self.logs,
+            Signal::Traces => &self.traces,
+        }
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds one trace's encoded request of `items` items, sending what is due: the batch
+    /// before it when it would pass `max_size`, the batch with it once it holds `min_size`.
+    fn add(&self, signal: Signal, encoded: Vec<u8>, items: usize, tokens: &[Token]) {
+        let (before, full) = {
+            let mut pending = self.pending(signal);
+            let before = (pending.items > 0 && pending.items + items > self.batch.max_size)
+                .then(|| pending.take());
+            if pending.body.is_empty() {
+                pending.body = encoded;
+            } else {
+                pending.body.extend_from_slice(&encoded);
+            }
+            pending.items += items;
+            pending.tokens.extend_from_slice(tokens);
+            pending.since.get_or_insert_with(Instant::now);
+            let full = (pending.items >= self.batch.min_size).then(|| pending.take());
+            (before, full)
+        };
+        // Sent outside the lock: a full queue makes this thread wait (backpressure), and the
+        // others may go on gathering.
+        for batch in [before, full].into_iter().flatten() {
+            self.send(signal, batch);
         }
     }
 
-    fn send(&self, signal: Signal, body: Vec<u8>, tokens: &[Token]) {
-        let tokens = tokens.to_vec();
+    fn send(&self, signal: Signal, batch: Pending) {
+        if batch.body.is_empty() {
+            return;
+        }
+        let Pending { body, tokens, .. } = batch;
         let id = self.id.clone();
         self.client
             .send(ExportRequest::new(signal, body, move |outcome| {
@@ -52,7 +162,7 @@ impl OtlpExporter {
 
 impl Exporter for OtlpExporter {
     fn id(&self) -> &str {
-        &self.id
+        &self.shared.id
     }
 
     fn shapes(&self) -> Shapes {
@@ -61,18 +171,48 @@ impl Exporter for OtlpExporter {
 
     fn export(&self, outputs: &Outputs, tokens: &[Token]) {
         if let (true, Some(events)) = (self.shapes.events, &outputs.events) {
-            self.send(Signal::Logs, events.encode_to_vec(), tokens);
+            let items = events
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .map(|s| s.log_records.len())
+                .sum();
+            self.shared
+                .add(Signal::Logs, events.encode_to_vec(), items, tokens);
         }
         if let (true, Some(spans)) = (self.shapes.spans, &outputs.spans) {
-            self.send(Signal::Traces, spans.encode_to_vec(), tokens);
+            self.shared.add(
+                Signal::Traces,
+                spans.encode_to_vec(),
+                span_count(spans),
+                tokens,
+            );
         }
     }
 
     fn forward(&self, request: &ExportTraceServiceRequest, tokens: &[Token]) {
-        self.send(Signal::Traces, request.encode_to_vec(), tokens);
+        self.shared.add(
+            Signal::Traces,
+            request.encode_to_vec(),
+            span_count(request),
+            tokens,
+        );
     }
 
     fn flush(&self, timeout: Duration) -> bool {
-        self.client.flush(timeout)
+        for signal in [Signal::Logs, Signal::Traces] {
+            let batch = self.shared.pending(signal).take();
+            self.shared.send(signal, batch);
+        }
+        self.shared.client.flush(timeout)
     }
+}
+
+fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
 }

@@ -593,6 +593,7 @@ mod tests {
             enabled: true,
             num_consumers: 1,
             queue_size: 1,
+            batch: Default::default(),
         };
         let client = OtlpClient::start(&cfg, Protocol::HttpProtobuf, rt.handle()).unwrap();
         backend.gate.send_replace(false);

@@ -30,6 +30,7 @@
 pub mod exporter;
 mod grpc;
 mod http;
+pub mod metrics;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -609,6 +610,7 @@ mod test_support {
                 enabled: true,
                 num_consumers: 2,
                 queue_size: 10,
+                batch: Default::default(),
             },
             output: vec![crate::config::Output::Events],
         }
