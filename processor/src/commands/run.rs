@@ -26,6 +26,7 @@ use crate::config::{Config, ExporterConfig, Output};
 use crate::exporters::kafka::KafkaExporter;
 use crate::exporters::otlp::OtlpClient;
 use crate::exporters::otlp::exporter::OtlpExporter;
+use crate::exporters::phoenix::PhoenixExporter;
 use crate::exporters::stdout::StdoutExporter;
 use crate::pipeline::export::{Exporter, Exporters, Shapes};
 use crate::pipeline::judge::{self, JudgeService};
@@ -342,9 +343,18 @@ fn build_exporters(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Ex
                 let shapes = Shapes {
                     events: o.output.contains(&Output::Events),
                     spans: o.output.contains(&Output::Spans),
-                    lines: false,
+                    ..Shapes::default()
                 };
                 Box::new(OtlpExporter::new(id, client, shapes))
+            }
+            ExporterConfig::Phoenix(p) => {
+                let client = OtlpClient::start(
+                    &p.client_config(),
+                    p.protocol(),
+                    &tokio::runtime::Handle::current(),
+                )
+                .map_err(|e| anyhow::anyhow!("exporters.{id}: {e}"))?;
+                Box::new(PhoenixExporter::new(id, client))
             }
         });
     }

@@ -634,6 +634,7 @@ mod tests {
             let view = GenAiSpan::new(&span, ResourceView::new(Some(&resource)), None);
             let evaluation = Evaluation {
                 evaluator: &evaluator.name,
+                evaluator_type: evaluator.type_name,
                 version: evaluator.version.as_str().into(),
                 score_id: ScoreId::new(&span.trace_id, &span.span_id, &evaluator.name, "1"),
                 outcome: Outcome::check(passed, "x", ""),
@@ -692,6 +693,7 @@ mod tests {
             let view = GenAiSpan::new(&span, ResourceView::new(None), None);
             let evaluation = Evaluation {
                 evaluator: &evaluator.name,
+                evaluator_type: evaluator.type_name,
                 version: evaluator.version.as_str().into(),
                 score_id: ScoreId::new(&span.trace_id, &span.span_id, &evaluator.name, "1"),
                 outcome: Outcome::check(true, "x", ""),
