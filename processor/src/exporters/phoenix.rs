@@ -230,7 +230,10 @@ impl Exporter for PhoenixExporter {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::pipeline::ack::{Origin, Status};
     use evalstream_evaluators::evaluator::{Score, ScoreId};
 
     fn verdict(evaluator: &str, evaluator_type: &'static str, outcome: Outcome) -> Verdict {
@@ -316,5 +319,145 @@ mod tests {
             })
             .collect();
         assert_eq!(counts, [MAX_PER_REQUEST, MAX_PER_REQUEST, 1]);
+    }
+
+    /// A fake Phoenix: records each request (path, content type, body) and answers `status`
+    /// once `gate` opens.
+    mod fake {
+        use std::sync::{Arc, Mutex};
+
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        use tokio::sync::watch;
+
+        pub type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+        pub fn serve(
+            rt: &tokio::runtime::Runtime,
+            status: u16,
+            body: &'static str,
+        ) -> (String, Seen, watch::Sender<bool>) {
+            let seen = Seen::default();
+            let (gate, _) = watch::channel(false);
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (recorded, opened) = (seen.clone(), gate.clone());
+            let app = axum::Router::new().fallback(
+                move |uri: Uri, headers: HeaderMap, bytes: axum::body::Bytes| {
+                    let (recorded, mut opened) = (recorded.clone(), opened.subscribe());
+                    async move {
+                        let kind = headers
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        recorded.lock().unwrap().push((
+                            uri.path().to_owned(),
+                            kind,
+                            bytes.to_vec(),
+                        ));
+                        let _ = opened.wait_for(|open| *open).await;
+                        (StatusCode::from_u16(status).unwrap(), body)
+                    }
+                },
+            );
+            rt.spawn(async move { axum::serve(listener, app).await });
+            (format!("http://{addr}"), seen, gate)
+        }
+    }
+
+    /// An origin that records what became of its input.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<(Vec<Status>, Vec<String>)>>);
+
+    impl Origin for Recorder {
+        fn finished(&self, status: Status) {
+            self.0.lock().unwrap().0.push(status);
+        }
+        fn rejected(&self, _token: Token, rejection: Rejection) {
+            self.0.lock().unwrap().1.push(rejection.message);
+        }
+    }
+
+    fn exporter(endpoint: &str, rt: &tokio::runtime::Runtime) -> PhoenixExporter {
+        let config: crate::config::phoenix_exporter::PhoenixExporterConfig =
+            serde_json::from_value(serde_json::json!({
+                "endpoint": endpoint,
+                "retry_on_failure": {"initial_interval": "50ms", "max_elapsed_time": "1s"}
+            }))
+            .unwrap();
+        let client =
+            OtlpClient::start(&config.client_config(), config.protocol(), rt.handle()).unwrap();
+        PhoenixExporter::new("phoenix", client)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn outputs() -> Outputs {
+        Outputs {
+            verdicts: vec![
+                verdict("refusal", "refusal", Outcome::check(true, "ok", "")),
+                verdict("pii", "pii", Outcome::no_content()),
+            ],
+            ..Outputs::default()
+        }
+    }
+
+    #[test]
+    fn the_input_is_let_go_only_once_phoenix_took_the_annotations() {
+        let rt = runtime();
+        let (endpoint, seen, gate) = fake::serve(&rt, 200, r#"{"data":[]}"#);
+        let exporter = exporter(&endpoint, &rt);
+        let origin = Recorder::default();
+        exporter.export(&outputs(), &[Token::new(origin.clone())]);
+        // Sent, not answered: the input is still held.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "nothing sent");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!exporter.flush(Duration::from_millis(200)));
+        assert!(
+            origin.0.lock().unwrap().0.is_empty(),
+            "let go before the answer"
+        );
+        gate.send_replace(true);
+        assert!(exporter.flush(Duration::from_secs(10)));
+        assert_eq!(origin.0.lock().unwrap().0, [Status::Delivered]);
+        let seen = seen.lock().unwrap();
+        let (path, kind, body) = &seen[0];
+        assert_eq!(path, "/v1/span_annotations");
+        assert_eq!(kind, "application/json");
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let data = body["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1, "the skip is not an annotation");
+        assert_eq!(data[0]["name"], "refusal");
+    }
+
+    #[test]
+    fn a_refusal_rejects_the_input_with_phoenixs_answer() {
+        let rt = runtime();
+        let (endpoint, seen, gate) =
+            fake::serve(&rt, 422, r#"{"detail":"invalid annotator_kind"}"#);
+        gate.send_replace(true);
+        let exporter = exporter(&endpoint, &rt);
+        let origin = Recorder::default();
+        exporter.export(&outputs(), &[Token::new(origin.clone())]);
+        assert!(exporter.flush(Duration::from_secs(10)));
+        let (finished, rejections) = origin.0.lock().unwrap().clone();
+        assert_eq!(finished, [Status::Rejected]);
+        assert_eq!(seen.lock().unwrap().len(), 1, "a 422 is not retried");
+        assert!(
+            rejections[0].contains("exporter phoenix: the backend answered http 422")
+                && rejections[0].contains("invalid annotator_kind"),
+            "{rejections:?}"
+        );
     }
 }
