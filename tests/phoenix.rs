@@ -539,13 +539,25 @@ telemetry:
     )
 }
 
-/// An `evalstream run` configuration: OTLP/HTTP on `http`, one `phoenix` exporter.
-fn phoenix_config(http: u16, metrics: u16, phoenix: u16) -> String {
+/// The judge evaluator of the `phoenix` exporter's case, by name.
+const JUDGE: &str = "helpfulness";
+
+/// An `evalstream run` configuration: OTLP/HTTP on `http`, the default evaluators and an
+/// `llm_judge` ([`JUDGE`]) calling `judge`, one `phoenix` exporter.
+fn phoenix_config(http: u16, metrics: u16, phoenix: u16, judge: &str) -> String {
     format!(
         r#"receivers:
   otlp:
     protocols:
       http: {{ endpoint: "127.0.0.1:{http}" }}
+evaluators:
+  - type: refusal
+  - type: pii
+  - type: json_valid
+  - type: finish_reason
+  - type: empty_output
+  - type: cost
+  - {{ type: llm_judge, name: {JUDGE}, template: helpfulness, endpoint: "{judge}", model: judge-model, api_key: sk-test, cache_size: 0 }}
 exporters:
   phoenix:
     endpoint: "http://127.0.0.1:{phoenix}"
@@ -782,10 +794,13 @@ fn evaluator_spans_first_keep_the_trace_in_its_project(phoenix: &mut Phoenix, di
 }
 
 /// The `phoenix` exporter: the application exports its spans to Phoenix itself, evalstream
-/// scores them and writes each scored or errored verdict `evalstream eval` gives as a span
-/// annotation on the judged span, in the application's project; the traces keep their latency;
-/// a replay updates the annotations rather than adding more.
+/// scores them and writes each scored or errored verdict `evalstream eval` gives (the default
+/// evaluators, kind `CODE`), and each verdict of an `llm_judge` (kind `LLM`; a local stand-in
+/// judge scores 1), as a span annotation on the judged span, in the application's project; the
+/// traces keep their latency; a replay updates the annotations rather than adding more.
 fn phoenix_exporter_annotates_the_judged_spans(phoenix: &mut Phoenix, dir: &Path) {
+    use evalstream::pipeline::judge::stand_in;
+    let (judge_url, judge) = stand_in::start().unwrap();
     // Traces new to this Phoenix (the other cases posted the corpus as it is).
     let requests: Vec<ExportTraceServiceRequest> = INLINE
         .iter()
@@ -825,7 +840,7 @@ fn phoenix_exporter_annotates_the_judged_spans(phoenix: &mut Phoenix, dir: &Path
         let run = Run::start(
             dir,
             name,
-            &phoenix_config(http, metrics, phoenix.port),
+            &phoenix_config(http, metrics, phoenix.port, &judge_url),
             http,
         );
         for request in &requests {
@@ -836,11 +851,13 @@ fn phoenix_exporter_annotates_the_judged_spans(phoenix: &mut Phoenix, dir: &Path
         run.stop();
     };
     export(phoenix, "run-phoenix");
+    // One judge verdict per call: the stand-in's requests are those of the first run.
+    let judge_calls = judge.received().len();
+    assert!(judge_calls > 0, "the judge applies to the chat spans");
+    let expected = verdicts.len() + judge_calls;
 
-    let judged: BTreeSet<&str> = verdicts
-        .values()
-        .map(|v| v["span_id"].as_str().unwrap())
-        .collect();
+    // Annotations may only be on the application's spans: ask for all of them.
+    let judged: BTreeSet<&str> = sent.keys().map(String::as_str).collect();
     // Phoenix writes queued annotations a moment after answering.
     let wait_for = |phoenix: &mut Phoenix, done: &dyn Fn(&[Value]) -> bool| -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -852,30 +869,35 @@ fn phoenix_exporter_annotates_the_judged_spans(phoenix: &mut Phoenix, dir: &Path
             phoenix.assert_running();
             assert!(
                 Instant::now() < deadline,
-                "Phoenix holds {} annotations, {} expected",
+                "Phoenix holds {} annotations, {expected} expected",
                 annotations.len(),
-                verdicts.len()
             );
             std::thread::sleep(Duration::from_millis(300));
         }
     };
-    let annotations = wait_for(phoenix, &|a| a.len() >= verdicts.len());
-    assert_eq!(
-        annotations.len(),
-        verdicts.len(),
-        "one annotation per verdict"
-    );
+    let annotations = wait_for(phoenix, &|a| a.len() >= expected);
+    assert_eq!(annotations.len(), expected, "one annotation per verdict");
     let mut seen = BTreeSet::new();
+    let mut judged_by_llm = 0;
     for a in &annotations {
         let score_id = a["identifier"].as_str().expect("an identifier");
         assert!(seen.insert(score_id.to_owned()), "{score_id} twice");
+        if a["name"] == JUDGE {
+            // The stand-in judge's verdict, on a span of the application's.
+            judged_by_llm += 1;
+            assert_eq!(a["annotator_kind"], "LLM");
+            assert_eq!(a["metadata"]["evaluator_type"], "llm_judge");
+            assert_eq!(a["metadata"]["outcome"], "scored");
+            assert_eq!(a["result"]["score"].as_f64(), Some(1.0));
+            assert_eq!(a["metadata"]["score_id"], score_id);
+            let trace_id = &sent[a["span_id"].as_str().unwrap()];
+            assert_eq!(a["metadata"]["trace_id"], trace_id.as_str());
+            continue;
+        }
         let verdict = verdicts.get(score_id).expect("a verdict eval gives");
         assert_eq!(a["span_id"], verdict["span_id"], "on the judged span");
         assert_eq!(a["name"], verdict["evaluator"]);
-        assert_eq!(
-            a["annotator_kind"], "CODE",
-            "no llm_judge in the default set"
-        );
+        assert_eq!(a["annotator_kind"], "CODE", "not a judge");
         assert_eq!(a["source"], "API");
         let metadata = &a["metadata"];
         assert_eq!(metadata["source"], "evalstream");
@@ -901,6 +923,7 @@ fn phoenix_exporter_annotates_the_judged_spans(phoenix: &mut Phoenix, dir: &Path
         }
         assert!(result["explanation"].is_string());
     }
+    assert_eq!(judged_by_llm, judge_calls);
     // No span added, so the traces' latency is the application's.
     assert_eq!(latencies(phoenix), latency_before);
     assert_eq!(
