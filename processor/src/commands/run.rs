@@ -354,7 +354,10 @@ fn build_exporters(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Ex
                     &tokio::runtime::Handle::current(),
                 )
                 .map_err(|e| anyhow::anyhow!("exporters.{id}: {e}"))?;
-                Box::new(PhoenixExporter::new(id, client))
+                Box::new(
+                    PhoenixExporter::new(id, client)
+                        .with_context(|| format!("exporters.{id}: cannot start"))?,
+                )
             }
         });
     }
