@@ -754,7 +754,8 @@ telemetry:
             .clone()
             .unwrap_or_else(|| panic!("{span_id}: no evaluator name"));
         assert_eq!(r.name, format!("evaluation {evaluator}"));
-        assert_eq!(r.service.as_deref(), Some("evalstream"));
+        // Under the judged span's resource: backends file it with the app's trace (issue 16).
+        assert_eq!(r.service.as_deref(), Some("support-bot"));
         assert!(
             chat_by_span.contains_key(&(trace_id.clone(), r.parent.clone())),
             "evaluator span {span_id} ({evaluator}) is parented to {trace_id}/{}, not an app chat span",

@@ -635,3 +635,111 @@ fn agent_loop_judges_each_trace_once_at_its_root_and_passes_the_corpus() {
         }
     }
 }
+
+/// Exports of the spans where OpenInference and traceAI put fields evalstream used to miss
+/// (issue 16), made by `tests/fixtures/fields/generate.py`: per library an embedding, a chat
+/// completion and a streamed chat completion of the official `openai` client against a stand-in
+/// whose answers (models, response ids, vectors) the script fixes.
+fn fields_fixture(library: &str) -> ExportTraceServiceRequest {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../tests/fixtures/fields/{library}.pb"));
+    let bytes = std::fs::read(&path).expect("fixture exists");
+    otlp::decode(&bytes, Encoding::OtlpProto).unwrap_or_else(|e| panic!("{library}: {e}"))
+}
+
+/// The stand-in's answers, as `generate.py` writes them.
+const EMBEDDING_MODEL: &str = "text-embedding-3-small";
+const RESPONSE_ID: &str = "chatcmpl-fields0123456789";
+
+#[test]
+fn embedding_models_are_read_and_their_vectors_are_not_an_answer() {
+    let set = spec::build_set(&spec::default_specs()).expect("default set builds");
+    for library in ["openinference", "traceai"] {
+        let request = fields_fixture(library);
+        let embeddings: Vec<_> = span::spans(&request)
+            .filter(|s| s.kind() == OperationKind::Embeddings)
+            .collect();
+        assert_eq!(embeddings.len(), 1, "{library}: one embedding span");
+        let s = &embeddings[0];
+        // `embedding.model_name`, the only place either library names the model.
+        assert_eq!(s.model(), Some(EMBEDDING_MODEL), "{library}");
+        // traceAI writes the vectors' Python repr to `output.value`: not a message.
+        assert!(
+            s.output_messages().is_empty(),
+            "{library}: {:?}",
+            s.output_messages()
+        );
+        let mut evaluations = Vec::new();
+        set.evaluate(s, &mut evaluations);
+        let cost = outcome(&evaluations, "cost");
+        assert!(
+            matches!(cost, Outcome::Scored(_)),
+            "{library}: cost {}",
+            label(cost)
+        );
+        // Nothing judges the vectors as an answer.
+        for e in &evaluations {
+            if e.evaluator != "cost" {
+                assert!(
+                    !matches!(e.outcome, Outcome::Scored(_)),
+                    "{library}: {} scored an embedding: {}",
+                    e.evaluator,
+                    label(&e.outcome)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn traceai_streamed_calls_name_their_model_in_the_request_parameters() {
+    let set = spec::build_set(&spec::default_specs()).expect("default set builds");
+    let request = fields_fixture("traceai");
+    let chats: Vec<_> = span::spans(&request)
+        .filter(|s| s.kind() == OperationKind::Chat)
+        .collect();
+    assert_eq!(chats.len(), 2);
+    for s in &chats {
+        // The plain call names the model that answered; the streamed one only the requested
+        // model, inside `gen_ai.request.parameters`.
+        let streamed = s.attribute("gen_ai.request.model").is_none();
+        let want = if streamed {
+            "gpt-4o-mini"
+        } else {
+            "gpt-4o-mini-2024-07-18"
+        };
+        assert_eq!(s.model(), Some(want), "streamed: {streamed}");
+        let mut evaluations = Vec::new();
+        set.evaluate(s, &mut evaluations);
+        let cost = outcome(&evaluations, "cost");
+        assert!(
+            matches!(cost, Outcome::Scored(_)),
+            "streamed: {streamed}: cost {}",
+            label(cost)
+        );
+    }
+    assert!(
+        chats
+            .iter()
+            .any(|s| s.attribute("gen_ai.request.model").is_none()),
+        "the fixture has a streamed call"
+    );
+}
+
+#[test]
+fn openinference_response_ids_are_read_from_the_response_body() {
+    let request = fields_fixture("openinference");
+    let mut ids: Vec<&str> = span::spans(&request)
+        .filter(|s| s.kind() == OperationKind::Chat)
+        .map(|s| s.response_id().expect("a response id"))
+        .collect();
+    ids.sort();
+    // The plain call's body and the streamed call's assembled one (the stand-in gives its chunks
+    // the id with an `s` appended).
+    assert_eq!(ids, [RESPONSE_ID.to_owned(), format!("{RESPONSE_ID}s")]);
+    // The embedding's body has no id; nothing else is taken for one.
+    let embedding = span::spans(&request)
+        .find(|s| s.kind() == OperationKind::Embeddings)
+        .unwrap();
+    assert_eq!(embedding.response_id(), None);
+}

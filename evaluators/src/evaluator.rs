@@ -415,6 +415,9 @@ pub struct ConfiguredEvaluator {
 pub struct Evaluation<'e> {
     /// The evaluator's name.
     pub evaluator: &'e str,
+    /// The evaluator's type (`refusal`, `llm_judge`, …): what made the verdict, for backends that
+    /// tell a model's verdicts from code's (Phoenix's `annotator_kind`).
+    pub evaluator_type: &'static str,
     /// The evaluator's version (when it was reloaded since start, not the configured one).
     pub version: Cow<'e, str>,
     /// The deterministic score id.
@@ -479,6 +482,7 @@ impl ConfiguredEvaluator {
         let version = self.current_version();
         Evaluation {
             evaluator: &self.name,
+            evaluator_type: self.type_name,
             score_id: ScoreId::new(span.trace_id(), span.span_id(), &self.name, &version),
             version,
             outcome,

@@ -171,9 +171,27 @@ impl From<&serde_json::Error> for JsonError {
     }
 }
 
-/// A `serde` data error without the value it quotes: its kind and what was expected. Anything
-/// else (custom messages, as from hex or integer parsing) becomes "invalid value".
+/// What a JSON id that is not hex is told: OTLP/JSON writes ids as hex, where protobuf's
+/// canonical JSON mapping (what `MessageToJson` and several SDKs' debug exporters write) gives
+/// bytes as base64; the decoder's own words ("invalid character at position 1") do not say so.
+pub const HEX_ID_HINT: &str = "invalid id: OTLP/JSON writes traceId, spanId and parentSpanId as hex (32 hex digits for a trace id, 16 for a span id), not base64 as protobuf's JSON mapping does";
+
+/// The messages of the hex decoder behind OTLP/JSON ids (`const-hex`), which only ids go through,
+/// in lower case (its versions differ in case).
+const HEX_ERRORS: [&str; 3] = [
+    "invalid character",
+    "odd number of digits",
+    "invalid string length",
+];
+
+/// A `serde` data error without the value it quotes: its kind and what was expected. A hex id
+/// that would not decode says that ids are hex ([`HEX_ID_HINT`]); anything else (custom
+/// messages, as from integer parsing) becomes "invalid value".
 fn data_error(message: &str) -> String {
+    let lower = message.get(..24).unwrap_or(message).to_ascii_lowercase();
+    if HEX_ERRORS.iter().any(|e| lower.starts_with(e)) {
+        return HEX_ID_HINT.into();
+    }
     const KINDS: [(&str, &str); 5] = [
         ("invalid type: ", "invalid type"),
         ("invalid value: ", "invalid value"),
@@ -518,6 +536,43 @@ mod tests {
     }
 
     #[test]
+    fn base64_ids_in_otlp_json_are_told_to_be_hex() {
+        // The ids of `ok` above as protobuf's JSON mapping writes bytes: base64.
+        let base64 = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{
+            "traceId":"AQIDBAUGBwgJCgsMDQ4PEA==","spanId":"AQIDBAUGBwg=","name":"x"
+        }]}]}]}"#;
+        for shown in [
+            decode(base64.as_bytes(), Encoding::OtlpJson)
+                .unwrap_err()
+                .to_string(),
+            json_requests(base64.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(shown.contains("OTLP/JSON writes traceId"), "{shown}");
+            assert!(
+                shown.contains("hex") && shown.contains("not base64"),
+                "{shown}"
+            );
+            assert!(shown.contains("line 2"), "where: {shown}");
+            assert!(!shown.contains("AQID"), "no value echoed: {shown}");
+        }
+        // A base64 span id whose characters happen to be hex digits is still caught: odd length.
+        let odd = base64
+            .replace(
+                "AQIDBAUGBwgJCgsMDQ4PEA==",
+                "0102030405060708090a0b0c0d0e0f10",
+            )
+            .replace("AQIDBAUGBwg=", "ABCDEF012345678");
+        let shown = decode(odd.as_bytes(), Encoding::OtlpJson)
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains("not base64"), "{shown}");
+    }
+
+    #[test]
     fn json_syntax_errors_keep_serde_jsons_fixed_text() {
         let err = decode(b"{\"resourceSpans\": [}", Encoding::OtlpJson).unwrap_err();
         assert_eq!(
@@ -540,8 +595,9 @@ mod tests {
         );
         assert_eq!(
             data_error("Invalid character 'j' at position 0"),
-            "invalid value"
+            HEX_ID_HINT
         );
+        assert_eq!(data_error("invalid digit found in string"), "invalid value");
     }
 
     #[test]

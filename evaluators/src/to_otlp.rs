@@ -6,24 +6,38 @@
 //! in 2026 (OTEP 4430: events are log records correlated with their span), and the GenAI
 //! conventions define `gen_ai.evaluation.result` as an event that SHOULD be parented to the judged
 //! span. Attributes: the conventions' ([`EVENT_KEYS`]) and evalstream's
-//! (`evalstream.evaluator.version`, `evalstream.evaluation.passed`, `evalstream.evaluation.outcome`,
-//! `evalstream.score.id`). The record's resource is the judged span's ([`logs_request`] groups
-//! them so), so a backend files it under the application that made the span; evalstream names
-//! itself in the instrumentation scope.
+//! (`evalstream.evaluator.version`, `evalstream.evaluator.type`, `evalstream.evaluation.passed`,
+//! `evalstream.evaluation.outcome`, `evalstream.score.id`).
 //!
 //! **Evaluator spans** ([`evaluation_span`], on request): each evaluation becomes a span, child of
 //! the span it judges, carrying the `gen_ai.evaluation.*` attributes and a
 //! `gen_ai.evaluation.result` span event. Shape:
 //! - same trace id as the judged span, parent = the judged span, kind INTERNAL,
 //!   name `evaluation {evaluator}`, span id derived from the score id (replays give the same id);
-//! - attributes `gen_ai.operation.name=evaluation`, `gen_ai.evaluation.name`,
-//!   `gen_ai.evaluation.score.value`, `gen_ai.evaluation.score.label`,
+//! - attributes `gen_ai.operation.name=evaluation`, `openinference.span.kind=EVALUATOR`,
+//!   `gen_ai.evaluation.name`, `gen_ai.evaluation.score.value`, `gen_ai.evaluation.score.label`,
 //!   `gen_ai.evaluation.explanation`, `gen_ai.response.id` (when known), `error.type` (when the
-//!   evaluation failed), and `evalstream.evaluator.version`, `evalstream.evaluation.passed`,
-//!   `evalstream.evaluation.outcome`, `evalstream.score.id`;
+//!   evaluation failed), and `evalstream.evaluator.version`, `evalstream.evaluator.type`,
+//!   `evalstream.evaluation.passed`, `evalstream.evaluation.outcome`, `evalstream.score.id`,
+//!   `evalstream.evaluation.time_unix_nano` and `evalstream.evaluation.duration_ms` (when and how
+//!   long the evaluation ran);
 //! - one event `gen_ai.evaluation.result` with the semantic-convention subset of them
-//!   ([`EVENT_KEYS`]: name, score value and label, explanation, response id, error type);
-//! - status ERROR when the evaluation errored.
+//!   ([`EVENT_KEYS`]: name, score value and label, explanation, response id, error type).
+//!
+//! **Neither distorts the user's trace** (issue 16, found with Phoenix):
+//! - Both go under the *judged span's resource* ([`logs_request`], [`spans_request`]), so a
+//!   backend that routes by resource (`service.*`, `deployment.environment`, Phoenix's
+//!   `openinference.project.name`) files them with the application's trace. Under evalstream's
+//!   own resource, an evaluator span written before the application's spans made Phoenix file the
+//!   whole trace, the application's spans included, under another project. evalstream names
+//!   itself in the instrumentation scope ([`scope`]) and the `evalstream.*` attributes instead.
+//! - An evaluator span lies within the judged span's time range: it starts and ends when the
+//!   judged span ended. With the evaluation's own times, an offline run made a 21 ms trace last
+//!   24 minutes in the backend's latency, and online every trace lasted `quiet_seconds` longer.
+//!   When the evaluation ran is kept as attributes.
+//! - An errored evaluation (a judge that timed out) is a fact about evalstream, not about the
+//!   application: its span has no ERROR status, which backends paint red inside the user's trace;
+//!   `error.type` and `evalstream.evaluation.outcome=error` say what happened.
 //!
 //! Every string copied onto the span (the response id, the evaluator's name, label, version and
 //! explanation, the error) is capped in length ([`MAX_NAME_BYTES`], [`MAX_EXPLANATION_BYTES`]),
@@ -40,14 +54,10 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span, status,
-};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
 
 use crate::evaluator::{Evaluation, Outcome};
-use crate::otlp::{
-    ExportTraceServiceRequestExt as _, kv, kv_str, types::ExportTraceServiceRequest,
-};
+use crate::otlp::{kv, kv_str, types::ExportTraceServiceRequest};
 use crate::span::GenAiSpan;
 
 /// The instrumentation scope name of evaluator spans.
@@ -145,6 +155,10 @@ pub fn evaluation_attributes(judged: &GenAiSpan<'_>, evaluation: &Evaluation<'_>
         &evaluation.version,
     ));
     attrs.push(kv_str(
+        "evalstream.evaluator.type",
+        evaluation.evaluator_type,
+    ));
+    attrs.push(kv_str(
         "evalstream.evaluation.outcome",
         evaluation.outcome.as_str(),
     ));
@@ -152,22 +166,35 @@ pub fn evaluation_attributes(judged: &GenAiSpan<'_>, evaluation: &Evaluation<'_>
     attrs
 }
 
+/// When an evaluator span starts and ends: when the judged span ended (its start when it has no
+/// end), so the evaluation never stretches the judged span's trace (see the module's comment).
+fn placed_in(judged: &GenAiSpan<'_>) -> u64 {
+    match judged.end_time_unix_nano() {
+        0 => judged.raw().start_time_unix_nano,
+        end => end,
+    }
+}
+
 /// The evaluator span for one evaluation. `start` and `end` are when the evaluation ran, in
-/// nanoseconds since the Unix epoch.
+/// nanoseconds since the Unix epoch: they become attributes, the span itself lies at the end of
+/// the judged span.
 pub fn evaluation_span(
     judged: &GenAiSpan<'_>,
     evaluation: &Evaluation<'_>,
     start: u64,
     end: u64,
 ) -> Span {
-    let attributes = evaluation_attributes(judged, evaluation);
-    let status = match &evaluation.outcome {
-        Outcome::Error { message, .. } => Some(Status {
-            code: status::StatusCode::Error as i32,
-            message: capped(message, MAX_EXPLANATION_BYTES).into_owned(),
-        }),
-        _ => None,
-    };
+    let mut attributes = evaluation_attributes(judged, evaluation);
+    attributes.insert(1, kv_str("openinference.span.kind", "EVALUATOR"));
+    attributes.push(kv(
+        "evalstream.evaluation.time_unix_nano",
+        Value::IntValue(i64::try_from(end).unwrap_or(i64::MAX)),
+    ));
+    attributes.push(kv(
+        "evalstream.evaluation.duration_ms",
+        Value::DoubleValue(end.saturating_sub(start) as f64 / 1e6),
+    ));
+    let at = placed_in(judged);
     Span {
         trace_id: judged.trace_id().to_vec(),
         span_id: evaluation.score_id.span_id().to_vec(),
@@ -177,10 +204,10 @@ pub fn evaluation_span(
             capped(evaluation.evaluator, MAX_NAME_BYTES)
         ),
         kind: span::SpanKind::Internal as i32,
-        start_time_unix_nano: start,
-        end_time_unix_nano: end,
+        start_time_unix_nano: at,
+        end_time_unix_nano: at,
         events: vec![span::Event {
-            time_unix_nano: end,
+            time_unix_nano: at,
             name: "gen_ai.evaluation.result".into(),
             attributes: attributes
                 .iter()
@@ -190,7 +217,8 @@ pub fn evaluation_span(
             ..Default::default()
         }],
         attributes,
-        status,
+        // No status, even for an errored evaluation: see the module's comment.
+        status: None,
         ..Default::default()
     }
 }
@@ -260,7 +288,64 @@ pub fn logs_request(
     }
 }
 
-/// Wraps evaluator spans in a request under evalstream's own resource and scope.
+/// The resource an evaluation output goes under: the judged span's (`None` when it had none).
+pub fn judged_resource(judged: &GenAiSpan<'_>) -> Option<Resource> {
+    let attributes = judged.resource().attributes;
+    (!attributes.is_empty()).then(|| Resource {
+        attributes: attributes.to_vec(),
+        ..Default::default()
+    })
+}
+
+/// Adds `items` (events or spans about `judged`) to `groups`, under the judged span's resource.
+/// Spans of a trace mostly share one resource: the last group is compared before another is
+/// made, so a trace's outputs make one group in the common case.
+pub fn push_under_resource<T>(
+    groups: &mut Vec<(Option<Resource>, Vec<T>)>,
+    judged: &GenAiSpan<'_>,
+    items: impl IntoIterator<Item = T>,
+) {
+    let attributes = judged.resource().attributes;
+    let mut items = items.into_iter().peekable();
+    if items.peek().is_none() {
+        return;
+    }
+    match groups.last_mut() {
+        Some((resource, group))
+            if resource.as_ref().map_or(&[][..], |r| &r.attributes[..]) == attributes =>
+        {
+            group.extend(items);
+        }
+        _ => groups.push((judged_resource(judged), items.collect())),
+    }
+}
+
+/// Wraps evaluator spans, grouped by the judged spans' resources, in a request under
+/// evalstream's scope.
+pub fn spans_request(
+    groups: impl IntoIterator<Item = (Option<Resource>, Vec<Span>)>,
+) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: groups
+            .into_iter()
+            .map(|(resource, spans)| ResourceSpans {
+                resource,
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// Wraps evaluator spans in a request under evalstream's own resource (`service.name:
+/// evalstream`): for callers that no longer know the judged spans' resources. Prefer
+/// [`spans_request`] with [`push_under_resource`]: under this resource a backend that routes by
+/// resource may file the application's trace apart from the application (see the module's
+/// comment).
 pub fn export_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     let resource = Resource {
         attributes: vec![
@@ -269,16 +354,7 @@ pub fn export_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
         ],
         ..Default::default()
     };
-    let scope = scope();
-    ExportTraceServiceRequest::single(ResourceSpans {
-        resource: Some(resource),
-        scope_spans: vec![ScopeSpans {
-            scope: Some(scope),
-            spans,
-            ..Default::default()
-        }],
-        ..Default::default()
-    })
+    spans_request([(Some(resource), spans)])
 }
 
 #[cfg(test)]
@@ -287,7 +363,7 @@ mod tests {
     use crate::evaluator::ScoreId;
     use crate::otlp;
     use crate::scorers::testing::{chat, s, view};
-    use crate::span::{OperationKind, spans};
+    use crate::span::{GenAiSpan, OperationKind, ResourceView, spans};
 
     #[test]
     fn evaluator_span_is_a_child_with_the_evaluation_attributes_and_event() {
@@ -298,17 +374,49 @@ mod tests {
         let v = view(&judged);
         let evaluation = Evaluation {
             evaluator: "refusal",
+            evaluator_type: "refusal",
             version: "1.abcd".into(),
             score_id: ScoreId::new(v.trace_id(), v.span_id(), "refusal", "1.abcd"),
             outcome: Outcome::check(false, "refused", "refusal: \"no\""),
         };
-        let out = evaluation_span(&v, &evaluation, 10, 20);
+        // The evaluation ran long after the judged span ended.
+        let (ran_from, ran_to) = (judged.end_time_unix_nano + 60_000_000_000, 0);
+        let ran_to = ran_to + ran_from + 3_000_000;
+        let out = evaluation_span(&v, &evaluation, ran_from, ran_to);
         assert_eq!(out.trace_id, judged.trace_id);
         assert_eq!(out.parent_span_id, judged.span_id);
         assert_eq!(out.span_id, evaluation.score_id.span_id().to_vec());
         assert_eq!(out.name, "evaluation refusal");
         assert_eq!(out.kind, span::SpanKind::Internal as i32);
+        // Within the judged span's time range, whenever the evaluation ran; when it ran is kept.
+        assert!(judged.start_time_unix_nano <= out.start_time_unix_nano);
+        assert!(out.end_time_unix_nano <= judged.end_time_unix_nano);
+        assert!(out.start_time_unix_nano <= out.end_time_unix_nano);
+        assert_eq!(out.events[0].time_unix_nano, out.end_time_unix_nano);
         let get = |k| otlp::find(&out.attributes, k).cloned();
+        assert_eq!(
+            get("evalstream.evaluation.time_unix_nano").and_then(|v| match v.value {
+                Some(Value::IntValue(n)) => Some(n),
+                _ => None,
+            }),
+            Some(ran_to as i64)
+        );
+        assert_eq!(
+            get("evalstream.evaluation.duration_ms").and_then(|v| otlp::as_f64(&v)),
+            Some(3.0)
+        );
+        assert_eq!(
+            get("openinference.span.kind")
+                .as_ref()
+                .and_then(otlp::as_str),
+            Some("EVALUATOR")
+        );
+        assert_eq!(
+            get("evalstream.evaluator.type")
+                .as_ref()
+                .and_then(otlp::as_str),
+            Some("refusal")
+        );
         assert_eq!(
             get("gen_ai.evaluation.score.value").and_then(|v| otlp::as_f64(&v)),
             Some(0.0)
@@ -340,11 +448,34 @@ mod tests {
             ]
         );
 
-        // The evaluator span, read back, is an evaluator span: evaluators skip it by default.
-        let request = export_request(vec![out]);
+        // The evaluator span, read back, is an evaluator span: evaluators skip it by default. It
+        // goes under the judged span's resource, evalstream naming itself in the scope.
+        let resource = opentelemetry_proto::tonic::resource::v1::Resource {
+            attributes: vec![
+                kv_str("service.name", "support-bot"),
+                kv_str("openinference.project.name", "support"),
+            ],
+            ..Default::default()
+        };
+        let judged_view = GenAiSpan::new(&judged, ResourceView::new(Some(&resource)), None);
+        let mut groups = Vec::new();
+        push_under_resource(&mut groups, &judged_view, [out.clone()]);
+        push_under_resource(&mut groups, &judged_view, [out]);
+        push_under_resource(&mut groups, &judged_view, Vec::<Span>::new());
+        assert_eq!(groups.len(), 1, "one resource, one group");
+        assert_eq!(groups[0].1.len(), 2);
+        let request = spans_request(groups);
         let back: Vec<_> = spans(&request).collect();
         assert_eq!(back[0].kind(), OperationKind::Evaluator);
-        assert_eq!(back[0].resource().service_name, Some("evalstream"));
+        assert_eq!(back[0].resource().service_name, Some("support-bot"));
+        assert_eq!(
+            back[0]
+                .resource()
+                .attribute("openinference.project.name")
+                .and_then(otlp::as_str),
+            Some("support")
+        );
+        assert_eq!(back[0].scope().map(|s| s.name.as_str()), Some("evalstream"));
     }
 
     #[test]
@@ -357,6 +488,7 @@ mod tests {
         let v = view(&judged);
         let evaluation = Evaluation {
             evaluator: "refusal",
+            evaluator_type: "refusal",
             version: "1.abcd".into(),
             score_id: ScoreId::new(v.trace_id(), v.span_id(), "refusal", "1.abcd"),
             outcome: Outcome::check(false, "refused", "refusal: \"no\""),
@@ -422,11 +554,12 @@ mod tests {
     }
 
     #[test]
-    fn errors_set_error_type_and_status_and_skips_emit_nothing() {
+    fn errors_set_error_type_but_no_error_status_and_skips_emit_nothing() {
         let judged = chat("hi");
         let v = view(&judged);
         let mut evaluation = Evaluation {
             evaluator: "x",
+            evaluator_type: "llm_judge",
             version: "1".into(),
             score_id: ScoreId([1; 16]),
             outcome: Outcome::Error {
@@ -439,7 +572,12 @@ mod tests {
             otlp::find(&out.attributes, "error.type").and_then(otlp::as_str),
             Some("timeout")
         );
-        assert_eq!(out.status.unwrap().code, status::StatusCode::Error as i32);
+        // An errored evaluation is not the application's error: no ERROR status in its trace.
+        assert_eq!(out.status, None);
+        assert_eq!(
+            otlp::find(&out.attributes, "evalstream.evaluation.outcome").and_then(otlp::as_str),
+            Some("error")
+        );
         assert!(emits_span(&evaluation));
         evaluation.outcome = Outcome::no_content();
         assert!(!emits_span(&evaluation));
@@ -454,6 +592,7 @@ mod tests {
         let v = view(&judged);
         let evaluation = Evaluation {
             evaluator: "script",
+            evaluator_type: "script",
             version: "1".into(),
             score_id: ScoreId([1; 16]),
             outcome: Outcome::check(false, "x".repeat(10_000), huge_explanation),

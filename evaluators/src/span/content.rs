@@ -238,11 +238,13 @@ fn messages<'a>(span: &GenAiSpan<'a>, slot: Slot, list: List) -> Option<Vec<Mess
         List::InputMessages => (Slot::InputValue, Slot::InputMimeType),
         _ => (Slot::OutputValue, Slot::OutputMimeType),
     };
-    // On tool and retrieval spans input.value/output.value are arguments, queries and results.
+    // On tool and retrieval spans input.value/output.value are arguments, queries and results;
+    // on an embedding span output.value is the vectors (traceAI writes their repr there).
     if matches!(
         span.kind,
         super::OperationKind::Tool | super::OperationKind::Retrieval
-    ) {
+    ) || (span.kind == super::OperationKind::Embeddings && list != List::InputMessages)
+    {
         return None;
     }
     let text = span.slot_str(value)?;
@@ -875,4 +877,52 @@ struct JDocument<'a> {
     score: Option<serde_json::Value>,
     #[serde(borrow, default)]
     metadata: Option<Text<'a>>,
+}
+
+/// Top-level string fields of a JSON object, borrowed from `text`, in one pass: each `None` when
+/// `text` is not an object, the field is absent or not a string, or it holds escapes (no model
+/// name or response id does). Other fields are skipped without being built.
+pub(crate) fn json_fields<'a, const N: usize>(
+    text: &'a str,
+    names: [&str; N],
+) -> [Option<&'a str>; N] {
+    struct Fields<'n, const N: usize>([&'n str; N]);
+    impl<'de, const N: usize> Visitor<'de> for Fields<'_, N> {
+        type Value = [Option<&'de str>; N];
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = [None; N];
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                match self.0.iter().position(|n| *n == key) {
+                    Some(i) if found[i].is_none() => {
+                        found[i] = map.next_value::<Option<&'de str>>()?;
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(Fields(names)).unwrap_or([None; N])
+}
+
+/// The `id` of a provider's response body (OpenAI's chat completion or response, Anthropic's
+/// message): only when the body says what it is (`object` or `type`), so another JSON document
+/// with an `id` is not taken for one.
+pub(crate) fn response_body_id(body: &str) -> Option<&str> {
+    const KINDS: [&str; 5] = [
+        "chat.completion",
+        "chat.completion.chunk",
+        "text_completion",
+        "response",
+        "message",
+    ];
+    let [id, object, kind] = json_fields(body, ["id", "object", "type"]);
+    object.or(kind).filter(|k| KINDS.contains(k))?;
+    id
 }

@@ -92,6 +92,8 @@ pub(crate) static SCALARS: &[(&str, Slot)] = &[
     ("llm.request.model", Slot::RequestModel),
     ("gen_ai.response.model", Slot::ResponseModel),
     ("llm.model_name", Slot::ResponseModel),
+    // OpenInference and traceAI embedding spans.
+    ("embedding.model_name", Slot::ResponseModel),
     ("llm.response.model", Slot::ResponseModel),
     // Token usage.
     ("gen_ai.usage.input_tokens", Slot::InputTokens),

@@ -201,6 +201,9 @@ pub struct GenAiSpan<'a> {
     /// Flattened list attributes, in span order.
     flat: Vec<FlatEntry<'a>>,
     content: OnceLock<Content<'a>>,
+    /// The response id found in a response body (`output.value`), read on first use: the body
+    /// can be large, and the id is asked for once per evaluation.
+    body_response_id: OnceLock<Option<&'a str>>,
 }
 
 /// Every attribute key the view reads, with list indices written as `0`: the exact keys of all
@@ -289,6 +292,7 @@ impl<'a> GenAiSpan<'a> {
             slots,
             flat,
             content: OnceLock::new(),
+            body_response_id: OnceLock::new(),
         }
     }
 
@@ -356,9 +360,15 @@ impl<'a> GenAiSpan<'a> {
         self.slot_str(Slot::Provider)
     }
 
-    /// The model the application asked for (`gen_ai.request.model`).
+    /// The model the application asked for (`gen_ai.request.model`), else the `model` of the
+    /// request parameters (traceAI names the model of a streamed call only inside
+    /// `gen_ai.request.parameters`).
     pub fn request_model(&self) -> Option<&'a str> {
-        self.slot_str(Slot::RequestModel)
+        self.slot_str(Slot::RequestModel).or_else(|| {
+            let parameters = self.slot_str(Slot::RequestParameters)?;
+            let [model] = content::json_fields(parameters, ["model"]);
+            model
+        })
     }
 
     /// The model that answered.
@@ -405,9 +415,28 @@ impl<'a> GenAiSpan<'a> {
         }
     }
 
-    /// The provider's response id.
+    /// The provider's response id: `gen_ai.response.id`, else, on a model call, the `id` of the
+    /// response body in `output.value` (OpenInference records the body, not the id).
     pub fn response_id(&self) -> Option<&'a str> {
-        self.slot_str(Slot::ResponseId)
+        self.slot_str(Slot::ResponseId).or_else(|| {
+            *self
+                .body_response_id
+                .get_or_init(|| self.body_response_id())
+        })
+    }
+
+    /// The `id` of a provider's response body in `output.value`: only on a model call whose
+    /// output is JSON naming what it is (OpenAI's `object`, Anthropic's `type`), so an agent's or
+    /// a chain's JSON output with an `id` of its own is not taken for a response id.
+    fn body_response_id(&self) -> Option<&'a str> {
+        if self.kind != OperationKind::Chat
+            || !self
+                .slot_str(Slot::OutputMimeType)
+                .is_some_and(|m| m.contains("json"))
+        {
+            return None;
+        }
+        content::response_body_id(self.slot_str(Slot::OutputValue)?)
     }
 
     /// The session id.

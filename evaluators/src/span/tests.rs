@@ -472,3 +472,60 @@ fn resource_view_reads_service_and_environment_once() {
     );
     assert!(ResourceView::new(None).service_name.is_none());
 }
+
+#[test]
+fn a_response_id_is_read_only_from_a_model_calls_response_body() {
+    let body = |output: &str, kind: &str| {
+        span(vec![
+            s("openinference.span.kind", kind),
+            s("output.value", output),
+            s("output.mime_type", "application/json"),
+        ])
+    };
+    let completion = body(
+        r#"{"choices":[],"id":"chatcmpl-9","object":"chat.completion","model":"m"}"#,
+        "LLM",
+    );
+    assert_eq!(view(&completion).response_id(), Some("chatcmpl-9"));
+    let message = body(r#"{"type":"message","id":"msg_01","content":[]}"#, "LLM");
+    assert_eq!(view(&message).response_id(), Some("msg_01"));
+    // `gen_ai.response.id` wins when both are there.
+    let mut both = completion.clone();
+    both.attributes
+        .push(s("gen_ai.response.id", "from-attribute"));
+    assert_eq!(view(&both).response_id(), Some("from-attribute"));
+    // An id in a JSON output that is not a response body, or not on a model call, is not one.
+    for (output, kind) in [
+        (r#"{"id":"order-1","status":"shipped"}"#, "LLM"),
+        (r#"{"id":"x","object":"chat.completion"}"#, "CHAIN"),
+        (r#"{"id":"x","object":"list"}"#, "LLM"),
+        (r#"["id","chat.completion"]"#, "LLM"),
+        (r#"{"id":7,"object":"chat.completion"}"#, "LLM"),
+        ("not json", "LLM"),
+    ] {
+        assert_eq!(
+            view(&body(output, kind)).response_id(),
+            None,
+            "{output} on {kind}"
+        );
+    }
+}
+
+#[test]
+fn the_request_model_falls_back_to_the_request_parameters() {
+    let streamed = span(vec![
+        s("gen_ai.span.kind", "LLM"),
+        s(
+            "gen_ai.request.parameters",
+            r#"{"stream": true, "stream_options": {"model": "nested"}, "model": "gpt-4o-mini"}"#,
+        ),
+    ]);
+    assert_eq!(view(&streamed).model(), Some("gpt-4o-mini"));
+    let named = span(vec![
+        s("gen_ai.request.model", "gpt-4o"),
+        s("gen_ai.request.parameters", r#"{"model": "other"}"#),
+    ]);
+    assert_eq!(view(&named).request_model(), Some("gpt-4o"));
+    let unparsable = span(vec![s("gen_ai.request.parameters", "{model: x")]);
+    assert_eq!(view(&unparsable).request_model(), None);
+}

@@ -212,6 +212,7 @@ mod tests {
         let mut add = |evaluator, outcome| {
             s.record(&Evaluation {
                 evaluator,
+                evaluator_type: "refusal",
                 version: "1".into(),
                 score_id: ScoreId([0; 16]),
                 outcome,

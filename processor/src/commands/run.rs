@@ -26,6 +26,7 @@ use crate::exporters::kafka::KafkaExporter;
 use crate::exporters::otlp::OtlpClient;
 use crate::exporters::otlp::exporter::OtlpExporter;
 use crate::exporters::otlp::metrics::ExporterMetrics;
+use crate::exporters::phoenix::PhoenixExporter;
 use crate::exporters::stdout::StdoutExporter;
 use crate::pipeline::export::{Exporter, Exporters, Shapes};
 use crate::pipeline::judge::WhenFull;
@@ -281,7 +282,7 @@ fn build_exporters(
                 let shapes = Shapes {
                     events: o.output.contains(&Output::Events),
                     spans: o.output.contains(&Output::Spans),
-                    lines: false,
+                    ..Shapes::default()
                 };
                 Box::new(OtlpExporter::new(
                     id,
@@ -289,6 +290,22 @@ fn build_exporters(
                     shapes,
                     o.sending_queue.batch.clone(),
                 )?)
+            }
+            ExporterConfig::Phoenix(p) => {
+                let client = OtlpClient::start(
+                    &p.client_config(),
+                    p.protocol(),
+                    &tokio::runtime::Handle::current(),
+                )
+                .map_err(|e| anyhow::anyhow!("exporters.{id}: {e}"))?;
+                metrics
+                    .registry
+                    .register(Box::new(ExporterMetrics::new(id, client.clone())?))
+                    .with_context(|| format!("exporters.{id}: cannot register its metrics"))?;
+                Box::new(
+                    PhoenixExporter::new(id, client)
+                        .with_context(|| format!("exporters.{id}: cannot start"))?,
+                )
             }
         });
     }

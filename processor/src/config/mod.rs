@@ -17,6 +17,7 @@ use crate::pipeline::assembly::AssemblyConfig;
 mod env;
 pub mod otlp_exporter;
 pub mod otlp_receiver;
+pub mod phoenix_exporter;
 
 use crate::telemetry::drift::DriftConfig;
 pub use crate::telemetry::labels::Segment;
@@ -157,10 +158,12 @@ pub enum ExporterConfig {
         otlp_exporter::Protocol,
         Box<otlp_exporter::OtlpExporterConfig>,
     ),
+    /// `phoenix`: evaluations as Phoenix span annotations.
+    Phoenix(Box<phoenix_exporter::PhoenixExporterConfig>),
 }
 
 /// The exporter types, for errors.
-const EXPORTER_TYPES: &[&str] = &["kafka", "stdout", "otlp", "otlphttp"];
+const EXPORTER_TYPES: &[&str] = &["kafka", "stdout", "otlp", "otlphttp", "phoenix"];
 
 impl Exporters {
     /// The Kafka exporters.
@@ -207,6 +210,7 @@ impl<'de> Deserialize<'de> for Exporters {
                             otlp_exporter::Protocol::HttpProtobuf,
                             Box::new(map.next_value()?),
                         ),
+                        "phoenix" => ExporterConfig::Phoenix(Box::new(map.next_value()?)),
                         other => return Err(A::Error::unknown_variant(other, EXPORTER_TYPES)),
                     };
                     if list.iter().any(|(i, _)| *i == id) {
@@ -709,6 +713,7 @@ impl fmt::Display for Config {
                 }
                 ExporterConfig::Stdout(_) => write!(f, "; exporter {id} to stdout")?,
                 ExporterConfig::Otlp(_, o) => write!(f, "; exporter {id} to {}", o.endpoint)?,
+                ExporterConfig::Phoenix(p) => write!(f, "; exporter {id} to {}", p.endpoint)?,
             }
         }
         if let Some(m) = &self.telemetry.metrics {

@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use evalstream_evaluators::otlp;
 use evalstream_evaluators::to_otlp;
-use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
@@ -39,50 +37,26 @@ use crate::pipeline::ack::{RejectedOutput, Rejection, Token};
 use crate::pipeline::export::{Exporter, Outputs, Shapes};
 use crate::telemetry::metrics::Metrics;
 
-/// Groups evaluator spans into requests that each encode to at most `budget` bytes (as
-/// `to_otlp::export_request`), keeping their order. A span too large for any record travels
-/// alone (the producer refuses it, and it is dead-lettered with its input).
-fn split_by_size(spans: Vec<Span>, budget: usize) -> Vec<Vec<Span>> {
-    // The request around the spans (resource, scope), plus room for the length prefixes of
-    // the enclosing messages to grow (up to 5 bytes each).
-    let frame = to_otlp::export_request(Vec::new()).encoded_len() + 16;
-    let room = budget.saturating_sub(frame);
-    let mut chunks = Vec::new();
-    let mut chunk: Vec<Span> = Vec::new();
-    let mut used = 0;
-    for span in spans {
-        let len = span.encoded_len();
-        // Field tag and length prefix of the span inside its `ScopeSpans`.
-        let size = len + 1 + prost::encoding::encoded_len_varint(len as u64);
-        if !chunk.is_empty() && used + size > room {
-            chunks.push(std::mem::take(&mut chunk));
-            used = 0;
-        }
-        used += size;
-        chunk.push(span);
-    }
-    if !chunk.is_empty() {
-        chunks.push(chunk);
-    }
-    chunks
-}
-
-/// Groups events (with their resources) into requests that each encode to at most `budget`
-/// bytes, as [`split_by_size`] does for spans. A resource is repeated in every request its events
-/// are spread over.
-fn split_events_by_size(
-    groups: &[(Option<Resource>, Vec<LogRecord>)],
+/// Groups items (events or evaluator spans, each under the resource of the span it judges) into
+/// requests that each encode to at most `budget` bytes, keeping their order. `frame` is the size
+/// of an empty request of that signal. A resource is repeated in every request its items are
+/// spread over. An item too large for any record travels alone (the producer refuses it, and it
+/// is dead-lettered with its input).
+fn split_by_size<T: prost::Message + Clone>(
+    groups: &[(Option<Resource>, Vec<T>)],
+    frame: usize,
     budget: usize,
-) -> Vec<Vec<(Option<Resource>, Vec<LogRecord>)>> {
-    let frame = to_otlp::logs_request([(None, Vec::new())]).encoded_len() + 16;
-    let room = budget.saturating_sub(frame);
+) -> Vec<Vec<(Option<Resource>, Vec<T>)>> {
+    // Room for the length prefixes of the enclosing messages to grow (up to 5 bytes each).
+    let room = budget.saturating_sub(frame + 16);
     let mut chunks = Vec::new();
-    let mut chunk: Vec<(Option<Resource>, Vec<LogRecord>)> = Vec::new();
+    let mut chunk: Vec<(Option<Resource>, Vec<T>)> = Vec::new();
     let mut used = 0;
-    for (resource, records) in groups {
+    for (resource, items) in groups {
         let resource_size = resource.as_ref().map_or(0, |r| r.encoded_len() + 6);
-        for record in records {
-            let len = record.encoded_len();
+        for item in items {
+            let len = item.encoded_len();
+            // Field tag and length prefix of the item inside its scope.
             let size = len + 1 + prost::encoding::encoded_len_varint(len as u64);
             let same_group = chunk.last().is_some_and(|(r, _)| r == resource);
             let added = size + if same_group { 0 } else { resource_size + 16 };
@@ -91,10 +65,10 @@ fn split_events_by_size(
                 used = 0;
             }
             match chunk.last_mut() {
-                Some((r, rs)) if r == resource => rs.push(record.clone()),
+                Some((r, rs)) if r == resource => rs.push(item.clone()),
                 _ => {
                     used += resource_size + 16;
-                    chunk.push((resource.clone(), vec![record.clone()]));
+                    chunk.push((resource.clone(), vec![item.clone()]));
                 }
             }
             used += size;
@@ -254,7 +228,7 @@ impl KafkaExporter {
             shapes: Shapes {
                 events: config.output.contains(&Output::Events),
                 spans: config.output.contains(&Output::Spans),
-                lines: false,
+                ..Shapes::default()
             },
             logs_topic: config.logs.topic.clone(),
             traces_topic: config.traces.topic.clone(),
@@ -375,7 +349,8 @@ impl Exporter for KafkaExporter {
                         (rl.resource.clone(), records.collect())
                     })
                     .collect();
-                for chunk in split_events_by_size(&groups, budget) {
+                let frame = to_otlp::logs_request([(None, Vec::new())]).encoded_len();
+                for chunk in split_by_size(&groups, frame, budget) {
                     let payload = to_otlp::logs_request(chunk).encode_to_vec();
                     self.send(&self.logs_topic, &key, &payload, tokens);
                 }
@@ -385,12 +360,17 @@ impl Exporter for KafkaExporter {
             if spans.encoded_len() <= budget {
                 self.send(&self.traces_topic, &key, &spans.encode_to_vec(), tokens);
             } else {
-                let all = spans
+                let groups: Vec<_> = spans
                     .resource_spans
                     .iter()
-                    .flat_map(|rs| rs.scope_spans.iter().flat_map(|s| s.spans.clone()));
-                for chunk in split_by_size(all.collect(), budget) {
-                    let payload = to_otlp::export_request(chunk).encode_to_vec();
+                    .map(|rs| {
+                        let spans = rs.scope_spans.iter().flat_map(|s| s.spans.clone());
+                        (rs.resource.clone(), spans.collect())
+                    })
+                    .collect();
+                let frame = to_otlp::spans_request([(None, Vec::new())]).encoded_len();
+                for chunk in split_by_size(&groups, frame, budget) {
+                    let payload = to_otlp::spans_request(chunk).encode_to_vec();
                     self.send(&self.traces_topic, &key, &payload, tokens);
                 }
             }
@@ -405,7 +385,7 @@ impl Exporter for KafkaExporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use evalstream_evaluators::otlp;
+    use opentelemetry_proto::tonic::trace::v1::Span;
 
     fn span(i: usize, attribute_bytes: usize) -> Span {
         Span {
@@ -422,24 +402,49 @@ mod tests {
 
     /// 300 LLM spans' evaluations made one 1.21 MB record, which the producer refused.
     #[test]
-    fn outputs_are_split_under_the_record_limit_in_order() {
+    fn outputs_are_split_under_the_record_limit_in_order_with_their_resources() {
+        let resource = |name: &str| {
+            Some(Resource {
+                attributes: vec![otlp::kv_str("service.name", name)],
+                ..Default::default()
+            })
+        };
         let spans: Vec<Span> = (0..1500).map(|i| span(i, 700 + i % 300)).collect();
-        let whole = to_otlp::export_request(spans.clone()).encoded_len();
+        let groups = vec![
+            (resource("a"), spans[..700].to_vec()),
+            (None, spans[700..900].to_vec()),
+            (resource("b"), spans[900..].to_vec()),
+        ];
+        let whole = to_otlp::spans_request(groups.clone()).encoded_len();
         assert!(
             whole > 1_000_000,
             "the test needs more than one record: {whole}"
         );
         let budget = 1_000_000 - 32 - RECORD_MARGIN;
-        let chunks = split_by_size(spans.clone(), budget);
+        let frame = to_otlp::spans_request([(None, Vec::new())]).encoded_len();
+        let chunks = split_by_size(&groups, frame, budget);
         assert!(chunks.len() >= 2);
         for chunk in &chunks {
-            let size = to_otlp::export_request(chunk.clone()).encoded_len();
+            let size = to_otlp::spans_request(chunk.clone()).encoded_len();
             assert!(size <= budget, "{size} > {budget}");
         }
-        let rejoined: Vec<Span> = chunks.into_iter().flatten().collect();
-        assert_eq!(rejoined, spans, "every span, once, in order");
+        // Every span, once, in order, under the resource it came with.
+        let flat = |groups: Vec<(Option<Resource>, Vec<Span>)>| -> Vec<(Option<Resource>, Span)> {
+            groups
+                .into_iter()
+                .flat_map(|(r, spans)| spans.into_iter().map(move |s| (r.clone(), s)))
+                .collect()
+        };
+        assert_eq!(flat(chunks.into_iter().flatten().collect()), flat(groups));
         // A span larger than the budget still goes (alone), never silently dropped.
-        let huge = split_by_size(vec![span(0, 10), span(1, 5000), span(2, 10)], 1000);
-        assert_eq!(huge.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1]);
+        let huge = split_by_size(
+            &[(None, vec![span(0, 10), span(1, 5000), span(2, 10)])],
+            frame,
+            1000,
+        );
+        assert_eq!(
+            huge.iter().map(|c| c[0].1.len()).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
     }
 }

@@ -2,7 +2,10 @@
 //! one trace ([`Batch`]) with the acknowledgement tokens of the inputs they came from.
 //!
 //! The pipeline builds each output shape once, and only the shapes some exporter asked for
-//! ([`Shapes`]): evaluation events (log records), evaluator spans, JSON lines. Encoding, sending,
+//! ([`Shapes`]): evaluation events (log records), evaluator spans, JSON lines, typed verdicts
+//! (for backends with an evaluation model of their own, as Phoenix's span annotations). Events
+//! and evaluator spans go under the judged spans' resources, so backends file them with the
+//! application's trace (`to_otlp`'s module comment says why). Encoding, sending,
 //! retrying and splitting into records belong to the exporter. An exporter clones the tokens it
 //! needs until its backend accepted the output and drops them then; an output it gives up on it
 //! hands back by rejecting the tokens ([`Token::reject`] with the output), and the receiver
@@ -11,7 +14,7 @@
 
 use std::time::Duration;
 
-use evalstream_evaluators::evaluator::Evaluation;
+use evalstream_evaluators::evaluator::{Evaluation, Outcome, ScoreId};
 use evalstream_evaluators::span::GenAiSpan;
 use evalstream_evaluators::{to_json, to_otlp};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -32,6 +35,8 @@ pub struct Shapes {
     pub spans: bool,
     /// JSON lines, as `evalstream eval` prints ([`Batch::lines`]).
     pub lines: bool,
+    /// Typed verdicts ([`Batch::verdicts`]).
+    pub verdicts: bool,
 }
 
 impl Shapes {
@@ -41,12 +46,13 @@ impl Shapes {
             events: self.events || other.events,
             spans: self.spans || other.spans,
             lines: self.lines || other.lines,
+            verdicts: self.verdicts || other.verdicts,
         }
     }
 
     /// Whether any shape is asked for.
     pub fn any(self) -> bool {
-        self.events || self.spans || self.lines
+        self.events || self.spans || self.lines || self.verdicts
     }
 }
 
@@ -98,10 +104,33 @@ pub struct Batch {
     pub trace_id: Vec<u8>,
     /// Evaluation events, grouped by the judged spans' resources.
     pub events: Vec<(Option<Resource>, Vec<LogRecord>)>,
-    /// Evaluator spans.
-    pub spans: Vec<Span>,
+    /// Evaluator spans, grouped by the judged spans' resources.
+    pub spans: Vec<(Option<Resource>, Vec<Span>)>,
     /// JSON lines (without the newline).
     pub lines: Vec<String>,
+    /// Scored and errored evaluations, typed.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// One scored or errored evaluation of a span, owned and typed: what an exporter to a backend
+/// with its own evaluation model (Phoenix's span annotations) maps from, without parsing
+/// attributes back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The judged span's trace id (raw bytes).
+    pub trace_id: Vec<u8>,
+    /// The judged span's span id (raw bytes).
+    pub span_id: Vec<u8>,
+    /// The evaluator's name.
+    pub evaluator: String,
+    /// The evaluator's type (`llm_judge`, `refusal`, …).
+    pub evaluator_type: &'static str,
+    /// The evaluator's version.
+    pub version: String,
+    /// The score id: the same on a replay.
+    pub score_id: ScoreId,
+    /// What it concluded (never a skip: skipped evaluations are not verdicts).
+    pub outcome: Outcome,
 }
 
 impl Batch {
@@ -115,7 +144,10 @@ impl Batch {
 
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.spans.is_empty() && self.lines.is_empty()
+        self.events.is_empty()
+            && self.spans.is_empty()
+            && self.lines.is_empty()
+            && self.verdicts.is_empty()
     }
 
     /// Adds the evaluations of `judged`, in the `shapes` asked for. `start` and `end` are when
@@ -137,36 +169,28 @@ impl Batch {
         }
         let emitted = || evaluations.iter().filter(|e| to_otlp::emits_span(e));
         if shapes.spans {
-            self.spans.extend(emitted().map(|e| {
+            let spans = emitted().map(|e| {
                 let mut span = to_otlp::evaluation_span(judged, e, start, end);
                 span.attributes.extend_from_slice(extra);
                 span
-            }));
+            });
+            to_otlp::push_under_resource(&mut self.spans, judged, spans);
         }
         if shapes.events {
-            let records: Vec<LogRecord> = emitted()
-                .map(|e| to_otlp::evaluation_event(judged, e, end, extra.iter().cloned()))
-                .collect();
-            if records.is_empty() {
-                return;
-            }
-            // Spans of a trace mostly share one resource: compare with the last group's
-            // attributes before making another.
-            let attributes = judged.resource().attributes;
-            match self.events.last_mut() {
-                Some((resource, group))
-                    if resource.as_ref().map_or(&[][..], |r| &r.attributes[..]) == attributes =>
-                {
-                    group.extend(records);
-                }
-                _ => {
-                    let resource = (!attributes.is_empty()).then(|| Resource {
-                        attributes: attributes.to_vec(),
-                        ..Default::default()
-                    });
-                    self.events.push((resource, records));
-                }
-            }
+            let records =
+                emitted().map(|e| to_otlp::evaluation_event(judged, e, end, extra.iter().cloned()));
+            to_otlp::push_under_resource(&mut self.events, judged, records);
+        }
+        if shapes.verdicts {
+            self.verdicts.extend(emitted().map(|e| Verdict {
+                trace_id: judged.trace_id().to_vec(),
+                span_id: judged.span_id().to_vec(),
+                evaluator: e.evaluator.to_owned(),
+                evaluator_type: e.evaluator_type,
+                version: e.version.clone().into_owned(),
+                score_id: e.score_id,
+                outcome: e.outcome.clone(),
+            }));
         }
     }
 
@@ -176,8 +200,9 @@ impl Batch {
         Outputs {
             trace_id: self.trace_id,
             events: (!self.events.is_empty()).then(|| to_otlp::logs_request(self.events)),
-            spans: (!self.spans.is_empty()).then(|| to_otlp::export_request(self.spans)),
+            spans: (!self.spans.is_empty()).then(|| to_otlp::spans_request(self.spans)),
             lines: self.lines,
+            verdicts: self.verdicts,
         }
     }
 }
@@ -189,10 +214,12 @@ pub struct Outputs {
     pub trace_id: Vec<u8>,
     /// Evaluation events, under the judged spans' resources.
     pub events: Option<ExportLogsServiceRequest>,
-    /// Evaluator spans.
+    /// Evaluator spans, under the judged spans' resources.
     pub spans: Option<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
     /// JSON lines (without the newline).
     pub lines: Vec<String>,
+    /// Scored and errored evaluations, typed.
+    pub verdicts: Vec<Verdict>,
 }
 
 /// Every configured exporter: each batch goes to all of them.

@@ -641,6 +641,7 @@ mod tests {
             let view = GenAiSpan::new(&span, ResourceView::new(Some(&resource)), None);
             let evaluation = Evaluation {
                 evaluator: &evaluator.name,
+                evaluator_type: evaluator.type_name,
                 version: evaluator.version.as_str().into(),
                 score_id: ScoreId::new(&span.trace_id, &span.span_id, &evaluator.name, "1"),
                 outcome: Outcome::check(passed, "x", ""),
@@ -699,6 +700,7 @@ mod tests {
             let view = GenAiSpan::new(&span, ResourceView::new(None), None);
             let evaluation = Evaluation {
                 evaluator: &evaluator.name,
+                evaluator_type: evaluator.type_name,
                 version: evaluator.version.as_str().into(),
                 score_id: ScoreId::new(&span.trace_id, &span.span_id, &evaluator.name, "1"),
                 outcome: Outcome::check(true, "x", ""),

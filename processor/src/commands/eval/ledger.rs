@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use evalstream_evaluators::otlp;
-use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde::Deserialize;
 
 use crate::commands::summary::Recorded;
@@ -226,8 +226,8 @@ struct Facts<'a> {
 /// `eval`'s exporter: JSON lines to the ledger, and evaluator spans kept for `--output`.
 pub struct Collector {
     ledger: Arc<Ledger>,
-    /// Evaluator spans, when `--output` asks for them.
-    spans: Option<Mutex<Vec<Span>>>,
+    /// Evaluator spans under their judged spans' resources, when `--output` asks for them.
+    spans: Option<Mutex<Vec<ResourceSpans>>>,
 }
 
 impl Collector {
@@ -239,8 +239,8 @@ impl Collector {
         }
     }
 
-    /// The evaluator spans kept.
-    pub fn take_spans(&self) -> Vec<Span> {
+    /// The evaluator spans kept, under their judged spans' resources.
+    pub fn take_spans(&self) -> Vec<ResourceSpans> {
         self.spans
             .as_ref()
             .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(PoisonError::into_inner)))
@@ -258,6 +258,7 @@ impl Exporter for Collector {
             lines: true,
             spans: self.spans.is_some(),
             events: false,
+            verdicts: false,
         }
     }
 
@@ -270,14 +271,9 @@ impl Exporter for Collector {
             self.ledger.add(seq, &outputs.lines);
         }
         if let (Some(kept), Some(request)) = (&self.spans, &outputs.spans) {
-            let spans = request
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .flat_map(|s| s.spans.iter().cloned());
             kept.lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .extend(spans);
+                .extend(request.resource_spans.iter().cloned());
         }
     }
 

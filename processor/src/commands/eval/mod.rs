@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use crossbeam_channel::Sender;
 use evalstream_evaluators::otlp::{self, DecodeError, Encoding, types::ExportTraceServiceRequest};
-use evalstream_evaluators::{spec, to_otlp};
+use evalstream_evaluators::spec;
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message as _;
 
@@ -302,9 +302,14 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
     }
 
     if let Some(path) = &options.output {
-        let spans = collector.take_spans();
-        let count = spans.len();
-        let request = to_otlp::export_request(spans);
+        let resource_spans = collector.take_spans();
+        let count: usize = resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        // Under the judged spans' resources, as `run` writes them.
+        let request = ExportTraceServiceRequest { resource_spans };
         let bytes = if encoding_by_name(&path.to_string_lossy()) == Some(Encoding::OtlpJson) {
             serde_json::to_vec(&request)?
         } else {

@@ -106,7 +106,8 @@ impl Shared {
     fn pending(&self, signal: Signal) -> std::sync::MutexGuard<'_, Pending> {
         match signal {
             Signal::Logs => &self.logs,
-            Signal::Traces => &self.traces,
+            // This exporter sends no annotations (the phoenix exporter does).
+            Signal::Traces | Signal::SpanAnnotations => &self.traces,
         }
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

@@ -88,6 +88,9 @@ impl GrpcTransport {
             AttemptError::retryable(ExportError::Transport(excerpt(&e.to_string())), None)
         })?;
         match signal {
+            Signal::SpanAnnotations => Err(tonic::Status::unimplemented(
+                "span annotations travel over HTTP only",
+            )),
             Signal::Logs => grpc
                 .unary(
                     request,

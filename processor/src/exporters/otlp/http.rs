@@ -1,4 +1,5 @@
-//! OTLP/HTTP with protobuf bodies: `POST {endpoint}/v1/logs` or `/v1/traces`.
+//! OTLP/HTTP with protobuf bodies: `POST {endpoint}/v1/logs` or `/v1/traces`; and Phoenix span
+//! annotations, JSON, to `POST {endpoint}/v1/span_annotations`.
 //!
 //! Redirects are not followed: the headers carry API keys, and a redirect would take them (and
 //! the data) to whatever host it names. A 3xx fails the request, saying so.
@@ -21,12 +22,14 @@ use super::{
 use crate::config::otlp_exporter::{Compression, OtlpExporterConfig};
 
 const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
 
 /// The HTTP side of the client.
 pub(super) struct HttpTransport {
     http: reqwest::Client,
     logs_url: String,
     traces_url: String,
+    annotations_url: String,
     gzip: bool,
     timeout: Duration,
 }
@@ -60,6 +63,7 @@ impl HttpTransport {
             http,
             logs_url: format!("{base}/v1/logs"),
             traces_url: format!("{base}/v1/traces"),
+            annotations_url: format!("{base}/v1/span_annotations"),
             gzip: config.compression == Compression::Gzip,
             timeout,
         })
@@ -91,14 +95,15 @@ impl HttpTransport {
         signal: Signal,
         payload: &Payload,
     ) -> Result<Option<PartialSuccess>, AttemptError> {
-        let url = match signal {
-            Signal::Logs => &self.logs_url,
-            Signal::Traces => &self.traces_url,
+        let (url, content_type) = match signal {
+            Signal::Logs => (&self.logs_url, PROTOBUF),
+            Signal::Traces => (&self.traces_url, PROTOBUF),
+            Signal::SpanAnnotations => (&self.annotations_url, JSON),
         };
         let mut request = self
             .http
             .post(url)
-            .header(CONTENT_TYPE, PROTOBUF)
+            .header(CONTENT_TYPE, content_type)
             .body(payload.body.clone());
         if payload.gzip {
             request = request.header(CONTENT_ENCODING, "gzip");
@@ -171,6 +176,7 @@ fn partial_success(signal: Signal, body: &[u8]) -> Option<PartialSuccess> {
             .ok()?
             .partial_success
             .and_then(|p| PartialSuccess::from_fields(p.rejected_spans, p.error_message)),
+        Signal::SpanAnnotations => None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The OTLP exporters' own metrics, read from their client's counters at scrape time (the
+//! The OTLP and Phoenix exporters' own metrics (both send through an [`OtlpClient`]), read from their client's counters at scrape time (the
 //! client counts with atomics on its runtime; nothing more runs per request for Prometheus):
 //!
 //! - `evalstream_exporter_requests_total{exporter, outcome}`: requests the backend accepted
@@ -128,19 +128,29 @@ mod tests {
         let client = OtlpClient::start(&config(&url), Protocol::HttpProtobuf, rt.handle()).unwrap();
         assert!(export(&client, Signal::Logs, Vec::new()).is_ok());
         assert!(export(&client, Signal::Traces, Vec::new()).is_err());
+        assert!(client.flush(std::time::Duration::from_secs(5)));
         let registry = prometheus::Registry::new();
         registry
             .register(Box::new(
                 ExporterMetrics::new("otlphttp/x", client).unwrap(),
             ))
             .unwrap();
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&registry.gather())
-            .unwrap();
+        let scrape = || {
+            prometheus::TextEncoder::new()
+                .encode_to_string(&registry.gather())
+                .unwrap()
+        };
+        // The request's slot is given back just after its outcome is reported.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let idle = "evalstream_exporter_requests{exporter=\"otlphttp/x\",state=\"in_flight\"} 0";
+        while !scrape().contains(idle) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let text = scrape();
         for line in [
             "evalstream_exporter_requests_total{exporter=\"otlphttp/x\",outcome=\"delivered\"} 1",
             "evalstream_exporter_requests_total{exporter=\"otlphttp/x\",outcome=\"failed\"} 1",
-            "evalstream_exporter_requests{exporter=\"otlphttp/x\",state=\"in_flight\"} 0",
+            idle,
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

@@ -4,7 +4,8 @@
 //! exponential backoff and an acknowledgement callback per request.
 //!
 //! The client knows nothing of the pipeline: it takes bytes of an `ExportLogsServiceRequest` or
-//! `ExportTraceServiceRequest` and calls back once with the outcome.
+//! `ExportTraceServiceRequest` (or, for the `phoenix` exporter, a JSON body of Phoenix span
+//! annotations) and calls back once with the outcome.
 //!
 //! ```text
 //! caller threads ── send (waits for room) / try_send ──▶ one task per request
@@ -76,14 +77,19 @@ pub enum Signal {
     Logs,
     /// An `ExportTraceServiceRequest` (evaluator spans).
     Traces,
+    /// Phoenix span annotations: a JSON `{"data": [...]}` body for `POST /v1/span_annotations`
+    /// (the `phoenix` exporter), over HTTP only. Not OTLP, but the same delivery (queue,
+    /// retries, acknowledgement) is what that exporter needs, so it rides this client.
+    SpanAnnotations,
 }
 
 impl Signal {
-    /// `logs` or `traces`, as in the OTLP/HTTP paths.
+    /// `logs`, `traces` or `span_annotations`, as in the HTTP paths.
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::Logs => "logs",
             Signal::Traces => "traces",
+            Signal::SpanAnnotations => "span_annotations",
         }
     }
 }

@@ -1,0 +1,106 @@
+//! `exporters.phoenix`: evaluations as Arize Phoenix span annotations (`POST
+//! {endpoint}/v1/span_annotations`), where Phoenix shows evaluations: it lists a trace's scores
+//! from its annotations, not from evaluator spans or log events (it has no `/v1/logs`).
+//!
+//! ```yaml
+//! exporters:
+//!   phoenix:
+//!     endpoint: http://127.0.0.1:6006
+//!     headers: { authorization: "Bearer ${env:PHOENIX_API_KEY}" }
+//!     timeout: 10s
+//!     retry_on_failure: { initial_interval: 1s, max_elapsed_time: 300s }
+//!     sending_queue: { num_consumers: 4, queue_size: 1000 }
+//! ```
+//!
+//! The keys are the `otlphttp` exporter's with their defaults (the same delivery carries the
+//! requests), less `compression` (Phoenix's REST API does not inflate bodies) and `output`
+//! (annotations are the only output).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use evalstream_evaluators::scorers::judge::Secret;
+use serde::Deserialize;
+
+use super::otlp_exporter::{
+    Compression, OtlpExporterConfig, Protocol, RetryOnFailure, SendingQueue, optional_duration,
+};
+
+/// A `phoenix` exporter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhoenixExporterConfig {
+    /// Phoenix's base URL (its HTTP port, 6006 by default), without `/v1`.
+    pub endpoint: String,
+    /// Request headers; their values are secrets (`authorization: Bearer <api key>` when Phoenix
+    /// runs with authentication).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// How long one attempt may take (30 s when absent).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+    /// Retries of failed requests (429, 502, 503, 504, no answer).
+    #[serde(default)]
+    pub retry_on_failure: RetryOnFailure,
+    /// Requests waiting to be sent.
+    #[serde(default)]
+    pub sending_queue: SendingQueue,
+}
+
+impl PhoenixExporterConfig {
+    /// The HTTP client's settings: these, uncompressed.
+    pub fn client_config(&self) -> OtlpExporterConfig {
+        OtlpExporterConfig {
+            endpoint: self.endpoint.clone(),
+            headers: self.headers.clone(),
+            compression: Compression::None,
+            timeout: self.timeout,
+            retry_on_failure: self.retry_on_failure.clone(),
+            sending_queue: self.sending_queue.clone(),
+            output: Vec::new(),
+        }
+    }
+
+    /// The protocol its client speaks: HTTP.
+    pub fn protocol(&self) -> Protocol {
+        Protocol::HttpProtobuf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PhoenixExporterConfig, String> {
+        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        serde_path_to_error::deserialize(value)
+            .map_err(|e| evalstream_evaluators::spec::path_error(&e))
+    }
+
+    #[test]
+    fn the_documented_block_parses_and_unknown_keys_are_refused() {
+        let c = parse(
+            r#"
+endpoint: http://127.0.0.1:6006
+headers: { authorization: "Bearer secret-key" }
+timeout: 10s
+retry_on_failure: { initial_interval: 1s, max_elapsed_time: 300s }
+sending_queue: { num_consumers: 4, queue_size: 1000 }
+"#,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("secret-key"));
+        let client = c.client_config();
+        assert_eq!(client.compression, Compression::None);
+        assert_eq!(client.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(client.sending_queue.num_consumers, 4);
+        assert!(client.validate(c.protocol()).is_ok());
+
+        let err = parse("endpoint: http://x:6006\noutput: [spans]\n").unwrap_err();
+        assert!(err.contains("output"), "{err}");
+        let err = parse("endpoint: http://x:6006\ncompression: gzip\n").unwrap_err();
+        assert!(err.contains("compression"), "{err}");
+        let err = parse("headers: {}\n").unwrap_err();
+        assert!(err.contains("endpoint"), "{err}");
+    }
+}
