@@ -2,7 +2,8 @@
 //! `docs/configuration.md`, names every key the configuration file takes and no other, and the
 //! runbook, `docs/operations.md`, has a section for every alert of
 //! `deploy/prometheus/evalstream.rules.yaml` and none for an alert that is gone, and the collector
-//! configuration `docs/deployment.md` quotes is `deploy/collector/gateway.yaml`'s.
+//! configuration `docs/deployment.md` quotes is `deploy/collector/gateway.yaml`'s, and the
+//! README's and the pages' links to each other resolve.
 //!
 //! The keys come from the code itself: every section rejects unknown keys and serde's error for
 //! one lists the keys the section does take (`unknown field `__probe__`, expected one of …`). So
@@ -279,4 +280,71 @@ fn the_deployment_guide_quotes_the_collector_gateway_as_it_is() {
         &serde_json::from_str(&changed).unwrap(),
         &gateway
     ));
+}
+
+/// A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The README and the pages under docs/ link to files and headings that exist: text moved from
+/// one page to another keeps its links working.
+#[test]
+fn relative_links_in_the_documentation_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
+    }
+    assert!(pages.len() >= 10, "{pages:?}");
+    let link = regex::Regex::new(r"\]\(([^)\s]+)\)").unwrap();
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for found in link.captures_iter(&text) {
+            let target = &found[1];
+            if target.starts_with("http://") || target.starts_with("https://") {
+                continue;
+            }
+            checked += 1;
+            let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let file = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            if !file.exists() {
+                broken.push(format!("{}: {target} (no such file)", page.display()));
+            } else if !fragment.is_empty() {
+                let headings = std::fs::read_to_string(&file).unwrap_or_default();
+                let found = headings
+                    .lines()
+                    .filter_map(|l| l.strip_prefix('#'))
+                    .any(|h| anchor(h.trim_start_matches('#')) == fragment);
+                if !found {
+                    broken.push(format!("{}: {target} (no such heading)", page.display()));
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+    assert_eq!(
+        anchor("Managed Kafka: TLS and SASL"),
+        "managed-kafka-tls-and-sasl"
+    );
+    assert_eq!(
+        anchor("`evalstream run`, one machine"),
+        "evalstream-run-one-machine"
+    );
 }
