@@ -5,7 +5,7 @@
 //! answer's sentences restate document sentences (some words swapped, one number changed), two
 //! are made up. `evaluate` reuses the span views (content parsed once, as when several evaluators
 //! judge a span); `view+evaluate` builds them afresh each time. Run with
-//! `cargo bench -p evalstream-evaluators --bench grounding`; the README quotes the figure.
+//! `cargo bench -p evalstream-evaluators --bench grounding`; docs/performance.md quotes the figure.
 
 #![allow(clippy::unwrap_used)]
 

@@ -5,7 +5,7 @@
 //! dotted and international forms, all different); its time must grow with the size, not the
 //! size squared. `scorer/8MB` runs the `pii` evaluator on an 8 MB answer: it scans only the first
 //! `pii::MAX_SCANNED_BYTES`, so its cost is bounded whatever the answer's size. Run with
-//! `cargo bench -p evalstream-evaluators --bench pii`; the README quotes the figures.
+//! `cargo bench -p evalstream-evaluators --bench pii`; docs/performance.md quotes the figures.
 
 #![allow(clippy::unwrap_used)]
 

@@ -3,7 +3,7 @@
 //! The input is the five real-instrumentation corpus exports (24 spans each, 10 of them LLM
 //! calls), one Kafka message each, as the collector's `otlp_proto` and `otlp_json` encodings
 //! write them. Throughput is reported per span and per byte, on one thread. Run with
-//! `cargo bench -p evalstream-evaluators`; the README quotes the figures.
+//! `cargo bench -p evalstream-evaluators`; docs/performance.md quotes the figures.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,7 +1,7 @@
 //! Rhai scorers per call: a trivial script (the fixed cost of a call: building the span map of
 //! the fields it names, calling `score`, reading the result), a script of about 20 operations,
 //! and a realistic one (banned terms from `params`, a regex, a length rule, a map result). Run
-//! with `cargo bench -p evalstream-evaluators --bench script`; the README quotes the figures.
+//! with `cargo bench -p evalstream-evaluators --bench script`; docs/performance.md quotes the figures.
 
 #![allow(clippy::unwrap_used)]
 

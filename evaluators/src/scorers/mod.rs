@@ -22,8 +22,9 @@
 //!    `MyScorer(my_scorer::MyScorerConfig),`.
 //!
 //! Nothing else names the types: configuration reads `type: my_scorer` through [`BUILTINS`], and
-//! the registry's tests build every listed type from its `EXAMPLE`. Document it in the README's
-//! table of evaluators.
+//! the registry's tests build every listed type from its `EXAMPLE`. Document it in the table of
+//! evaluators in `docs/evaluators.md` and its options in `docs/configuration.md` (the test
+//! `tests/docs.rs` fails until they are listed there).
 
 use std::borrow::Cow;
 

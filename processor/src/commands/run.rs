@@ -303,7 +303,7 @@ fn build_exporters(
                     .register(Box::new(ExporterMetrics::new(id, client.clone())?))
                     .with_context(|| format!("exporters.{id}: cannot register its metrics"))?;
                 Box::new(
-                    PhoenixExporter::new(id, client)
+                    PhoenixExporter::new(id, client, p.sending_queue.batch.clone())
                         .with_context(|| format!("exporters.{id}: cannot start"))?,
                 )
             }

@@ -16,12 +16,12 @@
 //!   `score_id`, `trace_id`, `source: evalstream` and evalstream's version.
 //!
 //! Batching: annotations of successive traces are gathered into one request of up to
-//! [`MAX_PER_REQUEST`], sent when it is full or [`LINGER`] after its first annotation, whichever
+//! `sending_queue.batch.max_size` (500 by default), sent when it is full or `flush_timeout` (200 ms) after its first annotation, whichever
 //! comes first (as the collector's batch processor does). Phoenix is one Python process: a
 //! request per trace, at a few hundred traces a second, is a few hundred requests a second for
 //! what one request carries. A request holds the tokens of every input it carries annotations
 //! of, so an input is let go only when every request with its annotations was answered; an
-//! input may be held up to [`LINGER`] longer than its own annotations need.
+//! input may be held up to `flush_timeout` longer than its own annotations need.
 //!
 //! Phoenix's default (not `?sync=true`) mode queues annotations and answers at once; an
 //! annotation whose span Phoenix does not hold yet is retried by Phoenix for up to 10 minutes
@@ -39,19 +39,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::otlp::{ExportRequest, OtlpClient, Signal};
+use crate::config::otlp_exporter::BatchConfig;
+#[cfg(test)]
+use crate::config::phoenix_exporter::{LINGER, MAX_PER_REQUEST};
 use crate::pipeline::ack::{Rejection, Token};
 use crate::pipeline::export::{Exporter, Outputs, Shapes};
 
 pub mod annotation;
 
 use annotation::Annotation;
-
-/// Annotations per request: up to about 250 KB of JSON, quick for Phoenix to take; a trace of
-/// 300 LLM spans judged by 10 evaluators (3,000 annotations) goes as six requests.
-pub const MAX_PER_REQUEST: usize = 500;
-
-/// How long the first annotation of a request waits for more before the request goes.
-pub const LINGER: Duration = Duration::from_millis(200);
 
 /// Annotations gathered for the next request, with the tokens of the inputs they came from.
 #[derive(Default)]
@@ -63,17 +59,17 @@ struct Pending {
 }
 
 impl Pending {
-    /// Up to [`MAX_PER_REQUEST`] annotations, with the tokens they need: all of them when
-    /// nothing is left, else clones (an input's annotations may be on both sides of the cut).
-    fn take(&mut self) -> (Vec<Annotation>, Vec<Token>) {
-        if self.annotations.len() <= MAX_PER_REQUEST {
+    /// Up to `max` annotations, with the tokens they need: all of them when nothing is left,
+    /// else clones (an input's annotations may be on both sides of the cut).
+    fn take(&mut self, max: usize) -> (Vec<Annotation>, Vec<Token>) {
+        if self.annotations.len() <= max {
             self.since = None;
             return (
                 std::mem::take(&mut self.annotations),
                 std::mem::take(&mut self.tokens),
             );
         }
-        let rest = self.annotations.split_off(MAX_PER_REQUEST);
+        let rest = self.annotations.split_off(max);
         let full = std::mem::replace(&mut self.annotations, rest);
         (full, self.tokens.clone())
     }
@@ -83,6 +79,8 @@ impl Pending {
 struct Shared {
     id: String,
     client: OtlpClient,
+    /// How annotations are gathered into requests (`sending_queue.batch`).
+    batch: BatchConfig,
     pending: Mutex<Pending>,
     /// Signalled when a request starts gathering, and on stop.
     wake: Condvar,
@@ -123,7 +121,7 @@ impl Shared {
     /// Sends everything gathered.
     fn send_all(&self) {
         loop {
-            let (annotations, tokens) = self.pending().take();
+            let (annotations, tokens) = self.pending().take(self.batch.max_size);
             if annotations.is_empty() {
                 return;
             }
@@ -131,7 +129,7 @@ impl Shared {
         }
     }
 
-    /// The linger thread: sends a gathering request once it is [`LINGER`] old.
+    /// The linger thread: sends a gathering request once it is `flush_timeout` old.
     fn linger(&self) {
         let mut pending = self.pending();
         loop {
@@ -144,7 +142,7 @@ impl Shared {
                     .wait(pending)
                     .unwrap_or_else(PoisonError::into_inner),
                 Some(since) => {
-                    let due = since + LINGER;
+                    let due = since + self.batch.flush_timeout;
                     let now = Instant::now();
                     if now < due {
                         self.wake
@@ -152,7 +150,7 @@ impl Shared {
                             .unwrap_or_else(PoisonError::into_inner)
                             .0
                     } else {
-                        let (annotations, tokens) = pending.take();
+                        let (annotations, tokens) = pending.take(self.batch.max_size);
                         drop(pending);
                         self.send(&annotations, tokens);
                         self.pending()
@@ -170,12 +168,17 @@ pub struct PhoenixExporter {
 }
 
 impl PhoenixExporter {
-    /// An exporter with id `id` sending through `client` (an HTTP client of Phoenix's base URL).
-    /// Starts its linger thread.
-    pub fn new(id: &str, client: OtlpClient) -> std::io::Result<PhoenixExporter> {
+    /// An exporter with id `id` sending through `client` (an HTTP client of Phoenix's base URL),
+    /// gathering annotations as `batch` says. Starts its linger thread.
+    pub fn new(
+        id: &str,
+        client: OtlpClient,
+        batch: BatchConfig,
+    ) -> std::io::Result<PhoenixExporter> {
         let shared = Arc::new(Shared {
             id: id.to_owned(),
             client,
+            batch,
             pending: Mutex::default(),
             wake: Condvar::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
@@ -220,17 +223,17 @@ impl Exporter for PhoenixExporter {
             }
             pending.annotations.extend(annotations);
             pending.tokens.extend(tokens.iter().cloned());
-            pending.annotations.len() >= MAX_PER_REQUEST
+            pending.annotations.len() >= self.shared.batch.min_size
         };
         if full {
             // Full requests go now, from this thread: a full client queue makes it wait.
             loop {
                 let (annotations, tokens) = {
                     let mut pending = self.shared.pending();
-                    if pending.annotations.len() < MAX_PER_REQUEST {
+                    if pending.annotations.len() < self.shared.batch.min_size {
                         break;
                     }
-                    let taken = pending.take();
+                    let taken = pending.take(self.shared.batch.max_size);
                     if !pending.annotations.is_empty() {
                         pending.since = Some(Instant::now());
                     }
@@ -341,7 +344,12 @@ mod tests {
             .unwrap();
         let client =
             OtlpClient::start(&config.client_config(), config.protocol(), rt.handle()).unwrap();
-        PhoenixExporter::new("phoenix", client).unwrap()
+        PhoenixExporter::new(
+            "phoenix",
+            client,
+            crate::config::phoenix_exporter::default_batch(),
+        )
+        .unwrap()
     }
 
     /// The annotations in each request Phoenix got.
