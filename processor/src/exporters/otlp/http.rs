@@ -75,9 +75,12 @@ impl HttpTransport {
         if !self.gzip {
             return Payload { body, gzip: false };
         }
+        // The fastest level. On the OTLP bench (240,128 spans in, 428,234 events out) the worker
+        // took 7.5 CPU-seconds at zlib's default level 6, 6.1 s at level 1 and 4.0 s sending
+        // uncompressed: compression is the largest single cost of the OTLP path.
         let mut encoder = flate2::write::GzEncoder::new(
             Vec::with_capacity(body.len() / 4 + 64),
-            flate2::Compression::default(),
+            flate2::Compression::fast(),
         );
         // Writing to a Vec cannot fail; if it did, the body goes as it is.
         match encoder.write_all(&body).and_then(|()| encoder.finish()) {
