@@ -666,3 +666,28 @@ fn eval_calls_the_judges_and_skip_judges_leaves_them_out() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `no_content` skip says what to change (the official instrumentation writes no content on
+/// spans by default): the environment variable to set, not a bare null; and `eval` prints
+/// nothing but evaluations and the summary.
+#[test]
+fn a_span_without_content_is_skipped_with_what_to_set() {
+    let out = bin()
+        .args(["eval", "--no-summary", &corpus("otel_v2.pb")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let skipped: Vec<serde_json::Value> = lines(&out)
+        .into_iter()
+        .filter(|l| l["skip_reason"] == "no_content")
+        .collect();
+    assert!(!skipped.is_empty());
+    for l in &skipped {
+        let explanation = l["explanation"].as_str().unwrap_or_default();
+        assert!(
+            explanation.contains("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"),
+            "{l}"
+        );
+    }
+    assert!(stderr(&out).trim().is_empty(), "{}", stderr(&out));
+}

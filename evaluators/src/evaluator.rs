@@ -154,6 +154,9 @@ pub enum Outcome {
     },
 }
 
+/// What a `no_content` skip tells the user to change.
+pub const NO_CONTENT_HELP: &str = "the span carries no prompt or answer: capture content on spans in the application (official OpenTelemetry GenAI instrumentations: OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=span_only or span_and_event; OpenInference: leave OPENINFERENCE_HIDE_INPUTS/OUTPUTS unset; OpenLLMetry: TRACELOOP_TRACE_CONTENT=true); content sent only as log events is not read";
+
 impl Outcome {
     /// A pass/fail check's score: `1.0` when passed, `0.0` when not.
     pub fn check(
@@ -192,11 +195,13 @@ impl Outcome {
         }
     }
 
-    /// Skipped: the content needed was not captured.
+    /// Skipped: the content needed was not captured. The detail says what to change, since a
+    /// bare `no_content` left users guessing (issue 16: the official instrumentation's default
+    /// writes no content on spans).
     pub fn no_content() -> Outcome {
         Outcome::Skipped {
             reason: SkipReason::NoContent,
-            detail: Cow::Borrowed(""),
+            detail: Cow::Borrowed(NO_CONTENT_HELP),
         }
     }
 

@@ -185,10 +185,14 @@ fn start_pipeline(
         judges: Some(WhenFull::Shed),
         reload: true,
     };
-    Ok((
-        Pipeline::start(settings, evaluators, exporters, metrics)?,
-        transaction,
-    ))
+    let needs_traces = evaluators.needs_traces();
+    let pipeline = Pipeline::start(settings, evaluators, exporters, metrics)?;
+    info!(
+        workers = pipeline.workers(),
+        trace_buffer = needs_traces,
+        "evaluating"
+    );
+    Ok((pipeline, transaction))
 }
 
 /// Runs the Kafka receiver until `stop` is set: the consumer, the dead-letter writer and the

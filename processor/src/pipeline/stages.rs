@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use evalstream_evaluators::evaluator::EvaluatorSet;
 use evalstream_evaluators::pricing::PriceTable;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::assembly::AssemblyConfig;
 use super::evaluate::Scoring;
@@ -102,7 +102,11 @@ impl Pipeline {
             true => super::reload::start(&worker.scoring.evaluators, &metrics, &done)?,
             false => None,
         };
-        info!(workers = threads, trace_buffer = needs_traces, "evaluating");
+        tracing::debug!(
+            workers = threads,
+            trace_buffer = needs_traces,
+            "pipeline started"
+        );
         Ok(Pipeline {
             work: work_tx,
             workers,
@@ -112,6 +116,11 @@ impl Pipeline {
             done,
             reloader,
         })
+    }
+
+    /// The evaluation worker threads (one per core).
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// Where inputs go (bounded: sending blocks while the workers are busy).
