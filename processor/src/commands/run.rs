@@ -292,7 +292,7 @@ fn build_exporters(
                     id,
                     client,
                     shapes,
-                    o.sending_queue.batch.clone(),
+                    o.sending_queue.batch.clone().unwrap_or_default(),
                 )?)
             }
             ExporterConfig::Phoenix(p) => {
@@ -307,7 +307,7 @@ fn build_exporters(
                     .register(Box::new(ExporterMetrics::new(id, client.clone())?))
                     .with_context(|| format!("exporters.{id}: cannot register its metrics"))?;
                 Box::new(
-                    PhoenixExporter::new(id, client, p.sending_queue.batch.clone())
+                    PhoenixExporter::new(id, client, p.batch())
                         .with_context(|| format!("exporters.{id}: cannot start"))?,
                 )
             }

@@ -112,9 +112,10 @@ pub struct SendingQueue {
     /// Requests waiting for a consumer.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
-    /// How the evaluations of many traces are gathered into one request.
+    /// How the evaluations of many traces are gathered into one request; left out, the
+    /// exporter's own defaults ([`BatchConfig::default`] for `otlp`, Phoenix's for `phoenix`).
     #[serde(default)]
-    pub batch: BatchConfig,
+    pub batch: Option<BatchConfig>,
 }
 
 impl Default for SendingQueue {
@@ -123,7 +124,7 @@ impl Default for SendingQueue {
             enabled: true,
             num_consumers: default_num_consumers(),
             queue_size: default_queue_size(),
-            batch: BatchConfig::default(),
+            batch: None,
         }
     }
 }
@@ -292,13 +293,15 @@ impl OtlpExporterConfig {
         if q.num_consumers == 0 {
             return Err("sending_queue.num_consumers: must be at least 1".into());
         }
-        if q.batch.min_size == 0 || q.batch.max_size < q.batch.min_size {
-            return Err(
-                "sending_queue.batch: min_size at least 1, max_size at least min_size".into(),
-            );
-        }
-        if q.batch.flush_timeout.is_zero() || q.batch.flush_timeout > Duration::from_secs(60) {
-            return Err("sending_queue.batch.flush_timeout: above 0, at most 60s".into());
+        if let Some(b) = &q.batch {
+            if b.min_size == 0 || b.max_size < b.min_size {
+                return Err(
+                    "sending_queue.batch: min_size at least 1, max_size at least min_size".into(),
+                );
+            }
+            if b.flush_timeout.is_zero() || b.flush_timeout > Duration::from_secs(60) {
+                return Err("sending_queue.batch.flush_timeout: above 0, at most 60s".into());
+            }
         }
         if q.enabled && q.queue_size == 0 {
             return Err("sending_queue.queue_size: must be at least 1".into());
@@ -392,7 +395,7 @@ sending_queue: { enabled: true, num_consumers: 4, queue_size: 50 }
                 enabled: true,
                 num_consumers: 10,
                 queue_size: 1000,
-                batch: Default::default(),
+                batch: None,
             }
         );
         c.validate(Protocol::Grpc).unwrap();

@@ -46,7 +46,7 @@ pub struct PhoenixExporterConfig {
     /// Requests waiting to be sent, and how annotations are gathered into them
     /// (`sending_queue.batch`; left out: requests of 500 annotations, sent 200 ms after their
     /// first at the latest, what one Phoenix process takes quickly).
-    #[serde(default = "default_sending_queue")]
+    #[serde(default)]
     pub sending_queue: SendingQueue,
 }
 
@@ -67,13 +67,6 @@ pub fn default_batch() -> BatchConfig {
     }
 }
 
-fn default_sending_queue() -> SendingQueue {
-    SendingQueue {
-        batch: default_batch(),
-        ..SendingQueue::default()
-    }
-}
-
 impl PhoenixExporterConfig {
     /// The HTTP client's settings: these, uncompressed.
     pub fn client_config(&self) -> OtlpExporterConfig {
@@ -86,6 +79,14 @@ impl PhoenixExporterConfig {
             sending_queue: self.sending_queue.clone(),
             output: Vec::new(),
         }
+    }
+
+    /// How annotations are gathered into requests: `sending_queue.batch`, or Phoenix's defaults.
+    pub fn batch(&self) -> BatchConfig {
+        self.sending_queue
+            .batch
+            .clone()
+            .unwrap_or_else(default_batch)
     }
 
     /// The protocol its client speaks: HTTP.
@@ -102,6 +103,27 @@ mod tests {
         let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
         serde_path_to_error::deserialize(value)
             .map_err(|e| evalstream_evaluators::spec::path_error(&e))
+    }
+
+    /// Phoenix gathers 500 annotations a request unless `sending_queue.batch` says otherwise,
+    /// even when the rest of `sending_queue` is given.
+    #[test]
+    fn batching_defaults_are_phoenixs_own_unless_given() {
+        let c = parse("endpoint: http://p:6006\nsending_queue: { num_consumers: 4 }").unwrap();
+        assert_eq!(c.batch(), default_batch());
+        assert_eq!(c.batch().max_size, MAX_PER_REQUEST);
+        let c = parse(
+            "endpoint: http://p:6006\nsending_queue: { batch: { flush_timeout: 1s, min_size: 10, max_size: 20 } }",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.batch().flush_timeout,
+                c.batch().min_size,
+                c.batch().max_size
+            ),
+            (Duration::from_secs(1), 10, 20)
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub(super) fn send(endpoint: &str, options: &LoadgenOptions) -> anyhow::Result<u
             enabled: true,
             num_consumers: options.concurrency,
             queue_size: options.concurrency,
-            batch: Default::default(),
+            batch: None,
         },
         output: vec![crate::config::Output::Spans],
     };

@@ -602,7 +602,7 @@ mod tests {
             enabled: true,
             num_consumers: 1,
             queue_size: 1,
-            batch: Default::default(),
+            batch: None,
         };
         let client = OtlpClient::start(&cfg, Protocol::HttpProtobuf, rt.handle()).unwrap();
         backend.gate.send_replace(false);

@@ -616,7 +616,7 @@ mod test_support {
                 enabled: true,
                 num_consumers: 2,
                 queue_size: 10,
-                batch: Default::default(),
+                batch: None,
             },
             output: vec![crate::config::Output::Events],
         }
