@@ -312,6 +312,16 @@ fn check_ids(request: &ExportTraceServiceRequest) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// The spans a request holds, without reading them.
+pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
+}
+
 /// Lower-case hex of an id, as OTLP/JSON and the collector's Kafka keys spell trace ids.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

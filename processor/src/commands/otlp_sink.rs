@@ -78,7 +78,7 @@ async fn traces(State(counts): State<Arc<Counts>>, headers: HeaderMap, body: Byt
     counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
     match inflate(&headers, body).and_then(|b| ExportTraceServiceRequest::decode(&b[..]).ok()) {
         Some(request) => {
-            let spans = evalstream_evaluators::span::spans(&request).count() as u64;
+            let spans = evalstream_evaluators::otlp::span_count(&request) as u64;
             counts.spans.fetch_add(spans, Ordering::Relaxed);
             StatusCode::OK
         }

@@ -43,7 +43,7 @@ pub(super) fn produce(options: &LoadgenOptions) -> anyhow::Result<u64> {
             options.seed.wrapping_mul(1_000_003).wrapping_add(i),
             crate::now_unix_nanos(),
         );
-        spans += evalstream_evaluators::span::spans(&request).count() as u64;
+        spans += evalstream_evaluators::otlp::span_count(&request) as u64;
         let key = otlp::hex(&request.resource_spans[0].scope_spans[0].spans[0].trace_id);
         let payload = match options.encoding {
             Encoding::OtlpProto => request.encode_to_vec(),

@@ -149,7 +149,7 @@ fn pack(options: &LoadgenOptions) -> anyhow::Result<Vec<Packed>> {
             options.seed.wrapping_mul(1_000_003).wrapping_add(i),
             now,
         );
-        spans += evalstream_evaluators::span::spans(&trace).count() as u64;
+        spans += evalstream_evaluators::otlp::span_count(&trace) as u64;
         traces += 1;
         request.resource_spans.extend(trace.resource_spans);
         i += 1;

@@ -16,7 +16,7 @@ use prost::Message as _;
 
 use super::{ExportRequest, OtlpClient, Signal};
 use crate::config::otlp_exporter::BatchConfig;
-use crate::pipeline::ack::{Rejection, Token};
+use crate::pipeline::ack::Token;
 use crate::pipeline::export::{Exporter, Outputs, Shapes};
 
 /// An OTLP backend.
@@ -143,21 +143,8 @@ impl Shared {
             return;
         }
         let Pending { body, tokens, .. } = batch;
-        let id = self.id.clone();
         self.client
-            .send(ExportRequest::new(signal, body, move |outcome| {
-                if let Err(failed) = outcome {
-                    tracing::warn!(exporter = %id, error = %failed, "evaluations not exported");
-                    for token in &tokens {
-                        token.reject(Rejection {
-                            error_type: "delivery",
-                            message: format!("exporter {id}: {failed}"),
-                            output: None,
-                        });
-                    }
-                }
-                // Dropping the tokens lets the inputs go.
-            }));
+            .send(ExportRequest::holding(signal, body, &self.id, tokens));
     }
 }
 
@@ -185,7 +172,7 @@ impl Exporter for OtlpExporter {
             self.shared.add(
                 Signal::Traces,
                 spans.encode_to_vec(),
-                span_count(spans),
+                evalstream_evaluators::otlp::span_count(spans),
                 tokens,
             );
         }
@@ -195,7 +182,7 @@ impl Exporter for OtlpExporter {
         self.shared.add(
             Signal::Traces,
             request.encode_to_vec(),
-            span_count(request),
+            evalstream_evaluators::otlp::span_count(request),
             tokens,
         );
     }
@@ -207,13 +194,4 @@ impl Exporter for OtlpExporter {
         }
         self.shared.client.flush(timeout)
     }
-}
-
-fn span_count(request: &ExportTraceServiceRequest) -> usize {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum()
 }

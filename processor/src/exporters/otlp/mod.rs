@@ -44,6 +44,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use crate::config::otlp_exporter::{OtlpExporterConfig, RetryOnFailure};
+use crate::pipeline::ack::{Rejection, Token};
 
 /// Bytes of a reply read (a partial success, an error status): such replies are a few hundred
 /// bytes, and a hostile backend must not make us allocate (the collector reads 64 KiB too).
@@ -128,6 +129,33 @@ impl ExportRequest {
             body: body.into(),
             done: Box::new(done),
         }
+    }
+}
+
+impl ExportRequest {
+    /// A request of exporter `exporter` that holds `tokens` until the backend answered: let go
+    /// when it accepted, rejected with the error when it refused for good or retries ran out,
+    /// so the receiver answers or dead-letters the inputs.
+    pub fn holding(
+        signal: Signal,
+        body: impl Into<Bytes>,
+        exporter: &str,
+        tokens: Vec<Token>,
+    ) -> ExportRequest {
+        let id = exporter.to_owned();
+        ExportRequest::new(signal, body, move |outcome| {
+            if let Err(failed) = outcome {
+                tracing::warn!(exporter = %id, error = %failed, "evaluations not exported");
+                for token in &tokens {
+                    token.reject(Rejection {
+                        error_type: "delivery",
+                        message: format!("exporter {id}: {failed}"),
+                        output: None,
+                    });
+                }
+            }
+            // Dropping the tokens lets the inputs go.
+        })
     }
 }
 

@@ -42,7 +42,7 @@ use super::otlp::{ExportRequest, OtlpClient, Signal};
 use crate::config::otlp_exporter::BatchConfig;
 #[cfg(test)]
 use crate::config::phoenix_exporter::{LINGER, MAX_PER_REQUEST};
-use crate::pipeline::ack::{Rejection, Token};
+use crate::pipeline::ack::Token;
 use crate::pipeline::export::{Exporter, Outputs, Shapes};
 
 pub mod annotation;
@@ -98,23 +98,11 @@ impl Shared {
         if annotations.is_empty() {
             return;
         }
-        let id = self.id.clone();
-        self.client.send(ExportRequest::new(
+        self.client.send(ExportRequest::holding(
             Signal::SpanAnnotations,
             annotation::body(annotations),
-            move |outcome| {
-                if let Err(failed) = outcome {
-                    tracing::warn!(exporter = %id, error = %failed, "evaluations not exported");
-                    for token in &tokens {
-                        token.reject(Rejection {
-                            error_type: "delivery",
-                            message: format!("exporter {id}: {failed}"),
-                            output: None,
-                        });
-                    }
-                }
-                // Dropping the tokens lets the inputs go.
-            },
+            &self.id,
+            tokens,
         ));
     }
 
@@ -273,7 +261,7 @@ mod tests {
 
     use super::annotation::tests::verdict;
     use super::*;
-    use crate::pipeline::ack::{Origin, Status};
+    use crate::pipeline::ack::{Origin, Rejection, Status};
     use evalstream_evaluators::evaluator::Outcome;
 
     /// A fake Phoenix: records each request (path, content type, body) and answers `status`

@@ -410,16 +410,6 @@ impl Failure {
     }
 }
 
-/// Spans in a request.
-fn span_count(request: &ExportTraceServiceRequest) -> usize {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum()
-}
-
 /// Hands a decoded request to the intake and waits for its answer.
 async fn export(
     protocol: &'static str,
@@ -427,7 +417,7 @@ async fn export(
     request: ExportTraceServiceRequest,
     bytes: usize,
 ) -> Result<ExportTraceServiceResponse, Failure> {
-    let spans = span_count(&request);
+    let spans = evalstream_evaluators::otlp::span_count(&request);
     if spans == 0 {
         debug!(protocol, bytes, "otlp export without spans: accepted");
         return Ok(ExportTraceServiceResponse::default());

@@ -66,7 +66,7 @@ impl TestIntake {
     pub(super) fn spans(&self) -> usize {
         self.requests()
             .iter()
-            .map(|(r, _)| super::span_count(r))
+            .map(|(r, _)| evalstream_evaluators::otlp::span_count(r))
             .sum()
     }
 }
