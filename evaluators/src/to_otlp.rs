@@ -112,10 +112,16 @@ pub fn emits_span(evaluation: &Evaluation<'_>) -> bool {
     !matches!(evaluation.outcome, Outcome::Skipped { .. })
 }
 
-/// The attributes describing an evaluation (shared by the span and its event).
-pub fn evaluation_attributes(judged: &GenAiSpan<'_>, evaluation: &Evaluation<'_>) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(10);
-    attrs.push(kv_str("gen_ai.operation.name", "evaluation"));
+/// How many attributes [`push_evaluation_attributes`] adds at most.
+const EVALUATION_ATTRIBUTES: usize = 10;
+
+/// Adds the attributes describing an evaluation (shared by the span and its event) to `attrs`,
+/// which the caller sized once: this runs for every evaluation.
+pub fn push_evaluation_attributes(
+    attrs: &mut Vec<KeyValue>,
+    judged: &GenAiSpan<'_>,
+    evaluation: &Evaluation<'_>,
+) {
     attrs.push(name_attr("gen_ai.evaluation.name", evaluation.evaluator));
     match &evaluation.outcome {
         Outcome::Scored(score) => {
@@ -163,7 +169,6 @@ pub fn evaluation_attributes(judged: &GenAiSpan<'_>, evaluation: &Evaluation<'_>
         evaluation.outcome.as_str(),
     ));
     attrs.push(kv_str("evalstream.score.id", evaluation.score_id.to_hex()));
-    attrs
 }
 
 /// When an evaluator span starts and ends: when the judged span ended (its start when it has no
@@ -184,8 +189,10 @@ pub fn evaluation_span(
     start: u64,
     end: u64,
 ) -> Span {
-    let mut attributes = evaluation_attributes(judged, evaluation);
-    attributes.insert(1, kv_str("openinference.span.kind", "EVALUATOR"));
+    let mut attributes = Vec::with_capacity(EVALUATION_ATTRIBUTES + 4);
+    attributes.push(kv_str("gen_ai.operation.name", "evaluation"));
+    attributes.push(kv_str("openinference.span.kind", "EVALUATOR"));
+    push_evaluation_attributes(&mut attributes, judged, evaluation);
     attributes.push(kv(
         "evalstream.evaluation.time_unix_nano",
         Value::IntValue(i64::try_from(end).unwrap_or(i64::MAX)),
@@ -236,10 +243,11 @@ pub fn evaluation_event(
     time: u64,
     extra: impl IntoIterator<Item = KeyValue>,
 ) -> LogRecord {
-    let mut attributes = evaluation_attributes(judged, evaluation);
-    // `gen_ai.operation.name=evaluation` names an evaluator span's operation; on the event it
-    // would claim the judged span's operation was an evaluation.
-    attributes.retain(|a| a.key != "gen_ai.operation.name");
+    // Without `gen_ai.operation.name=evaluation`, which names an evaluator span's operation: on
+    // the event it would claim the judged span's operation was an evaluation.
+    let extra = extra.into_iter();
+    let mut attributes = Vec::with_capacity(EVALUATION_ATTRIBUTES + extra.size_hint().0);
+    push_evaluation_attributes(&mut attributes, judged, evaluation);
     attributes.extend(extra);
     let (severity_number, severity_text) = match evaluation.outcome {
         Outcome::Error { .. } => (SeverityNumber::Warn, "WARN"),

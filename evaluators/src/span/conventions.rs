@@ -14,6 +14,14 @@
 //! OpenLLMetry) and the corpus of real exports in `tests/fixtures/corpus/`.
 
 use std::collections::HashMap;
+
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
+/// The indexes below are looked up once per attribute of every span read: with the standard
+/// library's SipHash, hashing the keys was 2% of a worker's time (`perf` during bench-e2e).
+/// SipHash guards a map that untrusted keys are *inserted* into against flooding; these maps are
+/// built once from constants and only looked up, so a fast hash loses nothing.
+type KeyIndex<V> = HashMap<&'static str, V, Xxh3DefaultBuilder>;
 use std::sync::LazyLock;
 
 use super::{FinishReason, OperationKind};
@@ -405,7 +413,7 @@ pub(crate) static CONTENT_EVENTS: &[(&str, &str, List)] = &[
 ];
 
 /// Exact keys to (slot, rank within the slot): built once from [`SCALARS`].
-pub(crate) static SCALAR_INDEX: LazyLock<HashMap<&'static str, (Slot, u8)>> = LazyLock::new(|| {
+pub(crate) static SCALAR_INDEX: LazyLock<KeyIndex<(Slot, u8)>> = LazyLock::new(|| {
     let mut rank = [0u8; SLOT_COUNT];
     SCALARS
         .iter()
@@ -418,11 +426,11 @@ pub(crate) static SCALAR_INDEX: LazyLock<HashMap<&'static str, (Slot, u8)>> = La
 });
 
 /// List prefixes to (list, rank): built once from [`LISTS`].
-pub(crate) static LIST_INDEX: LazyLock<HashMap<&'static str, (List, u8)>> =
+pub(crate) static LIST_INDEX: LazyLock<KeyIndex<(List, u8)>> =
     LazyLock::new(|| LISTS.iter().map(|&(p, l, r)| (p, (l, r))).collect());
 
 /// Item fields by the rest of a flattened key: built once from [`ITEM_FIELDS`].
-pub(crate) static ITEM_INDEX: LazyLock<HashMap<&'static str, ItemField>> =
+pub(crate) static ITEM_INDEX: LazyLock<KeyIndex<ItemField>> =
     LazyLock::new(|| ITEM_FIELDS.iter().copied().collect());
 
 /// The operation kind a convention's kind value names, if known.
