@@ -53,6 +53,12 @@ enum Command {
         /// default they are judged, as `run` judges them).
         #[arg(long)]
         skip_judges: bool,
+        /// Report what the tail-sampling policy (the configuration's `sampling`, else the
+        /// default: errors, failed evaluations, the top 1% by cost, tokens and latency,
+        /// experiment ids, a uniform 5%) keeps, rule by rule, and which failing traces a uniform
+        /// 1% head sample would lose.
+        #[arg(long)]
+        sampling: bool,
         /// Input files, or `-` for standard input.
         #[arg(required = true, value_name = "FILE")]
         inputs: Vec<String>,
@@ -252,6 +258,7 @@ fn main() -> ExitCode {
             encoding,
             no_summary,
             skip_judges,
+            sampling,
             inputs,
         } => {
             let options = EvalOptions {
@@ -262,6 +269,7 @@ fn main() -> ExitCode {
                 inputs,
                 no_summary,
                 skip_judges,
+                sampling,
             };
             let evaluated = evalstream::on_evaluation_thread("evalstream-eval", move || {
                 eval::run(&options, std::io::stdout().lock())

@@ -49,6 +49,13 @@ pub async fn run(
             "`evalstream run` needs a receiver: `receivers.otlp` or `receivers.kafka` (see deploy/evalstream.yaml)"
         );
     }
+    if config.sampling.is_some() {
+        // Refused rather than ignored: a user who wrote a policy expects traces to be kept by
+        // it, and `run` does not forward traces yet.
+        anyhow::bail!(
+            "`sampling`: `evalstream run` does not forward sampled traces yet; `evalstream eval --sampling FILES` reports what the policy keeps"
+        );
+    }
     let evaluators = Arc::new(spec::build_set(&config.evaluators)?);
     let (segments, max_segment_values) = config
         .telemetry

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use evalstream_evaluators::otlp::Encoding;
 
 use crate::pipeline::assembly::AssemblyConfig;
+use crate::pipeline::sampling::SamplingConfig;
 mod env;
 pub mod otlp_exporter;
 pub mod otlp_receiver;
@@ -49,6 +50,10 @@ pub struct Config {
     /// Drift detection on the scores; off when absent.
     #[serde(default)]
     pub drift: Option<DriftConfig>,
+    /// Eval-aware tail sampling: which complete, evaluated traces are kept. `evalstream eval
+    /// --sampling` reports what this policy (or the default one when absent) keeps.
+    #[serde(default)]
+    pub sampling: Option<SamplingConfig>,
 }
 
 impl Default for Config {
@@ -60,6 +65,7 @@ impl Default for Config {
             telemetry: Telemetry::default(),
             traces: AssemblyConfig::default(),
             drift: None,
+            sampling: None,
         }
     }
 }
@@ -579,6 +585,10 @@ impl Config {
         if let Some(drift) = &self.drift {
             let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
             drift.validate(&names).map_err(Problem::Other)?;
+        }
+        if let Some(sampling) = &self.sampling {
+            let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
+            sampling.validate(&names).map_err(Problem::Other)?;
         }
         if let Some(m) = &self.telemetry.metrics {
             if m.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -9,6 +9,7 @@ pub mod evaluate;
 pub mod export;
 pub mod judge;
 pub mod reload;
+pub mod sampling;
 pub mod stages;
 pub mod traces;
 pub mod worker;

@@ -17,6 +17,7 @@
 //! what `run` would score.
 
 mod ledger;
+mod sampling;
 
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
@@ -39,10 +40,12 @@ use crate::pipeline::ack::Token;
 use crate::pipeline::assembly::AssemblyConfig;
 use crate::pipeline::export::Exporters;
 use crate::pipeline::judge::WhenFull;
+use crate::pipeline::sampling::Policy;
 use crate::pipeline::stages::{Pipeline, Settings};
 use crate::pipeline::worker::{Body, Input};
 use crate::telemetry::metrics::Metrics;
 use ledger::{Collector, EvalInput, Ledger};
+use sampling::SamplingReport;
 
 /// What `evalstream eval` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +64,9 @@ pub struct EvalOptions {
     pub no_summary: bool,
     /// Do not call `llm_judge` evaluators (their spans are skipped `not_applicable`).
     pub skip_judges: bool,
+    /// Report what the tail-sampling policy (the configuration's `sampling`, else the default)
+    /// would keep.
+    pub sampling: bool,
 }
 
 /// How a run ended, as a process exit code.
@@ -111,6 +117,8 @@ struct EvalRun<W: Write> {
     next_seq: u64,
     out: W,
     summary: Summary,
+    /// `--sampling`: the traces' facts, for the policy's report.
+    sampling: Option<SamplingReport>,
 }
 
 impl<W: Write> EvalRun<W> {
@@ -121,6 +129,9 @@ impl<W: Write> EvalRun<W> {
         self.next_seq += 1;
         self.ledger
             .register(seq, name.to_owned(), ledger::span_ids(&request));
+        if let Some(sampling) = &mut self.sampling {
+            sampling.spans(&request);
+        }
         let input = Input {
             body: Body::Decoded(request),
             token: Token::new(EvalInput::new(seq, self.ledger.clone())),
@@ -141,6 +152,9 @@ impl<W: Write> EvalRun<W> {
                 self.out.write_all(line.text.as_bytes())?;
                 self.out.write_all(b"\n")?;
                 self.summary.record_outcome(&line.evaluator, line.outcome);
+                if let Some(sampling) = &mut self.sampling {
+                    sampling.line(&line.text);
+                }
             }
             for rejection in &finished.rejections {
                 eprintln!("error: {}: {rejection}", finished.name);
@@ -232,9 +246,14 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         max_wait_seconds: NEVER_SECONDS,
         ..config.traces.clone()
     };
+    let prices = config.prices().map_err(anyhow::Error::msg)?;
+    let sampling = options.sampling.then(|| {
+        let policy = Policy::new(&config.sampling.clone().unwrap_or_default());
+        SamplingReport::new(policy, prices.clone(), config.sampling.is_some())
+    });
     let settings = Settings {
         traces: &traces,
-        prices: config.prices().map_err(anyhow::Error::msg)?,
+        prices,
         judges: (!options.skip_judges).then_some(WhenFull::Wait),
         reload: false,
     };
@@ -254,6 +273,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         next_seq: 0,
         out: io::BufWriter::new(out),
         summary,
+        sampling,
     };
     let mut broken_pipe = false;
     for name in &options.inputs {
@@ -294,6 +314,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         other => other.context("cannot write evaluations")?,
     }
     let summary = run.summary;
+    let sampling = run.sampling;
     let unreleased = ledger.unreleased();
     if unreleased > 0 {
         anyhow::bail!(
@@ -320,6 +341,9 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
     }
     if !options.no_summary {
         eprintln!("{}", summary.table());
+    }
+    if let Some(sampling) = sampling {
+        eprintln!("{}", sampling.finish());
     }
 
     let mut result = RunResult::Ok;
