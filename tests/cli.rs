@@ -2,12 +2,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::span::{self, OperationKind};
+use support::strings;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_evalstream"))
@@ -867,5 +870,120 @@ fn eval_sampling_reports_what_each_rule_keeps() {
         stderr(&out).contains("does not forward sampled traces yet"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// `eval --sampling-output` writes the kept traces whole (every span the inputs had of them),
+/// with the personal data in their content masked when a `redaction` section asks for it; the
+/// evaluators saw the original content (the `pii` failures that kept the traces).
+#[test]
+fn sampling_output_holds_the_kept_traces_whole_and_redacted() {
+    use evalstream_evaluators::scorers::pii::{self, PiiKind};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let dir = temp_dir("sampling-output");
+    let inputs: Vec<String> = [
+        "openinference",
+        "openllmetry",
+        "otel_v2",
+        "otel_v2_latest",
+        "traceai",
+    ]
+    .iter()
+    .map(|n| corpus(&format!("{n}.pb")))
+    .collect();
+    let mut spans_of: BTreeMap<String, usize> = BTreeMap::new();
+    for path in &inputs {
+        let request = otlp::decode(&std::fs::read(path).unwrap(), Encoding::OtlpProto).unwrap();
+        for s in span::spans(&request) {
+            *spans_of.entry(otlp::hex(s.trace_id())).or_default() += 1;
+        }
+    }
+    let run = |redaction: &str, out: &Path| {
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!("sampling:\n  rules:\n    - failed: pii\n    - drop\n{redaction}"),
+        )
+        .unwrap();
+        let result = bin()
+            .args(["eval", "--no-summary", "--config", config.to_str().unwrap()])
+            .arg("--sampling-output")
+            .arg(out)
+            .args(&inputs)
+            .output()
+            .expect("runs");
+        assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+        let request = otlp::decode(&std::fs::read(out).unwrap(), Encoding::OtlpProto).unwrap();
+        (result, request)
+    };
+
+    let (result, request) = run("redaction: {}\n", &dir.join("kept.pb"));
+    let failed: BTreeSet<String> = lines(&result)
+        .iter()
+        .filter(|l| l["evaluator"] == "pii" && l["passed"] == false)
+        .map(|l| l["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!failed.is_empty(), "the corpus leaks PII somewhere");
+    let mut kept: BTreeMap<String, usize> = BTreeMap::new();
+    let mut texts = Vec::new();
+    for rs in &request.resource_spans {
+        for ss in &rs.scope_spans {
+            for s in &ss.spans {
+                *kept.entry(otlp::hex(&s.trace_id)).or_default() += 1;
+                for kv in s
+                    .attributes
+                    .iter()
+                    .chain(s.events.iter().flat_map(|e| &e.attributes))
+                {
+                    if let Some(v) = &kv.value {
+                        strings(v, &mut texts);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(kept.keys().cloned().collect::<BTreeSet<_>>(), failed);
+    for (trace, n) in &kept {
+        assert_eq!(*n, spans_of[trace], "trace {trace} is whole");
+    }
+    let leaked: usize = texts
+        .iter()
+        .map(|t| pii::find(t, &[PiiKind::Email, PiiKind::CreditCard]).len())
+        .sum();
+    assert_eq!(
+        leaked, 0,
+        "e-mail addresses or card numbers left in the kept traces"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("[email]")),
+        "masked in place"
+    );
+    assert!(
+        stderr(&result).contains(&format!("of {} kept trace(s)", failed.len()))
+            && stderr(&result).contains("redacted: masked"),
+        "{}",
+        stderr(&result)
+    );
+
+    // Without a `redaction` section the same traces are written as they came.
+    let (result, request) = run("", &dir.join("raw.pb"));
+    let mut raw = Vec::new();
+    for s in span::spans(&request) {
+        for kv in &s.raw().attributes {
+            if let Some(v) = &kv.value {
+                strings(v, &mut raw);
+            }
+        }
+    }
+    assert!(
+        raw.iter()
+            .any(|t| !pii::find(t, &[PiiKind::Email]).is_empty()),
+        "the original content"
+    );
+    assert!(
+        stderr(&result).contains("not redacted"),
+        "{}",
+        stderr(&result)
     );
 }

@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message as _;
-use support::{free_ports, temp_dir};
+use support::{free_ports, strings, temp_dir};
 
 const CORPUS: [&str; 5] = [
     "openinference",
@@ -339,7 +339,8 @@ impl Drop for SlowSink {
 }
 
 /// `evalstream_otlp_requests_total` from `/metrics`: (protocol, outcome) → count.
-fn otlp_requests(metrics_port: u16) -> BTreeMap<(String, String), u64> {
+/// The worker's `/metrics` page.
+fn metrics_text(metrics_port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -349,6 +350,11 @@ fn otlp_requests(metrics_port: u16) -> BTreeMap<(String, String), u64> {
     .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn otlp_requests(metrics_port: u16) -> BTreeMap<(String, String), u64> {
+    let text = metrics_text(metrics_port);
     let label = |labels: &str, name: &str| {
         let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
         Some(labels[start..].split('"').next()?.to_owned())
@@ -519,11 +525,23 @@ impl Sink {
 /// Inline mode: an application points its SDK at evalstream, and its backend gets the spans as
 /// they were sent and, beside them, one `gen_ai.evaluation.result` log record per verdict on
 /// the judged span, under the application's resource.
-#[test]
-fn forwarded_spans_and_their_evaluation_events_reach_an_otlp_backend() {
-    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+/// What an inline run (`receivers.otlp.forward: true`, `otlphttp` to the test's sink) did with
+/// the corpus, posted request by request.
+struct Inline {
+    /// The requests sent.
+    sent: Vec<ExportTraceServiceRequest>,
+    /// The span requests the backend received.
+    forwarded: Vec<ExportTraceServiceRequest>,
+    /// The log requests (evaluation events) the backend received.
+    events: Vec<ExportLogsServiceRequest>,
+    /// The worker's metrics at the end.
+    metrics: String,
+}
+
+/// Runs `evalstream run` inline with `extra` configuration, posts the corpus, stops it.
+fn run_inline(test: &str, extra: &str) -> Inline {
     let sink = Sink::start();
-    let dir = temp_dir("otlp-forward");
+    let dir = temp_dir(test);
     let [http, metrics] = free_ports();
     let config = format!(
         r#"receivers:
@@ -537,7 +555,7 @@ exporters:
     retry_on_failure: {{ initial_interval: 100ms }}
 telemetry:
   metrics: {{ listen: "127.0.0.1:{metrics}" }}
-"#,
+{extra}"#,
         sink = sink.port
     );
     std::fs::write(dir.join("config.yaml"), config).unwrap();
@@ -577,11 +595,28 @@ telemetry:
         .iter()
         .map(|b| ExportLogsServiceRequest::decode(&b[..]).unwrap())
         .collect();
+    let metrics = metrics_text(metrics);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
+    Inline {
+        sent,
+        forwarded,
+        events,
+        metrics,
+    }
+}
+
+#[test]
+fn forwarded_spans_and_their_evaluation_events_reach_an_otlp_backend() {
+    let Inline {
+        sent,
+        forwarded,
+        events,
+        ..
+    } = run_inline("otlp-forward", "");
 
     // The spans, as sent (each request once; their order among requests is the workers').
     assert_eq!(forwarded.len(), sent.len());
@@ -643,4 +678,85 @@ telemetry:
         }
     }
     assert_eq!(records, verdicts);
+}
+
+/// Inline mode with `redaction`: the backend gets every span, with the personal data in its
+/// content masked, while the evaluators judged the original content (the `pii` failures are
+/// there, on spans whose forwarded content no longer holds the data), and the metrics count what
+/// was masked.
+#[test]
+fn inline_forwarding_redacts_what_reaches_the_backend_but_not_what_is_judged() {
+    use evalstream_evaluators::scorers::pii::{self, PiiKind};
+    let run = run_inline("otlp-redact", "redaction: {}\n");
+    let count = |requests: &[ExportTraceServiceRequest]| -> usize {
+        requests
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum()
+    };
+    assert_eq!(
+        count(&run.forwarded),
+        count(&run.sent),
+        "every span forwarded"
+    );
+    let texts = |requests: &[ExportTraceServiceRequest]| {
+        let mut out = Vec::new();
+        for s in requests
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
+            for kv in s
+                .attributes
+                .iter()
+                .chain(s.events.iter().flat_map(|e| &e.attributes))
+            {
+                if let Some(v) = &kv.value {
+                    strings(v, &mut out);
+                }
+            }
+        }
+        out
+    };
+    let emails = |texts: &[String]| -> usize {
+        texts
+            .iter()
+            .map(|t| pii::find(t, &[PiiKind::Email]).len())
+            .sum()
+    };
+    assert!(
+        emails(&texts(&run.sent)) > 0,
+        "the corpus holds e-mail addresses"
+    );
+    assert_eq!(emails(&texts(&run.forwarded)), 0, "none reach the backend");
+    assert!(texts(&run.forwarded).iter().any(|t| t.contains("[email]")));
+    let pii_failures = run
+        .events
+        .iter()
+        .flat_map(|r| &r.resource_logs)
+        .flat_map(|rl| &rl.scope_logs)
+        .flat_map(|sl| &sl.log_records)
+        .filter(|r| {
+            let attr = |k: &str| {
+                r.attributes
+                    .iter()
+                    .find(|a| a.key == k)
+                    .and_then(|a| a.value.clone())
+            };
+            let name = format!("{:?}", attr("gen_ai.evaluation.name"));
+            let passed = format!("{:?}", attr("evalstream.evaluation.passed"));
+            name.contains("\"pii\"") && passed.contains("BoolValue(false)")
+        })
+        .count();
+    assert!(pii_failures > 0, "the evaluators saw the original content");
+    let masked = run
+        .metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("evalstream_redactions_total{kind=\"email\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(masked >= 1.0, "masked e-mail addresses are counted");
 }

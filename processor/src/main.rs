@@ -59,6 +59,11 @@ enum Command {
         /// 1% head sample would lose.
         #[arg(long)]
         sampling: bool,
+        /// With the sampling report: write the kept traces, whole, to this file as one
+        /// ExportTraceServiceRequest (`.json`: OTLP/JSON, otherwise protobuf), redacted by the
+        /// configuration's `redaction` section when it has one.
+        #[arg(long, value_name = "FILE")]
+        sampling_output: Option<PathBuf>,
         /// Input files, or `-` for standard input.
         #[arg(required = true, value_name = "FILE")]
         inputs: Vec<String>,
@@ -259,6 +264,7 @@ fn main() -> ExitCode {
             no_summary,
             skip_judges,
             sampling,
+            sampling_output,
             inputs,
         } => {
             let options = EvalOptions {
@@ -270,6 +276,7 @@ fn main() -> ExitCode {
                 no_summary,
                 skip_judges,
                 sampling,
+                sampling_output,
             };
             let evaluated = evalstream::on_evaluation_thread("evalstream-eval", move || {
                 eval::run(&options, std::io::stdout().lock())

@@ -1,6 +1,6 @@
 //! What the broker tests share: an Apache Kafka node started on free loopback ports (optionally
-//! with `SASL_SSL` and mutual-TLS listeners and the certificates they need), and temporary
-//! directories.
+//! with `SASL_SSL` and mutual-TLS listeners and the certificates they need), temporary
+//! directories, and reading attribute values.
 
 #![allow(dead_code)]
 
@@ -390,5 +390,21 @@ impl Drop for Broker {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Every string in an attribute value, nested ones (in arrays and maps) included: what a test
+/// scans for personal data.
+pub fn strings(value: &opentelemetry_proto::tonic::common::v1::AnyValue, out: &mut Vec<String>) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match &value.value {
+        Some(Value::StringValue(s)) => out.push(s.clone()),
+        Some(Value::ArrayValue(a)) => a.values.iter().for_each(|v| strings(v, out)),
+        Some(Value::KvlistValue(l)) => l
+            .values
+            .iter()
+            .filter_map(|kv| kv.value.as_ref())
+            .for_each(|v| strings(v, out)),
+        _ => {}
     }
 }

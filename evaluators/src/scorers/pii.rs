@@ -10,6 +10,7 @@
 //! scores end up in trace backends and logs. Scores `1.0` clean / `0.0` PII found. The scorer
 //! scans at most [`MAX_SCANNED_BYTES`] of a span's text (see there); [`find`] scans everything.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -271,6 +272,28 @@ fn valid_phone(s: &str) -> bool {
         // rules out most quantities, years and dates.
         (10..=13).contains(&n) && groups >= 3
     }
+}
+
+/// `text` with the personal data of `kinds` found in it replaced by its kind in brackets
+/// (`[email]`, `[credit_card]`, …), and what was replaced, in text order. Borrowed when nothing
+/// was found. What the judge's redaction and the pre-storage redaction of forwarded traces share.
+pub fn mask<'t>(text: &'t str, kinds: &[PiiKind]) -> (Cow<'t, str>, Vec<Finding>) {
+    let mut found = find(text, kinds);
+    if found.is_empty() {
+        return (Cow::Borrowed(text), found);
+    }
+    found.sort_by_key(|f| f.range.start);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in &found {
+        out.push_str(&text[at..f.range.start]);
+        out.push('[');
+        out.push_str(f.kind.as_str());
+        out.push(']');
+        at = f.range.end;
+    }
+    out.push_str(&text[at..]);
+    (Cow::Owned(out), found)
 }
 
 /// Finds personal data of the given kinds in a text, in detection order (detector by detector,

@@ -30,6 +30,7 @@ use crate::exporters::phoenix::PhoenixExporter;
 use crate::exporters::stdout::StdoutExporter;
 use crate::pipeline::export::{Exporter, Exporters, Shapes};
 use crate::pipeline::judge::WhenFull;
+use crate::pipeline::redaction::Redactor;
 use crate::pipeline::stages::{Pipeline, Settings};
 use crate::pipeline::traces::Assembler;
 use crate::pipeline::worker::Input;
@@ -54,6 +55,12 @@ pub async fn run(
         // it, and `run` does not forward traces yet.
         anyhow::bail!(
             "`sampling`: `evalstream run` does not forward sampled traces yet; `evalstream eval --sampling FILES` reports what the policy keeps"
+        );
+    }
+    if config.redaction.is_some() && !config.receivers.otlp.as_ref().is_some_and(|o| o.forward) {
+        // Refused rather than ignored: a user who wrote redaction rules expects them to apply.
+        anyhow::bail!(
+            "`redaction` applies to the spans `run` passes on, and none are: set `receivers.otlp.forward: true` (inline mode), or use `evalstream eval --sampling-output`"
         );
     }
     let evaluators = Arc::new(spec::build_set(&config.evaluators)?);
@@ -191,6 +198,13 @@ fn start_pipeline(
         prices: config.prices().map_err(anyhow::Error::msg)?,
         judges: Some(WhenFull::Shed),
         reload: true,
+        redactor: config
+            .redaction
+            .as_ref()
+            .map(Redactor::new)
+            .transpose()
+            .map_err(anyhow::Error::msg)?
+            .map(Arc::new),
     };
     let needs_traces = evaluators.needs_traces();
     let pipeline = Pipeline::start(settings, evaluators, exporters, metrics)?;

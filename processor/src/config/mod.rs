@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use evalstream_evaluators::otlp::Encoding;
 
 use crate::pipeline::assembly::AssemblyConfig;
+use crate::pipeline::redaction::{RedactionConfig, Redactor};
 use crate::pipeline::sampling::SamplingConfig;
 mod env;
 pub mod otlp_exporter;
@@ -54,6 +55,10 @@ pub struct Config {
     /// --sampling` reports what this policy (or the default one when absent) keeps.
     #[serde(default)]
     pub sampling: Option<SamplingConfig>,
+    /// Pre-storage redaction of the traces passed on (`eval --sampling-output`); the default
+    /// masks personal data in message content when absent.
+    #[serde(default)]
+    pub redaction: Option<RedactionConfig>,
 }
 
 impl Default for Config {
@@ -66,6 +71,7 @@ impl Default for Config {
             traces: AssemblyConfig::default(),
             drift: None,
             sampling: None,
+            redaction: None,
         }
     }
 }
@@ -589,6 +595,9 @@ impl Config {
         if let Some(sampling) = &self.sampling {
             let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
             sampling.validate(&names).map_err(Problem::Other)?;
+        }
+        if let Some(redaction) = &self.redaction {
+            Redactor::new(redaction).map_err(Problem::Other)?;
         }
         if let Some(m) = &self.telemetry.metrics {
             if m.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -8,6 +8,7 @@ pub mod assembly;
 pub mod evaluate;
 pub mod export;
 pub mod judge;
+pub mod redaction;
 pub mod reload;
 pub mod sampling;
 pub mod stages;

@@ -21,6 +21,7 @@ use super::assembly::AssemblyConfig;
 use super::evaluate::Scoring;
 use super::export::Exporters;
 use super::judge::{self, JudgeService, WhenFull};
+use super::redaction::Redactor;
 use super::traces::Assembler;
 use super::worker::{Input, Worker};
 use crate::telemetry::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct Settings<'a> {
     pub judges: Option<WhenFull>,
     /// Whether edited scripts are reloaded (the long-running worker) or not (a one-off run).
     pub reload: bool,
+    /// Redaction of the spans forwarded as they came (inline mode), when configured.
+    pub redactor: Option<Arc<Redactor>>,
 }
 
 /// What runs between the receivers and the exporters: workers, trace buffer, judges.
@@ -88,6 +91,7 @@ impl Pipeline {
             scoring,
             traces: assembler,
             judges,
+            redactor: settings.redactor,
         });
         let workers: Vec<_> = (0..threads)
             .map(|i| {

@@ -23,6 +23,7 @@ use super::ack::{Rejection, Token};
 use super::assembly::{SharedParts, StoredSpan};
 use super::evaluate::{Pass, Scoring, panic_message};
 use super::judge::JudgeService;
+use super::redaction::{Redactions, Redactor};
 use super::traces::Assembler;
 
 /// One input for the workers: its spans and its acknowledgement token.
@@ -53,6 +54,9 @@ pub struct Worker {
     pub traces: Option<Assembler>,
     /// The judge service, when judge evaluators are configured.
     pub judges: Option<Arc<JudgeService>>,
+    /// Redaction of forwarded spans, when configured: the exporters get a redacted copy, the
+    /// evaluators the original.
+    pub redactor: Option<Arc<Redactor>>,
 }
 
 impl Worker {
@@ -80,9 +84,17 @@ impl Worker {
         let request = match &input.body {
             Body::Decoded(request) => request,
             Body::Forwarded(request) => {
-                self.scoring
-                    .exporters
-                    .forward(request, std::slice::from_ref(&input.token));
+                let tokens = std::slice::from_ref(&input.token);
+                match &self.redactor {
+                    Some(redactor) => {
+                        let mut copy = request.clone();
+                        let mut done = Redactions::default();
+                        redactor.request(&mut copy, &mut done);
+                        self.scoring.metrics.record_redactions(done.counts());
+                        self.scoring.exporters.forward(&copy, tokens);
+                    }
+                    None => self.scoring.exporters.forward(request, tokens),
+                }
                 request
             }
             Body::Kept(encoding) => {

@@ -89,6 +89,9 @@ pub struct Metrics {
     pub decode_errors: IntCounter,
     /// Jumps in a partition's offsets between two received messages.
     pub offset_gaps: IntCounter,
+    /// Redactions in forwarded spans, by kind (a personal-data kind masked, `dropped`,
+    /// `hashed`).
+    pub redactions: IntCounterVec,
     /// Messages written to the dead-letter topic, by reason (`decode`, `delivery`).
     pub dlq: IntCounterVec,
     /// Messages whose evaluations could not be delivered nor dead-lettered (they stay uncommitted).
@@ -405,6 +408,12 @@ impl Metrics {
                 "evalstream_decode_errors_total",
                 "Messages that could not be decoded.",
             )?,
+            redactions: counter_vec(
+                &r,
+                "evalstream_redactions_total",
+                "Redactions in forwarded spans, by kind: personal data masked (email, credit_card, iban, ip_address, national_id, phone), attributes dropped or hashed.",
+                &["kind"],
+            )?,
             offset_gaps: counter(
                 &r,
                 "evalstream_input_offset_gaps_total",
@@ -535,6 +544,13 @@ impl Metrics {
     /// The drift tracker, when drift detection is on.
     pub fn drift(&self) -> Option<&Arc<Drift>> {
         self.drift.get()
+    }
+
+    /// Counts what a redaction did: `(kind, count)` pairs.
+    pub fn record_redactions<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
+        for (kind, n) in counts {
+            self.redactions.with_label_values(&[kind]).inc_by(n);
+        }
     }
 
     /// Marks the worker ready or not.

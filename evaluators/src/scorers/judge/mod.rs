@@ -538,22 +538,8 @@ fn error(e: &ReplyError) -> Outcome {
 /// Masks personal data in `text` (`[email]`, `[phone]`, …), returning the masked text and how
 /// many were masked.
 pub fn redact(text: &str) -> (String, usize) {
-    let mut found = pii::find(text, &PiiKind::ALL);
-    if found.is_empty() {
-        return (text.to_owned(), 0);
-    }
-    found.sort_by_key(|f| f.range.start);
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for f in &found {
-        out.push_str(&text[at..f.range.start]);
-        out.push('[');
-        out.push_str(f.kind.as_str());
-        out.push(']');
-        at = f.range.end;
-    }
-    out.push_str(&text[at..]);
-    (out, found.len())
+    let (masked, found) = pii::mask(text, &PiiKind::ALL);
+    (masked.into_owned(), found.len())
 }
 
 #[cfg(test)]

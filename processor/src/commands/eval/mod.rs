@@ -40,6 +40,7 @@ use crate::pipeline::ack::Token;
 use crate::pipeline::assembly::AssemblyConfig;
 use crate::pipeline::export::Exporters;
 use crate::pipeline::judge::WhenFull;
+use crate::pipeline::redaction::{Redactions, Redactor};
 use crate::pipeline::sampling::Policy;
 use crate::pipeline::stages::{Pipeline, Settings};
 use crate::pipeline::worker::{Body, Input};
@@ -67,6 +68,8 @@ pub struct EvalOptions {
     /// Report what the tail-sampling policy (the configuration's `sampling`, else the default)
     /// would keep.
     pub sampling: bool,
+    /// Where to write the kept traces, whole (redacted by the configuration's `redaction`).
+    pub sampling_output: Option<PathBuf>,
 }
 
 /// How a run ended, as a process exit code.
@@ -247,7 +250,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         ..config.traces.clone()
     };
     let prices = config.prices().map_err(anyhow::Error::msg)?;
-    let sampling = options.sampling.then(|| {
+    let sampling = (options.sampling || options.sampling_output.is_some()).then(|| {
         let policy = Policy::new(&config.sampling.clone().unwrap_or_default());
         SamplingReport::new(policy, prices.clone(), config.sampling.is_some())
     });
@@ -256,6 +259,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         prices,
         judges: (!options.skip_judges).then_some(WhenFull::Wait),
         reload: false,
+        redactor: None,
     };
     let pipeline = Pipeline::start(settings, set.clone(), exporters, metrics)?;
 
@@ -276,8 +280,15 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         sampling,
     };
     let mut broken_pipe = false;
+    // `--sampling-output` reads the inputs again once the traces are decided; standard input
+    // cannot be, so its bytes are kept.
+    let mut stdin_bytes = None;
     for name in &options.inputs {
         let bytes = match read_input(name) {
+            Ok(b) if name == "-" && options.sampling_output.is_some() => {
+                stdin_bytes = Some(b.clone());
+                b
+            }
             Ok(b) => b,
             Err(e) => {
                 progress.suspend(|| eprintln!("error: cannot read {name}: {e}"));
@@ -343,7 +354,11 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         eprintln!("{}", summary.table());
     }
     if let Some(sampling) = sampling {
-        eprintln!("{}", sampling.finish());
+        let (report, kept) = sampling.finish();
+        eprintln!("{report}");
+        if let Some(path) = &options.sampling_output {
+            write_sampled(path, options, &config, &kept, stdin_bytes.as_deref())?;
+        }
     }
 
     let mut result = RunResult::Ok;
@@ -367,6 +382,91 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         return Ok(RunResult::BadInput);
     }
     Ok(result)
+}
+
+/// Writes the spans of the `kept` traces, read again from the inputs, to `path` as one
+/// `ExportTraceServiceRequest` (`.json`: OTLP/JSON, else protobuf), redacted when the
+/// configuration has a `redaction` section. Memory: the kept spans and one input at a time.
+fn write_sampled(
+    path: &Path,
+    options: &EvalOptions,
+    config: &Config,
+    kept: &std::collections::HashSet<String>,
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<()> {
+    let redactor = config
+        .redaction
+        .as_ref()
+        .map(Redactor::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut done = Redactions::default();
+    let mut out = ExportTraceServiceRequest::default();
+    for name in &options.inputs {
+        let bytes = match (name.as_str(), stdin) {
+            ("-", Some(bytes)) => std::borrow::Cow::Borrowed(bytes),
+            // Unreadable inputs were reported already; what they held was not decided on.
+            _ => match fs::read(name) {
+                Ok(bytes) => std::borrow::Cow::Owned(bytes),
+                Err(_) => continue,
+            },
+        };
+        let encoding = options
+            .encoding
+            .or_else(|| encoding_by_name(name))
+            .unwrap_or_else(|| Encoding::sniff(&bytes));
+        let requests: Vec<ExportTraceServiceRequest> = match encoding {
+            Encoding::OtlpProto => otlp::decode(&bytes, encoding).into_iter().collect(),
+            Encoding::OtlpJson => otlp::json_requests(&bytes).map_while(Result::ok).collect(),
+        };
+        for request in requests {
+            out.resource_spans.extend(sampling::kept_spans(
+                request,
+                kept,
+                redactor.as_ref(),
+                &mut done,
+            ));
+        }
+    }
+    let spans: usize = out
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    let bytes = if encoding_by_name(&path.to_string_lossy()) == Some(Encoding::OtlpJson) {
+        serde_json::to_vec(&out)?
+    } else {
+        out.encode_to_vec()
+    };
+    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    let redacted = match (&redactor, done.is_empty()) {
+        (None, _) => "not redacted (no `redaction` section)".to_owned(),
+        (Some(_), true) => "nothing to redact".to_owned(),
+        (Some(_), false) => {
+            let masked: Vec<String> = done
+                .masked
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect();
+            format!(
+                "redacted: masked {}; {} attribute(s) dropped, {} hashed",
+                if masked.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    masked.join(", ")
+                },
+                done.dropped,
+                done.hashed
+            )
+        }
+    };
+    eprintln!(
+        "wrote {spans} span(s) of {} kept trace(s) to {}, {redacted}",
+        kept.len(),
+        path.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! see the stream as a worker would. Memory: one [`TraceFacts`] per trace (about 200 bytes, plus
 //! about 60 per scored evaluation), for the whole run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use comfy_table::Table;
@@ -18,7 +18,9 @@ use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::span;
 use serde::Deserialize;
 
+use crate::pipeline::redaction::{Redactions, Redactor};
 use crate::pipeline::sampling::{Policy, TraceFacts, uniform_keeps};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 /// The head sample the report compares with: uniform, 1%.
 const HEAD_RATE: f64 = 0.01;
@@ -86,11 +88,13 @@ impl SamplingReport {
         }
     }
 
-    /// Decides on every trace and describes the outcome.
-    pub fn finish(self) -> String {
+    /// Decides on every trace: a description of the outcome, and the (hex) ids of the traces
+    /// kept.
+    pub fn finish(self) -> (String, HashSet<String>) {
         let rules = self.policy.rules();
         let mut kept_by = vec![0u64; rules.len()];
         let (mut kept, mut failing, mut lost) = (0u64, 0u64, Vec::new());
+        let mut kept_ids = HashSet::new();
         for id in &self.order {
             let facts = &self.traces[id];
             let decision = self.policy.decide(facts);
@@ -98,6 +102,9 @@ impl SamplingReport {
                 kept_by[rule] += 1;
             }
             kept += u64::from(decision.keep);
+            if decision.keep {
+                kept_ids.insert(id.clone());
+            }
             let fails = facts.error || facts.verdicts.iter().any(|(_, _, passed)| !passed);
             if fails {
                 failing += 1;
@@ -155,6 +162,29 @@ impl SamplingReport {
             };
             let _ = write!(out, ": {}{more}", named.join(", "));
         }
-        out
+        (out, kept_ids)
     }
+}
+
+/// The spans of the `kept` traces in `request`, redacted by `redactor` when given, under their
+/// resources and scopes (empty ones left out).
+pub fn kept_spans(
+    mut request: ExportTraceServiceRequest,
+    kept: &HashSet<String>,
+    redactor: Option<&Redactor>,
+    done: &mut Redactions,
+) -> Vec<ResourceSpans> {
+    for rs in &mut request.resource_spans {
+        for ss in &mut rs.scope_spans {
+            ss.spans.retain(|s| kept.contains(&otlp::hex(&s.trace_id)));
+        }
+        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+    }
+    request
+        .resource_spans
+        .retain(|rs| !rs.scope_spans.is_empty());
+    if let Some(r) = redactor {
+        r.request(&mut request, done);
+    }
+    request.resource_spans
 }
