@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message as _;
@@ -46,11 +47,16 @@ fn corpus_file(name: &str) -> String {
 
 /// POSTs `body` to `/v1/traces`; the status.
 fn post(port: u16, body: &[u8]) -> u16 {
+    post_to(port, "/v1/traces", body)
+}
+
+/// POSTs a protobuf `body` to `path`; the status.
+fn post_to(port: u16, path: &str, body: &[u8]) -> u16 {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -338,8 +344,8 @@ impl Drop for SlowSink {
     }
 }
 
-/// `evalstream_otlp_requests_total` from `/metrics`: (protocol, outcome) → count.
-fn otlp_requests(metrics_port: u16) -> BTreeMap<(String, String), u64> {
+/// The text of `/metrics`.
+fn scrape(metrics_port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -349,6 +355,12 @@ fn otlp_requests(metrics_port: u16) -> BTreeMap<(String, String), u64> {
     .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// `evalstream_otlp_requests_total` from `/metrics`: (protocol, outcome) → count.
+fn otlp_requests(metrics_port: u16) -> BTreeMap<(String, String), u64> {
+    let text = scrape(metrics_port);
     let label = |labels: &str, name: &str| {
         let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
         Some(labels[start..].split('"').next()?.to_owned())
@@ -643,4 +655,98 @@ telemetry:
         }
     }
     assert_eq!(records, verdicts);
+}
+
+fn logs_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/logs/{name}", repo().to_str().unwrap())
+}
+
+/// Issue 16, item 3: with `receivers.otlp.logs`, the official instrumentation's `event_only`
+/// export (spans without content, `gen_ai.client.inference.operation.details` log records; made
+/// by the real instrumentation, `tests/fixtures/logs/generate.py`) gets the verdicts `eval` gives
+/// the trace and logs files together — logs first over HTTP and spans over gRPC, then spans first
+/// over HTTP and logs over gRPC. Each request is answered only once the spans it joined were
+/// evaluated and exported.
+#[test]
+fn log_events_sent_over_otlp_join_their_spans() {
+    let dir = temp_dir("otlp-logs");
+    let (config, grpc, http, metrics) = builtin_on_free_ports();
+    // Generous waits: this test is about the join, not about the timing of its threads.
+    let config = config.replace("  otlp:\n", "  otlp:\n    logs: true\n")
+        + "logs: { span_wait_seconds: 30, event_wait_seconds: 30 }\n";
+    let run = Run::start(&dir, &config, http);
+    let traces = std::fs::read(logs_fixture("event_only.traces.pb")).unwrap();
+    let logs = std::fs::read(logs_fixture("event_only.logs.pb")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let grpc_traces = |body: Vec<u8>| {
+        runtime.block_on(async move {
+            let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+                .await
+                .unwrap();
+            let request = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+            client.export(request).await.unwrap().into_inner()
+        })
+    };
+    let grpc_logs = |body: Vec<u8>| {
+        runtime.block_on(async move {
+            let mut client = LogsServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+                .await
+                .unwrap();
+            let request = ExportLogsServiceRequest::decode(&body[..]).unwrap();
+            client.export(request).await.unwrap().into_inner()
+        })
+    };
+
+    // The logs wait for their spans: their answer comes after the spans came.
+    let waiting = {
+        let logs = logs.clone();
+        std::thread::spawn(move || post_to(http, "/v1/logs", &logs))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "answered before its events joined");
+    assert!(grpc_traces(traces.clone()).partial_success.is_none());
+    assert_eq!(waiting.join().unwrap(), 200);
+
+    // The spans wait for their logs.
+    let waiting = {
+        let traces = traces.clone();
+        std::thread::spawn(move || post(http, &traces))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !waiting.is_finished(),
+        "answered before its span was evaluated"
+    );
+    assert!(grpc_logs(logs.clone()).partial_success.is_none());
+    assert_eq!(waiting.join().unwrap(), 200);
+
+    let scraped = scrape(metrics);
+    assert!(
+        scraped.contains("evalstream_join_spans_total{release=\"joined\"} 6"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("evalstream_log_events_total{outcome=\"joined\"} 6"),
+        "{scraped}"
+    );
+    drop(runtime);
+    let out = run.stop();
+
+    let eval = Command::new(env!("CARGO_BIN_EXE_evalstream"))
+        .args(["eval", "--no-summary"])
+        .args([
+            logs_fixture("event_only.traces.pb"),
+            logs_fixture("event_only.logs.pb"),
+        ])
+        .output()
+        .unwrap();
+    let expected = counted(&String::from_utf8(eval.stdout).unwrap());
+    assert!(
+        expected.keys().any(|l| l.contains("\"refused\"")),
+        "eval scores the joined content: {expected:?}"
+    );
+    assert_lines_times(&out, &expected, 2);
 }

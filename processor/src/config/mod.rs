@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use evalstream_evaluators::otlp::Encoding;
 
 use crate::pipeline::assembly::AssemblyConfig;
+use crate::pipeline::join::JoinConfig;
 mod env;
 pub mod otlp_exporter;
 pub mod otlp_receiver;
@@ -46,6 +47,10 @@ pub struct Config {
     /// `agent_loop`).
     #[serde(default)]
     pub traces: AssemblyConfig,
+    /// How GenAI content log events are joined to their spans, when a receiver takes logs
+    /// (`receivers.kafka.logs`, `receivers.otlp.logs`).
+    #[serde(default)]
+    pub logs: JoinConfig,
     /// Drift detection on the scores; off when absent.
     #[serde(default)]
     pub drift: Option<DriftConfig>,
@@ -59,6 +64,7 @@ impl Default for Config {
             exporters: Exporters::default(),
             telemetry: Telemetry::default(),
             traces: AssemblyConfig::default(),
+            logs: JoinConfig::default(),
             drift: None,
         }
     }
@@ -114,6 +120,26 @@ pub struct KafkaReceiver {
     /// librdkafka properties passed through as they are (TLS, SASL, …).
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// Topics of OTLP logs whose GenAI content events are joined to the spans (the collector's
+    /// per-signal `logs:`); off when absent.
+    #[serde(default)]
+    pub logs: Option<KafkaLogs>,
+}
+
+/// `receivers.kafka.logs`: what the collector's Kafka exporter writes its logs to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaLogs {
+    /// Topics to consume (the collector's default, `otlp_logs`).
+    #[serde(default = "default_logs_topics")]
+    pub topics: Vec<String>,
+    /// How messages encode `ExportLogsServiceRequest`s.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+fn default_logs_topics() -> Vec<String> {
+    vec!["otlp_logs".into()]
 }
 
 /// Where a consumer group without committed offsets starts reading.
@@ -573,8 +599,21 @@ impl Config {
                     "receivers.kafka.drain_timeout_seconds: must be a non-negative number".into(),
                 ));
             }
+            if let Some(logs) = &k.logs {
+                if logs.topics.is_empty() {
+                    return Err(Problem::Other(
+                        "receivers.kafka.logs.topics: give at least one topic".into(),
+                    ));
+                }
+                if let Some(t) = logs.topics.iter().find(|t| k.topics.contains(t)) {
+                    return Err(Problem::Other(format!(
+                        "receivers.kafka.logs.topics: `{t}` is also a spans topic; each topic holds one signal"
+                    )));
+                }
+            }
         }
         self.traces.validate().map_err(Problem::Other)?;
+        self.logs.validate().map_err(Problem::Other)?;
         self.validate_exactly_once().map_err(Problem::Other)?;
         if let Some(drift) = &self.drift {
             let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
@@ -629,6 +668,16 @@ impl Config {
         })
     }
 
+    /// Whether a receiver takes logs, which turns the join of content events to spans on
+    /// (without, spans are evaluated as they arrive, as before logs were read).
+    pub fn takes_logs(&self) -> bool {
+        self.receivers
+            .kafka
+            .as_ref()
+            .is_some_and(|k| k.logs.is_some())
+            || self.receivers.otlp.as_ref().is_some_and(|o| o.logs)
+    }
+
     fn validate_exactly_once(&self) -> Result<(), String> {
         let transactional: Vec<&str> = self
             .exporters
@@ -645,6 +694,11 @@ impl Config {
         let why = |what: &str| format!("exporters.{id}.exactly_once: {what}");
         if transactional.len() > 1 {
             return Err(why("only one exporter can write in the transaction"));
+        }
+        if self.takes_logs() {
+            return Err(why(
+                "not with log inputs: each transaction waits for every input in flight, and spans wait for their log events",
+            ));
         }
         if self.receivers.kafka.is_none() || self.receivers.otlp.is_some() {
             return Err(why(

@@ -9,19 +9,26 @@
 //! When trace evaluators are configured, a worker runs only the span evaluators and hands each
 //! trace's spans to the trace buffer ([`Assembler`]), holding the input until the trace is
 //! evaluated; the buffer's threads run the trace evaluators through the same [`Scoring`].
+//!
+//! When a receiver takes logs, a model-call span without content is not evaluated here but handed
+//! to the join ([`Joiner`]) to wait for its content log events, and a logs input's events go there
+//! too; see [`super::joiner`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
+use evalstream_evaluators::logs;
 use evalstream_evaluators::otlp::{self, Encoding};
-use evalstream_evaluators::span;
+use evalstream_evaluators::span::{self, OperationKind};
 use evalstream_evaluators::trace::TraceView;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::ack::{Rejection, Token};
 use super::assembly::{SharedParts, StoredSpan};
 use super::evaluate::{Pass, Scoring, panic_message};
+use super::joiner::Joiner;
 use super::judge::JudgeService;
 use super::traces::Assembler;
 
@@ -43,6 +50,10 @@ pub enum Body {
     /// The same, whose spans also go on to the exporters as they are (the OTLP receiver's
     /// `forward`).
     Forwarded(ExportTraceServiceRequest),
+    /// OTLP logs kept by the token's origin, as [`Body::Kept`] (a Kafka logs topic).
+    KeptLogs(Encoding),
+    /// OTLP logs decoded already (the OTLP receiver's `/v1/logs`, `LogsService/Export`).
+    Logs(ExportLogsServiceRequest),
 }
 
 /// A worker thread's view of what it shares.
@@ -53,6 +64,8 @@ pub struct Worker {
     pub traces: Option<Assembler>,
     /// The judge service, when judge evaluators are configured.
     pub judges: Option<Arc<JudgeService>>,
+    /// The join of log events to spans, when a receiver takes logs.
+    pub join: Option<Arc<Joiner>>,
 }
 
 impl Worker {
@@ -78,6 +91,7 @@ impl Worker {
     fn process(&self, input: &Input) {
         let decoded;
         let request = match &input.body {
+            Body::KeptLogs(_) | Body::Logs(_) => return self.process_logs(input),
             Body::Decoded(request) => request,
             Body::Forwarded(request) => {
                 self.scoring
@@ -94,19 +108,24 @@ impl Worker {
                         decoded = r;
                         &decoded
                     }
-                    Err(e) => {
-                        self.scoring.metrics.decode_errors.inc();
-                        input.token.reject(Rejection {
-                            error_type: "decode",
-                            message: e.to_string(),
-                            output: None,
-                        });
-                        return;
-                    }
+                    Err(e) => return self.reject_decode(input, e.to_string()),
                 }
             }
         };
-        let traces = TraceView::group(span::spans(request), false);
+        // Model calls without content wait for their log events, when logs come at all.
+        let mut waiting = Vec::new();
+        let views = span::spans(request).filter(|s| match &self.join {
+            Some(join) if logs::awaits_content(s) => {
+                waiting.push((s.span_id().to_vec(), StoredSpan::of_view(s)));
+                false
+            }
+            Some(join) if s.kind() == OperationKind::Chat => {
+                join.content_present(s.span_id());
+                true
+            }
+            _ => true,
+        });
+        let traces = TraceView::group(views, false);
         // Without a trace buffer, trace evaluators (if any) see the trace's spans at hand.
         let pass = if self.traces.is_some() {
             Pass::Spans
@@ -123,22 +142,59 @@ impl Worker {
             let mut shared = SharedParts::default();
             for trace in &traces {
                 // A trace no trace evaluator samples is not buffered at all.
-                if self
-                    .scoring
-                    .evaluators
-                    .evaluators()
-                    .iter()
-                    .any(|e| e.needs_trace() && e.sampler.keeps(trace.trace_id()))
-                {
+                if self.scoring.samples_trace(trace.trace_id()) {
                     let spans = StoredSpan::from_trace(trace, &mut shared);
                     assembler.add(trace.trace_id().to_vec(), spans, &input.token);
                     held = true;
                 }
             }
         }
+        if let Some(join) = &self.join
+            && !waiting.is_empty()
+        {
+            join.add_spans(waiting, &input.token);
+            held = true;
+        }
         if held {
             // The buffer and the judge calls keep what they read; the raw bytes can go.
             input.token.release_input();
         }
+    }
+
+    /// A logs input: its content events go to the join. Without a join (no receiver was
+    /// configured for logs, so none should come), there is nothing to do with it.
+    fn process_logs(&self, input: &Input) {
+        let decoded;
+        let requests = match &input.body {
+            Body::Logs(request) => std::slice::from_ref(request),
+            Body::KeptLogs(encoding) => {
+                match input
+                    .token
+                    .with_input(|payload| logs::decode_logs(payload.unwrap_or_default(), *encoding))
+                {
+                    Ok(requests) => {
+                        decoded = requests;
+                        &decoded[..]
+                    }
+                    Err(e) => return self.reject_decode(input, e.to_string()),
+                }
+            }
+            _ => return,
+        };
+        if let Some(join) = &self.join {
+            for request in requests {
+                join.add_logs(request, &input.token);
+            }
+        }
+        input.token.release_input();
+    }
+
+    fn reject_decode(&self, input: &Input, message: String) {
+        self.scoring.metrics.decode_errors.inc();
+        input.token.reject(Rejection {
+            error_type: "decode",
+            message,
+            output: None,
+        });
     }
 }

@@ -6,6 +6,12 @@
 //! standard error, optionally writes the evaluator spans to a file, and applies `--fail-on` gates.
 //! An input that cannot be read or decoded is reported and counted; the others still run.
 //!
+//! Inputs may also be OTLP logs (`ExportLogsServiceRequest`), told from traces by content
+//! ([`logs::signal`]; one signal per file): the GenAI content events they hold are joined to their
+//! spans by span id across every input, in any order, before anything is evaluated — so every
+//! input is read once to find the logs, and the trace inputs again to evaluate them. Events that
+//! match no span are counted and reported.
+//!
 //! The evaluation is `run`'s own ([`Pipeline`]): trace evaluators see whole traces gathered
 //! across every request, line and file (held in the trace buffer, bounded by `traces.max_traces`
 //! and `traces.max_bytes`: past them the oldest traces are judged with what they have, as online;
@@ -27,10 +33,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use crossbeam_channel::Sender;
+use evalstream_evaluators::logs::{self, ContentEvent, Signal};
 use evalstream_evaluators::otlp::{self, DecodeError, Encoding, types::ExportTraceServiceRequest};
 use evalstream_evaluators::spec;
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message as _;
+use std::collections::HashMap;
 
 use crate::commands::gate::{Gate, Verdict};
 use crate::commands::summary::Summary;
@@ -111,11 +119,16 @@ struct EvalRun<W: Write> {
     next_seq: u64,
     out: W,
     summary: Summary,
+    /// Content events from the logs inputs, by span id, until their span is read.
+    events: HashMap<Vec<u8>, Vec<ContentEvent>>,
 }
 
 impl<W: Write> EvalRun<W> {
     /// Hands one request to the pipeline, printing what finished meanwhile.
-    fn request(&mut self, name: &str, request: ExportTraceServiceRequest) -> io::Result<()> {
+    fn request(&mut self, name: &str, mut request: ExportTraceServiceRequest) -> io::Result<()> {
+        if !self.events.is_empty() {
+            logs::attach(&mut request, |span_id| self.events.remove(span_id));
+        }
         self.summary.requests += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -237,6 +250,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         prices: config.prices().map_err(anyhow::Error::msg)?,
         judges: (!options.skip_judges).then_some(WhenFull::Wait),
         reload: false,
+        logs: None,
     };
     let pipeline = Pipeline::start(settings, set.clone(), exporters, metrics)?;
 
@@ -254,8 +268,19 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         next_seq: 0,
         out: io::BufWriter::new(out),
         summary,
+        events: HashMap::new(),
     };
-    let mut broken_pipe = false;
+    let encoding_of = |name: &str, bytes: &[u8]| {
+        options
+            .encoding
+            .or_else(|| encoding_by_name(name))
+            .unwrap_or_else(|| Encoding::sniff(bytes))
+    };
+    // First the logs: their events must be at hand when their spans are read, whatever the
+    // order of the inputs. Trace inputs are read again after (standard input is kept).
+    let mut trace_inputs: Vec<(&str, Option<Vec<u8>>)> = Vec::new();
+    let mut events = Vec::new();
+    let mut without_span = 0;
     for name in &options.inputs {
         let bytes = match read_input(name) {
             Ok(b) => b,
@@ -265,10 +290,38 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
                 continue;
             }
         };
-        let encoding = options
-            .encoding
-            .or_else(|| encoding_by_name(name))
-            .unwrap_or_else(|| Encoding::sniff(&bytes));
+        let encoding = encoding_of(name, &bytes);
+        if logs::signal(&bytes, encoding) == Signal::Traces {
+            trace_inputs.push((name, (name == "-").then_some(bytes)));
+            continue;
+        }
+        match logs::decode_logs(&bytes, encoding) {
+            Ok(requests) => {
+                for request in &requests {
+                    let extracted = logs::content_events(request);
+                    events.extend(extracted.events);
+                    without_span += extracted.without_span;
+                }
+                progress.inc(bytes.len() as u64);
+            }
+            Err(e) => {
+                progress.suspend(|| eprintln!("error: {name}: {e}"));
+                run.summary.bad_inputs += 1;
+            }
+        }
+    }
+    run.events = logs::by_span(events);
+    let mut broken_pipe = false;
+    for (name, kept) in trace_inputs {
+        let bytes = match kept.map_or_else(|| read_input(name), Ok) {
+            Ok(b) => b,
+            Err(e) => {
+                progress.suspend(|| eprintln!("error: cannot read {name}: {e}"));
+                run.summary.bad_inputs += 1;
+                continue;
+            }
+        };
+        let encoding = encoding_of(name, &bytes);
         match run.input(name, &bytes, encoding, &progress) {
             Ok(()) => {}
             Err(InputError::Decode(e)) => {
@@ -292,6 +345,13 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
     match run.print_ready().and_then(|()| run.out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(RunResult::Ok),
         other => other.context("cannot write evaluations")?,
+    }
+    let unmatched: usize = run.events.values().map(Vec::len).sum();
+    if unmatched + without_span > 0 {
+        eprintln!(
+            "note: {} content event(s) in the logs matched no span among the inputs ({without_span} without a span id)",
+            unmatched + without_span
+        );
     }
     let summary = run.summary;
     let unreleased = ledger.unreleased();
