@@ -849,6 +849,50 @@ mod tests {
         );
     }
 
+    /// Logs inputs turn the join on; its section and the logs topics are checked.
+    #[test]
+    fn logs_inputs_turn_the_join_on_and_are_checked() {
+        assert!(
+            !Config::builtin().takes_logs(),
+            "without logs, nothing waits"
+        );
+        let kafka = "receivers:\n  kafka: { topics: [spans], logs: {} }\n";
+        let c = parse(kafka).unwrap();
+        assert!(c.takes_logs());
+        let logs = c.receivers.kafka.unwrap().logs.unwrap();
+        assert_eq!(
+            (logs.topics, logs.encoding),
+            (vec!["otlp_logs".to_string()], Encoding::OtlpProto)
+        );
+        assert_eq!(c.logs, JoinConfig::default());
+        let c = parse("receivers:\n  otlp: { protocols: { http: {} }, logs: true }\nlogs: { span_wait_seconds: 0.5 }\n").unwrap();
+        assert!(c.takes_logs());
+        assert_eq!(c.logs.span_wait_seconds, 0.5);
+        for (text, why) in [
+            (
+                "receivers:\n  kafka: { topics: [t], logs: { topics: [t] } }\n",
+                "receivers.kafka.logs.topics: `t` is also a spans topic",
+            ),
+            (
+                "receivers:\n  kafka: { logs: { topics: [] } }\n",
+                "receivers.kafka.logs.topics: give at least one topic",
+            ),
+            (
+                "logs: { span_wait_seconds: -1 }\n",
+                "logs.span_wait_seconds",
+            ),
+            ("logs: { max_bytes: 0 }\n", "logs.max_bytes"),
+            ("logs: { wait: 1 }\n", "wait"),
+            (
+                "receivers:\n  kafka: { logs: {} }\nexporters:\n  kafka: { exactly_once: true }\n",
+                "not with log inputs",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
     #[test]
     fn the_drift_section_takes_the_documented_keys_and_checks_them() {
         let c = parse(

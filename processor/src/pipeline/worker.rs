@@ -100,22 +100,17 @@ impl Worker {
                 request
             }
             Body::Kept(encoding) => {
-                match input
-                    .token
-                    .with_input(|payload| otlp::decode(payload.unwrap_or_default(), *encoding))
-                {
-                    Ok(r) => {
-                        decoded = r;
-                        &decoded
-                    }
-                    Err(e) => return self.reject_decode(input, e.to_string()),
-                }
+                let Some(r) = self.decode_kept(input, |b| otlp::decode(b, *encoding)) else {
+                    return;
+                };
+                decoded = r;
+                &decoded
             }
         };
         // Model calls without content wait for their log events, when logs come at all.
         let mut waiting = Vec::new();
         let views = span::spans(request).filter(|s| match &self.join {
-            Some(join) if logs::awaits_content(s) => {
+            Some(_) if logs::awaits_content(s) => {
                 waiting.push((s.span_id().to_vec(), StoredSpan::of_view(s)));
                 false
             }
@@ -168,16 +163,11 @@ impl Worker {
         let requests = match &input.body {
             Body::Logs(request) => std::slice::from_ref(request),
             Body::KeptLogs(encoding) => {
-                match input
-                    .token
-                    .with_input(|payload| logs::decode_logs(payload.unwrap_or_default(), *encoding))
-                {
-                    Ok(requests) => {
-                        decoded = requests;
-                        &decoded[..]
-                    }
-                    Err(e) => return self.reject_decode(input, e.to_string()),
-                }
+                let Some(r) = self.decode_kept(input, |b| logs::decode_logs(b, *encoding)) else {
+                    return;
+                };
+                decoded = r;
+                &decoded[..]
             }
             _ => return,
         };
@@ -189,12 +179,27 @@ impl Worker {
         input.token.release_input();
     }
 
-    fn reject_decode(&self, input: &Input, message: String) {
-        self.scoring.metrics.decode_errors.inc();
-        input.token.reject(Rejection {
-            error_type: "decode",
-            message,
-            output: None,
-        });
+    /// Decodes the bytes the input's origin keeps; an input that does not decode is rejected
+    /// (its receiver decides what that means) and `None` returned.
+    fn decode_kept<T>(
+        &self,
+        input: &Input,
+        decode: impl FnOnce(&[u8]) -> Result<T, otlp::DecodeError>,
+    ) -> Option<T> {
+        match input
+            .token
+            .with_input(|payload| decode(payload.unwrap_or_default()))
+        {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                self.scoring.metrics.decode_errors.inc();
+                input.token.reject(Rejection {
+                    error_type: "decode",
+                    message: e.to_string(),
+                    output: None,
+                });
+                None
+            }
+        }
     }
 }

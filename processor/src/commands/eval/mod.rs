@@ -102,6 +102,24 @@ fn read_input(name: &str) -> io::Result<Vec<u8>> {
     }
 }
 
+/// An input's bytes (`kept` when already read), or `None` when it cannot be read: reported and
+/// counted.
+fn read_reported(
+    name: &str,
+    kept: Option<Vec<u8>>,
+    progress: &ProgressBar,
+    summary: &mut Summary,
+) -> Option<Vec<u8>> {
+    match kept.map_or_else(|| read_input(name), Ok) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            progress.suspend(|| eprintln!("error: cannot read {name}: {e}"));
+            summary.bad_inputs += 1;
+            None
+        }
+    }
+}
+
 /// How long `eval` waits, at the end, for judge calls still running: each call has its own
 /// timeout and retries; this only bounds a judge that keeps answering "retry later".
 const JUDGE_PATIENCE: Duration = Duration::from_secs(3600);
@@ -282,13 +300,8 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
     let mut events = Vec::new();
     let mut without_span = 0;
     for name in &options.inputs {
-        let bytes = match read_input(name) {
-            Ok(b) => b,
-            Err(e) => {
-                progress.suspend(|| eprintln!("error: cannot read {name}: {e}"));
-                run.summary.bad_inputs += 1;
-                continue;
-            }
+        let Some(bytes) = read_reported(name, None, &progress, &mut run.summary) else {
+            continue;
         };
         let encoding = encoding_of(name, &bytes);
         if logs::signal(&bytes, encoding) == Signal::Traces {
@@ -313,13 +326,8 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
     run.events = logs::by_span(events);
     let mut broken_pipe = false;
     for (name, kept) in trace_inputs {
-        let bytes = match kept.map_or_else(|| read_input(name), Ok) {
-            Ok(b) => b,
-            Err(e) => {
-                progress.suspend(|| eprintln!("error: cannot read {name}: {e}"));
-                run.summary.bad_inputs += 1;
-                continue;
-            }
+        let Some(bytes) = read_reported(name, kept, &progress, &mut run.summary) else {
+            continue;
         };
         let encoding = encoding_of(name, &bytes);
         match run.input(name, &bytes, encoding, &progress) {

@@ -123,7 +123,7 @@ pub struct SourceContext {
     drain_timeout: Duration,
     assignment_changed: AtomicBool,
     traces: Option<Assembler>,
-    /// The join of log events to spans, when logs are read: flushed on revoke.
+    /// The join of log events to spans, when logs are read: flushed on revoke and shutdown.
     join: Option<Arc<Joiner>>,
     /// Exactly once: where offsets are committed, with the outputs.
     transaction: Option<Arc<dyn Transaction>>,
@@ -408,7 +408,7 @@ const SLICE: usize = 64;
 pub struct Holders {
     /// The trace buffer, when trace evaluators are configured: flushed on revoke and shutdown.
     pub traces: Option<Assembler>,
-    /// The join of log events to spans, when logs are read: flushed on revoke.
+    /// The join of log events to spans, when logs are read: flushed on revoke and shutdown.
     pub join: Option<Arc<Joiner>>,
     /// Messages judge calls and the join hold: their queues and limits bound them, so they do
     /// not count against the in-flight limits, which are for the cheap path.
@@ -798,6 +798,12 @@ impl Source {
         let ctx = self.consumer.context();
         if let Some(traces) = &ctx.traces {
             traces.flush(None);
+        }
+        // Spans waiting for their log events are evaluated as they are, waiting events dropped:
+        // the messages they hold finish within the drain rather than at the end of their wait.
+        if let Some(join) = &ctx.join {
+            let every: Selector = Arc::new(|_: &Token| true);
+            join.flush(&every);
         }
         let mut state = ctx.state();
         let unfinished = state.drain(None, Instant::now() + ctx.drain_timeout);

@@ -886,3 +886,92 @@ mod tests {
         assert_eq!(response.status(), 200);
     }
 }
+
+#[cfg(test)]
+mod logs_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    use super::super::testing::{Behaviour, TestIntake, config, counts};
+    use super::super::{Answer, Request, serve};
+    use super::*;
+
+    fn logs_request() -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        event_name: "gen_ai.client.inference.operation.details".into(),
+                        span_id: vec![1; 8],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// `/v1/logs` is served only with `logs: true`, in both encodings, with the logs response's
+    /// own partial-success field.
+    #[tokio::test]
+    async fn logs_are_taken_only_when_asked_for() {
+        let (intake, _held) = TestIntake::new(Behaviour::Answer(Answer::Accepted {
+            rejected_spans: 1,
+            message: "one record refused".into(),
+        }));
+        let mut c = config();
+        c.protocols.grpc = None;
+        let off = serve(&c, intake.clone(), counts(), std::future::pending())
+            .await
+            .unwrap();
+        c.logs = true;
+        let on = serve(&c, intake.clone(), counts(), std::future::pending())
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let post = |address: std::net::SocketAddr, content_type: &str, body: Vec<u8>| {
+            client
+                .post(format!("http://{address}{LOGS_PATH}"))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+        };
+        let protobuf = logs_request().encode_to_vec();
+        let response = post(
+            off.http_address().unwrap(),
+            "application/x-protobuf",
+            protobuf.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(intake.taken().is_empty());
+
+        let response = post(
+            on.http_address().unwrap(),
+            "application/x-protobuf",
+            protobuf,
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer = ExportLogsServiceResponse::decode(response.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer.partial_success.unwrap().rejected_log_records, 1);
+        let json = serde_json::to_vec(&logs_request()).unwrap();
+        let response = post(on.http_address().unwrap(), "application/json", json)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["partialSuccess"]["rejectedLogRecords"], 1);
+        let taken = intake.taken();
+        assert_eq!(taken.len(), 2);
+        assert!(
+            taken
+                .iter()
+                .all(|(r, _)| *r == Request::Logs(logs_request()))
+        );
+    }
+}
