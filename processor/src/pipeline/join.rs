@@ -107,7 +107,8 @@ pub enum Release {
     TimedOut,
     /// The buffer was full and it was the oldest.
     Evicted,
-    /// The worker is stopping, or the span's input was let go (a revoked partition).
+    /// The worker is stopping, the span's input was let go (a revoked partition), or the same
+    /// span came again (a replay) and this earlier copy made way for it.
     Flushed,
 }
 
