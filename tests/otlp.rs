@@ -750,3 +750,56 @@ fn log_events_sent_over_otlp_join_their_spans() {
     );
     assert_lines_times(&out, &expected, 2);
 }
+
+/// The same with the OpenTelemetry Python SDK's own OTLP exporters (HTTP, then gRPC), batching
+/// as applications run them: the official instrumentation in `event_only` mode sends spans
+/// without content and their content as log events, and evalstream scores the content.
+#[test]
+fn the_python_sdk_sending_spans_and_log_events_gets_its_content_scored() {
+    let dir = temp_dir("otlp-logs-sdk");
+    let (config, grpc, http, _) = builtin_on_free_ports();
+    let config = config.replace("  otlp:\n", "  otlp:\n    logs: true\n")
+        + "logs: { span_wait_seconds: 30 }\n";
+    let run = Run::start(&dir, &config, http);
+    let mut sent = Vec::new();
+    for (protocol, port) in [("http", http), ("grpc", grpc)] {
+        let log = dir.join(format!("generate-{protocol}.log"));
+        let out = Command::new(python())
+            .arg(repo().join("tests/fixtures/logs/generate.py"))
+            .args(["--otlp", protocol, &format!("http://127.0.0.1:{port}")])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "generate.py over {protocol}: {}; its log:\n{}",
+            out.status,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let ids: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ids.len(), 3, "{protocol}: {ids:?}");
+        sent.push(ids);
+    }
+    let out = run.stop();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let verdict = |span_id: &str, evaluator: &str| -> String {
+        let l = lines
+            .iter()
+            .find(|l| l["span_id"] == span_id && l["evaluator"] == evaluator)
+            .unwrap_or_else(|| panic!("no {evaluator} verdict for {span_id}: {out}"));
+        l["label"]
+            .as_str()
+            .or(l["skip_reason"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for ids in &sent {
+        assert_eq!(verdict(&ids[0], "refusal"), "refused");
+        assert_eq!(verdict(&ids[1], "pii"), "pii");
+        assert_eq!(verdict(&ids[2], "json_valid"), "invalid");
+        assert_eq!(verdict(&ids[2], "refusal"), "answered");
+    }
+}
