@@ -610,6 +610,29 @@ impl Config {
                         "receivers.kafka.logs.topics: `{t}` is also a spans topic; each topic holds one signal"
                     )));
                 }
+                // evalstream's own evaluation events go to `otlp_logs` by default, the topic the
+                // collector's exporter writes application logs to by default: reading them back
+                // would take every evaluation in again.
+                let same_cluster = |brokers: &[String]| {
+                    let mut a = brokers.to_vec();
+                    let mut b = k.brokers.clone();
+                    a.sort();
+                    b.sort();
+                    a == b
+                };
+                for (id, exporter) in &self.exporters.list {
+                    if let ExporterConfig::Kafka(e) = exporter
+                        && same_cluster(&e.brokers)
+                        && let Some(t) = logs
+                            .topics
+                            .iter()
+                            .find(|t| **t == e.logs.topic || **t == e.traces.topic)
+                    {
+                        return Err(Problem::Other(format!(
+                            "receivers.kafka.logs.topics: `{t}` is where exporters.{id} writes evaluations; have the application's logs written to a topic of their own (the collector's kafka exporter: `logs: {{ topic: … }}`) and read that"
+                        )));
+                    }
+                }
             }
         }
         self.traces.validate().map_err(Problem::Other)?;
@@ -884,7 +907,11 @@ mod tests {
             ("logs: { max_bytes: 0 }\n", "logs.max_bytes"),
             ("logs: { wait: 1 }\n", "wait"),
             (
-                "receivers:\n  kafka: { logs: {} }\nexporters:\n  kafka: { exactly_once: true }\n",
+                "receivers:\n  kafka: { logs: {} }\nexporters:\n  kafka: {}\n",
+                "`otlp_logs` is where exporters.kafka writes evaluations",
+            ),
+            (
+                "receivers:\n  kafka: { logs: { topics: [app_logs] } }\nexporters:\n  kafka: { exactly_once: true }\n",
                 "not with log inputs",
             ),
         ] {
