@@ -769,6 +769,19 @@ impl fmt::Display for Config {
                 k.brokers.join(","),
                 k.encoding
             )?;
+            if let Some(logs) = &k.logs {
+                write!(f, ", logs {} ({})", logs.topics.join(","), logs.encoding)?;
+            }
+        }
+        if self.receivers.otlp.as_ref().is_some_and(|o| o.logs) {
+            write!(f, "; otlp receiver takes logs")?;
+        }
+        if self.takes_logs() {
+            write!(
+                f,
+                "; log events joined to spans (spans wait {} s, events {} s)",
+                self.logs.span_wait_seconds, self.logs.event_wait_seconds
+            )?;
         }
         for (id, e) in &self.exporters.list {
             match e {
