@@ -257,15 +257,19 @@ async fn answer(receiver: &Receiver, request: Request, signal: Signal) -> Respon
     }
 }
 
-/// Any other path.
-async fn not_found(headers: HeaderMap) -> Response {
+/// Any other path; `/v1/logs` when logs are not taken says how to take them.
+async fn not_found(uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let message = if uri.path() == LOGS_PATH {
+        format!(
+            "not found: logs are taken with receivers.otlp.logs: true; traces go to POST {PATH}"
+        )
+    } else {
+        format!("not found: traces go to POST {PATH}")
+    };
     refuse(
         StatusCode::NOT_FOUND,
         content_type(&headers).unwrap_or(Format::Protobuf),
-        Failure::new(
-            Code::Unimplemented,
-            format!("not found: traces go to POST {PATH}"),
-        ),
+        Failure::new(Code::Unimplemented, message),
     )
 }
 
@@ -730,7 +734,10 @@ mod tests {
         assert_eq!(response.status(), 404);
         assert_eq!(header_of(&response, "content-type"), JSON);
         let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["message"], "not found: traces go to POST /v1/traces");
+        assert_eq!(
+            body["message"],
+            "not found: logs are taken with receivers.otlp.logs: true; traces go to POST /v1/traces"
+        );
 
         let response = post(&url, Some("text/plain"), None, "spans").await;
         let (status, _, body) = protobuf_status(response).await;
@@ -947,6 +954,11 @@ mod logs_tests {
         .await
         .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let status = tonic_types::Status::decode(response.bytes().await.unwrap()).unwrap();
+        assert!(
+            status.message.contains("receivers.otlp.logs: true"),
+            "{status:?}"
+        );
         assert!(intake.taken().is_empty());
 
         let response = post(
