@@ -671,9 +671,12 @@ fn logs_fixture(name: &str) -> String {
 fn log_events_sent_over_otlp_join_their_spans() {
     let dir = temp_dir("otlp-logs");
     let (config, grpc, http, metrics) = builtin_on_free_ports();
-    // Generous waits: this test is about the join, not about the timing of its threads.
+    // Generous waits: this test is about the join, not about the timing of its threads. A trace
+    // evaluator (`citations`) too: the joined spans go on to the trace buffer.
     let config = config.replace("  otlp:\n", "  otlp:\n    logs: true\n")
-        + "logs: { span_wait_seconds: 30, event_wait_seconds: 30 }\n";
+        + "logs: { span_wait_seconds: 30, event_wait_seconds: 30 }\n"
+        + "traces: { quiet_seconds: 0.2 }\n"
+        + "evaluators: [ { type: refusal }, { type: pii }, { type: json_valid }, { type: citations } ]\n";
     let run = Run::start(&dir, &config, http);
     let traces = std::fs::read(logs_fixture("event_only.traces.pb")).unwrap();
     let logs = std::fs::read(logs_fixture("event_only.logs.pb")).unwrap();
@@ -736,7 +739,8 @@ fn log_events_sent_over_otlp_join_their_spans() {
     let out = run.stop();
 
     let eval = Command::new(env!("CARGO_BIN_EXE_evalstream"))
-        .args(["eval", "--no-summary"])
+        .args(["eval", "--no-summary", "--config"])
+        .arg(dir.join("config.yaml"))
         .args([
             logs_fixture("event_only.traces.pb"),
             logs_fixture("event_only.logs.pb"),
@@ -747,6 +751,12 @@ fn log_events_sent_over_otlp_join_their_spans() {
     assert!(
         expected.keys().any(|l| l.contains("\"refused\"")),
         "eval scores the joined content: {expected:?}"
+    );
+    assert!(
+        expected
+            .keys()
+            .any(|l| l.contains("\"evaluator\":\"citations\"")),
+        "the trace evaluator judges the joined spans: {expected:?}"
     );
     assert_lines_times(&out, &expected, 2);
 }
