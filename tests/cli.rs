@@ -987,3 +987,84 @@ fn sampling_output_holds_the_kept_traces_whole_and_redacted() {
         stderr(&result)
     );
 }
+
+fn logs_fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/logs")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Issue 16, item 3: with `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=event_only` the
+/// official instrumentation puts prompts and answers in `gen_ai.client.inference.operation.details`
+/// log records (fixtures made by the real instrumentation: `tests/fixtures/logs/generate.py`).
+/// Alone, the spans are skipped `no_content`; with the logs file — before or after the traces, as
+/// protobuf or OTLP/JSON — refusal, pii and json_valid score them.
+#[test]
+fn log_events_give_event_only_spans_their_content() {
+    let traces = logs_fixture("event_only.traces.pb");
+    let logs = logs_fixture("event_only.logs.pb");
+    let verdict = |out: &Output, evaluator: &str| -> Vec<String> {
+        lines(out)
+            .into_iter()
+            .filter(|l| l["evaluator"] == evaluator)
+            .map(|l| {
+                l["label"]
+                    .as_str()
+                    .or(l["skip_reason"].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let alone = bin()
+        .args(["eval", "--no-summary", &traces])
+        .output()
+        .unwrap();
+    assert_eq!(alone.status.code(), Some(0), "{}", stderr(&alone));
+    assert_eq!(verdict(&alone, "refusal"), ["no_content"; 3]);
+    assert_eq!(verdict(&alone, "pii"), ["no_content"; 3]);
+
+    // The same logs as OTLP/JSON, given first.
+    let dir = temp_dir("logs");
+    let request = evalstream_evaluators::logs::decode_logs(
+        &std::fs::read(&logs).unwrap(),
+        Encoding::OtlpProto,
+    )
+    .unwrap();
+    let json = dir.join("event_only.logs.json");
+    std::fs::write(&json, serde_json::to_vec(&request[0]).unwrap()).unwrap();
+    let json = json.to_string_lossy().into_owned();
+    for args in [
+        [traces.as_str(), logs.as_str()],
+        [json.as_str(), traces.as_str()],
+    ] {
+        let out = bin()
+            .args(["eval", "--no-summary"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(
+            verdict(&out, "refusal"),
+            ["refused", "answered", "answered"]
+        );
+        assert_eq!(verdict(&out, "pii"), ["clean", "pii", "clean"]);
+        assert_eq!(verdict(&out, "json_valid")[2], "invalid");
+        assert!(stderr(&out).trim().is_empty(), "{}", stderr(&out));
+    }
+
+    // Events whose span is not among the inputs are reported, not silently dropped.
+    let out = bin()
+        .args(["eval", "--no-summary", &logs])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(lines(&out).is_empty());
+    assert!(
+        stderr(&out).contains("3 content event(s) in the logs matched no span"),
+        "{}",
+        stderr(&out)
+    );
+}

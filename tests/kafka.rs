@@ -2770,3 +2770,109 @@ fn a_wrong_sasl_password_is_named_on_readyz_and_in_the_log() {
     );
     assert!(!log.contains("not-the-password"), "the password is logged");
 }
+
+/// Issue 16, item 3: with `receivers.kafka.logs`, the official instrumentation's `event_only`
+/// export — spans without content on the spans topic, `gen_ai.client.inference.operation.details`
+/// log records on a logs topic (fixtures made by the real instrumentation,
+/// `tests/fixtures/logs/generate.py`) — is evaluated as if the spans had carried the content: the
+/// output holds exactly the offline evaluations of the joined spans (refusal, pii and json_valid
+/// score rather than skip). The logs message is committed once its events joined and were
+/// evaluated; a logs message whose event's span never comes is committed once the event expired
+/// (counted).
+#[test]
+fn log_events_on_a_logs_topic_give_their_spans_content() {
+    use evalstream_evaluators::logs;
+    let fixture = |name: &str| {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/logs")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let traces_bytes = fixture("event_only.traces.pb");
+    let logs_bytes = fixture("event_only.logs.pb");
+    let traces = ExportTraceServiceRequest::decode(&traces_bytes[..]).unwrap();
+    let log_request = logs::decode_logs(&logs_bytes, Encoding::OtlpProto)
+        .unwrap()
+        .remove(0);
+    // An event of a span that never comes.
+    let mut orphan = log_request.clone();
+    orphan.resource_logs[0].scope_logs[0]
+        .log_records
+        .truncate(1);
+    orphan.resource_logs[0].scope_logs[0].log_records[0].span_id = vec![0xee; 8];
+
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let mut joined = traces.clone();
+    let mut events = logs::by_span(logs::content_events(&log_request).events);
+    assert_eq!(logs::attach(&mut joined, |id| events.remove(id)), 3);
+    let want = expected_events(&set, std::slice::from_ref(&joined));
+    assert!(
+        want.len() > expected_events(&set, std::slice::from_ref(&traces)).len(),
+        "the joined content is what gets evaluated"
+    );
+
+    let broker = setup(2);
+    broker.create_topic("app_logs", 2);
+    let key = otlp::hex(&traces.resource_spans[0].scope_spans[0].spans[0].trace_id);
+    produce(
+        &broker.address(),
+        "app_logs",
+        &[
+            (Some(key.clone()), log_request.encode_to_vec()),
+            (Some("orphan".into()), orphan.encode_to_vec()),
+        ],
+    );
+    let dir = temp_dir("kafka-logs");
+    let worker = Worker::start_configured(
+        &dir,
+        "w",
+        &broker.address(),
+        "g",
+        Encoding::OtlpProto,
+        "    logs: { topics: [app_logs] }",
+        "logs: { span_wait_seconds: 30, event_wait_seconds: 6 }",
+        &[],
+    );
+    // The events come first and wait for their spans.
+    wait_for(
+        Duration::from_secs(60),
+        "the logs were not consumed",
+        || worker.metric("evalstream_messages_consumed_total") == Some(2.0),
+    );
+    produce(
+        &broker.address(),
+        "input",
+        &[(Some(key), traces.encode_to_vec())],
+    );
+    let records = read_topic(&broker.address(), "logs", Duration::from_secs(60), |r| {
+        output_events(r).len() >= want.len()
+    });
+    let got: HashSet<_> = output_events(&records).into_iter().collect();
+    assert_eq!(got, want, "the evaluations of the joined spans");
+    wait_for(
+        Duration::from_secs(60),
+        "every input was committed, the orphan's after it expired",
+        || {
+            committed_vs_end(&broker.address(), "g", "app_logs", 2)
+                .iter()
+                .chain(&committed_vs_end(&broker.address(), "g", "input", 2))
+                .all(|(c, end)| *end == 0 || c == end)
+        },
+    );
+    assert_eq!(
+        worker.metric("evalstream_log_events_total{outcome=\"joined\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        worker.metric("evalstream_log_events_total{outcome=\"expired\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        worker.metric("evalstream_join_spans_total{release=\"joined\"}"),
+        Some(3.0)
+    );
+    let (code, stderr) = worker.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message as _;
@@ -46,11 +47,16 @@ fn corpus_file(name: &str) -> String {
 
 /// POSTs `body` to `/v1/traces`; the status.
 fn post(port: u16, body: &[u8]) -> u16 {
+    post_to(port, "/v1/traces", body)
+}
+
+/// POSTs a protobuf `body` to `path`; the status.
+fn post_to(port: u16, path: &str, body: &[u8]) -> u16 {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -338,9 +344,8 @@ impl Drop for SlowSink {
     }
 }
 
-/// `evalstream_otlp_requests_total` from `/metrics`: (protocol, outcome) → count.
-/// The worker's `/metrics` page.
-fn metrics_text(metrics_port: u16) -> String {
+/// The text of `/metrics`.
+fn scrape(metrics_port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -353,8 +358,9 @@ fn metrics_text(metrics_port: u16) -> String {
     text
 }
 
+/// `evalstream_otlp_requests_total` from `/metrics`: (protocol, outcome) → count.
 fn otlp_requests(metrics_port: u16) -> BTreeMap<(String, String), u64> {
-    let text = metrics_text(metrics_port);
+    let text = scrape(metrics_port);
     let label = |labels: &str, name: &str| {
         let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
         Some(labels[start..].split('"').next()?.to_owned())
@@ -595,7 +601,7 @@ telemetry:
         .iter()
         .map(|b| ExportLogsServiceRequest::decode(&b[..]).unwrap())
         .collect();
-    let metrics = metrics_text(metrics);
+    let metrics = scrape(metrics);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -759,4 +765,161 @@ fn inline_forwarding_redacts_what_reaches_the_backend_but_not_what_is_judged() {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(masked >= 1.0, "masked e-mail addresses are counted");
+}
+
+fn logs_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/logs/{name}", repo().to_str().unwrap())
+}
+
+/// Issue 16, item 3: with `receivers.otlp.logs`, the official instrumentation's `event_only`
+/// export (spans without content, `gen_ai.client.inference.operation.details` log records; made
+/// by the real instrumentation, `tests/fixtures/logs/generate.py`) gets the verdicts `eval` gives
+/// the trace and logs files together — logs first over HTTP and spans over gRPC, then spans first
+/// over HTTP and logs over gRPC. Each request is answered only once the spans it joined were
+/// evaluated and exported.
+#[test]
+fn log_events_sent_over_otlp_join_their_spans() {
+    let dir = temp_dir("otlp-logs");
+    let (config, grpc, http, metrics) = builtin_on_free_ports();
+    // Generous waits: this test is about the join, not about the timing of its threads. A trace
+    // evaluator (`citations`) too: the joined spans go on to the trace buffer.
+    let config = config.replace("  otlp:\n", "  otlp:\n    logs: true\n")
+        + "logs: { span_wait_seconds: 30, event_wait_seconds: 30 }\n"
+        + "traces: { quiet_seconds: 0.2 }\n"
+        + "evaluators: [ { type: refusal }, { type: pii }, { type: json_valid }, { type: citations } ]\n";
+    let run = Run::start(&dir, &config, http);
+    let traces = std::fs::read(logs_fixture("event_only.traces.pb")).unwrap();
+    let logs = std::fs::read(logs_fixture("event_only.logs.pb")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let grpc_traces = |body: Vec<u8>| {
+        runtime.block_on(async move {
+            let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+                .await
+                .unwrap();
+            let request = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+            client.export(request).await.unwrap().into_inner()
+        })
+    };
+    let grpc_logs = |body: Vec<u8>| {
+        runtime.block_on(async move {
+            let mut client = LogsServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+                .await
+                .unwrap();
+            let request = ExportLogsServiceRequest::decode(&body[..]).unwrap();
+            client.export(request).await.unwrap().into_inner()
+        })
+    };
+
+    // The logs wait for their spans: their answer comes after the spans came.
+    let waiting = {
+        let logs = logs.clone();
+        std::thread::spawn(move || post_to(http, "/v1/logs", &logs))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "answered before its events joined");
+    assert!(grpc_traces(traces.clone()).partial_success.is_none());
+    assert_eq!(waiting.join().unwrap(), 200);
+
+    // The spans wait for their logs.
+    let waiting = {
+        let traces = traces.clone();
+        std::thread::spawn(move || post(http, &traces))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !waiting.is_finished(),
+        "answered before its span was evaluated"
+    );
+    assert!(grpc_logs(logs.clone()).partial_success.is_none());
+    assert_eq!(waiting.join().unwrap(), 200);
+
+    let scraped = scrape(metrics);
+    assert!(
+        scraped.contains("evalstream_join_spans_total{release=\"joined\"} 6"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("evalstream_log_events_total{outcome=\"joined\"} 6"),
+        "{scraped}"
+    );
+    drop(runtime);
+    let out = run.stop();
+
+    let eval = Command::new(env!("CARGO_BIN_EXE_evalstream"))
+        .args(["eval", "--no-summary", "--config"])
+        .arg(dir.join("config.yaml"))
+        .args([
+            logs_fixture("event_only.traces.pb"),
+            logs_fixture("event_only.logs.pb"),
+        ])
+        .output()
+        .unwrap();
+    let expected = counted(&String::from_utf8(eval.stdout).unwrap());
+    assert!(
+        expected.keys().any(|l| l.contains("\"refused\"")),
+        "eval scores the joined content: {expected:?}"
+    );
+    assert!(
+        expected
+            .keys()
+            .any(|l| l.contains("\"evaluator\":\"citations\"")),
+        "the trace evaluator judges the joined spans: {expected:?}"
+    );
+    assert_lines_times(&out, &expected, 2);
+}
+
+/// The same with the OpenTelemetry Python SDK's own OTLP exporters (HTTP, then gRPC), batching
+/// as applications run them: the official instrumentation in `event_only` mode sends spans
+/// without content and their content as log events, and evalstream scores the content.
+#[test]
+fn the_python_sdk_sending_spans_and_log_events_gets_its_content_scored() {
+    let dir = temp_dir("otlp-logs-sdk");
+    let (config, grpc, http, _) = builtin_on_free_ports();
+    let config = config.replace("  otlp:\n", "  otlp:\n    logs: true\n")
+        + "logs: { span_wait_seconds: 30 }\n";
+    let run = Run::start(&dir, &config, http);
+    let mut sent = Vec::new();
+    for (protocol, port) in [("http", http), ("grpc", grpc)] {
+        let log = dir.join(format!("generate-{protocol}.log"));
+        let out = Command::new(python())
+            .arg(repo().join("tests/fixtures/logs/generate.py"))
+            .args(["--otlp", protocol, &format!("http://127.0.0.1:{port}")])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "generate.py over {protocol}: {}; its log:\n{}",
+            out.status,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let ids: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ids.len(), 3, "{protocol}: {ids:?}");
+        sent.push(ids);
+    }
+    let out = run.stop();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let verdict = |span_id: &str, evaluator: &str| -> String {
+        let l = lines
+            .iter()
+            .find(|l| l["span_id"] == span_id && l["evaluator"] == evaluator)
+            .unwrap_or_else(|| panic!("no {evaluator} verdict for {span_id}: {out}"));
+        l["label"]
+            .as_str()
+            .or(l["skip_reason"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for ids in &sent {
+        assert_eq!(verdict(&ids[0], "refusal"), "refused");
+        assert_eq!(verdict(&ids[1], "pii"), "pii");
+        assert_eq!(verdict(&ids[2], "json_valid"), "invalid");
+        assert_eq!(verdict(&ids[2], "refusal"), "answered");
+    }
 }

@@ -155,7 +155,7 @@ pub enum Outcome {
 }
 
 /// What a `no_content` skip tells the user to change.
-pub const NO_CONTENT_HELP: &str = "the span carries no prompt or answer: capture content on spans in the application (official OpenTelemetry GenAI instrumentations: OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=span_only or span_and_event; OpenInference: leave OPENINFERENCE_HIDE_INPUTS/OUTPUTS unset; OpenLLMetry: TRACELOOP_TRACE_CONTENT=true); content sent only as log events is not read";
+pub const NO_CONTENT_HELP: &str = "the span carries no prompt or answer: capture content in the application (official OpenTelemetry GenAI instrumentations: OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=span_only, or event_only / span_and_event and send the log events too, which evalstream joins to their span; OpenInference: leave OPENINFERENCE_HIDE_INPUTS/OUTPUTS unset; OpenLLMetry: TRACELOOP_TRACE_CONTENT=true)";
 
 impl Outcome {
     /// A pass/fail check's score: `1.0` when passed, `0.0` when not.

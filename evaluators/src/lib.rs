@@ -31,6 +31,7 @@
 
 pub mod cascade;
 pub mod evaluator;
+pub mod logs;
 pub mod otlp;
 pub mod pricing;
 pub mod scorers;

@@ -29,6 +29,7 @@ use crate::exporters::otlp::metrics::ExporterMetrics;
 use crate::exporters::phoenix::PhoenixExporter;
 use crate::exporters::stdout::StdoutExporter;
 use crate::pipeline::export::{Exporter, Exporters, Shapes};
+use crate::pipeline::joiner::Joiner;
 use crate::pipeline::judge::WhenFull;
 use crate::pipeline::redaction::Redactor;
 use crate::pipeline::stages::{Pipeline, Settings};
@@ -36,7 +37,7 @@ use crate::pipeline::traces::Assembler;
 use crate::pipeline::worker::Input;
 use crate::receivers::kafka::Transaction;
 use crate::receivers::kafka::dead_letter::DeadLetters;
-use crate::receivers::kafka::source::Source;
+use crate::receivers::kafka::source::{Holders, Source};
 use crate::telemetry::drift::series::Drift;
 use crate::telemetry::metrics::Metrics;
 
@@ -168,6 +169,7 @@ pub async fn run(
 struct KafkaParts {
     work: Sender<Vec<Input>>,
     traces: Option<Assembler>,
+    join: Option<Arc<Joiner>>,
     held_by_judges: Arc<std::sync::atomic::AtomicUsize>,
     /// Exactly once: the output's transaction.
     transaction: Option<Arc<dyn Transaction>>,
@@ -178,6 +180,7 @@ impl KafkaParts {
         KafkaParts {
             work: pipeline.work(),
             traces: pipeline.traces(),
+            join: pipeline.join(),
             held_by_judges: pipeline.held_by_judges(),
             transaction,
         }
@@ -205,6 +208,7 @@ fn start_pipeline(
             .transpose()
             .map_err(anyhow::Error::msg)?
             .map(Arc::new),
+        logs: config.takes_logs().then_some(&config.logs),
     };
     let needs_traces = evaluators.needs_traces();
     let pipeline = Pipeline::start(settings, evaluators, exporters, metrics)?;
@@ -239,8 +243,13 @@ fn run_kafka(
         receiver,
         parts.work,
         dead_letter_tx,
-        parts.traces,
-        parts.held_by_judges,
+        Holders {
+            traces: parts.traces,
+            join: parts.join.clone(),
+            elsewhere: std::iter::once(parts.held_by_judges)
+                .chain(parts.join.map(|j| j.held()))
+                .collect(),
+        },
         metrics.clone(),
         parts.transaction.map(|t| (t, interval)),
     )

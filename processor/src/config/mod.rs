@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use evalstream_evaluators::otlp::Encoding;
 
 use crate::pipeline::assembly::AssemblyConfig;
+use crate::pipeline::join::JoinConfig;
 use crate::pipeline::redaction::{RedactionConfig, Redactor};
 use crate::pipeline::sampling::SamplingConfig;
 mod env;
@@ -48,6 +49,10 @@ pub struct Config {
     /// `agent_loop`).
     #[serde(default)]
     pub traces: AssemblyConfig,
+    /// How GenAI content log events are joined to their spans, when a receiver takes logs
+    /// (`receivers.kafka.logs`, `receivers.otlp.logs`).
+    #[serde(default)]
+    pub logs: JoinConfig,
     /// Drift detection on the scores; off when absent.
     #[serde(default)]
     pub drift: Option<DriftConfig>,
@@ -69,6 +74,7 @@ impl Default for Config {
             exporters: Exporters::default(),
             telemetry: Telemetry::default(),
             traces: AssemblyConfig::default(),
+            logs: JoinConfig::default(),
             drift: None,
             sampling: None,
             redaction: None,
@@ -126,6 +132,26 @@ pub struct KafkaReceiver {
     /// librdkafka properties passed through as they are (TLS, SASL, …).
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// Topics of OTLP logs whose GenAI content events are joined to the spans (the collector's
+    /// per-signal `logs:`); off when absent.
+    #[serde(default)]
+    pub logs: Option<KafkaLogs>,
+}
+
+/// `receivers.kafka.logs`: what the collector's Kafka exporter writes its logs to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaLogs {
+    /// Topics to consume (the collector's default, `otlp_logs`).
+    #[serde(default = "default_logs_topics")]
+    pub topics: Vec<String>,
+    /// How messages encode `ExportLogsServiceRequest`s.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+fn default_logs_topics() -> Vec<String> {
+    vec!["otlp_logs".into()]
 }
 
 /// Where a consumer group without committed offsets starts reading.
@@ -585,8 +611,44 @@ impl Config {
                     "receivers.kafka.drain_timeout_seconds: must be a non-negative number".into(),
                 ));
             }
+            if let Some(logs) = &k.logs {
+                if logs.topics.is_empty() {
+                    return Err(Problem::Other(
+                        "receivers.kafka.logs.topics: give at least one topic".into(),
+                    ));
+                }
+                if let Some(t) = logs.topics.iter().find(|t| k.topics.contains(t)) {
+                    return Err(Problem::Other(format!(
+                        "receivers.kafka.logs.topics: `{t}` is also a spans topic; each topic holds one signal"
+                    )));
+                }
+                // evalstream's own evaluation events go to `otlp_logs` by default, the topic the
+                // collector's exporter writes application logs to by default: reading them back
+                // would take every evaluation in again.
+                let same_cluster = |brokers: &[String]| {
+                    let mut a = brokers.to_vec();
+                    let mut b = k.brokers.clone();
+                    a.sort();
+                    b.sort();
+                    a == b
+                };
+                for (id, exporter) in &self.exporters.list {
+                    if let ExporterConfig::Kafka(e) = exporter
+                        && same_cluster(&e.brokers)
+                        && let Some(t) = logs
+                            .topics
+                            .iter()
+                            .find(|t| **t == e.logs.topic || **t == e.traces.topic)
+                    {
+                        return Err(Problem::Other(format!(
+                            "receivers.kafka.logs.topics: `{t}` is where exporters.{id} writes evaluations; have the application's logs written to a topic of their own (the collector's kafka exporter: `logs: {{ topic: … }}`) and read that"
+                        )));
+                    }
+                }
+            }
         }
         self.traces.validate().map_err(Problem::Other)?;
+        self.logs.validate().map_err(Problem::Other)?;
         self.validate_exactly_once().map_err(Problem::Other)?;
         if let Some(drift) = &self.drift {
             let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
@@ -648,6 +710,16 @@ impl Config {
         })
     }
 
+    /// Whether a receiver takes logs, which turns the join of content events to spans on
+    /// (without, spans are evaluated as they arrive, as before logs were read).
+    pub fn takes_logs(&self) -> bool {
+        self.receivers
+            .kafka
+            .as_ref()
+            .is_some_and(|k| k.logs.is_some())
+            || self.receivers.otlp.as_ref().is_some_and(|o| o.logs)
+    }
+
     fn validate_exactly_once(&self) -> Result<(), String> {
         let transactional: Vec<&str> = self
             .exporters
@@ -664,6 +736,11 @@ impl Config {
         let why = |what: &str| format!("exporters.{id}.exactly_once: {what}");
         if transactional.len() > 1 {
             return Err(why("only one exporter can write in the transaction"));
+        }
+        if self.takes_logs() {
+            return Err(why(
+                "not with log inputs: each transaction waits for every input in flight, and spans wait for their log events",
+            ));
         }
         if self.receivers.kafka.is_none() || self.receivers.otlp.is_some() {
             return Err(why(
@@ -710,6 +787,19 @@ impl fmt::Display for Config {
                 k.topics.join(","),
                 k.brokers.join(","),
                 k.encoding
+            )?;
+            if let Some(logs) = &k.logs {
+                write!(f, ", logs {} ({})", logs.topics.join(","), logs.encoding)?;
+            }
+        }
+        if self.receivers.otlp.as_ref().is_some_and(|o| o.logs) {
+            write!(f, "; otlp receiver takes logs")?;
+        }
+        if self.takes_logs() {
+            write!(
+                f,
+                "; log events joined to spans (spans wait {} s, events {} s)",
+                self.logs.span_wait_seconds, self.logs.event_wait_seconds
             )?;
         }
         for (id, e) in &self.exporters.list {
@@ -812,6 +902,54 @@ mod tests {
                 .unwrap_err()
                 .contains("transaction_interval_ms")
         );
+    }
+
+    /// Logs inputs turn the join on; its section and the logs topics are checked.
+    #[test]
+    fn logs_inputs_turn_the_join_on_and_are_checked() {
+        assert!(
+            !Config::builtin().takes_logs(),
+            "without logs, nothing waits"
+        );
+        let kafka = "receivers:\n  kafka: { topics: [spans], logs: {} }\n";
+        let c = parse(kafka).unwrap();
+        assert!(c.takes_logs());
+        let logs = c.receivers.kafka.unwrap().logs.unwrap();
+        assert_eq!(
+            (logs.topics, logs.encoding),
+            (vec!["otlp_logs".to_string()], Encoding::OtlpProto)
+        );
+        assert_eq!(c.logs, JoinConfig::default());
+        let c = parse("receivers:\n  otlp: { protocols: { http: {} }, logs: true }\nlogs: { span_wait_seconds: 0.5 }\n").unwrap();
+        assert!(c.takes_logs());
+        assert_eq!(c.logs.span_wait_seconds, 0.5);
+        for (text, why) in [
+            (
+                "receivers:\n  kafka: { topics: [t], logs: { topics: [t] } }\n",
+                "receivers.kafka.logs.topics: `t` is also a spans topic",
+            ),
+            (
+                "receivers:\n  kafka: { logs: { topics: [] } }\n",
+                "receivers.kafka.logs.topics: give at least one topic",
+            ),
+            (
+                "logs: { span_wait_seconds: -1 }\n",
+                "logs.span_wait_seconds",
+            ),
+            ("logs: { max_bytes: 0 }\n", "logs.max_bytes"),
+            ("logs: { wait: 1 }\n", "wait"),
+            (
+                "receivers:\n  kafka: { logs: {} }\nexporters:\n  kafka: {}\n",
+                "`otlp_logs` is where exporters.kafka writes evaluations",
+            ),
+            (
+                "receivers:\n  kafka: { logs: { topics: [app_logs] } }\nexporters:\n  kafka: { exactly_once: true }\n",
+                "not with log inputs",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub struct OtlpReceiverConfig {
     /// both.
     #[serde(default)]
     pub forward: bool,
+    /// Take OTLP logs too (`POST /v1/logs`, `LogsService/Export`) and join their GenAI content
+    /// events to the spans (see `logs:`). Off by default: spans without content then wait for
+    /// their events (`logs.span_wait_seconds`), which only pays when the events come.
+    #[serde(default)]
+    pub logs: bool,
     /// Requests in flight at most; beyond, clients are told to retry later (gRPC
     /// `RESOURCE_EXHAUSTED`, HTTP 429 with `Retry-After`). Each holds its decoded spans.
     #[serde(default = "default_max_in_flight_requests")]
@@ -145,6 +150,7 @@ impl Default for OtlpReceiverConfig {
             },
             answer: AnswerWhen::default(),
             forward: false,
+            logs: false,
             max_in_flight_requests: default_max_in_flight_requests(),
             max_in_flight_bytes: default_max_in_flight_bytes(),
         }

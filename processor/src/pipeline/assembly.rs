@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use evalstream_evaluators::logs::ContentEvent;
 use evalstream_evaluators::span::{GenAiSpan, OperationKind, ResourceView};
 use evalstream_evaluators::trace::TraceView;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
@@ -121,6 +122,14 @@ pub struct DecodedSpan {
 }
 
 impl DecodedSpan {
+    /// Adds content from log events to the span, before its view is made (see
+    /// [`evalstream_evaluators::logs`]).
+    pub fn attach(&mut self, events: Vec<ContentEvent>) {
+        for event in events {
+            event.attach_to(&mut self.span);
+        }
+    }
+
     /// The evaluators' view of the span.
     pub fn view(&self) -> GenAiSpan<'_> {
         GenAiSpan::new(

@@ -92,6 +92,14 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Scoring {
+    /// Whether a trace evaluator samples the trace: only such traces are buffered.
+    pub fn samples_trace(&self, trace_id: &[u8]) -> bool {
+        self.evaluators
+            .evaluators()
+            .iter()
+            .any(|e| e.needs_trace() && e.sampler.keeps(trace_id))
+    }
+
     /// Runs the pass's evaluators on every span of `traces`, records the metrics and hands the
     /// evaluations to the exporters, one batch per trace, with the `tokens` of the inputs they
     /// came from. Spans for judge evaluators go to `judges` (their verdicts follow later, holding

@@ -7,6 +7,8 @@ pub mod admission;
 pub mod assembly;
 pub mod evaluate;
 pub mod export;
+pub mod join;
+pub mod joiner;
 pub mod judge;
 pub mod redaction;
 pub mod reload;

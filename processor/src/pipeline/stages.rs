@@ -1,6 +1,7 @@
 //! The pipeline's threads, started and stopped together: one evaluation [`Worker`] per core, with
 //! trace evaluators one trace-buffer shard per core ([`Assembler`]), the judge service
-//! ([`JudgeService`]) and the script reloader. `evalstream run` feeds it from its receivers and
+//! ([`JudgeService`]), the join of log events to spans when a receiver takes logs ([`Joiner`]) and
+//! the script reloader. `evalstream run` feeds it from its receivers and
 //! `evalstream eval` from files: both evaluate through this one loop, so a verdict offline is the
 //! verdict online.
 //!
@@ -20,6 +21,8 @@ use tracing::warn;
 use super::assembly::AssemblyConfig;
 use super::evaluate::Scoring;
 use super::export::Exporters;
+use super::join::JoinConfig;
+use super::joiner::{JoinThread, Joiner};
 use super::judge::{self, JudgeService, WhenFull};
 use super::redaction::Redactor;
 use super::traces::Assembler;
@@ -39,6 +42,8 @@ pub struct Settings<'a> {
     pub reload: bool,
     /// Redaction of the spans forwarded as they came (inline mode), when configured.
     pub redactor: Option<Arc<Redactor>>,
+    /// The join of log events to spans, when a receiver takes logs (`eval` joins before).
+    pub logs: Option<&'a JoinConfig>,
 }
 
 /// What runs between the receivers and the exporters: workers, trace buffer, judges.
@@ -47,6 +52,7 @@ pub struct Pipeline {
     work: Sender<Vec<Input>>,
     workers: Vec<thread::JoinHandle<()>>,
     shards: Vec<thread::JoinHandle<()>>,
+    join: Option<JoinThread>,
     worker: Arc<Worker>,
     exporters: Arc<Exporters>,
     done: Arc<AtomicBool>,
@@ -86,12 +92,21 @@ impl Pipeline {
         } else {
             (None, Vec::new())
         };
+        let (joiner, join) = match settings.logs {
+            Some(config) => {
+                let (joiner, thread) =
+                    Joiner::start(config, scoring.clone(), assembler.clone(), judges.clone())?;
+                (Some(joiner), Some(thread))
+            }
+            None => (None, None),
+        };
         let (work_tx, work_rx) = crossbeam_channel::bounded(threads * 8);
         let worker = Arc::new(Worker {
             scoring,
             traces: assembler,
             judges,
             redactor: settings.redactor,
+            join: joiner,
         });
         let workers: Vec<_> = (0..threads)
             .map(|i| {
@@ -115,11 +130,17 @@ impl Pipeline {
             work: work_tx,
             workers,
             shards,
+            join,
             worker,
             exporters,
             done,
             reloader,
         })
+    }
+
+    /// The join of log events to spans, when a receiver takes logs.
+    pub fn join(&self) -> Option<Arc<Joiner>> {
+        self.worker.join.clone()
     }
 
     /// The evaluation worker threads (one per core).
@@ -154,6 +175,7 @@ impl Pipeline {
             work,
             workers,
             shards,
+            join,
             worker,
             exporters,
             done,
@@ -162,6 +184,11 @@ impl Pipeline {
         drop(work);
         for w in workers {
             let _ = w.join();
+        }
+        // Spans still waiting for their events are evaluated as they are (into the trace
+        // buffer, which is flushed next); events still waiting are dropped.
+        if let Some(join) = join {
+            join.stop();
         }
         // The workers' handles are gone with them; this last one lets the shards stop.
         if let Some(traces) = &worker.traces {

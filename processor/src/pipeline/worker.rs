@@ -9,19 +9,26 @@
 //! When trace evaluators are configured, a worker runs only the span evaluators and hands each
 //! trace's spans to the trace buffer ([`Assembler`]), holding the input until the trace is
 //! evaluated; the buffer's threads run the trace evaluators through the same [`Scoring`].
+//!
+//! When a receiver takes logs, a model-call span without content is not evaluated here but handed
+//! to the join ([`Joiner`]) to wait for its content log events, and a logs input's events go there
+//! too; see [`super::joiner`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
+use evalstream_evaluators::logs;
 use evalstream_evaluators::otlp::{self, Encoding};
-use evalstream_evaluators::span;
+use evalstream_evaluators::span::{self, OperationKind};
 use evalstream_evaluators::trace::TraceView;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::ack::{Rejection, Token};
 use super::assembly::{SharedParts, StoredSpan};
 use super::evaluate::{Pass, Scoring, panic_message};
+use super::joiner::Joiner;
 use super::judge::JudgeService;
 use super::redaction::{Redactions, Redactor};
 use super::traces::Assembler;
@@ -44,6 +51,10 @@ pub enum Body {
     /// The same, whose spans also go on to the exporters as they are (the OTLP receiver's
     /// `forward`).
     Forwarded(ExportTraceServiceRequest),
+    /// OTLP logs kept by the token's origin, as [`Body::Kept`] (a Kafka logs topic).
+    KeptLogs(Encoding),
+    /// OTLP logs decoded already (the OTLP receiver's `/v1/logs`, `LogsService/Export`).
+    Logs(ExportLogsServiceRequest),
 }
 
 /// A worker thread's view of what it shares.
@@ -57,6 +68,8 @@ pub struct Worker {
     /// Redaction of forwarded spans, when configured: the exporters get a redacted copy, the
     /// evaluators the original.
     pub redactor: Option<Arc<Redactor>>,
+    /// The join of log events to spans, when a receiver takes logs.
+    pub join: Option<Arc<Joiner>>,
 }
 
 impl Worker {
@@ -82,6 +95,7 @@ impl Worker {
     fn process(&self, input: &Input) {
         let decoded;
         let request = match &input.body {
+            Body::KeptLogs(_) | Body::Logs(_) => return self.process_logs(input),
             Body::Decoded(request) => request,
             Body::Forwarded(request) => {
                 let tokens = std::slice::from_ref(&input.token);
@@ -98,27 +112,27 @@ impl Worker {
                 request
             }
             Body::Kept(encoding) => {
-                match input
-                    .token
-                    .with_input(|payload| otlp::decode(payload.unwrap_or_default(), *encoding))
-                {
-                    Ok(r) => {
-                        decoded = r;
-                        &decoded
-                    }
-                    Err(e) => {
-                        self.scoring.metrics.decode_errors.inc();
-                        input.token.reject(Rejection {
-                            error_type: "decode",
-                            message: e.to_string(),
-                            output: None,
-                        });
-                        return;
-                    }
-                }
+                let Some(r) = self.decode_kept(input, |b| otlp::decode(b, *encoding)) else {
+                    return;
+                };
+                decoded = r;
+                &decoded
             }
         };
-        let traces = TraceView::group(span::spans(request), false);
+        // Model calls without content wait for their log events, when logs come at all.
+        let mut waiting = Vec::new();
+        let views = span::spans(request).filter(|s| match &self.join {
+            Some(_) if logs::awaits_content(s) => {
+                waiting.push((s.span_id().to_vec(), StoredSpan::of_view(s)));
+                false
+            }
+            Some(join) if s.kind() == OperationKind::Chat => {
+                join.content_present(s.span_id());
+                true
+            }
+            _ => true,
+        });
+        let traces = TraceView::group(views, false);
         // Without a trace buffer, trace evaluators (if any) see the trace's spans at hand.
         let pass = if self.traces.is_some() {
             Pass::Spans
@@ -135,22 +149,69 @@ impl Worker {
             let mut shared = SharedParts::default();
             for trace in &traces {
                 // A trace no trace evaluator samples is not buffered at all.
-                if self
-                    .scoring
-                    .evaluators
-                    .evaluators()
-                    .iter()
-                    .any(|e| e.needs_trace() && e.sampler.keeps(trace.trace_id()))
-                {
+                if self.scoring.samples_trace(trace.trace_id()) {
                     let spans = StoredSpan::from_trace(trace, &mut shared);
                     assembler.add(trace.trace_id().to_vec(), spans, &input.token);
                     held = true;
                 }
             }
         }
+        if let Some(join) = &self.join
+            && !waiting.is_empty()
+        {
+            join.add_spans(waiting, &input.token);
+            held = true;
+        }
         if held {
             // The buffer and the judge calls keep what they read; the raw bytes can go.
             input.token.release_input();
+        }
+    }
+
+    /// A logs input: its content events go to the join. Without a join (no receiver was
+    /// configured for logs, so none should come), there is nothing to do with it.
+    fn process_logs(&self, input: &Input) {
+        let decoded;
+        let requests = match &input.body {
+            Body::Logs(request) => std::slice::from_ref(request),
+            Body::KeptLogs(encoding) => {
+                let Some(r) = self.decode_kept(input, |b| logs::decode_logs(b, *encoding)) else {
+                    return;
+                };
+                decoded = r;
+                &decoded[..]
+            }
+            _ => return,
+        };
+        if let Some(join) = &self.join {
+            for request in requests {
+                join.add_logs(request, &input.token);
+            }
+        }
+        input.token.release_input();
+    }
+
+    /// Decodes the bytes the input's origin keeps; an input that does not decode is rejected
+    /// (its receiver decides what that means) and `None` returned.
+    fn decode_kept<T>(
+        &self,
+        input: &Input,
+        decode: impl FnOnce(&[u8]) -> Result<T, otlp::DecodeError>,
+    ) -> Option<T> {
+        match input
+            .token
+            .with_input(|payload| decode(payload.unwrap_or_default()))
+        {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                self.scoring.metrics.decode_errors.inc();
+                input.token.reject(Rejection {
+                    error_type: "decode",
+                    message: e.to_string(),
+                    output: None,
+                });
+                None
+            }
         }
     }
 }

@@ -131,6 +131,19 @@ pub struct Metrics {
     pub traces_assembled: IntCounterVec,
     /// Spans that arrived after their trace had been evaluated.
     pub late_spans: IntCounter,
+    /// Spans that waited for their log events, by how they left the join (`joined`,
+    /// `timed_out`, `evicted`, `flushed`).
+    pub join_spans: IntCounterVec,
+    /// GenAI content log events, by what became of them (`joined`; dropped: `expired`,
+    /// `evicted`, `flushed`, `no_span` without a span id, `unneeded` for a span that carried its
+    /// content).
+    pub log_events: IntCounterVec,
+    /// Spans waiting in the join for their log events.
+    pub join_spans_waiting: IntGauge,
+    /// Span ids with log events waiting in the join for their span.
+    pub join_events_waiting: IntGauge,
+    /// Bytes waiting in the join.
+    pub join_bytes: IntGauge,
     /// Script reloads, by evaluator and result (`reloaded`, `failed`).
     pub script_reloads: IntCounterVec,
     /// Judge calls, by evaluator and result (`ok` or the error type).
@@ -386,6 +399,33 @@ impl Metrics {
                 &r,
                 "evalstream_late_spans_total",
                 "Spans that arrived after their trace had been evaluated (evaluated again as a late, partial trace).",
+            )?,
+            join_spans: counter_vec(
+                &r,
+                "evalstream_join_spans_total",
+                "Model-call spans without content that waited for their log events, by how they left the join (joined, timed_out, evicted, flushed).",
+                &["release"],
+            )?,
+            log_events: counter_vec(
+                &r,
+                "evalstream_log_events_total",
+                "GenAI content log events, by outcome (joined to their span; dropped: expired, evicted, flushed, no_span, unneeded).",
+                &["outcome"],
+            )?,
+            join_spans_waiting: gauge(
+                &r,
+                "evalstream_join_spans_waiting",
+                "Model-call spans without content waiting for their log events.",
+            )?,
+            join_events_waiting: gauge(
+                &r,
+                "evalstream_join_events_waiting",
+                "Span ids with log events waiting for their span.",
+            )?,
+            join_bytes: gauge(
+                &r,
+                "evalstream_join_bytes",
+                "Bytes of the spans and log events waiting in the join.",
             )?,
             otlp_requests: counter_vec(
                 &r,

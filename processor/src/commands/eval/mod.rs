@@ -6,6 +6,12 @@
 //! standard error, optionally writes the evaluator spans to a file, and applies `--fail-on` gates.
 //! An input that cannot be read or decoded is reported and counted; the others still run.
 //!
+//! Inputs may also be OTLP logs (`ExportLogsServiceRequest`), told from traces by content
+//! ([`logs::signal`]; one signal per file): the GenAI content events they hold are joined to their
+//! spans by span id across every input, in any order, before anything is evaluated — so every
+//! input is read once to find the logs, and the trace inputs again to evaluate them. Events that
+//! match no span are counted and reported.
+//!
 //! The evaluation is `run`'s own ([`Pipeline`]): trace evaluators see whole traces gathered
 //! across every request, line and file (held in the trace buffer, bounded by `traces.max_traces`
 //! and `traces.max_bytes`: past them the oldest traces are judged with what they have, as online;
@@ -28,10 +34,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use crossbeam_channel::Sender;
+use evalstream_evaluators::logs::{self, ContentEvent, Signal};
 use evalstream_evaluators::otlp::{self, DecodeError, Encoding, types::ExportTraceServiceRequest};
 use evalstream_evaluators::spec;
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message as _;
+use std::collections::HashMap;
 
 use crate::commands::gate::{Gate, Verdict};
 use crate::commands::summary::Summary;
@@ -103,6 +111,24 @@ fn read_input(name: &str) -> io::Result<Vec<u8>> {
     }
 }
 
+/// An input's bytes (`kept` when already read), or `None` when it cannot be read: reported and
+/// counted.
+fn read_reported(
+    name: &str,
+    kept: Option<Vec<u8>>,
+    progress: &ProgressBar,
+    summary: &mut Summary,
+) -> Option<Vec<u8>> {
+    match kept.map_or_else(|| read_input(name), Ok) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            progress.suspend(|| eprintln!("error: cannot read {name}: {e}"));
+            summary.bad_inputs += 1;
+            None
+        }
+    }
+}
+
 /// How long `eval` waits, at the end, for judge calls still running: each call has its own
 /// timeout and retries; this only bounds a judge that keeps answering "retry later".
 const JUDGE_PATIENCE: Duration = Duration::from_secs(3600);
@@ -122,11 +148,16 @@ struct EvalRun<W: Write> {
     summary: Summary,
     /// `--sampling`: the traces' facts, for the policy's report.
     sampling: Option<SamplingReport>,
+    /// Content events from the logs inputs, by span id, until their span is read.
+    events: HashMap<Vec<u8>, Vec<ContentEvent>>,
 }
 
 impl<W: Write> EvalRun<W> {
     /// Hands one request to the pipeline, printing what finished meanwhile.
-    fn request(&mut self, name: &str, request: ExportTraceServiceRequest) -> io::Result<()> {
+    fn request(&mut self, name: &str, mut request: ExportTraceServiceRequest) -> io::Result<()> {
+        if !self.events.is_empty() {
+            logs::attach(&mut request, |span_id| self.events.remove(span_id));
+        }
         self.summary.requests += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -260,6 +291,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         judges: (!options.skip_judges).then_some(WhenFull::Wait),
         reload: false,
         redactor: None,
+        logs: None,
     };
     let pipeline = Pipeline::start(settings, set.clone(), exporters, metrics)?;
 
@@ -277,29 +309,57 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         next_seq: 0,
         out: io::BufWriter::new(out),
         summary,
+        events: HashMap::new(),
         sampling,
     };
-    let mut broken_pipe = false;
-    // `--sampling-output` reads the inputs again once the traces are decided; standard input
-    // cannot be, so its bytes are kept.
-    let mut stdin_bytes = None;
-    for name in &options.inputs {
-        let bytes = match read_input(name) {
-            Ok(b) if name == "-" && options.sampling_output.is_some() => {
-                stdin_bytes = Some(b.clone());
-                b
-            }
-            Ok(b) => b,
-            Err(e) => {
-                progress.suspend(|| eprintln!("error: cannot read {name}: {e}"));
-                run.summary.bad_inputs += 1;
-                continue;
-            }
-        };
-        let encoding = options
+    let encoding_of = |name: &str, bytes: &[u8]| {
+        options
             .encoding
             .or_else(|| encoding_by_name(name))
-            .unwrap_or_else(|| Encoding::sniff(&bytes));
+            .unwrap_or_else(|| Encoding::sniff(bytes))
+    };
+    // First the logs: their events must be at hand when their spans are read, whatever the
+    // order of the inputs. Trace inputs are read again after (standard input is kept).
+    let mut trace_inputs: Vec<(&str, Option<Vec<u8>>)> = Vec::new();
+    let mut events = Vec::new();
+    let mut without_span = 0;
+    for name in &options.inputs {
+        let Some(bytes) = read_reported(name, None, &progress, &mut run.summary) else {
+            continue;
+        };
+        let encoding = encoding_of(name, &bytes);
+        if logs::signal(&bytes, encoding) == Signal::Traces {
+            trace_inputs.push((name, (name == "-").then_some(bytes)));
+            continue;
+        }
+        match logs::decode_logs(&bytes, encoding) {
+            Ok(requests) => {
+                for request in &requests {
+                    let extracted = logs::content_events(request);
+                    events.extend(extracted.events);
+                    without_span += extracted.without_span;
+                }
+                progress.inc(bytes.len() as u64);
+            }
+            Err(e) => {
+                progress.suspend(|| eprintln!("error: {name}: {e}"));
+                run.summary.bad_inputs += 1;
+            }
+        }
+    }
+    run.events = logs::by_span(events);
+    let mut broken_pipe = false;
+    // `--sampling-output` reads the trace inputs again once the traces are decided; standard
+    // input cannot be, so its bytes are kept.
+    let mut stdin_bytes = None;
+    for (name, kept) in trace_inputs {
+        let Some(bytes) = read_reported(name, kept, &progress, &mut run.summary) else {
+            continue;
+        };
+        if name == "-" && options.sampling_output.is_some() {
+            stdin_bytes = Some(bytes.clone());
+        }
+        let encoding = encoding_of(name, &bytes);
         match run.input(name, &bytes, encoding, &progress) {
             Ok(()) => {}
             Err(InputError::Decode(e)) => {
@@ -323,6 +383,13 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
     match run.print_ready().and_then(|()| run.out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(RunResult::Ok),
         other => other.context("cannot write evaluations")?,
+    }
+    let unmatched: usize = run.events.values().map(Vec::len).sum();
+    if unmatched + without_span > 0 {
+        eprintln!(
+            "note: {} content event(s) in the logs matched no span among the inputs ({without_span} without a span id)",
+            unmatched + without_span
+        );
     }
     let summary = run.summary;
     let sampling = run.sampling;
@@ -415,6 +482,10 @@ fn write_sampled(
             .encoding
             .or_else(|| encoding_by_name(name))
             .unwrap_or_else(|| Encoding::sniff(&bytes));
+        // Logs inputs hold no spans; their content was joined for the evaluators only.
+        if logs::signal(&bytes, encoding) != Signal::Traces {
+            continue;
+        }
         let requests: Vec<ExportTraceServiceRequest> = match encoding {
             Encoding::OtlpProto => otlp::decode(&bytes, encoding).into_iter().collect(),
             Encoding::OtlpJson => otlp::json_requests(&bytes).map_while(Result::ok).collect(),

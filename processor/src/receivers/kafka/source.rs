@@ -56,6 +56,7 @@ use super::input::{Ack, KafkaInput, Received};
 use super::offsets::{OffsetTracker, TopicPartition};
 use crate::config::KafkaReceiver;
 use crate::pipeline::ack::Token;
+use crate::pipeline::joiner::Joiner;
 use crate::pipeline::traces::Assembler;
 use crate::pipeline::traces::Selector;
 use crate::pipeline::worker::{Body, Input};
@@ -122,6 +123,8 @@ pub struct SourceContext {
     drain_timeout: Duration,
     assignment_changed: AtomicBool,
     traces: Option<Assembler>,
+    /// The join of log events to spans, when logs are read: flushed on revoke and shutdown.
+    join: Option<Arc<Joiner>>,
     /// Exactly once: where offsets are committed, with the outputs.
     transaction: Option<Arc<dyn Transaction>>,
     /// Why the worker must stop (a transaction that could not commit in a rebalance callback,
@@ -239,6 +242,9 @@ impl ConsumerContext for SourceContext {
         };
         if let Some(traces) = &self.traces {
             traces.flush(Some(&selector));
+        }
+        if let Some(join) = &self.join {
+            join.flush(&selector);
         }
         let mut state = self.state();
         if let Some(transaction) = &self.transaction {
@@ -398,6 +404,17 @@ const BATCH: usize = 1024;
 /// enough that a batch spreads over all workers.
 const SLICE: usize = 64;
 
+/// What of the pipeline holds messages beyond the workers' evaluation.
+pub struct Holders {
+    /// The trace buffer, when trace evaluators are configured: flushed on revoke and shutdown.
+    pub traces: Option<Assembler>,
+    /// The join of log events to spans, when logs are read: flushed on revoke and shutdown.
+    pub join: Option<Arc<Joiner>>,
+    /// Messages judge calls and the join hold: their queues and limits bound them, so they do
+    /// not count against the in-flight limits, which are for the cheap path.
+    pub elsewhere: Vec<Arc<AtomicUsize>>,
+}
+
 /// The consumer and its loop.
 pub struct Source {
     consumer: Arc<BaseConsumer<SourceContext>>,
@@ -405,23 +422,24 @@ pub struct Source {
     acks: Sender<Ack>,
     dead_letters: Sender<DeadLetterJob>,
     encoding: evalstream_evaluators::otlp::Encoding,
+    /// The logs topics (`receivers.kafka.logs`) and their encoding.
+    logs: Option<(Vec<String>, evalstream_evaluators::otlp::Encoding)>,
     max_in_flight: usize,
     in_flight_bytes: Arc<AtomicUsize>,
     max_in_flight_bytes: usize,
     /// Messages held by buffered traces (a message may be counted once per trace it holds).
     held_by_traces: Arc<AtomicUsize>,
-    /// Messages held by queued judge calls (once per call).
-    held_by_judges: Arc<AtomicUsize>,
+    /// Messages held by queued judge calls (once per call) and by the join of log events
+    /// (once per waiting span or event group).
+    held_elsewhere: Vec<Arc<AtomicUsize>>,
     metrics: Arc<Metrics>,
     /// Exactly once: how often the transaction commits.
     transaction_interval: Duration,
 }
 
 impl Source {
-    /// Creates the consumer and subscribes. `work` is the bounded queue to the workers; `traces`,
-    /// when trace evaluators are configured, the trace buffer to flush on revoke and shutdown;
-    /// `held_by_judges` counts the messages judge calls hold (their queues bound them, so they
-    /// do not count against the in-flight limits, which are for the cheap path).
+    /// Creates the consumer and subscribes. `work` is the bounded queue to the workers; `held`,
+    /// what else of the pipeline holds messages.
     ///
     /// With `transaction` (exactly once), offsets are committed in it every `interval` instead of
     /// to the group.
@@ -429,8 +447,7 @@ impl Source {
         config: &KafkaReceiver,
         work: Sender<Vec<Input>>,
         dead_letters: Sender<DeadLetterJob>,
-        traces: Option<Assembler>,
-        held_by_judges: Arc<AtomicUsize>,
+        held: Holders,
         metrics: Arc<Metrics>,
         transaction: Option<(Arc<dyn Transaction>, Duration)>,
     ) -> Result<Source, KafkaError> {
@@ -443,6 +460,11 @@ impl Source {
         // Unbounded so that acknowledging never blocks the producer's thread; its length is at
         // most the messages in flight, which the loop below and the trace buffer bound.
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let Holders {
+            traces,
+            join,
+            elsewhere: held_elsewhere,
+        } = held;
         let held_by_traces = traces
             .as_ref()
             .map_or_else(Default::default, Assembler::held);
@@ -457,6 +479,7 @@ impl Source {
             drain_timeout: Duration::from_secs_f64(config.drain_timeout_seconds),
             assignment_changed: AtomicBool::new(false),
             traces,
+            join,
             transaction,
             failed: Mutex::new(None),
         };
@@ -485,7 +508,13 @@ impl Source {
             client.set(k, v);
         }
         let consumer: BaseConsumer<SourceContext> = client.create_with_context(context)?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        let logs_topics = config.logs.iter().flat_map(|l| &l.topics);
+        let topics: Vec<&str> = config
+            .topics
+            .iter()
+            .chain(logs_topics)
+            .map(String::as_str)
+            .collect();
         consumer.subscribe(&topics)?;
         Ok(Source {
             consumer: Arc::new(consumer),
@@ -493,11 +522,12 @@ impl Source {
             acks: ack_tx,
             dead_letters,
             encoding: config.encoding,
+            logs: config.logs.as_ref().map(|l| (l.topics.clone(), l.encoding)),
             max_in_flight,
             in_flight_bytes: Arc::new(AtomicUsize::new(0)),
             max_in_flight_bytes: config.max_in_flight_bytes.max(1),
             held_by_traces,
-            held_by_judges,
+            held_elsewhere,
             metrics,
             transaction_interval,
         })
@@ -539,9 +569,14 @@ impl Source {
         store(&self.consumer, &advances);
         let in_flight = state.tracker.in_flight();
         self.metrics.in_flight.set(in_flight as i64);
+        let elsewhere: usize = self
+            .held_elsewhere
+            .iter()
+            .map(|h| h.load(Ordering::Acquire))
+            .sum();
         in_flight
             .saturating_sub(self.held_by_traces.load(Ordering::Acquire))
-            .saturating_sub(self.held_by_judges.load(Ordering::Acquire))
+            .saturating_sub(elsewhere)
     }
 
     /// Makes a work item of a received message, checking its offset follows the last one read.
@@ -570,6 +605,12 @@ impl Source {
             offset = m.offset(),
             "received"
         );
+        let body = match &self.logs {
+            Some((topics, encoding)) if topics.iter().any(|t| **t == *tp.topic) => {
+                Body::KeptLogs(*encoding)
+            }
+            _ => Body::Kept(self.encoding),
+        };
         let key = m.key().map(<[u8]>::to_vec);
         let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
         let message = Arc::new(Received::new(
@@ -586,10 +627,7 @@ impl Source {
         ));
         Work {
             message,
-            input: Input {
-                body: Body::Kept(self.encoding),
-                token,
-            },
+            input: Input { body, token },
         }
     }
 
@@ -760,6 +798,12 @@ impl Source {
         let ctx = self.consumer.context();
         if let Some(traces) = &ctx.traces {
             traces.flush(None);
+        }
+        // Spans waiting for their log events are evaluated as they are, waiting events dropped:
+        // the messages they hold finish within the drain rather than at the end of their wait.
+        if let Some(join) = &ctx.join {
+            let every: Selector = Arc::new(|_: &Token| true);
+            join.flush(&every);
         }
         let mut state = ctx.state();
         let unfinished = state.drain(None, Instant::now() + ctx.drain_timeout);

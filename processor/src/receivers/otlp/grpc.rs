@@ -1,4 +1,5 @@
-//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on tonic.
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on tonic, and with
+//! `logs: true` `opentelemetry.proto.collector.logs.v1.LogsService/Export`, answered alike.
 //!
 //! tonic enforces `max_recv_msg_size_mib`, after decompression too (a gzip bomb stops at the
 //! limit). A message over it must be answered with a code OTLP clients do not retry: tonic says
@@ -13,11 +14,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -29,7 +36,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_types::StatusExt as _;
 use tracing::{debug, warn};
 
-use super::{Counted, Error, Intake, Outcome, Stop};
+use super::{Counted, Error, Intake, Outcome, Request, Stop};
 use crate::config::otlp_receiver::GrpcConfig;
 
 /// The `TraceService` implementation: decoded requests go to the intake.
@@ -46,10 +53,35 @@ impl TraceService for Receiver {
         let request = request.into_inner();
         // The message as received (after decompression); tonic does not tell its length.
         let bytes = request.encoded_len();
-        super::export("grpc", &*self.intake, request, bytes)
+        let taken = super::export("grpc", &*self.intake, Request::Traces(request), bytes)
             .await
-            .map(tonic::Response::new)
-            .map_err(|failure| failure.to_status())
+            .map_err(|failure| failure.to_status())?;
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: (taken.rejected > 0).then_some(ExportTracePartialSuccess {
+                rejected_spans: taken.rejected,
+                error_message: taken.message,
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let bytes = request.encoded_len();
+        let taken = super::export("grpc", &*self.intake, Request::Logs(request), bytes)
+            .await
+            .map_err(|failure| failure.to_status())?;
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: (taken.rejected > 0).then_some(ExportLogsPartialSuccess {
+                rejected_log_records: taken.rejected,
+                error_message: taken.message,
+            }),
+        }))
     }
 }
 
@@ -135,26 +167,37 @@ where
     }
 }
 
-/// Serves `TraceService` on `listener` until `stop`, then lets open calls finish for at most
-/// [`super::SHUTDOWN_GRACE`].
+/// Serves `TraceService` (and `LogsService` when `logs`) on `listener` until `stop`, then lets
+/// open calls finish for at most [`super::SHUTDOWN_GRACE`].
 pub(super) async fn run(
     listener: TcpListener,
     config: GrpcConfig,
+    logs: bool,
     intake: Arc<dyn Intake>,
     counted: Counted,
     stop: Stop,
 ) -> Result<(), Error> {
-    let service = Answers {
-        inner: TraceServiceServer::from_arc(Arc::new(Receiver { intake }))
+    let receiver = Arc::new(Receiver { intake });
+    let traces = Answers {
+        inner: TraceServiceServer::from_arc(receiver.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(config.max_recv_msg_bytes()),
+        max_recv_msg_size_mib: config.max_recv_msg_size_mib,
+        counted: counted.clone(),
+    };
+    let logs = logs.then(|| Answers {
+        inner: LogsServiceServer::from_arc(receiver)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(config.max_recv_msg_bytes()),
         max_recv_msg_size_mib: config.max_recv_msg_size_mib,
         counted,
-    };
+    });
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
-        .add_service(service)
+        .add_service(traces)
+        .add_optional_service(logs)
         .serve_with_incoming_shutdown(incoming, stop.clone().requested());
     tokio::select! {
         ended = server => ended.map_err(|e| Error::Serve {

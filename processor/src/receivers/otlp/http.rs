@@ -1,7 +1,9 @@
 //! OTLP/HTTP: `POST /v1/traces` with a protobuf (`application/x-protobuf`) or OTLP/JSON
-//! (`application/json`) `ExportTraceServiceRequest`, optionally `Content-Encoding: gzip`.
+//! (`application/json`) `ExportTraceServiceRequest`, optionally `Content-Encoding: gzip`; with
+//! `logs: true`, `POST /v1/logs` with an `ExportLogsServiceRequest`, under the same rules.
 //!
-//! The answer is in the request's encoding: an `ExportTraceServiceResponse` on success, a
+//! The answer is in the request's encoding: an `ExportTraceServiceResponse` (or
+//! `ExportLogsServiceResponse`) on success, a
 //! `google.rpc.Status` on failure (with a `RetryInfo` detail when a delay is known), as the OTLP
 //! specification requires. Status codes: 400 undecodable or invalid, 404 another path, 405
 //! another method, 413 a body over `max_request_body_size` (as sent or inflated), 415 another
@@ -18,23 +20,30 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::any;
+use evalstream_evaluators::logs::{self, Signal};
 use evalstream_evaluators::otlp::{self, Encoding};
 use flate2::read::MultiGzDecoder;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tracing::debug;
 
-use super::{Counted, Error, Failure, Intake, Outcome, SHUTDOWN_GRACE, Stop};
+use super::{Counted, Error, Failure, Intake, Outcome, SHUTDOWN_GRACE, Stop, Taken};
 use crate::config::otlp_receiver::HttpConfig;
 use crate::telemetry::http::serve_router;
 
 /// The traces path, the OTLP default.
 const PATH: &str = "/v1/traces";
+
+/// The logs path, the OTLP default.
+const LOGS_PATH: &str = "/v1/logs";
 
 /// Connections served at once; past it, new ones wait in the backlog. SDKs keep one or a few
 /// connections each.
@@ -83,11 +92,12 @@ struct Receiver {
     counted: Counted,
 }
 
-/// Serves `POST /v1/traces` on `listener` until `stop`, then lets open requests finish for at
-/// most [`SHUTDOWN_GRACE`].
+/// Serves `POST /v1/traces` (and `POST /v1/logs` when `logs`) on `listener` until `stop`, then
+/// lets open requests finish for at most [`SHUTDOWN_GRACE`].
 pub(super) async fn run(
     listener: TcpListener,
     config: HttpConfig,
+    logs: bool,
     intake: Arc<dyn Intake>,
     counted: Counted,
     stop: Stop,
@@ -97,10 +107,11 @@ pub(super) async fn run(
         max_body: config.max_request_body_size,
         counted,
     });
-    let app = axum::Router::new()
-        .route(PATH, any(traces))
-        .fallback(not_found)
-        .with_state(receiver);
+    let mut app = axum::Router::new().route(PATH, any(traces));
+    if logs {
+        app = app.route(LOGS_PATH, any(logs_export));
+    }
+    let app = app.fallback(not_found).with_state(receiver);
     serve_router(
         listener,
         app,
@@ -116,9 +127,19 @@ pub(super) async fn run(
     })
 }
 
-/// `/v1/traces`, any method: the answer, counted by its status.
+/// `/v1/traces`, any method.
 async fn traces(State(receiver): State<Arc<Receiver>>, request: Request) -> Response {
-    let response = answer(&receiver, request).await;
+    counted(&receiver, request, Signal::Traces).await
+}
+
+/// `/v1/logs`, any method.
+async fn logs_export(State(receiver): State<Arc<Receiver>>, request: Request) -> Response {
+    counted(&receiver, request, Signal::Logs).await
+}
+
+/// The answer, counted by its status.
+async fn counted(receiver: &Receiver, request: Request, signal: Signal) -> Response {
+    let response = answer(receiver, request, signal).await;
     receiver.counted.count(match response.status() {
         StatusCode::OK => Outcome::Accepted,
         StatusCode::TOO_MANY_REQUESTS => Outcome::Busy,
@@ -129,8 +150,8 @@ async fn traces(State(receiver): State<Arc<Receiver>>, request: Request) -> Resp
     response
 }
 
-/// The answer to a request on `/v1/traces`.
-async fn answer(receiver: &Receiver, request: Request) -> Response {
+/// The answer to a request on `/v1/traces` or `/v1/logs`.
+async fn answer(receiver: &Receiver, request: Request, signal: Signal) -> Response {
     let (parts, body) = request.into_parts();
     let format = content_type(&parts.headers);
     // Errors found before the content type is known are told in protobuf, the default encoding.
@@ -205,12 +226,12 @@ async fn answer(receiver: &Receiver, request: Request) -> Response {
         }
     };
     let decoded = if gzip || body.len() > INLINE_DECODE_BYTES {
-        match tokio::task::spawn_blocking(move || decode(&body, format, gzip, max)).await {
+        match tokio::task::spawn_blocking(move || decode(&body, format, gzip, max, signal)).await {
             Ok(decoded) => decoded,
             Err(e) => Err(Undecodable::Internal(format!("decoding failed: {e}"))),
         }
     } else {
-        decode(&body, format, gzip, max)
+        decode(&body, format, gzip, max, signal)
     };
     let (request, bytes) = match decoded {
         Ok(decoded) => decoded,
@@ -231,20 +252,24 @@ async fn answer(receiver: &Receiver, request: Request) -> Response {
         }
     };
     match super::export("http", &*receiver.intake, request, bytes).await {
-        Ok(response) => success(format, &response),
+        Ok(taken) => success(format, signal, taken),
         Err(failure) => refuse(http_status(failure.code), format, failure),
     }
 }
 
-/// Any other path.
-async fn not_found(headers: HeaderMap) -> Response {
+/// Any other path; `/v1/logs` when logs are not taken says how to take them.
+async fn not_found(uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let message = if uri.path() == LOGS_PATH {
+        format!(
+            "not found: logs are taken with receivers.otlp.logs: true; traces go to POST {PATH}"
+        )
+    } else {
+        format!("not found: traces go to POST {PATH}")
+    };
     refuse(
         StatusCode::NOT_FOUND,
         content_type(&headers).unwrap_or(Format::Protobuf),
-        Failure::new(
-            Code::Unimplemented,
-            format!("not found: traces go to POST {PATH}"),
-        ),
+        Failure::new(Code::Unimplemented, message),
     )
 }
 
@@ -308,7 +333,8 @@ fn decode(
     format: Format,
     gzip: bool,
     max: usize,
-) -> Result<(ExportTraceServiceRequest, usize), Undecodable> {
+    signal: Signal,
+) -> Result<(super::Request, usize), Undecodable> {
     use std::io::Read as _;
     let inflated;
     let bytes = if gzip {
@@ -329,11 +355,26 @@ fn decode(
     };
     // An empty protobuf message is a valid, empty request (the decoder refuses empty Kafka
     // records); empty JSON is not JSON.
-    if bytes.is_empty() && format == Format::Protobuf {
-        return Ok((ExportTraceServiceRequest::default(), 0));
-    }
-    let request =
-        otlp::decode(bytes, format.encoding()).map_err(|e| Undecodable::Invalid(e.to_string()))?;
+    let empty = bytes.is_empty() && format == Format::Protobuf;
+    let invalid = |e: otlp::DecodeError| Undecodable::Invalid(e.to_string());
+    let request = match signal {
+        Signal::Traces if empty => super::Request::Traces(ExportTraceServiceRequest::default()),
+        Signal::Logs if empty => super::Request::Logs(ExportLogsServiceRequest::default()),
+        Signal::Traces => {
+            super::Request::Traces(otlp::decode(bytes, format.encoding()).map_err(invalid)?)
+        }
+        // One request per body: a JSON stream of several is not OTLP/HTTP.
+        Signal::Logs => match logs::decode_logs(bytes, format.encoding()).map_err(invalid)? {
+            requests if requests.len() == 1 => {
+                super::Request::Logs(requests.into_iter().next().unwrap_or_default())
+            }
+            _ => {
+                return Err(Undecodable::Invalid(
+                    "several requests in one body: send one ExportLogsServiceRequest".into(),
+                ));
+            }
+        },
+    };
     Ok((request, bytes.len()))
 }
 
@@ -348,20 +389,39 @@ fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// 200 with the `ExportTraceServiceResponse` in the request's encoding.
-fn success(format: Format, response: &ExportTraceServiceResponse) -> Response {
-    let body = match format {
-        Format::Protobuf => response.encode_to_vec(),
+/// 200 with the `ExportTraceServiceResponse` (`ExportLogsServiceResponse`) in the request's
+/// encoding.
+fn success(format: Format, signal: Signal, taken: Taken) -> Response {
+    let partial = taken.rejected > 0;
+    let body = match (format, signal) {
+        (Format::Protobuf, Signal::Traces) => ExportTraceServiceResponse {
+            partial_success: partial.then_some(ExportTracePartialSuccess {
+                rejected_spans: taken.rejected,
+                error_message: taken.message,
+            }),
+        }
+        .encode_to_vec(),
+        (Format::Protobuf, Signal::Logs) => ExportLogsServiceResponse {
+            partial_success: partial.then_some(ExportLogsPartialSuccess {
+                rejected_log_records: taken.rejected,
+                error_message: taken.message,
+            }),
+        }
+        .encode_to_vec(),
         // Written here rather than by the crate's serde, which writes an unset
         // `partial_success` as `null`.
-        Format::Json => match &response.partial_success {
-            Some(p) => serde_json::json!({
-                "partialSuccess": { "rejectedSpans": p.rejected_spans, "errorMessage": p.error_message }
-            }),
-            None => serde_json::json!({}),
+        (Format::Json, _) if partial => {
+            let rejected = match signal {
+                Signal::Traces => "rejectedSpans",
+                Signal::Logs => "rejectedLogRecords",
+            };
+            serde_json::json!({
+                "partialSuccess": { rejected: taken.rejected, "errorMessage": taken.message }
+            })
+            .to_string()
+            .into_bytes()
         }
-        .to_string()
-        .into_bytes(),
+        (Format::Json, _) => b"{}".to_vec(),
     };
     (
         StatusCode::OK,
@@ -674,7 +734,10 @@ mod tests {
         assert_eq!(response.status(), 404);
         assert_eq!(header_of(&response, "content-type"), JSON);
         let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["message"], "not found: traces go to POST /v1/traces");
+        assert_eq!(
+            body["message"],
+            "not found: logs are taken with receivers.otlp.logs: true; traces go to POST /v1/traces"
+        );
 
         let response = post(&url, Some("text/plain"), None, "spans").await;
         let (status, _, body) = protobuf_status(response).await;
@@ -828,5 +891,99 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(response.status(), 200);
+    }
+}
+
+#[cfg(test)]
+mod logs_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    use super::super::testing::{Behaviour, TestIntake, config, counts};
+    use super::super::{Answer, Request, serve};
+    use super::*;
+
+    fn logs_request() -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        event_name: "gen_ai.client.inference.operation.details".into(),
+                        span_id: vec![1; 8],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// `/v1/logs` is served only with `logs: true`, in both encodings, with the logs response's
+    /// own partial-success field.
+    #[tokio::test]
+    async fn logs_are_taken_only_when_asked_for() {
+        let (intake, _held) = TestIntake::new(Behaviour::Answer(Answer::Accepted {
+            rejected_spans: 1,
+            message: "one record refused".into(),
+        }));
+        let mut c = config();
+        c.protocols.grpc = None;
+        let off = serve(&c, intake.clone(), counts(), std::future::pending())
+            .await
+            .unwrap();
+        c.logs = true;
+        let on = serve(&c, intake.clone(), counts(), std::future::pending())
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let post = |address: std::net::SocketAddr, content_type: &str, body: Vec<u8>| {
+            client
+                .post(format!("http://{address}{LOGS_PATH}"))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+        };
+        let protobuf = logs_request().encode_to_vec();
+        let response = post(
+            off.http_address().unwrap(),
+            "application/x-protobuf",
+            protobuf.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let status = tonic_types::Status::decode(response.bytes().await.unwrap()).unwrap();
+        assert!(
+            status.message.contains("receivers.otlp.logs: true"),
+            "{status:?}"
+        );
+        assert!(intake.taken().is_empty());
+
+        let response = post(
+            on.http_address().unwrap(),
+            "application/x-protobuf",
+            protobuf,
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer = ExportLogsServiceResponse::decode(response.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer.partial_success.unwrap().rejected_log_records, 1);
+        let json = serde_json::to_vec(&logs_request()).unwrap();
+        let response = post(on.http_address().unwrap(), "application/json", json)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["partialSuccess"]["rejectedLogRecords"], 1);
+        let taken = intake.taken();
+        assert_eq!(taken.len(), 2);
+        assert!(
+            taken
+                .iter()
+                .all(|(r, _)| *r == Request::Logs(logs_request()))
+        );
     }
 }

@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::oneshot;
 
-use super::{Answer, Busy, Intake};
+use super::{Answer, Busy, Intake, Request};
 use crate::pipeline::ack::{Origin, Rejection, Status, Token};
 use crate::pipeline::admission::{Admission, Permit};
 use crate::pipeline::worker::{Body, Input};
@@ -55,11 +54,7 @@ impl PipelineIntake {
 }
 
 impl Intake for PipelineIntake {
-    fn submit(
-        &self,
-        request: ExportTraceServiceRequest,
-        bytes: usize,
-    ) -> Result<oneshot::Receiver<Answer>, Busy> {
+    fn submit(&self, request: Request, bytes: usize) -> Result<oneshot::Receiver<Answer>, Busy> {
         let busy = Busy {
             retry_after: RETRY_AFTER,
         };
@@ -75,10 +70,10 @@ impl Intake for PipelineIntake {
             rejection: Mutex::new(None),
             _permit: permit,
         });
-        let body = if self.forward {
-            Body::Forwarded(request)
-        } else {
-            Body::Decoded(request)
+        let body = match request {
+            Request::Traces(request) if self.forward => Body::Forwarded(request),
+            Request::Traces(request) => Body::Decoded(request),
+            Request::Logs(request) => Body::Logs(request),
         };
         let input = Input { body, token };
         let sent = match &*self.work.lock().unwrap_or_else(|e| e.into_inner()) {

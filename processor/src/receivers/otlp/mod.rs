@@ -1,7 +1,9 @@
 //! The OTLP trace receiver's network half: an OTLP/gRPC listener (`TraceService/Export`, in
-//! `grpc.rs`) and an OTLP/HTTP one (`POST /v1/traces`, protobuf or JSON, in `http.rs`). Both
-//! decode a request, hand it to an [`Intake`] (the pipeline, implemented elsewhere) and tell the
-//! client how it ended. Start them with [`serve`].
+//! `grpc.rs`) and an OTLP/HTTP one (`POST /v1/traces`, protobuf or JSON, in `http.rs`); with
+//! `logs: true`, logs too (`LogsService/Export`, `POST /v1/logs`), whose GenAI content events the
+//! pipeline joins to their spans. Both decode a request, hand it to an [`Intake`] (the pipeline,
+//! implemented elsewhere) and tell the client how it ended, the same way for either signal. Start
+//! them with [`serve`].
 //!
 //! **Acknowledgement, not receipt.** [`Intake::submit`] either refuses at once ([`Busy`]) or
 //! returns a oneshot the pipeline answers once the request's evaluations are delivered (or at
@@ -22,8 +24,8 @@
 //! request without spans succeeds without reaching the pipeline, as the specification
 //! recommends and the collector does.
 //!
-//! **Counted.** Every answer to an export request (`POST /v1/traces`, `TraceService/Export`), a
-//! refusal before decoding included, is counted in `evalstream_otlp_requests_total` by protocol
+//! **Counted.** Every answer to an export request (`POST /v1/traces`, `TraceService/Export`, and
+//! their logs counterparts), a refusal before decoding included, is counted in `evalstream_otlp_requests_total` by protocol
 //! and [`Outcome`].
 //!
 //! **Shutdown.** When the shutdown future completes, both listeners close (new connections are
@@ -34,9 +36,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prometheus::IntCounterVec;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -59,12 +60,41 @@ pub trait Intake: Send + Sync + 'static {
     /// configured to answer early).
     ///
     /// `bytes` is the request's size as received, after decompression: the protobuf message
-    /// (gRPC, HTTP protobuf) or the JSON text (HTTP JSON). Requests without spans never arrive.
-    fn submit(
-        &self,
-        request: ExportTraceServiceRequest,
-        bytes: usize,
-    ) -> Result<oneshot::Receiver<Answer>, Busy>;
+    /// (gRPC, HTTP protobuf) or the JSON text (HTTP JSON). Requests without spans (or log
+    /// records) never arrive.
+    fn submit(&self, request: Request, bytes: usize) -> Result<oneshot::Receiver<Answer>, Busy>;
+}
+
+/// A decoded export request, of either signal the receiver takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `TraceService/Export`, `POST /v1/traces`.
+    Traces(ExportTraceServiceRequest),
+    /// `LogsService/Export`, `POST /v1/logs` (with `logs: true`).
+    Logs(ExportLogsServiceRequest),
+}
+
+impl Request {
+    /// Its spans or log records, without reading them.
+    fn items(&self) -> usize {
+        match self {
+            Request::Traces(r) => evalstream_evaluators::otlp::span_count(r),
+            Request::Logs(r) => r
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .map(|s| s.log_records.len())
+                .sum(),
+        }
+    }
+}
+
+/// A request taken: `rejected` of its items (spans or log records) were refused, for
+/// `message`; 0 is a full success (the response's `partial_success` left unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Taken {
+    rejected: i64,
+    message: String,
 }
 
 /// The pipeline is full; retry after this long.
@@ -242,14 +272,21 @@ pub async fn serve(
     if let Some((listener, c)) = grpc {
         servers.grpc = Some(local_address("grpc", &c.endpoint, &listener)?);
         let counted = Counted::new("grpc", &requests);
-        let server = grpc::run(listener, c, intake.clone(), counted, Stop(stopping.clone()));
+        let server = grpc::run(
+            listener,
+            c,
+            config.logs,
+            intake.clone(),
+            counted,
+            Stop(stopping.clone()),
+        );
         supervise("grpc", server, end.clone());
         servers.started += 1;
     }
     if let Some((listener, c)) = http {
         servers.http = Some(local_address("http", &c.endpoint, &listener)?);
         let counted = Counted::new("http", &requests);
-        let server = http::run(listener, c, intake, counted, Stop(stopping));
+        let server = http::run(listener, c, config.logs, intake, counted, Stop(stopping));
         supervise("http", server, end);
         servers.started += 1;
     }
@@ -414,13 +451,16 @@ impl Failure {
 async fn export(
     protocol: &'static str,
     intake: &dyn Intake,
-    request: ExportTraceServiceRequest,
+    request: Request,
     bytes: usize,
-) -> Result<ExportTraceServiceResponse, Failure> {
-    let spans = evalstream_evaluators::otlp::span_count(&request);
+) -> Result<Taken, Failure> {
+    let spans = request.items();
     if spans == 0 {
-        debug!(protocol, bytes, "otlp export without spans: accepted");
-        return Ok(ExportTraceServiceResponse::default());
+        debug!(
+            protocol,
+            bytes, "otlp export without spans or log records: accepted"
+        );
+        return Ok(Taken::default());
     }
     let answer = match intake.submit(request, bytes) {
         Ok(answer) => answer.await.unwrap_or_else(|_| Answer::Unavailable {
@@ -447,11 +487,9 @@ async fn export(
         Answer::Accepted {
             rejected_spans,
             message,
-        } => Ok(ExportTraceServiceResponse {
-            partial_success: (rejected_spans > 0).then_some(ExportTracePartialSuccess {
-                rejected_spans,
-                error_message: message,
-            }),
+        } => Ok(Taken {
+            rejected: rejected_spans,
+            message,
         }),
         Answer::Invalid { message } => Err(Failure::new(tonic::Code::InvalidArgument, message)),
         Answer::Unavailable {

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Answer, Busy, Intake};
+use super::{Answer, Busy, Intake, Request};
 use crate::config::otlp_receiver::{GrpcConfig, HttpConfig, OtlpReceiverConfig, Protocols};
 
 /// How the test intake answers the next requests.
@@ -31,7 +31,7 @@ pub(super) enum Behaviour {
 #[derive(Debug)]
 pub(super) struct TestIntake {
     behaviour: Mutex<Behaviour>,
-    requests: Mutex<Vec<(ExportTraceServiceRequest, usize)>>,
+    requests: Mutex<Vec<(Request, usize)>>,
     held: mpsc::Sender<oneshot::Sender<Answer>>,
 }
 
@@ -54,8 +54,19 @@ impl TestIntake {
         *self.behaviour.lock().unwrap_or_else(|e| e.into_inner()) = behaviour;
     }
 
-    /// The requests taken so far, with their sizes.
+    /// The trace requests taken so far, with their sizes.
     pub(super) fn requests(&self) -> Vec<(ExportTraceServiceRequest, usize)> {
+        self.taken()
+            .into_iter()
+            .filter_map(|(r, bytes)| match r {
+                Request::Traces(r) => Some((r, bytes)),
+                Request::Logs(_) => None,
+            })
+            .collect()
+    }
+
+    /// The requests of either signal taken so far, with their sizes.
+    pub(super) fn taken(&self) -> Vec<(Request, usize)> {
         self.requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -72,11 +83,7 @@ impl TestIntake {
 }
 
 impl Intake for TestIntake {
-    fn submit(
-        &self,
-        request: ExportTraceServiceRequest,
-        bytes: usize,
-    ) -> Result<oneshot::Receiver<Answer>, Busy> {
+    fn submit(&self, request: Request, bytes: usize) -> Result<oneshot::Receiver<Answer>, Busy> {
         let behaviour = self
             .behaviour
             .lock()

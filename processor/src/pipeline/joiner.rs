@@ -1,0 +1,230 @@
+//! The join's runtime: the workers put spans without content and content log events into one
+//! [`JoinBuffer`] (behind a mutex: each call is a few hash-map operations, far shorter than the
+//! decoding around it), a thread of its own releases what waited too long, and whoever released
+//! a span evaluates it — the worker that brought its other half, or that thread.
+//!
+//! A released span is evaluated as a worker would have: its span evaluators now, with the
+//! events' content attached, then (when trace evaluators are configured) into the trace buffer.
+//! The holds of every input that contributed — the span's and its events' — go with it, so a
+//! logs input is acknowledged only once the spans its events joined were evaluated and their
+//! evaluations delivered, or once its events were dropped (counted).
+//!
+//! Only started when a receiver takes logs: without, spans never wait.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use evalstream_evaluators::logs;
+use evalstream_evaluators::trace::TraceView;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+
+use super::ack::{Hold, Token};
+use super::assembly::StoredSpan;
+use super::evaluate::{Pass, Scoring, panic_message};
+use super::join::{JoinBuffer, JoinConfig, JoinCounts, ReadySpan, Released};
+use super::judge::JudgeService;
+use super::traces::{Assembler, Selector};
+
+/// How often the join looks for waits that ran out.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The join, shared by the workers and the receivers that let inputs go.
+pub struct Joiner {
+    buffer: Mutex<JoinBuffer<Hold>>,
+    held: Arc<AtomicUsize>,
+    scoring: Arc<Scoring>,
+    traces: Option<Assembler>,
+    judges: Option<Arc<JudgeService>>,
+}
+
+/// Stops the join's thread when dropped, after it released everything it held.
+pub struct JoinThread {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl JoinThread {
+    /// Releases every waiting span (evaluated as it is) and drops the waiting events, then
+    /// waits for the thread.
+    pub fn stop(mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Joiner {
+    /// Starts the join and its thread.
+    pub fn start(
+        config: &JoinConfig,
+        scoring: Arc<Scoring>,
+        traces: Option<Assembler>,
+        judges: Option<Arc<JudgeService>>,
+    ) -> std::io::Result<(Arc<Joiner>, JoinThread)> {
+        let joiner = Arc::new(Joiner {
+            buffer: Mutex::new(JoinBuffer::new(config.clone())),
+            held: Arc::new(AtomicUsize::new(0)),
+            scoring,
+            traces,
+            judges,
+        });
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let ticking = joiner.clone();
+        let thread = crate::evaluation_thread("evalstream-join".into())
+            .spawn(move || ticking.run(&stopped))?;
+        Ok((
+            joiner,
+            JoinThread {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Inputs held by waiting spans and events, for the receivers' in-flight limits (the join's
+    /// own limits bound them).
+    pub fn held(&self) -> Arc<AtomicUsize> {
+        self.held.clone()
+    }
+
+    fn run(&self, stopped: &Receiver<()>) {
+        // Until stopped (the sender dropped).
+        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+            let released = self.with_buffer(|b| b.due(Instant::now()));
+            self.handle(released);
+        }
+        let released = self.with_buffer(JoinBuffer::drain);
+        self.handle(released);
+    }
+
+    fn with_buffer<R>(&self, f: impl FnOnce(&mut JoinBuffer<Hold>) -> R) -> R {
+        // A panic while holding the lock (a bug) leaves consistent data: each call is a few
+        // map operations that do not unwind halfway through a change that matters here.
+        let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = f(&mut buffer);
+        let metrics = &self.scoring.metrics;
+        metrics.join_spans_waiting.set(buffer.spans() as i64);
+        metrics
+            .join_events_waiting
+            .set(buffer.event_groups() as i64);
+        metrics.join_bytes.set(buffer.bytes() as i64);
+        out
+    }
+
+    /// Model-call spans without content, from the input of `token`: they wait for their events
+    /// (or take the ones waiting). The input is held until they are evaluated.
+    pub fn add_spans(&self, spans: Vec<(Vec<u8>, StoredSpan)>, token: &Token) {
+        for (span_id, span) in spans {
+            let hold = Hold::new(token, &self.held);
+            let released = self.with_buffer(|b| b.add_span(&span_id, span, hold, Instant::now()));
+            self.handle(released);
+        }
+    }
+
+    /// A span that carried its content: events waiting for it are not needed.
+    pub fn content_present(&self, span_id: &[u8]) {
+        let dropped = self.with_buffer(|b| b.discard_events(span_id));
+        if dropped > 0 {
+            self.count("unneeded", dropped);
+        }
+    }
+
+    /// The content events of a logs input: each group joins its span or waits for it. The input
+    /// is held until they joined and were evaluated, or were dropped.
+    pub fn add_logs(&self, request: &ExportLogsServiceRequest, token: &Token) {
+        let extracted = logs::content_events(request);
+        if extracted.without_span > 0 {
+            self.count("no_span", extracted.without_span as u64);
+        }
+        for (span_id, events) in logs::by_span(extracted.events) {
+            let hold = Hold::new(token, &self.held);
+            let released =
+                self.with_buffer(|b| b.add_events(&span_id, events, hold, Instant::now()));
+            self.handle(released);
+        }
+    }
+
+    /// Releases now the spans and events of the inputs `selector` picks (a revoked partition).
+    pub fn flush(&self, selector: &Selector) {
+        let released = self.with_buffer(|b| b.flush_where(|h| selector(h.token())));
+        self.handle(released);
+    }
+
+    fn count(&self, outcome: &str, n: u64) {
+        self.scoring
+            .metrics
+            .log_events
+            .with_label_values(&[outcome])
+            .inc_by(n);
+    }
+
+    fn handle(&self, released: Released<Hold>) {
+        let JoinCounts {
+            expired,
+            evicted,
+            flushed,
+        } = released.dropped;
+        for (outcome, n) in [
+            ("expired", expired),
+            ("evicted", evicted),
+            ("flushed", flushed),
+        ] {
+            if n > 0 {
+                self.count(outcome, n);
+            }
+        }
+        for ready in released.spans {
+            self.evaluate(ready);
+        }
+    }
+
+    /// Evaluates a span that left the join, as the worker would have, then lets go of its
+    /// inputs (the exporters and the trace buffer now hold them).
+    fn evaluate(&self, ready: ReadySpan<Hold>) {
+        let metrics = &self.scoring.metrics;
+        metrics
+            .join_spans
+            .with_label_values(&[ready.release.as_str()])
+            .inc();
+        if !ready.events.is_empty() {
+            self.count("joined", ready.events.len() as u64);
+        }
+        let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut decoded = ready.span.decode();
+            decoded.attach(ready.events);
+            let trace = TraceView::new(vec![decoded.view()], false);
+            let tokens: Vec<Token> = ready.holds.iter().map(|h| h.token().clone()).collect();
+            let pass = if self.traces.is_some() {
+                Pass::Spans
+            } else {
+                Pass::All
+            };
+            self.scoring.score(
+                std::slice::from_ref(&trace),
+                pass,
+                &tokens,
+                self.judges.as_deref(),
+            );
+            if let Some(assembler) = &self.traces
+                && self.scoring.samples_trace(trace.trace_id())
+                && let Some((first, rest)) = tokens.split_first()
+            {
+                let trace_id = trace.trace_id().to_vec();
+                let joined = trace.spans().iter().map(StoredSpan::of_view).collect();
+                assembler.add(trace_id.clone(), joined, first);
+                // The events' inputs are held by the trace too: its evaluations read them.
+                for token in rest {
+                    assembler.add(trace_id.clone(), Vec::new(), token);
+                }
+            }
+        }));
+        if let Err(panic) = judged {
+            tracing::error!(message = %panic_message(panic.as_ref()),
+                "evaluating a joined span panicked; its evaluations are lost");
+        }
+    }
+}
