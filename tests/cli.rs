@@ -10,11 +10,20 @@ use std::process::{Command, Output, Stdio};
 
 use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::span::{self, OperationKind};
-use support::strings;
+use support::span_strings;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_evalstream"))
 }
+
+/// The corpus's five instrumentations.
+const CORPUS: [&str; 5] = [
+    "openinference",
+    "openllmetry",
+    "otel_v2",
+    "otel_v2_latest",
+    "traceai",
+];
 
 fn corpus(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -724,16 +733,7 @@ fn eval_sampling_reports_what_each_rule_keeps() {
     // The corpus, with some traces given an ERROR span and some an experiment id.
     let mut inputs = Vec::new();
     let (mut errored, mut tagged) = (BTreeSet::new(), BTreeSet::new());
-    for (n, name) in [
-        "openinference",
-        "openllmetry",
-        "otel_v2",
-        "otel_v2_latest",
-        "traceai",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (n, name) in CORPUS.iter().enumerate() {
         let bytes = std::fs::read(corpus(&format!("{name}.pb"))).unwrap();
         let mut request = otlp::decode(&bytes, Encoding::OtlpProto).unwrap();
         let mut seen = BTreeSet::new();
@@ -882,16 +882,7 @@ fn sampling_output_holds_the_kept_traces_whole_and_redacted() {
     use std::collections::{BTreeMap, BTreeSet};
 
     let dir = temp_dir("sampling-output");
-    let inputs: Vec<String> = [
-        "openinference",
-        "openllmetry",
-        "otel_v2",
-        "otel_v2_latest",
-        "traceai",
-    ]
-    .iter()
-    .map(|n| corpus(&format!("{n}.pb")))
-    .collect();
+    let inputs: Vec<String> = CORPUS.iter().map(|n| corpus(&format!("{n}.pb"))).collect();
     let mut spans_of: BTreeMap<String, usize> = BTreeMap::new();
     for path in &inputs {
         let request = otlp::decode(&std::fs::read(path).unwrap(), Encoding::OtlpProto).unwrap();
@@ -931,15 +922,7 @@ fn sampling_output_holds_the_kept_traces_whole_and_redacted() {
         for ss in &rs.scope_spans {
             for s in &ss.spans {
                 *kept.entry(otlp::hex(&s.trace_id)).or_default() += 1;
-                for kv in s
-                    .attributes
-                    .iter()
-                    .chain(s.events.iter().flat_map(|e| &e.attributes))
-                {
-                    if let Some(v) = &kv.value {
-                        strings(v, &mut texts);
-                    }
-                }
+                span_strings(s, &mut texts);
             }
         }
     }
@@ -970,11 +953,7 @@ fn sampling_output_holds_the_kept_traces_whole_and_redacted() {
     let (result, request) = run("", &dir.join("raw.pb"));
     let mut raw = Vec::new();
     for s in span::spans(&request) {
-        for kv in &s.raw().attributes {
-            if let Some(v) = &kv.value {
-                strings(v, &mut raw);
-            }
-        }
+        span_strings(s.raw(), &mut raw);
     }
     assert!(
         raw.iter()

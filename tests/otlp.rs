@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message as _;
-use support::{free_ports, strings, temp_dir};
+use support::{free_ports, span_strings, temp_dir};
 
 const CORPUS: [&str; 5] = [
     "openinference",
@@ -715,15 +715,7 @@ fn inline_forwarding_redacts_what_reaches_the_backend_but_not_what_is_judged() {
             .flat_map(|rs| &rs.scope_spans)
             .flat_map(|ss| &ss.spans)
         {
-            for kv in s
-                .attributes
-                .iter()
-                .chain(s.events.iter().flat_map(|e| &e.attributes))
-            {
-                if let Some(v) = &kv.value {
-                    strings(v, &mut out);
-                }
-            }
+            span_strings(s, &mut out);
         }
         out
     };

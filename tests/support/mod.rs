@@ -393,9 +393,21 @@ impl Drop for Broker {
     }
 }
 
-/// Every string in an attribute value, nested ones (in arrays and maps) included: what a test
-/// scans for personal data.
-pub fn strings(value: &opentelemetry_proto::tonic::common::v1::AnyValue, out: &mut Vec<String>) {
+/// Every string in a span's attributes and its events' attributes, nested ones (in arrays and
+/// maps) included: what a test scans for personal data.
+pub fn span_strings(span: &opentelemetry_proto::tonic::trace::v1::Span, out: &mut Vec<String>) {
+    for kv in span
+        .attributes
+        .iter()
+        .chain(span.events.iter().flat_map(|e| &e.attributes))
+    {
+        if let Some(v) = &kv.value {
+            strings(v, out);
+        }
+    }
+}
+
+fn strings(value: &opentelemetry_proto::tonic::common::v1::AnyValue, out: &mut Vec<String>) {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     match &value.value {
         Some(Value::StringValue(s)) => out.push(s.clone()),
