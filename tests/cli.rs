@@ -10,20 +10,11 @@ use std::process::{Command, Output, Stdio};
 
 use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::span::{self, OperationKind};
-use support::span_strings;
+use support::{CORPUS, span_strings};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_evalstream"))
 }
-
-/// The corpus's five instrumentations.
-const CORPUS: [&str; 5] = [
-    "openinference",
-    "openllmetry",
-    "otel_v2",
-    "otel_v2_latest",
-    "traceai",
-];
 
 fn corpus(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -24,15 +24,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message as _;
-use support::{free_ports, span_strings, temp_dir};
-
-const CORPUS: [&str; 5] = [
-    "openinference",
-    "openllmetry",
-    "otel_v2",
-    "otel_v2_latest",
-    "traceai",
-];
+use support::{CORPUS, free_ports, span_strings, temp_dir};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

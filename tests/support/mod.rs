@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 
+/// The corpus's five instrumentations (`tests/fixtures/corpus/NAME.pb`).
+pub const CORPUS: [&str; 5] = [
+    "openinference",
+    "openllmetry",
+    "otel_v2",
+    "otel_v2_latest",
+    "traceai",
+];
+
 /// A temporary directory for one test, named after it.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("evalstream-kafka-{}-{name}", std::process::id()));
