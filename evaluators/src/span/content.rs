@@ -912,8 +912,10 @@ pub(crate) fn json_fields<'a, const N: usize>(
 }
 
 /// The `id` of a provider's response body (OpenAI's chat completion or response, Anthropic's
-/// message): only when the body says what it is (`object` or `type`), so another JSON document
-/// with an `id` is not taken for one.
+/// message), or of the one a LangChain `LLMResult` wraps (OpenInference's LangChain
+/// instrumentation records the result, whose `llm_output.id` is the provider's id): only when
+/// the body says what it is (`object` or `type`), so another JSON document with an `id` is not
+/// taken for one.
 pub(crate) fn response_body_id(body: &str) -> Option<&str> {
     const KINDS: [&str; 5] = [
         "chat.completion",
@@ -922,7 +924,23 @@ pub(crate) fn response_body_id(body: &str) -> Option<&str> {
         "response",
         "message",
     ];
+    #[derive(Deserialize)]
+    struct LlmResult<'a> {
+        #[serde(borrow)]
+        llm_output: Option<LlmOutput<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct LlmOutput<'a> {
+        #[serde(borrow)]
+        id: Option<&'a str>,
+    }
     let [id, object, kind] = json_fields(body, ["id", "object", "type"]);
+    if object.is_none() && kind == Some("LLMResult") {
+        return serde_json::from_str::<LlmResult<'_>>(body)
+            .ok()?
+            .llm_output?
+            .id;
+    }
     object.or(kind).filter(|k| KINDS.contains(k))?;
     id
 }

@@ -489,6 +489,14 @@ fn a_response_id_is_read_only_from_a_model_calls_response_body() {
     assert_eq!(view(&completion).response_id(), Some("chatcmpl-9"));
     let message = body(r#"{"type":"message","id":"msg_01","content":[]}"#, "LLM");
     assert_eq!(view(&message).response_id(), Some("msg_01"));
+    // OpenInference's LangChain instrumentation records LangChain's `LLMResult`, which carries
+    // the provider's id in `llm_output` (as `openinference-instrumentation-langchain` 0.1.80
+    // writes it; abridged).
+    let llm_result = body(
+        r#"{"generations": [[{"text": "Hi.", "generation_info": {"finish_reason": "stop"}, "type": "ChatGeneration", "message": {"kwargs": {"id": "lc_run--01", "response_metadata": {"id": "chatcmpl-7"}}}}]], "llm_output": {"token_usage": {"prompt_tokens": 12}, "model_name": "gpt-4o-mini-2024-07-18", "id": "chatcmpl-7"}, "run": null, "type": "LLMResult"}"#,
+        "LLM",
+    );
+    assert_eq!(view(&llm_result).response_id(), Some("chatcmpl-7"));
     // `gen_ai.response.id` wins when both are there.
     let mut both = completion.clone();
     both.attributes
@@ -499,6 +507,8 @@ fn a_response_id_is_read_only_from_a_model_calls_response_body() {
         (r#"{"id":"order-1","status":"shipped"}"#, "LLM"),
         (r#"{"id":"x","object":"chat.completion"}"#, "CHAIN"),
         (r#"{"id":"x","object":"list"}"#, "LLM"),
+        (r#"{"id":"x","type":"LLMResult","llm_output":null}"#, "LLM"),
+        (r#"{"type":"LLMResult","llm_output":{"id":"x"}}"#, "CHAIN"),
         (r#"["id","chat.completion"]"#, "LLM"),
         (r#"{"id":7,"object":"chat.completion"}"#, "LLM"),
         ("not json", "LLM"),
