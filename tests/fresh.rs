@@ -53,12 +53,15 @@ struct Captures {
     /// the output messages (`gen_ai.output.messages` or the log event), never in
     /// `gen_ai.response.finish_reasons`, so without content there is none.
     stream_finish_reason: bool,
+    /// The provider's response id (the stand-in's `chatcmpl-fresh-SCENARIO`) on the chat calls.
+    response_ids: bool,
 }
 
 const FULL: Captures = Captures {
     content: true,
     finish_reasons: true,
     stream_finish_reason: true,
+    response_ids: true,
 };
 
 fn fixture(name: &str) -> String {
@@ -82,11 +85,17 @@ struct Verdict {
     explanation: String,
 }
 
-/// Runs `evalstream eval` on the files (and the configuration, if any) and returns, per
-/// scenario, the evaluated span's verdicts by evaluator. Asserts that each scenario's trace had
-/// exactly one evaluated span, and that its response id, where the library records one, is the
-/// one the stand-in gave that scenario.
-fn eval(files: &[&str], config: Option<&str>) -> BTreeMap<String, HashMap<String, Verdict>> {
+/// What `evalstream eval` made of one export, per scenario.
+struct Run {
+    /// The evaluated span's verdicts, by evaluator.
+    verdicts: BTreeMap<String, HashMap<String, Verdict>>,
+    /// The evaluated span's response id, as evalstream reads it.
+    response_ids: BTreeMap<String, Option<String>>,
+}
+
+/// Runs `evalstream eval` on the files (and the configuration, if any). Asserts that each
+/// scenario's trace had exactly one evaluated span.
+fn eval(files: &[&str], config: Option<&str>) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_evalstream"));
     cmd.args(["eval", "--no-summary"]);
     if let Some(config) = config {
@@ -126,9 +135,6 @@ fn eval(files: &[&str], config: Option<&str>) -> BTreeMap<String, HashMap<String
             *first, span_id,
             "{files:?}/{scenario}: more than one span evaluated"
         );
-        if let Some(Some(id)) = response_ids.get(&span_id) {
-            assert_eq!(id, &format!("chatcmpl-fresh-{scenario}"), "{files:?}");
-        }
         let label = match l["outcome"].as_str().unwrap() {
             "skipped" => format!("skipped:{}", l["skip_reason"].as_str().unwrap()),
             "scored" => l["label"].as_str().unwrap().to_owned(),
@@ -146,7 +152,22 @@ fn eval(files: &[&str], config: Option<&str>) -> BTreeMap<String, HashMap<String
             .insert(evaluator.clone(), verdict);
         assert!(before.is_none(), "{files:?}/{scenario}: {evaluator} twice");
     }
-    verdicts
+    let response_ids = evaluated_span
+        .into_iter()
+        .map(|(scenario, span)| (scenario, response_ids[&span].clone()))
+        .collect();
+    Run {
+        verdicts,
+        response_ids,
+    }
+}
+
+/// The response id the stand-in gave a scenario's call, where the library records it (the
+/// embedding's body has none).
+fn check_response_id(ctx: &str, scenario: &str, got: Option<&str>, c: Captures) {
+    let want =
+        (c.response_ids && scenario != "embedding").then(|| format!("chatcmpl-fresh-{scenario}"));
+    assert_eq!(got, want.as_deref(), "{ctx}/{scenario}: response id");
 }
 
 /// The verdict of a default evaluator on a chat scenario, from its scripted answer and what the
@@ -234,7 +255,8 @@ fn check_default_verdicts(ctx: &str, scenario: &str, got: &HashMap<String, Verdi
 fn check_openai_library(library: &str, files: &[&str], c: Captures) {
     let paths: Vec<String> = files.iter().map(|f| fixture(f)).collect();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let verdicts = eval(&paths, None);
+    let run = eval(&paths, None);
+    let verdicts = run.verdicts;
     let ctx = format!("{library} {files:?}");
     assert_eq!(
         verdicts.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -247,6 +269,7 @@ fn check_openai_library(library: &str, files: &[&str], c: Captures) {
     );
     for (scenario, got) in &verdicts {
         check_default_verdicts(&ctx, scenario, got, c);
+        check_response_id(&ctx, scenario, run.response_ids[scenario].as_deref(), c);
     }
 }
 
@@ -260,7 +283,7 @@ fn openllmetry_verdicts_per_scenario() {
     check_openai_library("openllmetry", &["openllmetry.pb"], FULL);
 }
 
-/// traceAI records no finish reason (nor the response id): `finish_reason` is skipped
+/// traceAI records no finish reason and no response id: `finish_reason` is skipped
 /// `not_applicable` on every call.
 #[test]
 fn traceai_verdicts_per_scenario() {
@@ -270,6 +293,7 @@ fn traceai_verdicts_per_scenario() {
         Captures {
             finish_reasons: false,
             stream_finish_reason: false,
+            response_ids: false,
             ..FULL
         },
     );
@@ -295,8 +319,8 @@ fn official_event_only_verdicts_per_scenario() {
         &["otel_v2_event_only.pb"],
         Captures {
             content: false,
-            finish_reasons: true,
             stream_finish_reason: false,
+            ..FULL
         },
     );
 }
@@ -334,7 +358,8 @@ fn langchain_rag_verdicts_per_scenario() {
         yaml.push_str(&format!("  - type: {evaluator}\n"));
     }
     std::fs::write(&config, yaml).unwrap();
-    let verdicts = eval(&[&fixture("langchain.pb")], Some(config.to_str().unwrap()));
+    let run = eval(&[&fixture("langchain.pb")], Some(config.to_str().unwrap()));
+    let verdicts = run.verdicts;
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(
         verdicts.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -342,6 +367,13 @@ fn langchain_rag_verdicts_per_scenario() {
         "every scenario evaluated"
     );
     for (scenario, got) in &verdicts {
+        // Read from the LangChain result OpenInference records (`llm_output.id`).
+        check_response_id(
+            "langchain",
+            scenario,
+            run.response_ids[scenario].as_deref(),
+            FULL,
+        );
         // A plain answer, as far as the default evaluators go.
         for evaluator in DEFAULT_EVALUATORS {
             assert_eq!(
