@@ -411,6 +411,47 @@ fn retrieval_documents_from_flattened_and_json_forms() {
 }
 
 #[test]
+fn langchain_document_ids_are_read_from_the_retrievers_output() {
+    // As `openinference-instrumentation-langchain` 0.1.80 records a retriever: content and
+    // metadata per document, the ids only in the output.
+    let retriever = |output: &str| {
+        span(vec![
+            s("openinference.span.kind", "RETRIEVER"),
+            s("retrieval.documents.0.document.content", "330 m"),
+            s(
+                "retrieval.documents.0.document.metadata",
+                r#"{"source": "a"}"#,
+            ),
+            s("retrieval.documents.1.document.content", "1889"),
+            s("output.value", output),
+            s("output.mime_type", "application/json"),
+        ])
+    };
+    let ids = |output: &str| -> Vec<Option<String>> {
+        view(&retriever(output))
+            .documents()
+            .iter()
+            .map(|d| d.id.as_deref().map(str::to_owned))
+            .collect()
+    };
+    let both = r#"{"documents": [{"id": "doc-a", "metadata": {"source": "a"}, "page_content": "330 m", "type": "Document"}, {"id": null, "metadata": {}, "page_content": "1889", "type": "Document"}]}"#;
+    assert_eq!(ids(both), [Some("doc-a".to_owned()), None]);
+    // Another list, or other documents, name none.
+    for output in [
+        r#"{"documents": [{"id": "doc-a", "page_content": "330 m"}]}"#,
+        r#"{"documents": [{"id": "doc-a", "page_content": "331 m"}, {"id": "doc-b", "page_content": "1889"}]}"#,
+        "not json",
+    ] {
+        assert_eq!(ids(output), [None, None], "{output}");
+    }
+    // An id the instrumentation recorded is kept.
+    let mut flat = retriever(both);
+    flat.attributes
+        .push(s("retrieval.documents.0.document.id", "recorded"));
+    assert_eq!(view(&flat).documents()[0].id.as_deref(), Some("recorded"));
+}
+
+#[test]
 fn kind_precedence_unknown_values_and_fallbacks() {
     let both = span(vec![
         s("openinference.span.kind", "CHAIN"),
