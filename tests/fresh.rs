@@ -429,3 +429,47 @@ fn langchain_rag_verdicts_per_scenario() {
         }
     }
 }
+
+/// The tool call's arguments (`{"city": "Paris", "unit": "celsius"}`) against the `get_weather`
+/// schema the request sent: valid where the library records the tool definitions; the official
+/// instrumentation records none (in no content mode), so `tool_args` is skipped
+/// `not_applicable` there. Every other scenario has no tool call, and the embedding is not judged.
+#[test]
+fn tool_call_arguments_are_checked_against_the_recorded_definitions() {
+    let dir = std::env::temp_dir().join(format!("evalstream-fresh-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tools.yaml");
+    std::fs::write(&config, "evaluators:\n  - type: tool_args\n").unwrap();
+    for (files, definitions) in [
+        (&["openinference.pb"][..], true),
+        (&["openllmetry.pb"], true),
+        (&["traceai.pb"], true),
+        (&["otel_v2_span_only.pb"], false),
+        (
+            &["otel_v2_event_only.pb", "otel_v2_event_only.logs.pb"],
+            false,
+        ),
+        (&["otel_v2_span_and_event.pb"], false),
+    ] {
+        let paths: Vec<String> = files.iter().map(|f| fixture(f)).collect();
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let run = eval(&paths, Some(config.to_str().unwrap()));
+        // The embedding is not a model's answer: not judged at all.
+        assert!(!run.verdicts.contains_key("embedding"), "{files:?}");
+        for scenario in OPENAI_SCENARIOS.into_iter().filter(|s| *s != "embedding") {
+            let got = &run.verdicts[scenario]["tool_args"];
+            let want = match scenario {
+                "tool_call" if definitions => "valid",
+                _ => "skipped:not_applicable",
+            };
+            assert_eq!(got.label, want, "{files:?}/{scenario}: {got:?}");
+            if scenario == "tool_call" && !definitions {
+                assert!(
+                    got.explanation.contains("no tool definitions"),
+                    "{files:?}: {got:?}"
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
