@@ -430,46 +430,79 @@ fn langchain_rag_verdicts_per_scenario() {
     }
 }
 
-/// The tool call's arguments (`{"city": "Paris", "unit": "celsius"}`) against the `get_weather`
-/// schema the request sent: valid where the library records the tool definitions; the official
-/// instrumentation records none (in no content mode), so `tool_args` is skipped
-/// `not_applicable` there. Every other scenario has no tool call, and the embedding is not judged.
-#[test]
-fn tool_call_arguments_are_checked_against_the_recorded_definitions() {
-    let dir = std::env::temp_dir().join(format!("evalstream-fresh-tools-{}", std::process::id()));
+/// Runs one evaluator that judges the answer against what the request sent (its spec's
+/// `type`) on every `openai` library: `scenario` gets `want` where the library records that part
+/// of the request (`records`), else a `not_applicable` skip whose explanation contains `missing`;
+/// every other scenario has nothing to judge, and the embedding is not judged at all.
+fn check_request_scorer(
+    evaluator: &str,
+    scenario_judged: &str,
+    want: &str,
+    missing: &str,
+    records: impl Fn(&str) -> bool,
+) {
+    let dir = std::env::temp_dir().join(format!(
+        "evalstream-fresh-{evaluator}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("tools.yaml");
-    std::fs::write(&config, "evaluators:\n  - type: tool_args\n").unwrap();
-    for (files, definitions) in [
-        (&["openinference.pb"][..], true),
-        (&["openllmetry.pb"], true),
-        (&["traceai.pb"], true),
-        (&["otel_v2_span_only.pb"], false),
-        (
-            &["otel_v2_event_only.pb", "otel_v2_event_only.logs.pb"],
-            false,
-        ),
-        (&["otel_v2_span_and_event.pb"], false),
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, format!("evaluators:\n  - type: {evaluator}\n")).unwrap();
+    for files in [
+        &["openinference.pb"][..],
+        &["openllmetry.pb"],
+        &["traceai.pb"],
+        &["otel_v2_span_only.pb"],
+        &["otel_v2_event_only.pb", "otel_v2_event_only.logs.pb"],
+        &["otel_v2_span_and_event.pb"],
     ] {
         let paths: Vec<String> = files.iter().map(|f| fixture(f)).collect();
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let run = eval(&paths, Some(config.to_str().unwrap()));
-        // The embedding is not a model's answer: not judged at all.
+        let recorded = records(files[0]);
         assert!(!run.verdicts.contains_key("embedding"), "{files:?}");
         for scenario in OPENAI_SCENARIOS.into_iter().filter(|s| *s != "embedding") {
-            let got = &run.verdicts[scenario]["tool_args"];
-            let want = match scenario {
-                "tool_call" if definitions => "valid",
-                _ => "skipped:not_applicable",
+            let got = &run.verdicts[scenario][evaluator];
+            let expected = if scenario == scenario_judged && recorded {
+                want
+            } else {
+                "skipped:not_applicable"
             };
-            assert_eq!(got.label, want, "{files:?}/{scenario}: {got:?}");
-            if scenario == "tool_call" && !definitions {
-                assert!(
-                    got.explanation.contains("no tool definitions"),
-                    "{files:?}: {got:?}"
-                );
+            assert_eq!(got.label, expected, "{files:?}/{scenario}: {got:?}");
+            if scenario == scenario_judged && !recorded {
+                assert!(got.explanation.contains(missing), "{files:?}: {got:?}");
             }
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The tool call's arguments (`{"city": "Paris", "unit": "celsius"}`) against the `get_weather`
+/// schema the request sent: valid where the library records the tool definitions; the official
+/// instrumentation records none (in no content mode), so `tool_args` is skipped
+/// `not_applicable` there.
+#[test]
+fn tool_call_arguments_are_checked_against_the_recorded_definitions() {
+    check_request_scorer(
+        "tool_args",
+        "tool_call",
+        "valid",
+        "no tool definitions",
+        |file| !file.starts_with("otel_v2"),
+    );
+}
+
+/// The structured output (`{"country": "France", "days": 2}`) against the `shipping` schema of
+/// the request's `response_format`: it meets it where the library records the schema; the
+/// official instrumentation records only `gen_ai.output.type=json`, so `json_schema` (with no
+/// schema configured) is skipped `not_applicable` there.
+#[test]
+fn structured_outputs_are_checked_against_the_recorded_schema() {
+    check_request_scorer(
+        "json_schema",
+        "json_valid",
+        "valid",
+        "the request carried none",
+        |file| !file.starts_with("otel_v2"),
+    );
 }
