@@ -205,12 +205,18 @@ pub(super) fn assemble<'a>(span: &GenAiSpan<'a>) -> Content<'a> {
             .map(|(_, e)| flat_tool(e))
             .collect(),
     };
-    let documents = match span.slot(Slot::RetrievalDocuments).and_then(documents) {
+    let mut documents = match span.slot(Slot::RetrievalDocuments).and_then(documents) {
         Some(docs) if !docs.is_empty() => docs,
         _ => flat_items(span, List::Documents)
             .map(|(_, e)| flat_document(e))
             .collect(),
     };
+    if span.kind() == super::OperationKind::Retrieval
+        && documents.iter().any(|d| d.id.is_none())
+        && let Some(output) = span.slot_str(Slot::OutputValue)
+    {
+        langchain_document_ids(output, &mut documents);
+    }
     Content {
         input_captured: input.is_some() || !system.is_empty(),
         output_captured: output.is_some(),
@@ -536,6 +542,43 @@ fn documents(value: &AnyValue) -> Option<Vec<Document<'_>>> {
             })
             .collect(),
     )
+}
+
+/// Gives documents without an id the ids of the LangChain `Document`s a retriever returned
+/// (`{"documents": [{"id": …, "page_content": …}, …]}` in `output.value`): OpenInference's
+/// LangChain instrumentation records each document's content and metadata, never its id. Only
+/// when the list is as long and each document's content, where both have one, is the same.
+fn langchain_document_ids<'a>(output: &'a str, documents: &mut [Document<'a>]) {
+    #[derive(Deserialize)]
+    struct Retrieved<'a> {
+        #[serde(borrow)]
+        documents: Vec<LcDocument<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct LcDocument<'a> {
+        #[serde(borrow, default)]
+        id: Option<Text<'a>>,
+        #[serde(borrow, default)]
+        page_content: Option<Text<'a>>,
+    }
+    if !output.contains("page_content") {
+        return;
+    }
+    let Ok(retrieved) = serde_json::from_str::<Retrieved<'a>>(output) else {
+        return;
+    };
+    if retrieved.documents.len() != documents.len()
+        || retrieved.documents.iter().zip(documents.iter()).any(
+            |(lc, d)| matches!((&lc.page_content, &d.content), (Some(a), Some(b)) if a.0 != *b),
+        )
+    {
+        return;
+    }
+    for (lc, d) in retrieved.documents.into_iter().zip(documents) {
+        if d.id.is_none() {
+            d.id = lc.id.map(|t| t.0);
+        }
+    }
 }
 
 fn number(v: &serde_json::Value) -> Option<f64> {
@@ -912,8 +955,10 @@ pub(crate) fn json_fields<'a, const N: usize>(
 }
 
 /// The `id` of a provider's response body (OpenAI's chat completion or response, Anthropic's
-/// message): only when the body says what it is (`object` or `type`), so another JSON document
-/// with an `id` is not taken for one.
+/// message), or of the one a LangChain `LLMResult` wraps (OpenInference's LangChain
+/// instrumentation records the result, whose `llm_output.id` is the provider's id): only when
+/// the body says what it is (`object` or `type`), so another JSON document with an `id` is not
+/// taken for one.
 pub(crate) fn response_body_id(body: &str) -> Option<&str> {
     const KINDS: [&str; 5] = [
         "chat.completion",
@@ -922,7 +967,23 @@ pub(crate) fn response_body_id(body: &str) -> Option<&str> {
         "response",
         "message",
     ];
+    #[derive(Deserialize)]
+    struct LlmResult<'a> {
+        #[serde(borrow)]
+        llm_output: Option<LlmOutput<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct LlmOutput<'a> {
+        #[serde(borrow)]
+        id: Option<&'a str>,
+    }
     let [id, object, kind] = json_fields(body, ["id", "object", "type"]);
+    if object.is_none() && kind == Some("LLMResult") {
+        return serde_json::from_str::<LlmResult<'_>>(body)
+            .ok()?
+            .llm_output?
+            .id;
+    }
     object.or(kind).filter(|k| KINDS.contains(k))?;
     id
 }

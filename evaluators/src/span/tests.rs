@@ -411,6 +411,47 @@ fn retrieval_documents_from_flattened_and_json_forms() {
 }
 
 #[test]
+fn langchain_document_ids_are_read_from_the_retrievers_output() {
+    // As `openinference-instrumentation-langchain` 0.1.80 records a retriever: content and
+    // metadata per document, the ids only in the output.
+    let retriever = |output: &str| {
+        span(vec![
+            s("openinference.span.kind", "RETRIEVER"),
+            s("retrieval.documents.0.document.content", "330 m"),
+            s(
+                "retrieval.documents.0.document.metadata",
+                r#"{"source": "a"}"#,
+            ),
+            s("retrieval.documents.1.document.content", "1889"),
+            s("output.value", output),
+            s("output.mime_type", "application/json"),
+        ])
+    };
+    let ids = |output: &str| -> Vec<Option<String>> {
+        view(&retriever(output))
+            .documents()
+            .iter()
+            .map(|d| d.id.as_deref().map(str::to_owned))
+            .collect()
+    };
+    let both = r#"{"documents": [{"id": "doc-a", "metadata": {"source": "a"}, "page_content": "330 m", "type": "Document"}, {"id": null, "metadata": {}, "page_content": "1889", "type": "Document"}]}"#;
+    assert_eq!(ids(both), [Some("doc-a".to_owned()), None]);
+    // Another list, or other documents, name none.
+    for output in [
+        r#"{"documents": [{"id": "doc-a", "page_content": "330 m"}]}"#,
+        r#"{"documents": [{"id": "doc-a", "page_content": "331 m"}, {"id": "doc-b", "page_content": "1889"}]}"#,
+        "not json",
+    ] {
+        assert_eq!(ids(output), [None, None], "{output}");
+    }
+    // An id the instrumentation recorded is kept.
+    let mut flat = retriever(both);
+    flat.attributes
+        .push(s("retrieval.documents.0.document.id", "recorded"));
+    assert_eq!(view(&flat).documents()[0].id.as_deref(), Some("recorded"));
+}
+
+#[test]
 fn kind_precedence_unknown_values_and_fallbacks() {
     let both = span(vec![
         s("openinference.span.kind", "CHAIN"),
@@ -489,6 +530,14 @@ fn a_response_id_is_read_only_from_a_model_calls_response_body() {
     assert_eq!(view(&completion).response_id(), Some("chatcmpl-9"));
     let message = body(r#"{"type":"message","id":"msg_01","content":[]}"#, "LLM");
     assert_eq!(view(&message).response_id(), Some("msg_01"));
+    // OpenInference's LangChain instrumentation records LangChain's `LLMResult`, which carries
+    // the provider's id in `llm_output` (as `openinference-instrumentation-langchain` 0.1.80
+    // writes it; abridged).
+    let llm_result = body(
+        r#"{"generations": [[{"text": "Hi.", "generation_info": {"finish_reason": "stop"}, "type": "ChatGeneration", "message": {"kwargs": {"id": "lc_run--01", "response_metadata": {"id": "chatcmpl-7"}}}}]], "llm_output": {"token_usage": {"prompt_tokens": 12}, "model_name": "gpt-4o-mini-2024-07-18", "id": "chatcmpl-7"}, "run": null, "type": "LLMResult"}"#,
+        "LLM",
+    );
+    assert_eq!(view(&llm_result).response_id(), Some("chatcmpl-7"));
     // `gen_ai.response.id` wins when both are there.
     let mut both = completion.clone();
     both.attributes
@@ -499,6 +548,8 @@ fn a_response_id_is_read_only_from_a_model_calls_response_body() {
         (r#"{"id":"order-1","status":"shipped"}"#, "LLM"),
         (r#"{"id":"x","object":"chat.completion"}"#, "CHAIN"),
         (r#"{"id":"x","object":"list"}"#, "LLM"),
+        (r#"{"id":"x","type":"LLMResult","llm_output":null}"#, "LLM"),
+        (r#"{"type":"LLMResult","llm_output":{"id":"x"}}"#, "CHAIN"),
         (r#"["id","chat.completion"]"#, "LLM"),
         (r#"{"id":7,"object":"chat.completion"}"#, "LLM"),
         ("not json", "LLM"),
