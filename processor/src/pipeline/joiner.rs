@@ -228,3 +228,175 @@ impl Joiner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use evalstream_evaluators::otlp;
+    use evalstream_evaluators::pricing::PriceTable;
+    use evalstream_evaluators::spec;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    use super::*;
+    use crate::pipeline::ack::{Origin, Rejection, Status};
+    use crate::pipeline::export::{Exporter, Exporters, Outputs, Shapes};
+    use crate::telemetry::metrics::Metrics;
+
+    /// An input that says when it finished.
+    struct Input(&'static str, crossbeam_channel::Sender<&'static str>);
+
+    impl Origin for Input {
+        fn finished(&self, _: Status) {
+            let _ = self.1.send(self.0);
+        }
+        fn rejected(&self, _: Token, _: Rejection) {}
+    }
+
+    /// Keeps the JSON lines of every evaluation (holding no token).
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<serde_json::Value>>);
+
+    impl Exporter for Lines {
+        fn id(&self) -> &str {
+            "lines"
+        }
+        fn shapes(&self) -> Shapes {
+            Shapes {
+                lines: true,
+                ..Shapes::default()
+            }
+        }
+        fn export(&self, outputs: &Outputs, _: &[Token]) {
+            let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            lines.extend(
+                outputs
+                    .lines
+                    .iter()
+                    .filter_map(|l| serde_json::from_str(l).ok()),
+            );
+        }
+        fn flush(&self, _: Duration) -> bool {
+            true
+        }
+    }
+
+    fn chat(span_id: u8) -> (Vec<u8>, StoredSpan) {
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![span_id; 8],
+            name: "chat gpt-4o".into(),
+            attributes: vec![otlp::kv_str("gen_ai.operation.name", "chat")],
+            ..Default::default()
+        };
+        (span.span_id.clone(), StoredSpan::new(&span, None, None))
+    }
+
+    fn refusal_event(span_id: u8) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        event_name: logs::DETAILS_EVENT.into(),
+                        trace_id: vec![1; 16],
+                        span_id: vec![span_id; 8],
+                        attributes: vec![otlp::kv_str(
+                            "gen_ai.output.messages",
+                            r#"[{"role":"assistant","parts":[{"type":"text","content":"I can't help with that."}]}]"#,
+                        )],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// The runtime on its own: a span and its event meet in either order and the span is judged
+    /// on the event's content; a span whose events never come is judged as it is once its wait
+    /// runs out; an event whose span never comes is dropped once its own runs out. Each input
+    /// finishes exactly then, and each outcome is counted.
+    #[test]
+    fn spans_and_events_meet_or_time_out_and_their_inputs_finish() {
+        let specs: Vec<spec::EvaluatorSpec> =
+            serde_json::from_str(r#"[{"type": "refusal"}]"#).unwrap();
+        let set = Arc::new(spec::build_set(&specs).unwrap());
+        let lines = Arc::new(Lines::default());
+        let metrics = Metrics::new(set.evaluators(), &[], 0).unwrap();
+        let scoring = Arc::new(Scoring {
+            evaluators: set,
+            exporters: Arc::new(Exporters::new(vec![Box::new(lines.clone())])),
+            metrics: metrics.clone(),
+            prices: PriceTable::new(true, &Default::default()).unwrap(),
+        });
+        let config = JoinConfig {
+            // Long enough that a busy test machine does not release a span before the test
+            // brings its event.
+            span_wait_seconds: 1.0,
+            event_wait_seconds: 1.0,
+            ..JoinConfig::default()
+        };
+        let (joiner, thread) = Joiner::start(&config, scoring, None, None).unwrap();
+        let (tx, finished) = crossbeam_channel::unbounded();
+        let token = |name| Token::new(Input(name, tx.clone()));
+        let verdict = |span_id: u8| {
+            let lines = lines.0.lock().unwrap_or_else(PoisonError::into_inner);
+            lines
+                .iter()
+                .find(|l| l["span_id"] == otlp::hex(&[span_id; 8]))
+                .map(|l| (l["label"].clone(), l["skip_reason"].clone()))
+        };
+
+        // Span first, then its event: judged on the event's content at once.
+        let (spans_a, logs_a) = (token("spans a"), token("logs a"));
+        joiner.add_spans(vec![chat(1)], &spans_a);
+        drop(spans_a);
+        assert!(finished.try_recv().is_err(), "the span's input waits");
+        assert_eq!(verdict(1), None);
+        joiner.add_logs(&refusal_event(1), &logs_a);
+        drop(logs_a);
+        let mut done = vec![finished.recv_timeout(Duration::from_secs(1)).unwrap()];
+        done.push(finished.recv_timeout(Duration::from_secs(1)).unwrap());
+        done.sort();
+        assert_eq!(done, ["logs a", "spans a"]);
+        assert_eq!(verdict(1).unwrap().0, "refused");
+
+        // Event first, then its span.
+        let (logs_b, spans_b) = (token("logs b"), token("spans b"));
+        joiner.add_logs(&refusal_event(2), &logs_b);
+        drop(logs_b);
+        assert!(finished.try_recv().is_err(), "the event's input waits");
+        joiner.add_spans(vec![chat(2)], &spans_b);
+        drop(spans_b);
+        assert_eq!(verdict(2).unwrap().0, "refused");
+        let mut done = vec![finished.recv_timeout(Duration::from_secs(1)).unwrap()];
+        done.push(finished.recv_timeout(Duration::from_secs(1)).unwrap());
+        done.sort();
+        assert_eq!(done, ["logs b", "spans b"]);
+
+        // A span alone is judged as it is once its wait ran out; an event alone is dropped.
+        let started = Instant::now();
+        let (spans_c, logs_d) = (token("spans c"), token("logs d"));
+        joiner.add_spans(vec![chat(3)], &spans_c);
+        joiner.add_logs(&refusal_event(4), &logs_d);
+        drop((spans_c, logs_d));
+        let mut done = vec![finished.recv_timeout(Duration::from_secs(10)).unwrap()];
+        done.push(finished.recv_timeout(Duration::from_secs(10)).unwrap());
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "not before the waits"
+        );
+        done.sort();
+        assert_eq!(done, ["logs d", "spans c"]);
+        assert_eq!(verdict(3).unwrap().1, "no_content");
+        assert_eq!(verdict(4), None);
+
+        let count = |outcome: &str| metrics.log_events.with_label_values(&[outcome]).get();
+        assert_eq!((count("joined"), count("expired")), (2, 1));
+        let released = |how: &str| metrics.join_spans.with_label_values(&[how]).get();
+        assert_eq!((released("joined"), released("timed_out")), (2, 1));
+        thread.stop();
+    }
+}
