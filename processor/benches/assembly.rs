@@ -6,9 +6,10 @@
 //! The traces are the corpus's (five instrumentations, 2.4 spans each on average) with fresh
 //! ids, so the buffer holds what a worker behind a collector holds.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use evalstream::commands::loadgen;
 use evalstream::pipeline::assembly::{
     AssemblyConfig, DecodedSpan, SharedParts, StoredSpan, TraceBuffer,
 };
@@ -35,15 +36,8 @@ fn mib(bytes: u64) -> f64 {
 }
 
 fn main() {
-    let traces: u64 = std::env::var("TRACES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let templates = loadgen::templates().expect("the built-in corpus");
-    let now = evalstream::now_unix_nanos();
-    let requests: Vec<_> = (0..traces)
-        .map(|i| loadgen::instantiate(&templates[i as usize % templates.len()], i, now))
-        .collect();
+    let traces = support::traces_from_env(100_000);
+    let requests = support::corpus_requests(traces);
     let spans: usize = requests
         .iter()
         .map(|r| evalstream_evaluators::span::spans(r).count())

@@ -8,11 +8,12 @@
 //! The inputs are the corpus's traces (five instrumentations, 2.4 spans each on average) with
 //! fresh ids, one trace per input, encoded as the collector's Kafka exporter writes them.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use evalstream::commands::loadgen;
-use evalstream::pipeline::ack::{Origin, Rejection, Status, Token};
+use evalstream::pipeline::ack::Token;
 use evalstream::pipeline::evaluate::{Pass, Scoring};
 use evalstream::pipeline::export::{Exporter, Exporters, Outputs, Shapes};
 use evalstream::telemetry::metrics::Metrics;
@@ -51,28 +52,11 @@ impl Exporter for Encoder {
     }
 }
 
-/// An input no receiver waits for.
-struct Nowhere;
-
-impl Origin for Nowhere {
-    fn finished(&self, _status: Status) {}
-    fn rejected(&self, _token: Token, _rejection: Rejection) {}
-}
-
 fn main() {
-    let traces: u64 = std::env::var("TRACES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
-    let templates = loadgen::templates().expect("the built-in corpus");
-    let now = evalstream::now_unix_nanos();
-    let inputs: Vec<Vec<u8>> = (0..traces)
-        .map(|i| {
-            loadgen::instantiate(&templates[i as usize % templates.len()], i, now).encode_to_vec()
-        })
-        .collect();
+    let traces = support::traces_from_env(50_000);
+    let inputs = support::corpus_inputs(traces);
     let set = Arc::new(spec::build_set(&spec::default_specs()).expect("the default set"));
-    let token = Token::new(Nowhere);
+    let token = Token::new(support::Nowhere);
     let runs = [
         ("evaluation, no output", Shapes::default()),
         (

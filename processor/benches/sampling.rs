@@ -8,11 +8,12 @@
 //! The inputs are the corpus's traces (five instrumentations, 2.4 spans each on average) with
 //! fresh ids, one trace per input.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evalstream::commands::loadgen;
-use evalstream::pipeline::ack::{Origin, Rejection, Status, Token};
+use evalstream::pipeline::ack::Token;
 use evalstream::pipeline::evaluate::{Pass, Scoring};
 use evalstream::pipeline::export::{Exporter, Exporters, Outputs, Shapes};
 use evalstream::pipeline::redaction::{RedactionConfig, Redactions, Redactor};
@@ -23,7 +24,6 @@ use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::spec;
 use evalstream_evaluators::trace::TraceView;
-use prost::Message as _;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -55,14 +55,6 @@ impl Exporter for Verdicts {
     }
 }
 
-/// An input no receiver waits for.
-struct Nowhere;
-
-impl Origin for Nowhere {
-    fn finished(&self, _status: Status) {}
-    fn rejected(&self, _token: Token, _rejection: Rejection) {}
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Run {
     Evaluate,
@@ -71,21 +63,12 @@ enum Run {
 }
 
 fn main() {
-    let traces: u64 = std::env::var("TRACES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
-    let templates = loadgen::templates().expect("the built-in corpus");
-    let now = evalstream::now_unix_nanos();
-    let inputs: Vec<Vec<u8>> = (0..traces)
-        .map(|i| {
-            loadgen::instantiate(&templates[i as usize % templates.len()], i, now).encode_to_vec()
-        })
-        .collect();
+    let traces = support::traces_from_env(50_000);
+    let inputs = support::corpus_inputs(traces);
     let set = Arc::new(spec::build_set(&spec::default_specs()).expect("the default set"));
     let prices = PriceTable::new(true, &Default::default()).expect("built-in prices");
     let redactor = Redactor::new(&RedactionConfig::default()).expect("the default rules");
-    let token = Token::new(Nowhere);
+    let token = Token::new(support::Nowhere);
     let mut floor = None;
     println!("{traces} inputs, one trace each, the default evaluators, one thread:");
     for (name, run) in [
