@@ -30,19 +30,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 mod support;
-use support::{Broker, free_port, temp_dir};
+use support::{Broker, DEFAULT_EVALUATORS, free_port, temp_dir};
 
 /// Each round asks the app's six cases once (normal twice, PII, refusal, JSON, broken JSON).
 const ROUNDS: usize = 3;
-/// The default evaluator set, which the worker runs (its configuration names none).
-const DEFAULT_EVALUATORS: [&str; 6] = [
-    "refusal",
-    "pii",
-    "json_valid",
-    "finish_reason",
-    "empty_output",
-    "cost",
-];
 const PARTITIONS: u32 = 3;
 
 fn repo() -> PathBuf {

@@ -8,12 +8,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::span;
+use support::DEFAULT_EVALUATORS;
 
 /// The scenarios every `openai` library runs, as `generate.py` names them.
 const OPENAI_SCENARIOS: [&str; 8] = [
@@ -31,16 +34,6 @@ const RAG_SCENARIOS: [&str; 3] = ["rag_cited_by_id", "rag_grounded", "rag_ungrou
 /// The answer the stand-in gives `rag_ungrounded` (`generate.py`'s RAG_ANSWERS).
 const UNGROUNDED_ANSWER: &str =
     "The Eiffel Tower is 512 metres tall and was designed by Leonardo [3].";
-
-/// The default evaluators of `evalstream eval`.
-const DEFAULT_EVALUATORS: [&str; 6] = [
-    "refusal",
-    "pii",
-    "json_valid",
-    "finish_reason",
-    "empty_output",
-    "cost",
-];
 
 /// What a library records, as its exports show.
 #[derive(Clone, Copy)]

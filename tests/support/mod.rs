@@ -20,6 +20,17 @@ pub const CORPUS: [&str; 5] = [
     "traceai",
 ];
 
+/// The default evaluator set: what `evalstream eval` and `run` evaluate when the configuration
+/// names none.
+pub const DEFAULT_EVALUATORS: [&str; 6] = [
+    "refusal",
+    "pii",
+    "json_valid",
+    "finish_reason",
+    "empty_output",
+    "cost",
+];
+
 /// A temporary directory for one test, named after it.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("evalstream-kafka-{}-{name}", std::process::id()));

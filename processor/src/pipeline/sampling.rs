@@ -413,6 +413,7 @@ impl Policy {
                 _ => None,
             })
             .collect();
+        keys.sort_unstable();
         keys.dedup();
         keys
     }
@@ -420,18 +421,27 @@ impl Policy {
     /// Decides on a complete trace, then records its metrics for the `top_percent` rules of
     /// later traces.
     pub fn decide(&self, facts: &TraceFacts) -> Decision {
+        let top_percent = self
+            .rules
+            .iter()
+            .filter(|r| matches!(r, Rule::TopPercent(_)))
+            .count();
         let mut rankings = self.rankings.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked up by reference: the service's name is copied once, when it is first seen.
+        let shared = None;
         let service = match rankings.len() < MAX_SERVICES || rankings.contains_key(&facts.service) {
-            true => facts.service.clone(),
-            false => None,
+            true => &facts.service,
+            false => &shared,
         };
-        let ranked = rankings.entry(service).or_insert_with(|| {
-            self.rules
-                .iter()
-                .filter(|r| matches!(r, Rule::TopPercent(_)))
-                .map(|_| Ranking::new())
-                .collect()
-        });
+        if top_percent > 0 && !rankings.contains_key(service) {
+            let fresh = (0..top_percent).map(|_| Ranking::new()).collect();
+            rankings.insert(service.clone(), fresh);
+        }
+        // Without `top_percent` rules nothing is ranked, and no service is kept.
+        let ranked: &mut [Ranking] = match rankings.get_mut(service) {
+            Some(ranked) => ranked,
+            None => &mut [],
+        };
         let mut decision = Decision {
             keep: false,
             rule: None,

@@ -312,12 +312,6 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         events: HashMap::new(),
         sampling,
     };
-    let encoding_of = |name: &str, bytes: &[u8]| {
-        options
-            .encoding
-            .or_else(|| encoding_by_name(name))
-            .unwrap_or_else(|| Encoding::sniff(bytes))
-    };
     // First the logs: their events must be at hand when their spans are read, whatever the
     // order of the inputs. Trace inputs are read again after (standard input is kept).
     let mut trace_inputs: Vec<(&str, Option<Vec<u8>>)> = Vec::new();
@@ -327,7 +321,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         let Some(bytes) = read_reported(name, None, &progress, &mut run.summary) else {
             continue;
         };
-        let encoding = encoding_of(name, &bytes);
+        let encoding = input_encoding(options, name, &bytes);
         if logs::signal(&bytes, encoding) == Signal::Traces {
             trace_inputs.push((name, (name == "-").then_some(bytes)));
             continue;
@@ -348,6 +342,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         }
     }
     run.events = logs::by_span(events);
+    let trace_names: Vec<&str> = trace_inputs.iter().map(|(name, _)| *name).collect();
     let mut broken_pipe = false;
     // `--sampling-output` reads the trace inputs again once the traces are decided; standard
     // input cannot be, so its bytes are kept.
@@ -359,7 +354,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         if name == "-" && options.sampling_output.is_some() {
             stdin_bytes = Some(bytes.clone());
         }
-        let encoding = encoding_of(name, &bytes);
+        let encoding = input_encoding(options, name, &bytes);
         match run.input(name, &bytes, encoding, &progress) {
             Ok(()) => {}
             Err(InputError::Decode(e)) => {
@@ -401,20 +396,12 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
     }
 
     if let Some(path) = &options.output {
-        let resource_spans = collector.take_spans();
-        let count: usize = resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
         // Under the judged spans' resources, as `run` writes them.
-        let request = ExportTraceServiceRequest { resource_spans };
-        let bytes = if encoding_by_name(&path.to_string_lossy()) == Some(Encoding::OtlpJson) {
-            serde_json::to_vec(&request)?
-        } else {
-            request.encode_to_vec()
+        let request = ExportTraceServiceRequest {
+            resource_spans: collector.take_spans(),
         };
-        fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        write_request(path, &request)?;
+        let count = otlp::span_count(&request);
         eprintln!("wrote {count} evaluator span(s) to {}", path.display());
     }
     if !options.no_summary {
@@ -424,7 +411,11 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         let (report, kept) = sampling.finish();
         eprintln!("{report}");
         if let Some(path) = &options.sampling_output {
-            write_sampled(path, options, &config, &kept, stdin_bytes.as_deref())?;
+            let inputs = TraceInputs {
+                names: &trace_names,
+                stdin: stdin_bytes.as_deref(),
+            };
+            write_sampled(path, options, &config, &kept, inputs)?;
         }
     }
 
@@ -451,7 +442,31 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
     Ok(result)
 }
 
-/// Writes the spans of the `kept` traces, read again from the inputs, to `path` as one
+/// The encoding of an input: as `--encoding` says, else as its name implies, else sniffed.
+fn input_encoding(options: &EvalOptions, name: &str, bytes: &[u8]) -> Encoding {
+    options
+        .encoding
+        .or_else(|| encoding_by_name(name))
+        .unwrap_or_else(|| Encoding::sniff(bytes))
+}
+
+/// Writes `request` to `path`: OTLP/JSON when the name ends in `.json`, else protobuf.
+fn write_request(path: &Path, request: &ExportTraceServiceRequest) -> anyhow::Result<()> {
+    let bytes = if encoding_by_name(&path.to_string_lossy()) == Some(Encoding::OtlpJson) {
+        serde_json::to_vec(request)?
+    } else {
+        request.encode_to_vec()
+    };
+    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The trace inputs (logs inputs told apart already), and standard input's bytes if it was one.
+struct TraceInputs<'a> {
+    names: &'a [&'a str],
+    stdin: Option<&'a [u8]>,
+}
+
+/// Writes the spans of the `kept` traces, read again from the trace inputs, to `path` as one
 /// `ExportTraceServiceRequest` (`.json`: OTLP/JSON, else protobuf), redacted when the
 /// configuration has a `redaction` section. Memory: the kept spans and one input at a time.
 fn write_sampled(
@@ -459,7 +474,7 @@ fn write_sampled(
     options: &EvalOptions,
     config: &Config,
     kept: &std::collections::HashSet<String>,
-    stdin: Option<&[u8]>,
+    inputs: TraceInputs<'_>,
 ) -> anyhow::Result<()> {
     let redactor = config
         .redaction
@@ -469,8 +484,8 @@ fn write_sampled(
         .map_err(anyhow::Error::msg)?;
     let mut done = Redactions::default();
     let mut out = ExportTraceServiceRequest::default();
-    for name in &options.inputs {
-        let bytes = match (name.as_str(), stdin) {
+    for &name in inputs.names {
+        let bytes = match (name, inputs.stdin) {
             ("-", Some(bytes)) => std::borrow::Cow::Borrowed(bytes),
             // Unreadable inputs were reported already; what they held was not decided on.
             _ => match fs::read(name) {
@@ -478,14 +493,7 @@ fn write_sampled(
                 Err(_) => continue,
             },
         };
-        let encoding = options
-            .encoding
-            .or_else(|| encoding_by_name(name))
-            .unwrap_or_else(|| Encoding::sniff(&bytes));
-        // Logs inputs hold no spans; their content was joined for the evaluators only.
-        if logs::signal(&bytes, encoding) != Signal::Traces {
-            continue;
-        }
+        let encoding = input_encoding(options, name, &bytes);
         let requests: Vec<ExportTraceServiceRequest> = match encoding {
             Encoding::OtlpProto => otlp::decode(&bytes, encoding).into_iter().collect(),
             Encoding::OtlpJson => otlp::json_requests(&bytes).map_while(Result::ok).collect(),
@@ -499,18 +507,8 @@ fn write_sampled(
             ));
         }
     }
-    let spans: usize = out
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum();
-    let bytes = if encoding_by_name(&path.to_string_lossy()) == Some(Encoding::OtlpJson) {
-        serde_json::to_vec(&out)?
-    } else {
-        out.encode_to_vec()
-    };
-    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    write_request(path, &out)?;
+    let spans = otlp::span_count(&out);
     let redacted = match (&redactor, done.is_empty()) {
         (None, _) => "not redacted (no `redaction` section)".to_owned(),
         (Some(_), true) => "nothing to redact".to_owned(),
