@@ -846,22 +846,31 @@ fn eval_sampling_reports_what_each_rule_keeps() {
         "{}",
         stderr(&out)
     );
-    // `run` does not forward kept traces yet: a policy is refused, not silently ignored.
-    std::fs::write(
-        &config,
-        "receivers: { otlp: { protocols: { http: { endpoint: '127.0.0.1:0' } } } }\nsampling: { rules: [ drop ] }\n",
-    )
-    .unwrap();
-    let out = bin()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .output()
-        .expect("runs");
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("does not forward sampled traces yet"),
-        "{}",
-        stderr(&out)
-    );
+    // `run` forwards kept traces to `sampling.exporters`: a policy without them is refused, not
+    // silently ignored, and they must name exporters that can forward traces.
+    let otlp_in = "receivers: { otlp: { protocols: { http: { endpoint: '127.0.0.1:0' } } } }\nexporters: { stdout: {} }\n";
+    for (sampling, error) in [
+        (
+            "sampling: { rules: [ drop ] }",
+            "`sampling.exporters`: name the exporters kept traces go to",
+        ),
+        (
+            "sampling: { exporters: [kafka/nope] }",
+            "sampling.exporters[0]: no exporter is named `kafka/nope` (configured: stdout)",
+        ),
+        (
+            "sampling: { exporters: [stdout] }",
+            "sampling.exporters[0]: exporters.stdout cannot forward traces",
+        ),
+    ] {
+        std::fs::write(&config, format!("{otlp_in}{sampling}\n")).unwrap();
+        let out = bin()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .output()
+            .expect("runs");
+        assert_ne!(out.status.code(), Some(0));
+        assert!(stderr(&out).contains(error), "{sampling}: {}", stderr(&out));
+    }
 }
 
 /// `eval --sampling-output` writes the kept traces whole (every span the inputs had of them),

@@ -2876,3 +2876,440 @@ fn log_events_on_a_logs_topic_give_their_spans_content() {
     let (code, stderr) = worker.terminate();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// The tail-sampling tests' policy: errors, failed evaluations, experiments, the rest dropped;
+/// kept traces redacted with the default rules and written whole to `sampled`.
+const SAMPLING: &str = "traces: { quiet_seconds: 1, max_wait_seconds: 20 }
+sampling:
+  exporters: [kafka/sampled]
+  rules:
+    - status: error
+    - failed: '*'
+    - attribute_present: experiment_id
+    - drop
+redaction: {}
+";
+
+/// What [`SAMPLING`]'s rules select, by trace: the rule that decides, worked out here from the
+/// spans and the evaluators' own verdicts (`None`: dropped).
+fn expected_sampling(
+    set: &EvaluatorSet,
+    traces: &[ExportTraceServiceRequest],
+) -> HashMap<Vec<u8>, Option<&'static str>> {
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let mut expected = HashMap::new();
+    for trace in traces {
+        let (mut error, mut failed, mut experiment) = (false, false, false);
+        for s in span::spans(trace) {
+            error |= s.status().code == StatusCode::Error;
+            experiment |= otlp::find(&s.raw().attributes, "experiment_id").is_some();
+            let mut evaluations = Vec::new();
+            set.evaluate(&s, &mut evaluations);
+            failed |= evaluations.iter().any(|e| {
+                matches!(&e.outcome, evalstream_evaluators::evaluator::Outcome::Scored(score) if !score.passed)
+            });
+        }
+        let rule = if error {
+            Some("status:error")
+        } else if failed {
+            Some("failed:*")
+        } else if experiment {
+            Some("attribute_present:experiment_id")
+        } else {
+            None
+        };
+        let id = span::spans(trace).next().unwrap().trace_id().to_vec();
+        expected.insert(id, rule);
+    }
+    expected
+}
+
+/// An email address put into some traces' content, which redaction must mask.
+const EMAIL: &str = "jane.doe@example.com";
+
+/// `count` corpus traces with new ids, some with an ERROR span, some tagged with an experiment
+/// id, some with an email address in an `input.value` attribute; each trace as two messages in
+/// a row (its spans at even, then odd places: no message holds a whole trace).
+fn sampling_stream(count: u64, seed: u64) -> (Vec<ExportTraceServiceRequest>, Vec<Outgoing>) {
+    use opentelemetry_proto::tonic::trace::v1::Status;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let (mut traces, _) = loadgen_messages(count, seed);
+    for (i, trace) in traces.iter_mut().enumerate() {
+        let spans: Vec<_> = trace
+            .resource_spans
+            .iter_mut()
+            .flat_map(|r| &mut r.scope_spans)
+            .flat_map(|s| &mut s.spans)
+            .collect();
+        let n = spans.len();
+        for (j, sp) in spans.into_iter().enumerate() {
+            if i % 7 == 3 && j == n - 1 {
+                sp.status = Some(Status {
+                    code: StatusCode::Error as i32,
+                    message: "upstream failed".into(),
+                });
+            }
+            if i % 5 == 1 && j == 0 {
+                sp.attributes
+                    .push(otlp::kv_str("experiment_id", "exp-checkout-42"));
+            }
+            if i % 3 == 1 && j == 0 {
+                sp.attributes.push(otlp::kv_str(
+                    "input.value",
+                    format!("please reach me at {EMAIL} about the order"),
+                ));
+            }
+        }
+    }
+    let half = |trace: &ExportTraceServiceRequest, parity: usize| {
+        let mut part = trace.clone();
+        let mut k = 0;
+        for ss in part
+            .resource_spans
+            .iter_mut()
+            .flat_map(|r| &mut r.scope_spans)
+        {
+            ss.spans.retain(|_| {
+                k += 1;
+                (k - 1) % 2 == parity
+            });
+        }
+        part
+    };
+    let key = |t: &ExportTraceServiceRequest| {
+        Some(otlp::hex(
+            &t.resource_spans[0].scope_spans[0].spans[0].trace_id,
+        ))
+    };
+    let messages = traces
+        .iter()
+        .flat_map(|t| [0, 1].map(|parity| (key(t), half(t, parity).encode_to_vec())))
+        .collect();
+    (traces, messages)
+}
+
+/// The spans of the `sampled` topic's records, by trace id (with repeats), checking each record's
+/// key.
+fn sampled_spans(
+    records: &[Record],
+) -> HashMap<
+    Vec<u8>,
+    Vec<(
+        Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+        opentelemetry_proto::tonic::trace::v1::Span,
+    )>,
+> {
+    let mut traces: HashMap<Vec<u8>, Vec<_>> = HashMap::new();
+    for r in records {
+        let request = ExportTraceServiceRequest::decode(&r.payload[..])
+            .expect("a sampled record holds an ExportTraceServiceRequest");
+        for rs in &request.resource_spans {
+            let resource = rs.resource.clone().unwrap_or_default().attributes;
+            for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                assert_eq!(r.key.as_deref(), Some(otlp::hex(&s.trace_id).as_str()));
+                traces
+                    .entry(s.trace_id.clone())
+                    .or_default()
+                    .push((resource.clone(), s.clone()));
+            }
+        }
+    }
+    traces
+}
+
+/// Whether an attribute key is one the default redaction rules read (message content).
+fn is_content_key(key: &str) -> bool {
+    [
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.prompt",
+        "gen_ai.completion",
+        "gen_ai.tool.call.",
+        "gen_ai.retrieval.",
+        "llm.input_messages.",
+        "llm.output_messages.",
+        "llm.prompts",
+        "input.value",
+        "output.value",
+        "retrieval.documents.",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+}
+
+/// Sums a metric's series whose labels contain every one of `labels` (`name="value"`).
+fn metric_sum(worker: &Worker, name: &str, labels: &[&str]) -> f64 {
+    let (_, body) = http(worker.metrics_port, "GET", "/metrics").unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn start_sampling_worker(dir: &Path, name: &str, broker: &str) -> Worker {
+    Worker::start_exporting(
+        dir,
+        name,
+        broker,
+        "g",
+        (Encoding::OtlpProto, ""),
+        &format!("  kafka/sampled:\n    brokers: [\"{broker}\"]\n    traces: {{ topic: sampled }}"),
+        SAMPLING,
+        &[],
+    )
+}
+
+#[test]
+fn tail_sampling_forwards_exactly_the_selected_traces_whole_and_redacted() {
+    let broker = setup(2);
+    broker.create_topic("sampled", 2);
+    let address = broker.address();
+    let (traces, messages) = sampling_stream(120, 9_100);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_sampling(&set, &traces);
+    let kept: HashSet<&Vec<u8>> = expected
+        .iter()
+        .filter(|(_, rule)| rule.is_some())
+        .map(|(id, _)| id)
+        .collect();
+    let count = |rule: &str| expected.values().filter(|r| **r == Some(rule)).count();
+    eprintln!(
+        "{} traces: {} kept (errors {}, failed {}, experiments {})",
+        traces.len(),
+        kept.len(),
+        count("status:error"),
+        count("failed:*"),
+        count("attribute_present:experiment_id")
+    );
+    for rule in [
+        "status:error",
+        "failed:*",
+        "attribute_present:experiment_id",
+    ] {
+        assert!(count(rule) > 0, "the stream exercises `{rule}`");
+    }
+    assert!(kept.len() < traces.len(), "the stream has traces to drop");
+
+    let dir = temp_dir("kafka-sampling");
+    let worker = start_sampling_worker(&dir, "w", &address);
+    produce(&address, "input", &messages);
+    let records = read_topic(&address, "sampled", Duration::from_secs(90), |r| {
+        sampled_spans(r).len() >= kept.len()
+    });
+    wait_for(
+        Duration::from_secs(60),
+        "every trace decided and every input committed",
+        || {
+            metric_sum(&worker, "evalstream_sampled_traces_total", &[]) >= traces.len() as f64
+                && committed_vs_end(&address, "g", "input", 2)
+                    .iter()
+                    .all(|(c, end)| c == end)
+        },
+    );
+    // Anything forwarded after the reader stopped would show here.
+    let (records_all, _) = read_all(&address, "sampled", 2, Duration::from_secs(30));
+    assert!(records_all.len() >= records.len());
+    let got = sampled_spans(&records_all);
+    let got_ids: HashSet<&Vec<u8>> = got.keys().collect();
+    assert_eq!(
+        got_ids, kept,
+        "the sampled topic holds exactly the selected traces"
+    );
+
+    // Whole: every span of each kept trace, once, as it came but for redacted content.
+    let mut masked = 0;
+    for trace in traces
+        .iter()
+        .filter(|t| kept.contains(&span::spans(t).next().unwrap().trace_id().to_vec()))
+    {
+        let id = span::spans(trace).next().unwrap().trace_id().to_vec();
+        let forwarded = &got[&id];
+        let originals: Vec<_> = span::spans(trace).collect();
+        assert_eq!(forwarded.len(), originals.len(), "each span once");
+        for original in &originals {
+            let (resource, copy) = forwarded
+                .iter()
+                .find(|(_, s)| s.span_id == original.span_id())
+                .expect("every span of a kept trace is forwarded");
+            let raw = original.raw();
+            let without_content =
+                |attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+                    attributes
+                        .iter()
+                        .filter(|kv| !is_content_key(&kv.key))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                };
+            let keys = |attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+                attributes
+                    .iter()
+                    .map(|kv| kv.key.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(keys(&copy.attributes), keys(&raw.attributes));
+            assert_eq!(
+                without_content(&copy.attributes),
+                without_content(&raw.attributes)
+            );
+            assert_eq!(
+                (
+                    &copy.name,
+                    &copy.parent_span_id,
+                    copy.start_time_unix_nano,
+                    copy.end_time_unix_nano,
+                    &copy.status,
+                    &copy.events
+                ),
+                (
+                    &raw.name,
+                    &raw.parent_span_id,
+                    raw.start_time_unix_nano,
+                    raw.end_time_unix_nano,
+                    &raw.status,
+                    &raw.events
+                )
+            );
+            assert_eq!(resource, &original.resource().attributes.to_vec());
+            if let Some(text) = otlp::find(&copy.attributes, "input.value").and_then(otlp::as_str)
+                && text.contains("about the order")
+            {
+                assert!(text.contains("[email]"), "{text}");
+                masked += 1;
+            }
+        }
+    }
+    assert!(masked > 0, "some kept trace carried the email");
+    for r in &records_all {
+        let text = String::from_utf8_lossy(&r.payload);
+        assert!(
+            !text.contains(EMAIL),
+            "the email never reaches the sampled topic"
+        );
+    }
+    // The per-rule metrics match.
+    for rule in [
+        "status:error",
+        "failed:*",
+        "attribute_present:experiment_id",
+    ] {
+        assert_eq!(
+            metric_sum(
+                &worker,
+                "evalstream_sampled_traces_total",
+                &[&format!("rule=\"{rule}\""), "decision=\"keep\""]
+            ),
+            count(rule) as f64,
+            "{rule}"
+        );
+    }
+    assert_eq!(
+        metric_sum(
+            &worker,
+            "evalstream_sampled_traces_total",
+            &["rule=\"drop\"", "decision=\"drop\""]
+        ),
+        (traces.len() - kept.len()) as f64
+    );
+    assert!(
+        metric_sum(&worker, "evalstream_redactions_total", &["kind=\"email\""]) >= masked as f64
+    );
+    // Evaluations still flow to the evaluation exporter, none to the sampled one.
+    let events = read_topic(&address, "logs", Duration::from_secs(30), |r| !r.is_empty());
+    assert!(!events.is_empty());
+    let (code, stderr) = worker.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn sigkill_while_forwarding_kept_traces_and_restart_lose_none() {
+    let broker = setup(2);
+    broker.create_topic("sampled", 2);
+    let address = broker.address();
+    let (traces, messages) = sampling_stream(600, 33_000);
+    let set = spec::build_set(&spec::default_specs()).unwrap();
+    let expected = expected_sampling(&set, &traces);
+    let kept: HashSet<Vec<u8>> = expected
+        .iter()
+        .filter(|(_, rule)| rule.is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let dir = temp_dir("kafka-sampling-sigkill");
+    let mut first = start_sampling_worker(&dir, "first", &address);
+    // The stream arrives over a few seconds, so decisions are spread out and the kill falls
+    // among them.
+    let producing = {
+        let address = address.clone();
+        std::thread::spawn(move || {
+            for chunk in messages.chunks(60) {
+                produce(&address, "input", chunk);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the first worker decides some traces",
+        || {
+            metric_sum(
+                &first,
+                "evalstream_sampled_traces_total",
+                &["decision=\"keep\""],
+            ) >= kept.len() as f64 / 4.0
+        },
+    );
+    first.kill(); // SIGKILL: no drain, no final commit.
+    producing.join().unwrap();
+    let second = start_sampling_worker(&dir, "second", &address);
+    wait_for(
+        Duration::from_secs(120),
+        "the second worker commits every input",
+        || {
+            committed_vs_end(&address, "g", "input", 2)
+                .iter()
+                .all(|(c, end)| c == end)
+                && second.metric("evalstream_in_flight_messages") == Some(0.0)
+        },
+    );
+    let (records, gaps) = read_all(&address, "sampled", 2, Duration::from_secs(60));
+    assert!(gaps.is_empty(), "{gaps:?}");
+    let got = sampled_spans(&records);
+    let got_ids: HashSet<Vec<u8>> = got.keys().cloned().collect();
+    let missing = kept.difference(&got_ids).count();
+    let unexpected = got_ids.difference(&kept).count();
+    let repeated = got
+        .iter()
+        .filter(|(id, spans)| {
+            let whole = span::spans(
+                traces
+                    .iter()
+                    .find(|t| span::spans(t).next().unwrap().trace_id() == id.as_slice())
+                    .unwrap(),
+            )
+            .count();
+            spans.len() > whole
+        })
+        .count();
+    eprintln!(
+        "sigkill while forwarding: {} kept traces expected, {} forwarded, {repeated} forwarded more than once, {missing} missing",
+        kept.len(),
+        got_ids.len(),
+    );
+    assert_eq!(
+        missing, 0,
+        "every kept trace is forwarded after the restart"
+    );
+    assert_eq!(unexpected, 0, "no dropped trace is forwarded");
+    for (id, spans) in &got {
+        let original = traces
+            .iter()
+            .find(|t| span::spans(t).next().unwrap().trace_id() == id.as_slice())
+            .unwrap();
+        let want: HashSet<&[u8]> = span::spans(original).map(|s| s.span_id()).collect();
+        let have: HashSet<&[u8]> = spans.iter().map(|(_, s)| s.span_id.as_slice()).collect();
+        assert_eq!(have, want, "each kept trace is forwarded whole");
+    }
+    let (code, stderr) = second.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}

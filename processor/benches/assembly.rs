@@ -56,7 +56,7 @@ fn main() {
     for request in &requests {
         let mut shared = SharedParts::default();
         for trace in TraceView::group(evalstream_evaluators::span::spans(request), false) {
-            let stored = StoredSpan::from_trace(&trace, &mut shared);
+            let stored = StoredSpan::from_trace(&trace, &mut shared, false);
             let evicted = buffer.add(trace.trace_id(), stored, (), t0);
             assert!(evicted.is_empty());
         }

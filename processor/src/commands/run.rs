@@ -51,17 +51,23 @@ pub async fn run(
             "`evalstream run` needs a receiver: `receivers.otlp` or `receivers.kafka` (see deploy/evalstream.yaml)"
         );
     }
-    if config.sampling.is_some() {
-        // Refused rather than ignored: a user who wrote a policy expects traces to be kept by
-        // it, and `run` does not forward traces yet.
+    if config
+        .sampling
+        .as_ref()
+        .is_some_and(|s| s.exporters.is_empty())
+    {
+        // Refused rather than ignored: a user who wrote a policy expects traces to be kept by it.
         anyhow::bail!(
-            "`sampling`: `evalstream run` does not forward sampled traces yet; `evalstream eval --sampling FILES` reports what the policy keeps"
+            "`sampling.exporters`: name the exporters kept traces go to (for example `exporters: [kafka/sampled]` with `exporters: {{ kafka/sampled: {{ traces: {{ topic: otlp_spans_sampled }} }} }}`); `evalstream eval --sampling FILES` reports what the policy keeps"
         );
     }
-    if config.redaction.is_some() && !config.receivers.otlp.as_ref().is_some_and(|o| o.forward) {
+    if config.redaction.is_some()
+        && config.sampling.is_none()
+        && !config.receivers.otlp.as_ref().is_some_and(|o| o.forward)
+    {
         // Refused rather than ignored: a user who wrote redaction rules expects them to apply.
         anyhow::bail!(
-            "`redaction` applies to the spans `run` passes on, and none are: set `receivers.otlp.forward: true` (inline mode), or use `evalstream eval --sampling-output`"
+            "`redaction` applies to the spans `run` passes on, and none are: configure `sampling` (kept traces are redacted) or set `receivers.otlp.forward: true` (inline mode)"
         );
     }
     let evaluators = Arc::new(spec::build_set(&config.evaluators)?);
@@ -209,6 +215,7 @@ fn start_pipeline(
             .map_err(anyhow::Error::msg)?
             .map(Arc::new),
         logs: config.takes_logs().then_some(&config.logs),
+        sampling: config.sampling.as_ref(),
     };
     let needs_traces = evaluators.needs_traces();
     let pipeline = Pipeline::start(settings, evaluators, exporters, metrics)?;
@@ -281,9 +288,16 @@ fn build_exporters(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<(Exporters, Option<Arc<dyn Transaction>>)> {
     let mut list: Vec<Box<dyn Exporter>> = Vec::new();
+    let mut sampled: Vec<Box<dyn Exporter>> = Vec::new();
     let mut transaction: Option<Arc<dyn Transaction>> = None;
     for (id, exporter) in &config.exporters.list {
-        list.push(match exporter {
+        // An exporter of kept traces gets only those (`Exporter::forward`), no evaluations.
+        let forwards = config
+            .sampling
+            .as_ref()
+            .is_some_and(|s| s.exporters.contains(id));
+        let into = if forwards { &mut sampled } else { &mut list };
+        into.push(match exporter {
             ExporterConfig::Kafka(k) if k.exactly_once => {
                 let mut k = k.clone();
                 let group = config
@@ -301,10 +315,15 @@ fn build_exporters(
                 transaction = Some(Arc::new(ExporterTransaction(exporter.clone())));
                 Box::new(exporter)
             }
-            ExporterConfig::Kafka(k) => Box::new(
-                KafkaExporter::new(id, k, metrics.clone())
-                    .with_context(|| format!("exporters.{id}: cannot create the producer"))?,
-            ),
+            ExporterConfig::Kafka(k) => {
+                let exporter = KafkaExporter::new(id, k, metrics.clone())
+                    .with_context(|| format!("exporters.{id}: cannot create the producer"))?;
+                Box::new(if forwards {
+                    exporter.forwarding()
+                } else {
+                    exporter
+                })
+            }
             ExporterConfig::Stdout(_) => Box::new(StdoutExporter::new(id)),
             ExporterConfig::Otlp(protocol, o) => {
                 let client = OtlpClient::start(o, *protocol, &tokio::runtime::Handle::current())
@@ -343,7 +362,7 @@ fn build_exporters(
             }
         });
     }
-    Ok((Exporters::new(list), transaction))
+    Ok((Exporters::with_sampled(list, sampled), transaction))
 }
 
 /// This machine's name (a pod's name on Kubernetes), for a default `transactional.id`.

@@ -657,6 +657,8 @@ impl Config {
         if let Some(sampling) = &self.sampling {
             let names: Vec<&str> = self.evaluators.iter().map(|e| e.effective_name()).collect();
             sampling.validate(&names).map_err(Problem::Other)?;
+            self.validate_sampled_exporters(sampling)
+                .map_err(Problem::Other)?;
         }
         if let Some(redaction) = &self.redaction {
             Redactor::new(redaction).map_err(Problem::Other)?;
@@ -720,6 +722,59 @@ impl Config {
             || self.receivers.otlp.as_ref().is_some_and(|o| o.logs)
     }
 
+    /// `sampling.exporters` name exporters that can forward traces, none of them writing where
+    /// a receiver reads.
+    fn validate_sampled_exporters(&self, sampling: &SamplingConfig) -> Result<(), String> {
+        for (i, id) in sampling.exporters.iter().enumerate() {
+            let path = format!("sampling.exporters[{i}]");
+            let Some((_, exporter)) = self.exporters.list.iter().find(|(e, _)| e == id) else {
+                let ids: Vec<&str> = self
+                    .exporters
+                    .list
+                    .iter()
+                    .map(|(e, _)| e.as_str())
+                    .collect();
+                return Err(format!(
+                    "{path}: no exporter is named `{id}` (configured: {}); add one, such as `exporters: {{ kafka/sampled: {{ traces: {{ topic: otlp_spans_sampled }} }} }}`",
+                    ids.join(", ")
+                ));
+            };
+            match exporter {
+                ExporterConfig::Kafka(k) => {
+                    let read = self
+                        .receivers
+                        .kafka
+                        .as_ref()
+                        .is_some_and(|r| r.topics.contains(&k.traces.topic));
+                    if read {
+                        return Err(format!(
+                            "{path}: exporters.{id} writes kept traces to `{}`, which receivers.kafka reads: it would read its own output back; give it a `traces: {{ topic }}` of its own",
+                            k.traces.topic
+                        ));
+                    }
+                }
+                ExporterConfig::Otlp(..) => {}
+                _ => {
+                    return Err(format!(
+                        "{path}: exporters.{id} cannot forward traces; kept traces go to `kafka` or `otlp`/`otlphttp` exporters"
+                    ));
+                }
+            }
+        }
+        if let Some(dup) = sampling
+            .exporters
+            .iter()
+            .enumerate()
+            .find(|(i, e)| sampling.exporters[..*i].contains(e))
+        {
+            return Err(format!(
+                "sampling.exporters[{}]: `{}` is named twice",
+                dup.0, dup.1
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_exactly_once(&self) -> Result<(), String> {
         let transactional: Vec<&str> = self
             .exporters
@@ -736,6 +791,11 @@ impl Config {
         let why = |what: &str| format!("exporters.{id}.exactly_once: {what}");
         if transactional.len() > 1 {
             return Err(why("only one exporter can write in the transaction"));
+        }
+        if self.sampling.is_some() {
+            return Err(why(
+                "not with `sampling`: each transaction waits for every input in flight, and tail sampling holds inputs until their traces are complete",
+            ));
         }
         if self.takes_logs() {
             return Err(why(

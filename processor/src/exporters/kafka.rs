@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use evalstream_evaluators::otlp;
 use evalstream_evaluators::to_otlp;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message as _;
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
@@ -158,6 +160,77 @@ impl ProducerContext for ProducerReports {
     }
 }
 
+/// Splits a request of application spans (a trace tail sampling kept) into requests that each
+/// encode to at most `budget` bytes, keeping the spans' order and each span under its own
+/// resource and scope (repeated in every request their spans are spread over). A span too large
+/// for any record travels alone (the producer refuses it, and it is dead-lettered with its
+/// input).
+fn split_trace_request(
+    request: &ExportTraceServiceRequest,
+    budget: usize,
+) -> Vec<ExportTraceServiceRequest> {
+    // Room for the length prefixes of the enclosing messages to grow.
+    let room = budget.saturating_sub(32);
+    let mut chunks = Vec::new();
+    let mut chunk = ExportTraceServiceRequest::default();
+    let mut used = 0;
+    // The (resource, scope) indexes the chunk's last spans are under.
+    let mut last: Option<(usize, usize)> = None;
+    for (ri, rs) in request.resource_spans.iter().enumerate() {
+        let resource_size =
+            rs.resource.as_ref().map_or(0, |r| r.encoded_len()) + rs.schema_url.len() + 16;
+        for (si, ss) in rs.scope_spans.iter().enumerate() {
+            let scope_size =
+                ss.scope.as_ref().map_or(0, |s| s.encoded_len()) + ss.schema_url.len() + 16;
+            for span in &ss.spans {
+                let len = span.encoded_len();
+                let size = len + 1 + prost::encoding::encoded_len_varint(len as u64);
+                let framing = |last: Option<(usize, usize)>| {
+                    let resource = if last.is_some_and(|(r, _)| r == ri) {
+                        0
+                    } else {
+                        resource_size
+                    };
+                    let scope = if last == Some((ri, si)) {
+                        0
+                    } else {
+                        scope_size
+                    };
+                    resource + scope
+                };
+                if used > 0 && used + size + framing(last) > room {
+                    chunks.push(std::mem::take(&mut chunk));
+                    used = 0;
+                    last = None;
+                }
+                used += size + framing(last);
+                if last.is_none_or(|(r, _)| r != ri) {
+                    chunk.resource_spans.push(ResourceSpans {
+                        resource: rs.resource.clone(),
+                        schema_url: rs.schema_url.clone(),
+                        scope_spans: Vec::new(),
+                    });
+                }
+                let resource = chunk.resource_spans.last_mut().expect("pushed above");
+                if last != Some((ri, si)) {
+                    resource.scope_spans.push(ScopeSpans {
+                        scope: ss.scope.clone(),
+                        schema_url: ss.schema_url.clone(),
+                        spans: Vec::new(),
+                    });
+                }
+                let scope = resource.scope_spans.last_mut().expect("pushed above");
+                scope.spans.push(span.clone());
+                last = Some((ri, si));
+            }
+        }
+    }
+    if used > 0 {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
 /// The producer of evaluation events and evaluator spans.
 pub struct KafkaExporter {
     id: String,
@@ -169,6 +242,8 @@ pub struct KafkaExporter {
     max_record_bytes: usize,
     /// Exactly once: exports hold it for reading, a commit for writing.
     transaction: Option<RwLock<()>>,
+    /// Whether it takes forwarded traces (it is one of `sampling.exporters`).
+    forwards: bool,
 }
 
 /// How long a transaction call may take before it fails (and the worker stops).
@@ -239,7 +314,15 @@ impl KafkaExporter {
             traces_topic: config.traces.topic.clone(),
             max_record_bytes,
             transaction: config.exactly_once.then(|| RwLock::new(())),
+            forwards: false,
         })
+    }
+
+    /// Makes it an exporter of the traces tail sampling keeps: it writes each, whole, to its
+    /// traces topic ([`Exporter::forward`]).
+    pub fn forwarding(mut self) -> KafkaExporter {
+        self.forwards = true;
+        self
     }
 
     /// Exactly once: adds `offsets` (next offsets to read, for consumer `group`) to the open
@@ -386,6 +469,35 @@ impl Exporter for KafkaExporter {
         }
     }
 
+    /// A kept trace (only when [`KafkaExporter::forwarding`]): its spans as
+    /// `ExportTraceServiceRequest` to the traces topic, keyed by the hex trace id as the
+    /// collector's `partition_traces_by_id` does, split under `message.max.bytes`.
+    fn forward(&self, request: &ExportTraceServiceRequest, tokens: &[Token]) {
+        if !self.forwards {
+            return;
+        }
+        let trace_id = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .map(|s| s.trace_id.as_slice())
+            .next()
+            .unwrap_or_default();
+        let key = otlp::hex(trace_id);
+        let budget = self
+            .max_record_bytes
+            .saturating_sub(key.len() + RECORD_MARGIN);
+        let payload = request.encode_to_vec();
+        if payload.len() <= budget {
+            self.send(&self.traces_topic, &key, &payload, tokens);
+        } else {
+            for chunk in split_trace_request(request, budget) {
+                self.send(&self.traces_topic, &key, &chunk.encode_to_vec(), tokens);
+            }
+        }
+    }
+
     fn flush(&self, timeout: Duration) -> bool {
         self.producer.flush(timeout).is_ok()
     }
@@ -455,5 +567,84 @@ mod tests {
             huge.iter().map(|c| c[0].1.len()).collect::<Vec<_>>(),
             [1, 1, 1]
         );
+    }
+
+    /// A kept trace of 3,000 spans is split under the limit, every span once, in order, under
+    /// the resource and scope it came with.
+    #[test]
+    fn forwarded_traces_are_split_under_the_record_limit_keeping_resources_and_scopes() {
+        use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+        let resource = |name: &str| Resource {
+            attributes: vec![otlp::kv_str("service.name", name)],
+            ..Default::default()
+        };
+        let scope = |name: &str| InstrumentationScope {
+            name: name.into(),
+            ..Default::default()
+        };
+        let spans: Vec<Span> = (0..3000).map(|i| span(i, 500 + i % 300)).collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(resource("a")),
+                    scope_spans: vec![
+                        ScopeSpans {
+                            scope: Some(scope("one")),
+                            spans: spans[..1000].to_vec(),
+                            ..Default::default()
+                        },
+                        ScopeSpans {
+                            scope: Some(scope("two")),
+                            spans: spans[1000..1200].to_vec(),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                },
+                ResourceSpans {
+                    resource: None,
+                    scope_spans: vec![ScopeSpans {
+                        scope: None,
+                        spans: spans[1200..].to_vec(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ],
+        };
+        let budget = 1_000_000 - 32 - RECORD_MARGIN;
+        assert!(request.encoded_len() > 2 * budget);
+        let chunks = split_trace_request(&request, budget);
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        for chunk in &chunks {
+            assert!(
+                chunk.encoded_len() <= budget,
+                "{} > {budget}",
+                chunk.encoded_len()
+            );
+        }
+        let flat = |requests: &[ExportTraceServiceRequest]| {
+            let mut out = Vec::new();
+            for rs in requests.iter().flat_map(|r| &r.resource_spans) {
+                for ss in &rs.scope_spans {
+                    for span in &ss.spans {
+                        out.push((rs.resource.clone(), ss.scope.clone(), span.span_id.clone()));
+                    }
+                }
+            }
+            out
+        };
+        assert_eq!(flat(&chunks), flat(std::slice::from_ref(&request)));
+        // A span past the budget goes alone, never dropped.
+        let small = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(0, 10), span(1, 5000), span(2, 10)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        assert_eq!(split_trace_request(&small, 1000).len(), 3);
     }
 }

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use evalstream_evaluators::logs::ContentEvent;
 use evalstream_evaluators::span::{GenAiSpan, OperationKind, ResourceView};
 use evalstream_evaluators::trace::TraceView;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 use serde::Deserialize;
 
@@ -148,14 +149,19 @@ impl StoredSpan {
     /// read their content. Other spans (HTTP handlers, chains, database calls) are kept as a
     /// skeleton — ids, parent, name, kind, times and status — which is what completion (is the
     /// root here?) and trace structure need, so a trace's application spans cost little. Each
-    /// distinct resource and scope is encoded once and shared.
-    pub fn from_trace(trace: &TraceView<'_>, shared: &mut SharedParts) -> Vec<StoredSpan> {
+    /// distinct resource and scope is encoded once and shared. With `whole` (tail sampling
+    /// forwards the trace as it came) every span is kept whole.
+    pub fn from_trace(
+        trace: &TraceView<'_>,
+        shared: &mut SharedParts,
+        whole: bool,
+    ) -> Vec<StoredSpan> {
         trace
             .spans()
             .iter()
             .map(|view| {
                 let span = view.raw();
-                let kept = if view.kind() == OperationKind::Other {
+                let kept = if !whole && view.kind() == OperationKind::Other {
                     skeleton(span)
                 } else {
                     span.clone()
@@ -195,6 +201,53 @@ impl StoredSpan {
     /// Whether it is a root span (it has no parent).
     pub fn is_root(&self) -> bool {
         self.is_root
+    }
+
+    /// The spans as one request, under their resources and scopes (each decoded once), in
+    /// their order: what tail sampling forwards. The resources keep their attributes (the
+    /// count of dropped ones and entity references are not kept).
+    pub fn request(spans: &[StoredSpan]) -> ExportTraceServiceRequest {
+        let key = |part: &Option<Arc<[u8]>>| part.as_ref().map(|p| Arc::as_ptr(p).cast::<u8>());
+        let mut out = ExportTraceServiceRequest::default();
+        let mut resources: Vec<Option<*const u8>> = Vec::new();
+        let mut scopes: Vec<Vec<Option<*const u8>>> = Vec::new();
+        for stored in spans {
+            let Ok(span) = Span::decode(&stored.encoded[..]) else {
+                continue;
+            };
+            let r = match resources.iter().position(|k| *k == key(&stored.resource)) {
+                Some(r) => r,
+                None => {
+                    resources.push(key(&stored.resource));
+                    scopes.push(Vec::new());
+                    out.resource_spans.push(ResourceSpans {
+                        resource: stored
+                            .resource
+                            .as_deref()
+                            .map(|r| Resource::decode(r).unwrap_or_default()),
+                        ..Default::default()
+                    });
+                    resources.len() - 1
+                }
+            };
+            let scope_spans = &mut out.resource_spans[r].scope_spans;
+            let s = match scopes[r].iter().position(|k| *k == key(&stored.scope)) {
+                Some(s) => s,
+                None => {
+                    scopes[r].push(key(&stored.scope));
+                    scope_spans.push(ScopeSpans {
+                        scope: stored
+                            .scope
+                            .as_deref()
+                            .map(|s| InstrumentationScope::decode(s).unwrap_or_default()),
+                        ..Default::default()
+                    });
+                    scope_spans.len() - 1
+                }
+            };
+            scope_spans[s].spans.push(span);
+        }
+        out
     }
 
     /// The span with its resource and scope, decoded again. They were encoded here, so this

@@ -24,6 +24,7 @@ use super::ack::Token;
 use super::assembly::{Completion, StoredSpan};
 use super::export::{Batch, Exporters};
 use super::judge::{JudgeService, Submitted};
+use super::sampler::Verdicts;
 use crate::telemetry::metrics::Metrics;
 
 /// Which evaluators a pass over spans runs.
@@ -111,6 +112,19 @@ impl Scoring {
         tokens: &[Token],
         judges: Option<&JudgeService>,
     ) -> usize {
+        self.score_noting(traces, pass, tokens, judges, None)
+    }
+
+    /// As [`Scoring::score`], noting in `notes` (when given) one [`Verdicts`] per trace: what
+    /// tail sampling reads of the pass.
+    pub fn score_noting(
+        &self,
+        traces: &[TraceView<'_>],
+        pass: Pass,
+        tokens: &[Token],
+        judges: Option<&JudgeService>,
+        mut notes: Option<&mut Vec<Verdicts>>,
+    ) -> usize {
         let mut queued = 0;
         let mut evaluations = Vec::new();
         let shapes = self.exporters.shapes();
@@ -120,6 +134,8 @@ impl Scoring {
         };
         for trace in traces {
             let mut batch = Batch::new(trace.trace_id());
+            let mut noted = notes.as_ref().map(|_| Verdicts::default());
+            let queued_before = queued;
             for s in trace.spans() {
                 if !matches!(pass, Pass::Traces(_)) {
                     self.metrics.spans.inc();
@@ -144,6 +160,11 @@ impl Scoring {
                         evaluations.push(evaluation);
                     }
                 }
+                if let Some(noted) = &mut noted {
+                    for evaluation in &evaluations {
+                        noted.note(evaluation.evaluator, &evaluation.outcome);
+                    }
+                }
                 if self.accounts(pass, s, !evaluations.is_empty()) {
                     self.account(s);
                 }
@@ -161,6 +182,10 @@ impl Scoring {
                 batch.add(shapes, s, &evaluations, (start, end), &extra);
             }
             self.exporters.export(batch, tokens);
+            if let (Some(notes), Some(mut noted)) = (notes.as_deref_mut(), noted) {
+                noted.awaited = (queued - queued_before) as u32;
+                notes.push(noted);
+            }
         }
         queued
     }

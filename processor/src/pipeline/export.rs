@@ -222,19 +222,33 @@ pub struct Outputs {
     pub verdicts: Vec<Verdict>,
 }
 
-/// Every configured exporter: each batch goes to all of them.
+/// Every configured exporter: each batch goes to all of them, but for the sampled exporters,
+/// which get only the traces tail sampling keeps ([`Exporters::forward_sampled`]).
 pub struct Exporters {
     list: Vec<Box<dyn Exporter>>,
     shapes: Shapes,
+    sampled: Vec<Box<dyn Exporter>>,
 }
 
 impl Exporters {
     /// The exporters, in order.
     pub fn new(list: Vec<Box<dyn Exporter>>) -> Exporters {
+        Exporters::with_sampled(list, Vec::new())
+    }
+
+    /// The exporters of evaluations, and those of the traces tail sampling keeps.
+    pub fn with_sampled(
+        list: Vec<Box<dyn Exporter>>,
+        sampled: Vec<Box<dyn Exporter>>,
+    ) -> Exporters {
         let shapes = list
             .iter()
             .fold(Shapes::default(), |s, e| s.union(e.shapes()));
-        Exporters { list, shapes }
+        Exporters {
+            list,
+            shapes,
+            sampled,
+        }
     }
 
     /// What the exporters read, together.
@@ -260,11 +274,19 @@ impl Exporters {
         }
     }
 
+    /// Hands a trace that tail sampling kept, whole, to the sampled exporters, holding `tokens`
+    /// until they accepted it.
+    pub fn forward_sampled(&self, request: &ExportTraceServiceRequest, tokens: &[Token]) {
+        for exporter in &self.sampled {
+            exporter.forward(request, tokens);
+        }
+    }
+
     /// Flushes every exporter, sharing `timeout`. False if any had work left.
     pub fn flush(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         let mut all = true;
-        for exporter in &self.list {
+        for exporter in self.list.iter().chain(&self.sampled) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if !exporter.flush(left) {
                 tracing::warn!(exporter = exporter.id(), "some outputs were not delivered");

@@ -203,22 +203,26 @@ impl Joiner {
             } else {
                 Pass::All
             };
-            self.scoring.score(
+            let sampling = self.traces.as_ref().is_some_and(Assembler::samples);
+            let mut notes = Vec::new();
+            self.scoring.score_noting(
                 std::slice::from_ref(&trace),
                 pass,
                 &tokens,
                 self.judges.as_deref(),
+                sampling.then_some(&mut notes),
             );
             if let Some(assembler) = &self.traces
-                && self.scoring.samples_trace(trace.trace_id())
+                && assembler.buffers(&self.scoring, trace.trace_id())
                 && let Some((first, rest)) = tokens.split_first()
             {
                 let trace_id = trace.trace_id().to_vec();
                 let joined = trace.spans().iter().map(StoredSpan::of_view).collect();
-                assembler.add(trace_id.clone(), joined, first);
+                let verdicts = notes.pop().unwrap_or_default();
+                assembler.add(trace_id.clone(), joined, first, verdicts);
                 // The events' inputs are held by the trace too: its evaluations read them.
                 for token in rest {
-                    assembler.add(trace_id.clone(), Vec::new(), token);
+                    assembler.add(trace_id.clone(), Vec::new(), token, Default::default());
                 }
             }
         }));

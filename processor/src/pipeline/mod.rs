@@ -12,6 +12,7 @@ pub mod joiner;
 pub mod judge;
 pub mod redaction;
 pub mod reload;
+pub mod sampler;
 pub mod sampling;
 pub mod stages;
 pub mod traces;

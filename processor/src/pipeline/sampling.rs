@@ -42,8 +42,21 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingConfig {
-    /// The rules, in order.
+    /// The exporters (ids from `exporters:`) that kept traces are forwarded to, whole; they get
+    /// no evaluations. `evalstream run` needs at least one; `eval` ignores them.
+    #[serde(default)]
+    pub exporters: Vec<String>,
+    /// Seconds a complete trace waits for the verdicts of LLM judges that the rules read,
+    /// before it is decided on what is known.
+    #[serde(default = "default_decision_wait")]
+    pub decision_wait_seconds: f64,
+    /// The rules, in order (the default policy when left out).
+    #[serde(default = "default_rules")]
     pub rules: Vec<Rule>,
+}
+
+fn default_decision_wait() -> f64 {
+    10.0
 }
 
 impl Default for SamplingConfig {
@@ -51,33 +64,44 @@ impl Default for SamplingConfig {
     /// experiments, then a uniform 5%.
     fn default() -> Self {
         SamplingConfig {
-            rules: vec![
-                Rule::Status(StatusRule::Error),
-                Rule::Failed("*".into()),
-                Rule::TopPercent(TopPercent {
-                    metric: Metric::CostUsd,
-                    percent: 1.0,
-                }),
-                Rule::TopPercent(TopPercent {
-                    metric: Metric::TotalTokens,
-                    percent: 1.0,
-                }),
-                Rule::TopPercent(TopPercent {
-                    metric: Metric::LatencySeconds,
-                    percent: 1.0,
-                }),
-                Rule::AttributePresent("experiment_id".into()),
-                Rule::Uniform(0.05),
-                Rule::Drop,
-            ],
+            exporters: Vec::new(),
+            decision_wait_seconds: default_decision_wait(),
+            rules: default_rules(),
         }
     }
+}
+
+fn default_rules() -> Vec<Rule> {
+    vec![
+        Rule::Status(StatusRule::Error),
+        Rule::Failed("*".into()),
+        Rule::TopPercent(TopPercent {
+            metric: Metric::CostUsd,
+            percent: 1.0,
+        }),
+        Rule::TopPercent(TopPercent {
+            metric: Metric::TotalTokens,
+            percent: 1.0,
+        }),
+        Rule::TopPercent(TopPercent {
+            metric: Metric::LatencySeconds,
+            percent: 1.0,
+        }),
+        Rule::AttributePresent("experiment_id".into()),
+        Rule::Uniform(0.05),
+        Rule::Drop,
+    ]
 }
 
 impl SamplingConfig {
     /// Checks each rule's parameters, and that the evaluators rules name are configured
     /// (`evaluators`, by name). Errors give the rule's path.
     pub fn validate(&self, evaluators: &[&str]) -> Result<(), String> {
+        if !(self.decision_wait_seconds.is_finite() && self.decision_wait_seconds >= 0.0) {
+            return Err(
+                "sampling.decision_wait_seconds: must be a non-negative number of seconds".into(),
+            );
+        }
         if self.rules.is_empty() {
             return Err("sampling.rules: give at least one rule (`drop` drops every trace)".into());
         }

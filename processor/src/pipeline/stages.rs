@@ -25,6 +25,8 @@ use super::join::JoinConfig;
 use super::joiner::{JoinThread, Joiner};
 use super::judge::{self, JudgeService, WhenFull};
 use super::redaction::Redactor;
+use super::sampler::Sampler;
+use super::sampling::SamplingConfig;
 use super::traces::Assembler;
 use super::worker::{Input, Worker};
 use crate::telemetry::metrics::Metrics;
@@ -44,6 +46,9 @@ pub struct Settings<'a> {
     pub redactor: Option<Arc<Redactor>>,
     /// The join of log events to spans, when a receiver takes logs (`eval` joins before).
     pub logs: Option<&'a JoinConfig>,
+    /// Tail sampling, when configured: kept traces go to the exporters' sampled ones, through
+    /// `redactor`.
+    pub sampling: Option<&'a SamplingConfig>,
 }
 
 /// What runs between the receivers and the exporters: workers, trace buffer, judges.
@@ -68,7 +73,19 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Pipeline> {
         let threads = thread::available_parallelism().map_or(2, |n| n.get());
-        let needs_traces = evaluators.needs_traces();
+        // Tail sampling decides on whole traces: it needs the trace buffer too.
+        let needs_traces = evaluators.needs_traces() || settings.sampling.is_some();
+        let sampler = settings.sampling.map(|config| {
+            Arc::new(Sampler::new(
+                config,
+                &evaluators,
+                settings.prices.clone(),
+                settings.redactor.clone(),
+                (exporters.clone(), metrics.clone()),
+                threads,
+                Duration::from_secs_f64(settings.traces.max_wait_seconds),
+            ))
+        });
         let scoring = Arc::new(Scoring {
             evaluators,
             exporters: exporters.clone(),
@@ -78,6 +95,7 @@ impl Pipeline {
         let output = judge::Output {
             exporters: exporters.clone(),
             metrics: metrics.clone(),
+            mailbox: sampler.as_ref().and_then(|s| s.mailbox()),
         };
         let judges = match settings.judges {
             Some(when_full) => {
@@ -86,8 +104,13 @@ impl Pipeline {
             None => None,
         };
         let (assembler, shards) = if needs_traces {
-            let (assembler, shards) =
-                Assembler::start(settings.traces, threads, scoring.clone(), judges.clone())?;
+            let (assembler, shards) = Assembler::start(
+                settings.traces,
+                threads,
+                scoring.clone(),
+                judges.clone(),
+                sampler,
+            )?;
             (Some(assembler), shards)
         } else {
             (None, Vec::new())

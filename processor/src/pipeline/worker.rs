@@ -140,18 +140,28 @@ impl Worker {
             Pass::All
         };
         let tokens = std::slice::from_ref(&input.token);
-        let queued = self
-            .scoring
-            .score(&traces, pass, tokens, self.judges.as_deref());
+        // Tail sampling decides on each trace with its span evaluators' verdicts.
+        let sampling = self.traces.as_ref().is_some_and(Assembler::samples);
+        let mut notes = Vec::new();
+        let queued = self.scoring.score_noting(
+            &traces,
+            pass,
+            tokens,
+            self.judges.as_deref(),
+            sampling.then_some(&mut notes),
+        );
         // A judge call keeps what it needs; the raw bytes need not wait for its verdict.
         let mut held = queued > 0;
         if let Some(assembler) = &self.traces {
             let mut shared = SharedParts::default();
+            let mut notes = notes.into_iter();
             for trace in &traces {
-                // A trace no trace evaluator samples is not buffered at all.
-                if self.scoring.samples_trace(trace.trace_id()) {
-                    let spans = StoredSpan::from_trace(trace, &mut shared);
-                    assembler.add(trace.trace_id().to_vec(), spans, &input.token);
+                let verdicts = notes.next().unwrap_or_default();
+                // A trace no trace evaluator samples is not buffered at all (unless tail
+                // sampling decides on every trace).
+                if assembler.buffers(&self.scoring, trace.trace_id()) {
+                    let spans = StoredSpan::from_trace(trace, &mut shared, sampling);
+                    assembler.add(trace.trace_id().to_vec(), spans, &input.token, verdicts);
                     held = true;
                 }
             }

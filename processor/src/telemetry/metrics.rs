@@ -92,6 +92,12 @@ pub struct Metrics {
     /// Redactions in forwarded spans, by kind (a personal-data kind masked, `dropped`,
     /// `hashed`).
     pub redactions: IntCounterVec,
+    /// Traces tail sampling decided, by the rule that decided (`none` when none matched) and
+    /// the decision (`keep`, `drop`).
+    pub sampled_traces: IntCounterVec,
+    /// Traces that waited for judge verdicts before their decision, by how the wait ended
+    /// (`verdicts_in`; `decided_without`: the wait ran out, or the trace's inputs were let go).
+    pub sampling_waits: IntCounterVec,
     /// Messages written to the dead-letter topic, by reason (`decode`, `delivery`).
     pub dlq: IntCounterVec,
     /// Messages whose evaluations could not be delivered nor dead-lettered (they stay uncommitted).
@@ -453,6 +459,18 @@ impl Metrics {
                 "evalstream_redactions_total",
                 "Redactions in forwarded spans, by kind: personal data masked (email, credit_card, iban, ip_address, national_id, phone), attributes dropped or hashed.",
                 &["kind"],
+            )?,
+            sampled_traces: counter_vec(
+                &r,
+                "evalstream_sampled_traces_total",
+                "Traces the tail-sampling policy decided, by the rule that decided (none: no rule matched) and the decision (keep, drop).",
+                &["rule", "decision"],
+            )?,
+            sampling_waits: counter_vec(
+                &r,
+                "evalstream_sampling_waits_total",
+                "Traces whose sampling decision waited for LLM judge verdicts, by how the wait ended: verdicts_in, or decided_without (the wait ran out, or the trace's inputs were let go).",
+                &["outcome"],
             )?,
             offset_gaps: counter(
                 &r,

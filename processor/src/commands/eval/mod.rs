@@ -292,6 +292,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         reload: false,
         redactor: None,
         logs: None,
+        sampling: None,
     };
     let pipeline = Pipeline::start(settings, set.clone(), exporters, metrics)?;
 

@@ -35,6 +35,7 @@ use tracing::warn;
 use super::ack::{Hold, Token};
 use super::assembly::StoredSpan;
 use super::export::{Batch, Exporters};
+use super::sampler::Mailbox;
 use crate::telemetry::metrics::Metrics;
 use client::{CallError, Completion, JudgeClient, RetryPolicy};
 use guard::{Breaker, Permit, Spend};
@@ -108,6 +109,9 @@ pub struct Output {
     pub exporters: Arc<Exporters>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// Tail sampling's mailbox, when sampling is on: every outcome is posted there for the
+    /// decision on its trace.
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 fn per_minute(n: Option<u32>) -> Option<DefaultDirectRateLimiter> {
@@ -599,6 +603,9 @@ fn deliver(
     let evaluation = e.evaluation(&span, outcome);
     let output = &endpoint.output;
     output.metrics.record(endpoint.index, &evaluation, &span);
+    if let Some(mailbox) = &output.mailbox {
+        mailbox.post(span.trace_id(), evaluation.evaluator, &evaluation.outcome);
+    }
     let shapes = output.exporters.shapes();
     if !shapes.any() {
         return;

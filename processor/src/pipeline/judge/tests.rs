@@ -51,6 +51,7 @@ fn setup(url: &str, extra: serde_json::Value) -> Setup {
     let output = super::Output {
         exporters: Arc::new(Exporters::new(Vec::new())),
         metrics: metrics.clone(),
+        mailbox: None,
     };
     let service = JudgeService::start(&set, &output, super::WhenFull::Shed)
         .unwrap()
