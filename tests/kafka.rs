@@ -3313,3 +3313,131 @@ fn sigkill_while_forwarding_kept_traces_and_restart_lose_none() {
     let (code, stderr) = second.terminate();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// POSTs a JSON body over loopback: the status and the body.
+fn post_json(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.split(' ').nth(1)?.parse().ok()?, body.to_owned()))
+}
+
+#[test]
+fn two_workers_share_budget_spend_through_the_state_topic() {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    let broker = setup(4);
+    let dir = temp_dir("budget-share");
+    let guard_ports = [free_port(), free_port()];
+    let worker = |name: &str, guard: u16| {
+        Worker::start_configured(
+            &dir,
+            name,
+            &broker.address(),
+            "shared",
+            Encoding::OtlpProto,
+            "",
+            &format!(
+                "guard:\n  http: {{ endpoint: \"127.0.0.1:{guard}\" }}\n  budget_share_interval_seconds: 0.5\nbudgets:\n  per_user: {{ keys: [user.id], limit_tokens: 1000000 }}\n"
+            ),
+            &[],
+        )
+    };
+    let (a, b) = (worker("a", guard_ports[0]), worker("b", guard_ports[1]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [&a, &b]
+        .iter()
+        .any(|w| http(w.metrics_port, "GET", "/readyz").is_none_or(|(status, _)| status != 200))
+    {
+        assert!(Instant::now() < deadline, "workers did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // 200 model calls by alice, 100 tokens each, one trace per message: spread over the
+    // partitions, so over both workers.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let int = |k: &str, v: i64| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(v)),
+        }),
+        ..Default::default()
+    };
+    let messages: Vec<Outgoing> = (0..200u64)
+        .map(|i| {
+            let trace_id = xxhash_rust::xxh3::xxh3_128(&i.to_be_bytes())
+                .to_be_bytes()
+                .to_vec();
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+                    scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                        spans: vec![opentelemetry_proto::tonic::trace::v1::Span {
+                            trace_id: trace_id.clone(),
+                            span_id: trace_id[..8].to_vec(),
+                            name: "chat gpt-4o-mini".into(),
+                            start_time_unix_nano: now - 1_000_000,
+                            end_time_unix_nano: now,
+                            attributes: vec![
+                                otlp::kv_str("gen_ai.operation.name", "chat"),
+                                otlp::kv_str("user.id", "alice"),
+                                int("gen_ai.usage.input_tokens", 40),
+                                int("gen_ai.usage.output_tokens", 60),
+                            ],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            (Some(otlp::hex(&trace_id)), request.encode_to_vec())
+        })
+        .collect();
+    produce(&broker.address(), "input", &messages);
+    let counted = |w: &Worker| {
+        w.metric("evalstream_budget_counted_total{budget=\"per_user\",unit=\"tokens\"}")
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "both workers counted every span",
+        || counted(&a) + counted(&b) >= 20_000.0,
+    );
+    let (ca, cb) = (counted(&a), counted(&b));
+    assert!(
+        ca > 0.0 && cb > 0.0,
+        "both workers counted spans: {ca} and {cb}"
+    );
+    assert_eq!(ca + cb, 20_000.0, "each span once");
+    // Each worker's `Budget` answers the group's spend, not only its own.
+    let spent = |port: u16| {
+        post_json(
+            port,
+            "/v1/budget",
+            r#"{"budget": "per_user", "attributes": {"user.id": "alice"}}"#,
+        )
+        .and_then(|(status, body)| (status == 200).then_some(body))
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|v| v["spent"].as_f64())
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "both workers answer the group's spend",
+        || guard_ports.iter().all(|&p| spent(p) == Some(20_000.0)),
+    );
+    for w in [a, b] {
+        let (code, stderr) = w.terminate();
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+}

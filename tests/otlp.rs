@@ -4,6 +4,9 @@
 //! clients, and by the OpenTelemetry Python SDK's own exporters (`tests/otlp/send_corpus.py`),
 //! also when a tiny in-flight limit makes the receiver refuse and the SDK retry.
 //!
+//! The guard API the same process serves beside the receiver (gRPC and HTTP/JSON `Check` and
+//! `Budget`) is tested here too, budgets counted from spans sent to the receiver.
+//!
 //! The SDK tests need `scripts/install-python-app.sh` (`scripts/test.sh` runs it).
 
 #![allow(clippy::unwrap_used)]
@@ -906,4 +909,645 @@ fn the_python_sdk_sending_spans_and_log_events_gets_its_content_scored() {
         assert_eq!(verdict(&ids[2], "json_valid"), "invalid");
         assert_eq!(verdict(&ids[2], "refusal"), "answered");
     }
+}
+
+/// POSTs a JSON `body` to `path`: the status and the body.
+fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The guard tests' process: OTLP in (HTTP), the guard API on gRPC and HTTP, three guard sets,
+/// a token budget per user with a 4-second window, the verdicts' events to a sink.
+struct Guarded {
+    child: Child,
+    sink: Sink,
+    otlp: u16,
+    grpc: u16,
+    http: u16,
+    metrics: u16,
+    dir: PathBuf,
+}
+
+impl Guarded {
+    fn start(test: &str) -> Guarded {
+        let sink = Sink::start();
+        let dir = temp_dir(test);
+        let [otlp, grpc, http, metrics] = free_ports();
+        let config = format!(
+            r#"receivers:
+  otlp:
+    protocols:
+      http: {{ endpoint: "127.0.0.1:{otlp}" }}
+evaluators:
+  - type: refusal
+  - type: pii
+  - type: empty_output
+exporters:
+  otlphttp:
+    endpoint: "http://127.0.0.1:{sink}"
+    retry_on_failure: {{ initial_interval: 100ms }}
+telemetry:
+  metrics: {{ listen: "127.0.0.1:{metrics}" }}
+guard:
+  grpc: {{ endpoint: "127.0.0.1:{grpc}" }}
+  http: {{ endpoint: "127.0.0.1:{http}" }}
+  max_request_bytes: 65536
+guards:
+  default: {{ evaluators: [refusal, pii, empty_output] }}
+  redacting: {{ evaluators: [refusal, pii], block_when: [refusal], redact: {{}} }}
+  refusals: {{ evaluators: [refusal] }}
+budgets:
+  per_user: {{ keys: [user.id], limit_tokens: 1000, window_seconds: 4 }}
+"#,
+            sink = sink.port
+        );
+        std::fs::write(dir.join("config.yaml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("run.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_evalstream"))
+            .args(["run", "--config"])
+            .arg(dir.join("config.yaml"))
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in [otlp, grpc, http] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "not listening; see {}",
+                    dir.join("run.log").display()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Guarded {
+            child,
+            sink,
+            otlp,
+            grpc,
+            http,
+            metrics,
+            dir,
+        }
+    }
+
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "run exited with {status}; see {}",
+            self.dir.join("run.log").display()
+        );
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// A metric's value from `/metrics` (the line that starts with `series`, labels included).
+fn metric(metrics_port: u16, series: &str) -> Option<f64> {
+    scrape(metrics_port)
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn guard_checks_over_grpc_and_http_allow_block_and_redact_and_their_verdicts_reach_the_output() {
+    use evalstream::guard::proto::guard_client::GuardClient;
+    use evalstream::guard::proto::{Action, CheckRequest, Message};
+
+    let guarded = Guarded::start("guard-check");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime
+        .block_on(GuardClient::connect(format!(
+            "http://127.0.0.1:{}",
+            guarded.grpc
+        )))
+        .unwrap();
+    let check = |client: &mut GuardClient<tonic::transport::Channel>, request: CheckRequest| {
+        runtime.block_on(client.check(request))
+    };
+    let request = |guard: &str, answer: &str| CheckRequest {
+        guard: guard.into(),
+        input_messages: vec![Message {
+            role: "user".into(),
+            content: "How tall is the Eiffel Tower?".into(),
+        }],
+        output_text: answer.into(),
+        attributes: evalstream::guard::attributes(&[("user.id", "alice")]),
+        trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        span_id: "b7ad6b7169203331".into(),
+        ..Default::default()
+    };
+
+    // A clean answer: allowed, every evaluator's verdict given.
+    let clean = check(&mut client, request("default", "It is 330 metres tall."))
+        .unwrap()
+        .into_inner();
+    assert_eq!(clean.action, Action::Allow as i32, "{clean:?}");
+    assert_eq!(clean.guard, "default");
+    let names: Vec<&str> = clean
+        .verdicts
+        .iter()
+        .map(|v| v.evaluator.as_str())
+        .collect();
+    assert_eq!(names, ["refusal", "pii", "empty_output"]);
+    for v in &clean.verdicts {
+        assert_eq!(v.outcome, "scored", "{v:?}");
+        assert!(v.passed && !v.blocks && v.score == 1.0, "{v:?}");
+        assert!(!v.label.is_empty(), "{v:?}");
+    }
+    assert!(clean.took_micros > 0);
+    assert!(clean.redacted_output_text.is_empty());
+
+    // A refusal: blocked by the evaluator that failed.
+    let refused = check(
+        &mut client,
+        request("default", "I'm sorry, but I can't help with that."),
+    )
+    .unwrap()
+    .into_inner();
+    assert_eq!(refused.action, Action::Block as i32, "{refused:?}");
+    let refusal = refused
+        .verdicts
+        .iter()
+        .find(|v| v.evaluator == "refusal")
+        .unwrap();
+    assert!(!refusal.passed && refusal.blocks && !refusal.explanation.is_empty());
+
+    // Personal data where it does not block: redacted, the answer masked, the email not quoted
+    // in any explanation.
+    let email = "jane.doe@example.com";
+    let redacted = check(
+        &mut client,
+        request("redacting", &format!("Write to {email} for the tickets.")),
+    )
+    .unwrap()
+    .into_inner();
+    assert_eq!(redacted.action, Action::Redact as i32, "{redacted:?}");
+    assert_eq!(
+        redacted.redacted_output_text,
+        "Write to [email] for the tickets."
+    );
+    assert_eq!(
+        redacted.redacted_input_messages[0].content,
+        "How tall is the Eiffel Tower?"
+    );
+    let pii = redacted
+        .verdicts
+        .iter()
+        .find(|v| v.evaluator == "pii")
+        .unwrap();
+    assert!(!pii.passed && !pii.blocks);
+    assert!(
+        redacted
+            .verdicts
+            .iter()
+            .all(|v| !v.explanation.contains(email))
+    );
+
+    // Bad requests, each with a clear code.
+    let code = |client: &mut GuardClient<tonic::transport::Channel>, r: CheckRequest| {
+        check(client, r).unwrap_err()
+    };
+    let missing = code(
+        &mut client,
+        CheckRequest {
+            guard: String::new(),
+            ..request("", "x")
+        },
+    );
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    assert!(
+        missing.message().contains("`guard`"),
+        "{}",
+        missing.message()
+    );
+    let unknown = code(&mut client, request("nope", "x"));
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(
+        unknown
+            .message()
+            .contains("configured: default, redacting, refusals")
+    );
+    let empty = code(
+        &mut client,
+        CheckRequest {
+            guard: "default".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    let bad_id = code(
+        &mut client,
+        CheckRequest {
+            trace_id: "xyz".into(),
+            ..request("default", "x")
+        },
+    );
+    assert_eq!(bad_id.code(), tonic::Code::InvalidArgument);
+    assert!(bad_id.message().contains("`trace_id`: 32 hex digits"));
+    let oversized = code(&mut client, request("default", &"a".repeat(100_000)));
+    assert_eq!(oversized.code(), tonic::Code::OutOfRange, "{oversized:?}");
+
+    // An OTLP span instead of the fields: its model call is checked.
+    let otlp_trace = |answer: &str| {
+        let output = serde_json::json!([{"role": "assistant", "parts": [{"type": "text", "content": answer}]}]);
+        ExportTraceServiceRequest {
+            resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+                scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                    spans: vec![opentelemetry_proto::tonic::trace::v1::Span {
+                        trace_id: vec![7; 16],
+                        span_id: vec![8; 8],
+                        name: "chat gpt-4o".into(),
+                        attributes: vec![
+                            evalstream_evaluators::otlp::kv_str("gen_ai.operation.name", "chat"),
+                            evalstream_evaluators::otlp::kv_str(
+                                "gen_ai.output.messages",
+                                output.to_string(),
+                            ),
+                        ],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    };
+    let from_span = check(
+        &mut client,
+        CheckRequest {
+            guard: "refusals".into(),
+            otlp_trace: otlp_trace("I cannot assist with that.").encode_to_vec(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .into_inner();
+    assert_eq!(from_span.action, Action::Block as i32, "{from_span:?}");
+
+    // The same API as HTTP/JSON.
+    let (status, body) = post_json(
+        guarded.http,
+        "/v1/check",
+        &serde_json::json!({
+            "guard": "default",
+            "output_text": "I'm sorry, but I can't help with that.",
+            "attributes": {"user.id": "bob"},
+        })
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["action"], "block", "{answer}");
+    assert_eq!(answer["verdicts"][0]["evaluator"], "refusal");
+    assert_eq!(answer["verdicts"][0]["blocks"], true);
+    let otlp_json = serde_json::to_value(otlp_trace("Happy to help: it is 330 m.")).unwrap();
+    let (status, body) = post_json(
+        guarded.http,
+        "/v1/check",
+        &serde_json::json!({"guard": "refusals", "otlp_trace": otlp_json}).to_string(),
+    );
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["action"].clone()
+        ),
+        (200, "allow".into()),
+        "{body}"
+    );
+    for (body, status, says) in [
+        (
+            r#"{"guard": "default", "output_text": "x", "colour": 1}"#.to_owned(),
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"guard": "default", "output_text": 5}"#.to_owned(),
+            400,
+            "output_text",
+        ),
+        ("not json".to_owned(), 400, "invalid request body"),
+        (
+            r#"{"guard": "nope", "output_text": "x"}"#.to_owned(),
+            404,
+            "no guard set is named `nope`",
+        ),
+        (r#"{"output_text": "x"}"#.to_owned(), 400, "`guard`"),
+        (
+            format!(
+                r#"{{"guard": "default", "output_text": "{}"}}"#,
+                "a".repeat(70_000)
+            ),
+            413,
+            "",
+        ),
+    ] {
+        let (got, answer) = post_json(guarded.http, "/v1/check", &body);
+        assert_eq!(got, status, "{answer}");
+        assert!(answer.contains(says), "{answer}");
+    }
+
+    // Every check's verdicts reach the output: evaluation events naming the guard set, and one
+    // guardrail event per check with its decision, on the checked span.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events: Vec<_> = guarded
+            .sink
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| ExportLogsServiceRequest::decode(&b[..]).unwrap())
+            .flat_map(|r| r.resource_logs)
+            .flat_map(|r| r.scope_logs)
+            .flat_map(|s| s.log_records)
+            .collect();
+        let guardrails = events
+            .iter()
+            .filter(|e| e.event_name == "gen_ai.guardrail.result")
+            .count();
+        if guardrails >= 6 || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let attribute = |e: &opentelemetry_proto::tonic::logs::v1::LogRecord, key: &str| {
+        evalstream_evaluators::otlp::find(&e.attributes, key)
+            .and_then(evalstream_evaluators::otlp::as_str)
+            .map(str::to_owned)
+    };
+    let decisions: Vec<(Option<String>, Option<String>)> = events
+        .iter()
+        .filter(|e| {
+            e.event_name == "gen_ai.guardrail.result"
+                && e.trace_id
+                    == [
+                        0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21,
+                        0x1c, 0x80, 0x31, 0x9c,
+                    ]
+        })
+        .map(|e| {
+            (
+                attribute(e, "gen_ai.guardrail.name"),
+                attribute(e, "gen_ai.guardrail.decision.type"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            (Some("default".into()), Some("allow".into())),
+            (Some("default".into()), Some("block".into())),
+            (Some("redacting".into()), Some("redact".into())),
+        ],
+        "the checks with the application's trace id, in order"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event_name == "gen_ai.evaluation.result"
+                && attribute(e, "gen_ai.guardrail.name").as_deref() == Some("redacting")
+                && attribute(e, "gen_ai.evaluation.name").as_deref() == Some("pii")
+                && e.span_id == [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]),
+        "the pii verdict of the redacting check, on its span"
+    );
+    let m = |series: &str| metric(guarded.metrics, series).unwrap_or(-1.0);
+    assert_eq!(
+        m(r#"evalstream_guard_checks_total{action="allow",guard="default"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"evalstream_guard_checks_total{action="block",guard="default"}"#),
+        2.0
+    );
+    assert_eq!(
+        m(r#"evalstream_guard_checks_total{action="redact",guard="redacting"}"#),
+        1.0
+    );
+    guarded.stop();
+}
+
+#[test]
+fn budgets_count_the_span_stream_flip_to_block_at_the_limit_and_roll_with_their_window() {
+    use evalstream::guard::proto::guard_client::GuardClient;
+    use evalstream::guard::proto::{Action, BudgetRequest};
+
+    let guarded = Guarded::start("guard-budget");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime
+        .block_on(GuardClient::connect(format!(
+            "http://127.0.0.1:{}",
+            guarded.grpc
+        )))
+        .unwrap();
+    let budget = |client: &mut GuardClient<tonic::transport::Channel>, user: &str| {
+        runtime
+            .block_on(client.budget(BudgetRequest {
+                budget: "per_user".into(),
+                attributes: evalstream::guard::attributes(&[("user.id", user)]),
+            }))
+            .map(tonic::Response::into_inner)
+    };
+    // A model call of `tokens` tokens by `user`, ending now, sent through the OTLP receiver
+    // (answered once evaluated, so counted by then).
+    let call = |user: &str, tokens: i64| {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+        let int = |k: &str, v: i64| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::IntValue(v)),
+            }),
+            ..Default::default()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+                resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                    attributes: vec![evalstream_evaluators::otlp::kv_str("user.id", user)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                    spans: vec![opentelemetry_proto::tonic::trace::v1::Span {
+                        trace_id: now.to_be_bytes().repeat(2),
+                        span_id: now.to_be_bytes().to_vec(),
+                        name: "chat gpt-4o-mini".into(),
+                        start_time_unix_nano: now - 1_000_000,
+                        end_time_unix_nano: now,
+                        attributes: vec![
+                            evalstream_evaluators::otlp::kv_str("gen_ai.operation.name", "chat"),
+                            evalstream_evaluators::otlp::kv_str(
+                                "gen_ai.request.model",
+                                "gpt-4o-mini",
+                            ),
+                            int("gen_ai.usage.input_tokens", tokens / 2),
+                            int("gen_ai.usage.output_tokens", tokens / 2),
+                        ],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        assert_eq!(post(guarded.otlp, &request.encode_to_vec()), 200);
+    };
+    // Start right after a window opens, so the whole test fits in one.
+    let window = 4;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        if now.as_secs().is_multiple_of(window) && now.subsec_millis() < 300 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    call("alice", 600);
+    let alice = budget(&mut client, "alice").unwrap();
+    assert_eq!(
+        (alice.action, alice.spent, alice.limit, alice.remaining),
+        (Action::Allow as i32, 600.0, 1000.0, 400.0),
+        "{alice:?}"
+    );
+    assert_eq!(
+        (alice.unit.as_str(), alice.key.as_str()),
+        ("tokens", "alice")
+    );
+    assert_eq!(
+        alice.window_end_unix - alice.window_start_unix,
+        window as i64
+    );
+    call("alice", 600);
+    let alice = budget(&mut client, "alice").unwrap();
+    assert_eq!(
+        (alice.action, alice.spent, alice.remaining),
+        (Action::Block as i32, 1200.0, 0.0),
+        "{alice:?}"
+    );
+    let bob = budget(&mut client, "bob").unwrap();
+    assert_eq!((bob.action, bob.spent), (Action::Allow as i32, 0.0));
+    // Over HTTP/JSON too.
+    let (status, body) = post_json(
+        guarded.http,
+        "/v1/budget",
+        r#"{"budget": "per_user", "attributes": {"user.id": "alice"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (answer["action"].as_str(), answer["spent"].as_f64()),
+        (Some("block"), Some(1200.0)),
+        "{answer}"
+    );
+    // Bad queries.
+    let unknown = runtime
+        .block_on(client.budget(BudgetRequest {
+            budget: "nope".into(),
+            ..Default::default()
+        }))
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let keyless = runtime
+        .block_on(client.budget(BudgetRequest {
+            budget: "per_user".into(),
+            ..Default::default()
+        }))
+        .unwrap_err();
+    assert_eq!(keyless.code(), tonic::Code::InvalidArgument);
+    assert!(
+        keyless.message().contains("`user.id`"),
+        "{}",
+        keyless.message()
+    );
+    let (status, _) = post_json(
+        guarded.http,
+        "/v1/budget",
+        r#"{"budget": "nope", "attributes": {}}"#,
+    );
+    assert_eq!(status, 404);
+    assert_eq!(
+        metric(
+            guarded.metrics,
+            r#"evalstream_budget_spend_tokens{budget="per_user",key="alice"}"#
+        ),
+        Some(1200.0)
+    );
+    assert_eq!(
+        metric(
+            guarded.metrics,
+            r#"evalstream_budget_exhausted_total{budget="per_user"}"#
+        ),
+        Some(1.0)
+    );
+
+    // The window rolls: a new one starts from nothing.
+    let alice_window = alice.window_end_unix as u64;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        if now >= alice_window {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let alice = budget(&mut client, "alice").unwrap();
+    assert_eq!(
+        (alice.action, alice.spent),
+        (Action::Allow as i32, 0.0),
+        "{alice:?}"
+    );
+    assert_eq!(alice.window_start_unix as u64, alice_window);
+
+    // The README's Python client: `Budget` before the model call, `Check` before the answer.
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/guard_client.py"))
+        .env(
+            "EVALSTREAM_GUARD",
+            format!("http://127.0.0.1:{}", guarded.http),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("budget: allow"), "{printed}");
+    assert!(printed.contains("check: block"), "{printed}");
+    guarded.stop();
 }

@@ -87,6 +87,7 @@ fn main() {
             exporters: Arc::new(exporters),
             metrics,
             prices: PriceTable::new(true, &Default::default()).expect("built-in prices"),
+            budgets: None,
         };
         let mut spans = 0usize;
         let started = Instant::now();

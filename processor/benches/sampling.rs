@@ -82,6 +82,7 @@ fn main() {
             exporters: Arc::new(Exporters::new(vec![Box::new(verdicts.clone())])),
             metrics: Metrics::new(set.evaluators(), &[], 100).expect("metrics"),
             prices: prices.clone(),
+            budgets: None,
         };
         let policy = Policy::new(&SamplingConfig::default());
         let keys = policy.attribute_keys();

@@ -120,6 +120,10 @@ enum Command {
         #[arg(long = "reply", value_name = "TEXT")]
         replies: Vec<String>,
     },
+    /// Drive the guard API's `Check` at a fixed rate and at most throughput, and print the
+    /// latency percentiles: the guard benchmark's client.
+    #[command(hide = true)]
+    GuardBench(evalstream::commands::guard_bench::GuardBenchOptions),
     /// Serve a counting OTLP/HTTP backend (`/v1/logs`, `/v1/traces`, counts at `/stats`) for
     /// benchmarks.
     #[command(hide = true)]
@@ -194,6 +198,15 @@ fn judge_server(
         println!("answered {}", behaviour.answered());
         anyhow::Ok(())
     })
+}
+
+fn guard_bench(
+    options: &evalstream::commands::guard_bench::GuardBenchOptions,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(evalstream::commands::guard_bench::run(options))
 }
 
 fn otlp_sink(listen: std::net::SocketAddr) -> anyhow::Result<()> {
@@ -314,6 +327,7 @@ fn main() -> ExitCode {
             replies,
         } => exit(judge_server(listen, latency_ms, replies)),
         Command::OtlpSink { listen } => exit(otlp_sink(listen)),
+        Command::GuardBench(options) => exit(guard_bench(&options)),
         Command::Loadgen(options) => exit(evalstream::commands::loadgen::run(&options).map(drop)),
         Command::Script(ScriptCommand::Test { scripts }) => {
             let tested = evalstream::on_evaluation_thread("evalstream-script-test", move || {

@@ -28,6 +28,9 @@ use crate::exporters::otlp::exporter::OtlpExporter;
 use crate::exporters::otlp::metrics::ExporterMetrics;
 use crate::exporters::phoenix::PhoenixExporter;
 use crate::exporters::stdout::StdoutExporter;
+use crate::guard::Guards;
+use crate::guard::events::Events;
+use crate::pipeline::budgets::Budgets;
 use crate::pipeline::export::{Exporter, Exporters, Shapes};
 use crate::pipeline::joiner::Joiner;
 use crate::pipeline::judge::WhenFull;
@@ -46,9 +49,10 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    if config.receivers.kafka.is_none() && config.receivers.otlp.is_none() {
+    if config.receivers.kafka.is_none() && config.receivers.otlp.is_none() && config.guard.is_none()
+    {
         anyhow::bail!(
-            "`evalstream run` needs a receiver: `receivers.otlp` or `receivers.kafka` (see deploy/evalstream.yaml)"
+            "`evalstream run` needs a receiver: `receivers.otlp` or `receivers.kafka` (see deploy/evalstream.yaml), or the in-request API: `guard`"
         );
     }
     if config
@@ -105,12 +109,76 @@ pub async fn run(
         None => None,
     };
 
+    let budgets = match config.budgets.is_empty() {
+        true => None,
+        false => Some(Arc::new(
+            Budgets::new(&config.budgets, &metrics.registry)
+                .context("cannot register the budget metrics")?,
+        )),
+    };
     let config = Arc::new(config);
     let (pipeline, transaction) = {
-        let (config, metrics) = (config.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || start_pipeline(&config, evaluators, metrics))
+        let (config, metrics, evaluators, budgets) = (
+            config.clone(),
+            metrics.clone(),
+            evaluators.clone(),
+            budgets.clone(),
+        );
+        tokio::task::spawn_blocking(move || start_pipeline(&config, evaluators, metrics, budgets))
             .await
             .context("starting the pipeline panicked")??
+    };
+    let (guard_stop_tx, guard_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (guard, guard_events) = match &config.guard {
+        Some(guard) => {
+            let (events, thread) = Events::start(pipeline.exporters(), &metrics.registry)?;
+            let guards = Guards::new(
+                &config.guards,
+                evaluators.clone(),
+                budgets.clone(),
+                Some(events),
+                &metrics.registry,
+            )
+            .context("cannot register the guard metrics")?;
+            let running = crate::guard::serve(guard, Arc::new(guards), async {
+                let _ = guard_stop_rx.await;
+            })
+            .await?;
+            (Some(running), Some(thread))
+        }
+        None => (None, None),
+    };
+    let share_stop = Arc::new(AtomicBool::new(false));
+    let share = match (&config.guard, &config.receivers.kafka, &budgets) {
+        (Some(guard), Some(receiver), Some(budgets)) => {
+            let mut client = rdkafka::ClientConfig::new();
+            client.set("bootstrap.servers", receiver.brokers.join(","));
+            for (k, v) in crate::receivers::kafka::connection_properties(&receiver.client) {
+                client.set(k, v);
+            }
+            let share = crate::guard::share::Share {
+                client,
+                topic: guard.budget_share_topic.clone(),
+                group: receiver.group_id.clone(),
+                worker: format!(
+                    "{}-{}-{}",
+                    host_name(),
+                    std::process::id(),
+                    crate::now_unix_nanos()
+                ),
+                interval: Duration::from_secs_f64(guard.budget_share_interval_seconds),
+            };
+            let (budgets, stop) = (budgets.clone(), share_stop.clone());
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    crate::guard::share::start(share, budgets, stop)
+                })
+                .await
+                .context("starting the budget sharing panicked")?
+                .context("cannot share budgets through Kafka")?,
+            )
+        }
+        _ => None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (otlp_stop_tx, otlp_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -155,14 +223,32 @@ pub async fn run(
         }
     };
     let _ = otlp_stop_tx.send(());
+    let _ = guard_stop_tx.send(());
+    if let Some(guard) = guard {
+        guard.stopped().await;
+    }
     if let Some(otlp) = otlp
         && let Err(e) = otlp.stopped().await
     {
         warn!(error = %e, "the OTLP receiver failed");
     }
-    tokio::task::spawn_blocking(move || pipeline.stop(Duration::ZERO))
-        .await
-        .context("stopping the pipeline panicked")?;
+    tokio::task::spawn_blocking(move || {
+        // The guard's last events go out before the exporters are flushed (its listeners are
+        // closed, so its queue is too; a few seconds at most).
+        if let Some(thread) = guard_events {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        pipeline.stop(Duration::ZERO)
+    })
+    .await
+    .context("stopping the pipeline panicked")?;
+    share_stop.store(true, Ordering::Release);
+    if let Some(share) = share {
+        let _ = tokio::task::spawn_blocking(move || share.join()).await;
+    }
     let _ = http_stop_tx.send(());
     if let Some(server) = server {
         let _ = server.await;
@@ -199,6 +285,7 @@ fn start_pipeline(
     config: &Config,
     evaluators: Arc<evalstream_evaluators::evaluator::EvaluatorSet>,
     metrics: Arc<Metrics>,
+    budgets: Option<Arc<Budgets>>,
 ) -> anyhow::Result<(Pipeline, Option<Arc<dyn Transaction>>)> {
     let (exporters, transaction) = build_exporters(config, &metrics)?;
     let exporters = Arc::new(exporters);
@@ -216,6 +303,7 @@ fn start_pipeline(
             .map(Arc::new),
         logs: config.takes_logs().then_some(&config.logs),
         sampling: config.sampling.as_ref(),
+        budgets,
     };
     let needs_traces = evaluators.needs_traces();
     let pipeline = Pipeline::start(settings, evaluators, exporters, metrics)?;

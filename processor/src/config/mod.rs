@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use evalstream_evaluators::otlp::Encoding;
 
 use crate::pipeline::assembly::AssemblyConfig;
+use crate::pipeline::budgets::BudgetConfig;
 use crate::pipeline::join::JoinConfig;
 use crate::pipeline::redaction::{RedactionConfig, Redactor};
 use crate::pipeline::sampling::SamplingConfig;
 mod env;
+pub mod guard;
 pub mod otlp_exporter;
 pub mod otlp_receiver;
 pub mod phoenix_exporter;
@@ -64,6 +66,15 @@ pub struct Config {
     /// masks personal data in message content when absent.
     #[serde(default)]
     pub redaction: Option<RedactionConfig>,
+    /// The in-request API's listeners (`Check`, `Budget`); off when absent.
+    #[serde(default)]
+    pub guard: Option<guard::GuardConfig>,
+    /// Guard sets by name: the evaluators a `Check` runs and what blocks.
+    #[serde(default)]
+    pub guards: BTreeMap<String, guard::GuardSetConfig>,
+    /// Span-level cost budgets by name, accumulated from the span stream, answered by `Budget`.
+    #[serde(default)]
+    pub budgets: BTreeMap<String, BudgetConfig>,
 }
 
 impl Default for Config {
@@ -78,6 +89,9 @@ impl Default for Config {
             drift: None,
             sampling: None,
             redaction: None,
+            guard: None,
+            guards: BTreeMap::new(),
+            budgets: BTreeMap::new(),
         }
     }
 }
@@ -663,6 +677,7 @@ impl Config {
         if let Some(redaction) = &self.redaction {
             Redactor::new(redaction).map_err(Problem::Other)?;
         }
+        self.validate_guards().map_err(Problem::Other)?;
         if let Some(m) = &self.telemetry.metrics {
             if m.listen.parse::<std::net::SocketAddr>().is_err() {
                 return Err(Problem::Other(format!(
@@ -720,6 +735,34 @@ impl Config {
             .as_ref()
             .is_some_and(|k| k.logs.is_some())
             || self.receivers.otlp.as_ref().is_some_and(|o| o.logs)
+    }
+
+    /// The guard API's listeners, sets and budgets.
+    fn validate_guards(&self) -> Result<(), String> {
+        if let Some(guard) = &self.guard {
+            guard.validate()?;
+            if self.guards.is_empty() && self.budgets.is_empty() {
+                return Err(
+                    "guard: configure `guards` (sets of evaluators `Check` runs) or `budgets` (what `Budget` answers)"
+                        .into(),
+                );
+            }
+        }
+        let evaluators: Vec<(&str, bool)> = self
+            .evaluators
+            .iter()
+            .map(|e| {
+                (
+                    e.effective_name(),
+                    matches!(e.kind, spec::EvaluatorKind::LlmJudge(_)),
+                )
+            })
+            .collect();
+        guard::validate_sets(&self.guards, &evaluators)?;
+        for (name, budget) in &self.budgets {
+            budget.validate(name)?;
+        }
+        Ok(())
     }
 
     /// `sampling.exporters` name exporters that can forward traces, none of them writing where

@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 
 use super::ack::Token;
 use super::assembly::{Completion, StoredSpan};
+use super::budgets::Budgets;
 use super::export::{Batch, Exporters};
 use super::judge::{JudgeService, Submitted};
 use super::sampler::Verdicts;
@@ -59,6 +60,8 @@ pub struct Scoring {
     pub metrics: Arc<Metrics>,
     /// Prices for the cost metrics.
     pub prices: PriceTable,
+    /// Span-level cost budgets, counted from every model call span the workers see.
+    pub budgets: Option<Arc<Budgets>>,
 }
 
 /// Runs one evaluator on a span of `trace` it applies to, turning a panic into an `error`
@@ -139,6 +142,9 @@ impl Scoring {
             for s in trace.spans() {
                 if !matches!(pass, Pass::Traces(_)) {
                     self.metrics.spans.inc();
+                    if let Some(budgets) = &self.budgets {
+                        budgets.record(s, &self.prices);
+                    }
                 }
                 evaluations.clear();
                 let started = Instant::now();

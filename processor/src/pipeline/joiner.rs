@@ -334,6 +334,7 @@ mod tests {
             exporters: Arc::new(Exporters::new(vec![Box::new(lines.clone())])),
             metrics: metrics.clone(),
             prices: PriceTable::new(true, &Default::default()).unwrap(),
+            budgets: None,
         });
         let config = JoinConfig {
             // Long enough that a busy test machine does not release a span before the test

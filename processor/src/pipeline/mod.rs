@@ -5,6 +5,7 @@
 pub mod ack;
 pub mod admission;
 pub mod assembly;
+pub mod budgets;
 pub mod evaluate;
 pub mod export;
 pub mod join;

@@ -19,6 +19,7 @@ use evalstream_evaluators::pricing::PriceTable;
 use tracing::warn;
 
 use super::assembly::AssemblyConfig;
+use super::budgets::Budgets;
 use super::evaluate::Scoring;
 use super::export::Exporters;
 use super::join::JoinConfig;
@@ -49,6 +50,8 @@ pub struct Settings<'a> {
     /// Tail sampling, when configured: kept traces go to the exporters' sampled ones, through
     /// `redactor`.
     pub sampling: Option<&'a SamplingConfig>,
+    /// Span-level cost budgets the workers count spans into, when configured.
+    pub budgets: Option<Arc<Budgets>>,
 }
 
 /// What runs between the receivers and the exporters: workers, trace buffer, judges.
@@ -91,6 +94,7 @@ impl Pipeline {
             exporters: exporters.clone(),
             metrics: metrics.clone(),
             prices: settings.prices,
+            budgets: settings.budgets,
         });
         let output = judge::Output {
             exporters: exporters.clone(),
@@ -159,6 +163,11 @@ impl Pipeline {
             done,
             reloader,
         })
+    }
+
+    /// The exporters, for outputs made beside the pipeline (the guard API's verdicts).
+    pub fn exporters(&self) -> Arc<Exporters> {
+        self.exporters.clone()
     }
 
     /// The join of log events to spans, when a receiver takes logs.

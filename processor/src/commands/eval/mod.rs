@@ -293,6 +293,7 @@ pub fn run(options: &EvalOptions, out: impl Write) -> anyhow::Result<RunResult> 
         redactor: None,
         logs: None,
         sampling: None,
+        budgets: None,
     };
     let pipeline = Pipeline::start(settings, set.clone(), exporters, metrics)?;
 

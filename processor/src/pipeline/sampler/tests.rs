@@ -120,6 +120,7 @@ fn run(latency: Duration, wait: f64) -> (Vec<String>, Arc<Metrics>) {
         redactor: None,
         logs: None,
         sampling: Some(&sampling),
+        budgets: None,
     };
     let pipeline = Pipeline::start(settings, set, exporters, metrics.clone()).unwrap();
     let inputs = [

@@ -14,7 +14,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -44,36 +43,7 @@ impl StateTopic {
     /// Creates the topic, compacted, when it does not exist (a failure is logged: the broker
     /// may forbid it, and the state then lives as long as the topic's retention).
     pub fn ensure(&self) {
-        let result = (|| -> anyhow::Result<()> {
-            let admin: AdminClient<_> = self.client.create()?;
-            let metadata = admin
-                .inner()
-                .fetch_metadata(Some(&self.topic), Duration::from_secs(10))?;
-            if metadata
-                .topics()
-                .iter()
-                .any(|t| t.error().is_none() && !t.partitions().is_empty())
-            {
-                return Ok(());
-            }
-            let topic = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(-1))
-                .set("cleanup.policy", "compact");
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let options = AdminOptions::new()
-                .operation_timeout(Some(Duration::from_secs(10)))
-                .request_timeout(Some(Duration::from_secs(15)));
-            let results = runtime.block_on(admin.create_topics([&topic], &options))?;
-            for r in results {
-                match r {
-                    Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((_, code)) => anyhow::bail!("{code}"),
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = crate::telemetry::state_topic::ensure_compacted(&self.client, &self.topic) {
             warn!(topic = %self.topic, error = %e,
                 "cannot create the drift state topic; create it with cleanup.policy=compact");
         }

@@ -1,0 +1,165 @@
+//! `guard` (the in-request API's listeners) and `guards` (the sets of evaluators it runs):
+//!
+//! ```yaml
+//! guard:
+//!   grpc: { endpoint: 127.0.0.1:4319 }
+//!   http: { endpoint: 127.0.0.1:4320 }
+//! guards:
+//!   default: { evaluators: [refusal, pii, empty_output], block_when: ['*'], redact: {} }
+//! ```
+//!
+//! Like the OTLP receiver's, the endpoints default to loopback: an API that judges prompts must
+//! be opened to the network on purpose.
+
+use std::collections::BTreeMap;
+
+use evalstream_evaluators::scorers::pii::PiiKind;
+use serde::Deserialize;
+
+/// `guard`: where the API listens.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// The gRPC listener (`evalstream.v1.Guard`), when on.
+    #[serde(default)]
+    pub grpc: Option<Listener>,
+    /// The HTTP/JSON listener (`POST /v1/check`, `POST /v1/budget`), when on.
+    #[serde(default)]
+    pub http: Option<Listener>,
+    /// The largest request, in bytes (gRPC message or HTTP body). Past it: `RESOURCE_EXHAUSTED`,
+    /// `413`.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// With the Kafka receiver: the compacted topic the group's workers share their budget
+    /// spend through.
+    #[serde(default = "default_share_topic")]
+    pub budget_share_topic: String,
+    /// How often each worker writes its own spend there, in seconds: what a worker may not see
+    /// of the others' spend.
+    #[serde(default = "default_share_interval")]
+    pub budget_share_interval_seconds: f64,
+}
+
+fn default_share_topic() -> String {
+    "evalstream_budget_state".into()
+}
+
+fn default_share_interval() -> f64 {
+    1.0
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `host:port`.
+    pub endpoint: String,
+}
+
+fn default_max_request_bytes() -> usize {
+    1 << 20
+}
+
+/// One guard set in `guards`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSetConfig {
+    /// The evaluators it runs, by name (from `evaluators:`).
+    pub evaluators: Vec<String>,
+    /// The evaluators whose failure blocks the call (`'*'`: any of the set's).
+    #[serde(default = "default_block_when")]
+    pub block_when: Vec<String>,
+    /// Redaction of personal data in what is checked: a call nothing blocks, whose input or
+    /// output holds personal data of these kinds, is answered `REDACT` with the masked text.
+    #[serde(default)]
+    pub redact: Option<RedactConfig>,
+}
+
+fn default_block_when() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// `guards.NAME.redact`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactConfig {
+    /// The kinds masked (default all).
+    #[serde(default = "all_kinds")]
+    pub kinds: Vec<PiiKind>,
+}
+
+fn all_kinds() -> Vec<PiiKind> {
+    PiiKind::ALL.to_vec()
+}
+
+impl GuardConfig {
+    /// Checks the listeners, naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.grpc.is_none() && self.http.is_none() {
+            return Err("guard: enable at least one of `grpc` and `http`".into());
+        }
+        for (protocol, listener) in [("grpc", &self.grpc), ("http", &self.http)] {
+            if let Some(l) = listener
+                && l.endpoint.parse::<std::net::SocketAddr>().is_err()
+                && l.endpoint
+                    .rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(format!(
+                    "guard.{protocol}.endpoint: `{}` is not `host:port`",
+                    l.endpoint
+                ));
+            }
+        }
+        if self.max_request_bytes == 0 {
+            return Err("guard.max_request_bytes: must be at least 1".into());
+        }
+        if !(self.budget_share_interval_seconds.is_finite()
+            && self.budget_share_interval_seconds > 0.0)
+        {
+            return Err("guard.budget_share_interval_seconds: must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks the guard sets against the evaluators configured (`evaluators`: name, and whether it
+/// is an LLM judge), naming the offending key.
+pub fn validate_sets(
+    sets: &BTreeMap<String, GuardSetConfig>,
+    evaluators: &[(&str, bool)],
+) -> Result<(), String> {
+    let names: Vec<&str> = evaluators.iter().map(|(n, _)| *n).collect();
+    for (name, set) in sets {
+        if set.evaluators.is_empty() {
+            return Err(format!(
+                "guards.{name}.evaluators: name at least one evaluator"
+            ));
+        }
+        for (i, e) in set.evaluators.iter().enumerate() {
+            match evaluators.iter().find(|(n, _)| n == e) {
+                None => {
+                    return Err(format!(
+                        "guards.{name}.evaluators[{i}]: no evaluator is named `{e}` (configured: {})",
+                        names.join(", ")
+                    ));
+                }
+                Some((_, true)) => {
+                    return Err(format!(
+                        "guards.{name}.evaluators[{i}]: `{e}` is an LLM judge; in-request checks run the cheap evaluators (heuristics, schema, tool arguments, scripts) only, in microseconds"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for (i, e) in set.block_when.iter().enumerate() {
+            if e != "*" && !set.evaluators.contains(e) {
+                return Err(format!(
+                    "guards.{name}.block_when[{i}]: `{e}` is not one of the set's evaluators ({})",
+                    set.evaluators.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}

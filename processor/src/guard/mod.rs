@@ -1,0 +1,553 @@
+//! In-request checks: the guard API (`evalstream.v1.Guard`, `proto/evalstream/v1/guard.proto`)
+//! that an application calls before it shows an answer (`Check`) or calls a model (`Budget`),
+//! served by the same process as the streaming worker, over gRPC ([`grpc`]) and HTTP/JSON
+//! ([`http`]).
+//!
+//! **Check** runs a guard set's evaluators — the same configured evaluators the stream runs, so a
+//! verdict in the request is the verdict online — on a span made from the request (the input
+//! messages and output text as `gen_ai.input.messages` / `gen_ai.output.messages`, the attributes
+//! as span attributes), or on the model-call span of an OTLP request given instead. The cheap
+//! evaluators take microseconds; LLM judges are refused in guard sets. The answer is `BLOCK` when
+//! an evaluator the set's `block_when` names failed, else `REDACT` when the set redacts and the
+//! text held personal data (the masked text comes with it), else `ALLOW`. Each check's verdicts
+//! also go to the exporters ([`events`]), as `gen_ai.evaluation.result` events and one
+//! `gen_ai.guardrail.result` event, so in-request and online verdicts are one stream.
+//!
+//! **Budget** answers from the span stream's spend ([`crate::pipeline::budgets`]), shared by the
+//! workers of a consumer group through a compacted topic ([`share`]).
+
+pub mod events;
+pub mod grpc;
+pub mod http;
+pub mod share;
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use evalstream_evaluators::evaluator::{Evaluation, EvaluatorSet, Outcome};
+use evalstream_evaluators::otlp::{self, Encoding};
+use evalstream_evaluators::scorers::pii::{self, PiiKind};
+use evalstream_evaluators::span::{self, GenAiSpan, OperationKind, ResourceView};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prost::Message as _;
+
+use crate::config::guard::GuardSetConfig;
+use crate::pipeline::budgets::{Budgets, QueryError};
+
+/// The API's messages and service, generated from `proto/evalstream/v1/guard.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("evalstream.v1");
+}
+
+use proto::{Action, BudgetRequest, BudgetResponse, CheckRequest, CheckResponse, Message, Verdict};
+
+/// Why a request has no answer: what the client did wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    /// A required field is missing or a value is malformed (gRPC `INVALID_ARGUMENT`, HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// No guard set or budget of that name (gRPC `NOT_FOUND`, HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// A bug: the check panicked outside the evaluators' own guard (gRPC `INTERNAL`, HTTP 500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<QueryError> for GuardError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Unknown { .. } => GuardError::NotFound(e.to_string()),
+            QueryError::MissingKey { .. } => GuardError::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// One guard set, resolved against the evaluators.
+struct GuardSet {
+    /// Indexes into the evaluator set.
+    evaluators: Vec<usize>,
+    /// Indexes whose failure blocks.
+    blocking: Vec<usize>,
+    /// Kinds redacted, when the set redacts.
+    redact: Option<Vec<PiiKind>>,
+}
+
+/// The guard sets, the budgets and where verdicts go: what both listeners share.
+pub struct Guards {
+    evaluators: Arc<EvaluatorSet>,
+    sets: BTreeMap<String, GuardSet>,
+    budgets: Option<Arc<Budgets>>,
+    events: Option<events::Events>,
+    checks: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+impl Guards {
+    /// The sets of `config` over `evaluators` (names checked already by the configuration),
+    /// answering budgets from `budgets`, sending verdicts to `events`; metrics on `registry`.
+    pub fn new(
+        config: &BTreeMap<String, GuardSetConfig>,
+        evaluators: Arc<EvaluatorSet>,
+        budgets: Option<Arc<Budgets>>,
+        events: Option<events::Events>,
+        registry: &Registry,
+    ) -> prometheus::Result<Guards> {
+        let index = |name: &str| evaluators.evaluators().iter().position(|e| e.name == name);
+        let sets = config
+            .iter()
+            .map(|(name, set)| {
+                let members: Vec<usize> = set.evaluators.iter().filter_map(|e| index(e)).collect();
+                let blocking = if set.block_when.iter().any(|b| b == "*") {
+                    members.clone()
+                } else {
+                    set.block_when.iter().filter_map(|e| index(e)).collect()
+                };
+                let guard = GuardSet {
+                    evaluators: members,
+                    blocking,
+                    redact: set.redact.as_ref().map(|r| r.kinds.clone()),
+                };
+                (name.clone(), guard)
+            })
+            .collect();
+        let checks = IntCounterVec::new(
+            Opts::new(
+                "evalstream_guard_checks_total",
+                "Guard checks answered, by guard set and action (allow, block, redact).",
+            ),
+            &["guard", "action"],
+        )?;
+        registry.register(Box::new(checks.clone()))?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "evalstream_guard_check_seconds",
+                "Time a guard check's evaluators took, by guard set.",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05,
+            ]),
+            &["guard"],
+        )?;
+        registry.register(Box::new(seconds.clone()))?;
+        Ok(Guards {
+            evaluators,
+            sets,
+            budgets,
+            events,
+            checks,
+            seconds,
+        })
+    }
+
+    /// Answers a check: CPU work of microseconds, run on the guard's own runtime threads
+    /// ([`serve`]). A panic outside the evaluators' own guard (a bug) is answered as an internal
+    /// error, not a lost listener.
+    pub fn check(&self, request: CheckRequest) -> Result<CheckResponse, GuardError> {
+        catch_unwind(AssertUnwindSafe(|| self.check_unguarded(request))).unwrap_or_else(|panic| {
+            Err(GuardError::Internal(format!(
+                "the check failed: {}",
+                crate::pipeline::evaluate::panic_message(panic.as_ref())
+            )))
+        })
+    }
+
+    fn check_unguarded(&self, request: CheckRequest) -> Result<CheckResponse, GuardError> {
+        let started = Instant::now();
+        let Some(set) = self.sets.get(&request.guard) else {
+            return Err(if request.guard.is_empty() {
+                GuardError::Invalid("`guard`: name the guard set to run".into())
+            } else {
+                GuardError::NotFound(format!(
+                    "no guard set is named `{}` (configured: {})",
+                    request.guard,
+                    self.sets.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            });
+        };
+        let checked = Checked::of(&request)?;
+        let view = checked.view();
+        let all = self.evaluators.evaluators();
+        let mut evaluations: Vec<Evaluation<'_>> = Vec::new();
+        let mut verdicts = Vec::new();
+        let mut blocked = false;
+        for &i in &set.evaluators {
+            let e = &all[i];
+            let Some(evaluation) = run_guarded(e, &view) else {
+                continue;
+            };
+            let mut verdict = verdict_of(&evaluation);
+            verdict.blocks = matches!(&evaluation.outcome, Outcome::Scored(s) if !s.passed)
+                && set.blocking.contains(&i);
+            blocked |= verdict.blocks;
+            verdicts.push(verdict);
+            evaluations.push(evaluation);
+        }
+        let mut response = CheckResponse {
+            action: Action::Allow as i32,
+            verdicts,
+            guard: request.guard.clone(),
+            ..Default::default()
+        };
+        if let Some(kinds) = &set.redact
+            && let Some((messages, output)) = redacted(&request, kinds)
+        {
+            response.redacted_input_messages = messages;
+            response.redacted_output_text = output;
+            response.action = Action::Redact as i32;
+        }
+        if blocked {
+            response.action = Action::Block as i32;
+            response.redacted_input_messages.clear();
+            response.redacted_output_text.clear();
+        }
+        let took = started.elapsed();
+        response.took_micros = took.as_micros() as u64;
+        let action = action_name(response.action);
+        self.checks
+            .with_label_values(&[request.guard.as_str(), action])
+            .inc();
+        self.seconds
+            .with_label_values(&[request.guard.as_str()])
+            .observe(took.as_secs_f64());
+        if let Some(events) = &self.events {
+            let target = if request.output_text.is_empty() && request.otlp_trace.is_empty() {
+                "llm_input"
+            } else {
+                "llm_output"
+            };
+            events.send((&request.guard, target, action), &view, &evaluations);
+        }
+        Ok(response)
+    }
+
+    /// Answers a budget query.
+    pub fn budget(&self, request: &BudgetRequest) -> Result<BudgetResponse, GuardError> {
+        if request.budget.is_empty() {
+            return Err(GuardError::Invalid("`budget`: name the budget".into()));
+        }
+        let Some(budgets) = &self.budgets else {
+            return Err(GuardError::NotFound(format!(
+                "no budget is named `{}` (none are configured)",
+                request.budget
+            )));
+        };
+        let standing = budgets.query(&request.budget, &request.attributes)?;
+        Ok(BudgetResponse {
+            action: if standing.allows() {
+                Action::Allow
+            } else {
+                Action::Block
+            } as i32,
+            spent: standing.spent,
+            limit: standing.limit,
+            remaining: standing.remaining(),
+            unit: standing.unit.as_str().into(),
+            window_start_unix: standing.window.0 as i64,
+            window_end_unix: standing.window.1 as i64,
+            key: standing.key,
+        })
+    }
+}
+
+/// The name of an action, for metrics and events.
+pub fn action_name(action: i32) -> &'static str {
+    match Action::try_from(action) {
+        Ok(Action::Block) => "block",
+        Ok(Action::Redact) => "redact",
+        Ok(Action::Allow) => "allow",
+        _ => "unspecified",
+    }
+}
+
+/// Runs an evaluator on the checked span, a panic becoming an `error` verdict.
+fn run_guarded<'e>(
+    e: &'e evalstream_evaluators::evaluator::ConfiguredEvaluator,
+    view: &GenAiSpan<'_>,
+) -> Option<Evaluation<'e>> {
+    match catch_unwind(AssertUnwindSafe(|| e.run_in(view, None))) {
+        Ok(evaluation) => evaluation,
+        Err(panic) => Some(e.evaluation(
+            view,
+            Outcome::Error {
+                error_type: "panic".into(),
+                message: crate::pipeline::evaluate::panic_message(panic.as_ref()),
+            },
+        )),
+    }
+}
+
+fn verdict_of(evaluation: &Evaluation<'_>) -> Verdict {
+    let mut verdict = Verdict {
+        evaluator: evaluation.evaluator.to_owned(),
+        ..Default::default()
+    };
+    match &evaluation.outcome {
+        Outcome::Scored(score) => {
+            verdict.outcome = "scored".into();
+            verdict.score = score.value;
+            verdict.label = score.label.to_string();
+            verdict.passed = score.passed;
+            verdict.explanation = score.explanation.clone();
+        }
+        Outcome::Skipped { reason, detail } => {
+            verdict.outcome = "skipped".into();
+            verdict.label = reason.as_str().into();
+            verdict.explanation = detail.to_string();
+        }
+        Outcome::Error {
+            error_type,
+            message,
+        } => {
+            verdict.outcome = "error".into();
+            verdict.label = error_type.to_string();
+            verdict.explanation = message.clone();
+        }
+    }
+    verdict
+}
+
+/// The request's input messages and output with personal data of `kinds` masked, when any was
+/// found.
+fn redacted(request: &CheckRequest, kinds: &[PiiKind]) -> Option<(Vec<Message>, String)> {
+    let mut found = false;
+    let mut mask = |text: &str| {
+        let (masked, findings) = pii::mask(text, kinds);
+        found |= !findings.is_empty();
+        masked.into_owned()
+    };
+    let messages = request
+        .input_messages
+        .iter()
+        .map(|m| Message {
+            role: m.role.clone(),
+            content: mask(&m.content),
+        })
+        .collect();
+    let output = mask(&request.output_text);
+    found.then_some((messages, output))
+}
+
+/// What a check judges: a span made from the request's fields, or the request's OTLP span.
+struct Checked {
+    request: Option<ExportTraceServiceRequest>,
+    span: Span,
+}
+
+impl Checked {
+    fn of(request: &CheckRequest) -> Result<Checked, GuardError> {
+        let id = |hex: &str, len: usize, field: &str| -> Result<Vec<u8>, GuardError> {
+            if hex.is_empty() {
+                return Ok(Vec::new());
+            }
+            match const_hex::decode(hex) {
+                Ok(bytes) if bytes.len() == len => Ok(bytes),
+                _ => Err(GuardError::Invalid(format!(
+                    "`{field}`: {} hex digits expected",
+                    len * 2
+                ))),
+            }
+        };
+        let trace_id = id(&request.trace_id, 16, "trace_id")?;
+        let span_id = id(&request.span_id, 8, "span_id")?;
+        if !request.otlp_trace.is_empty() {
+            let decoded = otlp::decode(&request.otlp_trace, Encoding::OtlpProto)
+                .map_err(|e| GuardError::Invalid(format!("`otlp_trace`: {e}")))?;
+            if otlp::span_count(&decoded) == 0 {
+                return Err(GuardError::Invalid("`otlp_trace`: holds no span".into()));
+            }
+            return Ok(Checked {
+                request: Some(decoded),
+                span: Span::default(),
+            });
+        }
+        if request.input_messages.is_empty() && request.output_text.is_empty() {
+            return Err(GuardError::Invalid(
+                "give `input_messages`, `output_text` or `otlp_trace`: there is nothing to check"
+                    .into(),
+            ));
+        }
+        let messages = |list: &mut dyn Iterator<Item = (&str, &str)>| {
+            serde_json::Value::Array(
+                list.map(|(role, content)| {
+                    serde_json::json!({"role": role, "parts": [{"type": "text", "content": content}]})
+                })
+                .collect(),
+            )
+            .to_string()
+        };
+        let mut attributes = vec![otlp::kv_str("gen_ai.operation.name", "chat")];
+        if !request.input_messages.is_empty() {
+            let input = messages(
+                &mut request
+                    .input_messages
+                    .iter()
+                    .map(|m| (m.role.as_str(), m.content.as_str())),
+            );
+            attributes.push(otlp::kv_str("gen_ai.input.messages", input));
+        }
+        if !request.output_text.is_empty() {
+            let output = messages(&mut std::iter::once((
+                "assistant",
+                request.output_text.as_str(),
+            )));
+            attributes.push(otlp::kv_str("gen_ai.output.messages", output));
+        }
+        // Sorted, so a check's score ids do not depend on the map's order.
+        let sorted: BTreeMap<&String, &String> = request.attributes.iter().collect();
+        attributes.extend(sorted.into_iter().map(|(k, v)| otlp::kv_str(k, v.as_str())));
+        let now = crate::now_unix_nanos();
+        Ok(Checked {
+            request: None,
+            span: Span {
+                trace_id: if trace_id.is_empty() {
+                    generated_id(&request.encode_to_vec(), now, 16)
+                } else {
+                    trace_id
+                },
+                span_id: if span_id.is_empty() {
+                    generated_id(&request.encode_to_vec(), now ^ 1, 8)
+                } else {
+                    span_id
+                },
+                name: "chat".into(),
+                start_time_unix_nano: now,
+                end_time_unix_nano: now,
+                attributes,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// The span judged: the OTLP request's first model call (else its first span), or the one
+    /// made from the fields.
+    fn view(&self) -> GenAiSpan<'_> {
+        match &self.request {
+            Some(request) => {
+                let mut spans = span::spans(request);
+                let first = span::spans(request).next();
+                spans
+                    .find(|s| s.kind() == OperationKind::Chat)
+                    .or(first)
+                    .expect("checked to hold a span")
+            }
+            None => GenAiSpan::new(&self.span, ResourceView::new(None), None),
+        }
+    }
+}
+
+/// An id for a check that names none: a hash of the request and the time (not a secret, only
+/// unique enough to file the check's events).
+fn generated_id(request: &[u8], now: u64, len: usize) -> Vec<u8> {
+    let hash = xxhash_rust::xxh3::xxh3_128_with_seed(request, now);
+    hash.to_be_bytes()[..len].to_vec()
+}
+
+/// Attribute maps as the API takes them, for the tests and the bench client.
+pub fn attributes(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The guard API's listeners, started.
+pub struct Running {
+    /// The gRPC listener's address, when on.
+    pub grpc: Option<std::net::SocketAddr>,
+    /// The HTTP listener's address, when on.
+    pub http: Option<std::net::SocketAddr>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Running {
+    /// Waits for the listeners to end (after the shutdown future given to [`serve`] completed),
+    /// then lets the runtime go.
+    pub async fn stopped(self) {
+        for server in self.servers {
+            let _ = server.await;
+        }
+        self.runtime.shutdown_background();
+    }
+}
+
+/// Binds the configured listeners (an address in use fails here, with the key's path) and
+/// serves `guards` on them until `shutdown` completes.
+///
+/// The API has a runtime of its own, one thread per core, with an evaluation thread's stack
+/// (Rhai scripts may recurse deep): a check runs where its request is read, without a hand-off
+/// (a check takes microseconds), and the receivers' I/O on `run`'s runtime does not delay it.
+pub async fn serve(
+    config: &crate::config::guard::GuardConfig,
+    guards: Arc<Guards>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    use anyhow::Context as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .thread_name("evalstream-guard")
+        .thread_stack_size(crate::EVALUATION_STACK_BYTES)
+        .enable_all()
+        .build()
+        .context("cannot start the guard API's runtime")?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let stopped = move || {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    };
+    let mut running = Running {
+        grpc: None,
+        http: None,
+        servers: Vec::new(),
+        runtime,
+    };
+    if let Some(listener) = &config.grpc {
+        let socket = tokio::net::TcpListener::bind(&listener.endpoint)
+            .await
+            .with_context(|| {
+                format!(
+                    "guard.grpc.endpoint: cannot listen on {}",
+                    listener.endpoint
+                )
+            })?;
+        running.grpc = Some(socket.local_addr()?);
+        let server = grpc::run(socket, guards.clone(), config.max_request_bytes, stopped());
+        running.servers.push(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the guard gRPC listener failed");
+            }
+        }));
+    }
+    if let Some(listener) = &config.http {
+        let socket = tokio::net::TcpListener::bind(&listener.endpoint)
+            .await
+            .with_context(|| {
+                format!(
+                    "guard.http.endpoint: cannot listen on {}",
+                    listener.endpoint
+                )
+            })?;
+        running.http = Some(socket.local_addr()?);
+        let server = http::run(socket, guards, config.max_request_bytes, stopped());
+        running.servers.push(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the guard HTTP listener failed");
+            }
+        }));
+    }
+    tracing::info!(grpc = ?running.grpc, http = ?running.http, "serving the guard API");
+    Ok(running)
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Benchmark of the guard API's `Check` on this machine: latency at a fixed rate (p50, p99, p99.9,
+# from each request's scheduled send time) and the most checks per second, first with the
+# streaming worker idle, then with the same process evaluating a steady OTLP stream (the default
+# evaluators, events exported to a local sink), side by side in one run. The guard set is the
+# cheap heuristic one: refusal, pii, json_valid, finish_reason, empty_output.
+#
+#   scripts/bench-guard.sh
+#
+# Environment: RATE (checks/s in the fixed-rate phase, default 5000), PHASE_SECONDS (each phase,
+# default 10), CONCURRENCY (callers in the throughput phase, default 64), STREAM_RATE (traces/s of
+# the stream, default 2000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate="${RATE:-5000}"
+phase="${PHASE_SECONDS:-10}"
+concurrency="${CONCURRENCY:-64}"
+stream_rate="${STREAM_RATE:-2000}"
+cargo build --release -q --locked -p evalstream
+bin=target/release/evalstream
+work=$(mktemp -d)
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+otlp_port=$(free_port); guard_port=$(free_port); sink_port=$(free_port); metrics_port=$(free_port)
+worker_pid=; sink_pid=; stream_pid=
+trap 'for p in $stream_pid $worker_pid $sink_pid; do kill $p 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+$bin otlp-sink --listen "127.0.0.1:$sink_port" 2>"$work/sink.log" &
+sink_pid=$!
+cat >"$work/guard.yaml" <<YAML
+receivers:
+  otlp:
+    protocols:
+      grpc: { endpoint: "127.0.0.1:$otlp_port" }
+exporters:
+  otlphttp: { endpoint: "http://127.0.0.1:$sink_port" }
+telemetry:
+  metrics: { listen: "127.0.0.1:$metrics_port" }
+guard:
+  grpc: { endpoint: "127.0.0.1:$guard_port" }
+guards:
+  default: { evaluators: [refusal, pii, json_valid, finish_reason, empty_output] }
+YAML
+EVALSTREAM_LOG=warn $bin run --config "$work/guard.yaml" 2>"$work/run.log" &
+worker_pid=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$guard_port") 2>/dev/null && break; sleep 0.1; done
+spans() { curl -s "127.0.0.1:$metrics_port/metrics" | awk '$1 == "evalstream_spans_consumed_total" { print $2 }'; }
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+echo "guard bench on $(nproc) cores: $rate checks/s for $phase s, then $concurrency callers for $phase s"
+echo "== the streaming worker idle"
+$bin guard-bench --endpoint "http://127.0.0.1:$guard_port" --rate "$rate" --seconds "$phase" --concurrency "$concurrency"
+
+echo "== the streaming worker evaluating $stream_rate traces/s alongside"
+$bin loadgen --otlp "http://127.0.0.1:$otlp_port" --traces 100000000 --rate "$stream_rate" \
+  --spans-per-request 64 2>"$work/loadgen.log" &
+stream_pid=$!
+sleep 2
+spans0=$(spans); cpu0=$(cpu_seconds "$worker_pid"); t0=$(date +%s.%N)
+$bin guard-bench --endpoint "http://127.0.0.1:$guard_port" --rate "$rate" --seconds "$phase" --concurrency "$concurrency"
+spans1=$(spans); cpu1=$(cpu_seconds "$worker_pid"); t1=$(date +%s.%N)
+kill "$stream_pid"; wait "$stream_pid" 2>/dev/null || true; stream_pid=
+python3 -c "import sys; s0, s1, c0, c1, t0, t1 = map(float, sys.argv[1:]); print(f'  stream: {(s1 - s0) / (t1 - t0):.0f} spans/s evaluated meanwhile; worker process CPU {c1 - c0:.1f} s in {t1 - t0:.1f} s')" \
+  "${spans0:-0}" "${spans1:-0}" "$cpu0" "$cpu1" "$t0" "$t1"
