@@ -943,6 +943,20 @@ fn loadgen_messages(traces: u64, seed: u64) -> (Vec<ExportTraceServiceRequest>, 
     (requests, messages)
 }
 
+/// Waits until every worker is ready (partitions assigned), then a little more, so the group has
+/// split the partitions before traffic starts.
+fn wait_all_ready(workers: &[&Worker]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while workers
+        .iter()
+        .any(|w| http(w.metrics_port, "GET", "/readyz").is_none_or(|(status, _)| status != 200))
+    {
+        assert!(Instant::now() < deadline, "workers did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+}
+
 #[test]
 fn two_workers_in_one_group_share_the_partitions() {
     let broker = setup(4);
@@ -953,15 +967,7 @@ fn two_workers_in_one_group_share_the_partitions() {
     let a = Worker::start(&dir, "a", &broker.address(), "shared", Encoding::OtlpProto);
     let b = Worker::start(&dir, "b", &broker.address(), "shared", Encoding::OtlpProto);
     // Let both join before the traffic starts, so the group splits the partitions.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while [&a, &b]
-        .iter()
-        .any(|w| http(w.metrics_port, "GET", "/readyz").is_none_or(|(status, _)| status != 200))
-    {
-        assert!(Instant::now() < deadline, "workers did not become ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    wait_all_ready(&[&a, &b]);
     produce(&broker.address(), "input", &messages);
     let records = read_topic(&broker.address(), "output", Duration::from_secs(90), |r| {
         output_span_ids(r).into_iter().collect::<HashSet<_>>().len() >= expected.len()
@@ -3352,15 +3358,7 @@ fn two_workers_share_budget_spend_through_the_state_topic() {
         )
     };
     let (a, b) = (worker("a", guard_ports[0]), worker("b", guard_ports[1]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while [&a, &b]
-        .iter()
-        .any(|w| http(w.metrics_port, "GET", "/readyz").is_none_or(|(status, _)| status != 200))
-    {
-        assert!(Instant::now() < deadline, "workers did not become ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    wait_all_ready(&[&a, &b]);
     // 200 model calls by alice, 100 tokens each, one trace per message: spread over the
     // partitions, so over both workers.
     let now = std::time::SystemTime::now()

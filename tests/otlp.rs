@@ -84,6 +84,21 @@ fn builtin_on_free_ports() -> (String, u16, u16, u16) {
     (config, grpc, http, metrics)
 }
 
+/// Waits until every one of `ports` listens; past 30 s, fails naming the log in `dir`.
+fn wait_listening(ports: &[u16], dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "127.0.0.1:{port} never listened; see {}",
+                dir.join("run.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// `evalstream run --config` on a configuration text, its stdout read as it comes (a full pipe
 /// would hold the exporter, and so the answers, back). Killed on drop.
 struct Run {
@@ -109,15 +124,7 @@ impl Run {
             stdout.read_to_string(&mut out).unwrap();
             out
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the OTLP receiver never listened; see {}",
-                dir.join("run.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&[port], dir);
         Run {
             child,
             stdout: Some(stdout),
@@ -567,14 +574,7 @@ telemetry:
         .stderr(log)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the OTLP receiver never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&[http], &dir);
     let mut sent = Vec::new();
     for name in CORPUS {
         let body = std::fs::read(corpus_file(name)).unwrap();
@@ -988,17 +988,7 @@ budgets:
             .stderr(log)
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for port in [otlp, grpc, http] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "not listening; see {}",
-                    dir.join("run.log").display()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        wait_listening(&[otlp, grpc, http], &dir);
         Guarded {
             child,
             sink,
@@ -1008,6 +998,25 @@ budgets:
             metrics,
             dir,
         }
+    }
+
+    /// A gRPC client of its guard API, with the runtime it runs on.
+    fn client(
+        &self,
+    ) -> (
+        tokio::runtime::Runtime,
+        evalstream::guard::proto::guard_client::GuardClient<tonic::transport::Channel>,
+    ) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let client = runtime
+            .block_on(
+                evalstream::guard::proto::guard_client::GuardClient::connect(format!(
+                    "http://127.0.0.1:{}",
+                    self.grpc
+                )),
+            )
+            .unwrap();
+        (runtime, client)
     }
 
     fn stop(mut self) {
@@ -1044,13 +1053,7 @@ fn guard_checks_over_grpc_and_http_allow_block_and_redact_and_their_verdicts_rea
     use evalstream::guard::proto::{Action, CheckRequest, Message};
 
     let guarded = Guarded::start("guard-check");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut client = runtime
-        .block_on(GuardClient::connect(format!(
-            "http://127.0.0.1:{}",
-            guarded.grpc
-        )))
-        .unwrap();
+    let (runtime, mut client) = guarded.client();
     let check = |client: &mut GuardClient<tonic::transport::Channel>, request: CheckRequest| {
         runtime.block_on(client.check(request))
     };
@@ -1362,13 +1365,7 @@ fn budgets_count_the_span_stream_flip_to_block_at_the_limit_and_roll_with_their_
     use evalstream::guard::proto::{Action, BudgetRequest};
 
     let guarded = Guarded::start("guard-budget");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut client = runtime
-        .block_on(GuardClient::connect(format!(
-            "http://127.0.0.1:{}",
-            guarded.grpc
-        )))
-        .unwrap();
+    let (runtime, mut client) = guarded.client();
     let budget = |client: &mut GuardClient<tonic::transport::Channel>, user: &str| {
         runtime
             .block_on(client.budget(BudgetRequest {

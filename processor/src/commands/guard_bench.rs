@@ -76,6 +76,16 @@ impl Tally {
         }
     }
 
+    /// Counts one answer that took `micros` (from its scheduled or actual send).
+    fn note<T>(&mut self, answered: &Result<T, tonic::Status>, micros: u64) {
+        match answered {
+            Ok(_) => {
+                let _ = self.latencies.record(micros.max(1));
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+
     fn print(&self, what: &str, took: Duration) {
         let h = &self.latencies;
         let at = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -122,13 +132,10 @@ pub async fn run(options: &GuardBenchOptions) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let answered = client.check(request).await;
             let micros = scheduled.elapsed().as_micros() as u64;
-            let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-            match answered {
-                Ok(_) => {
-                    let _ = tally.latencies.record(micros.max(1));
-                }
-                Err(_) => tally.errors += 1,
-            }
+            tally
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(&answered, micros);
         }));
         i += 1;
     }
@@ -156,13 +163,10 @@ pub async fn run(options: &GuardBenchOptions) -> anyhow::Result<()> {
                     let sent = Instant::now();
                     let answered = client.check(request(&guard, n)).await;
                     let micros = sent.elapsed().as_micros() as u64;
-                    let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-                    match answered {
-                        Ok(_) => {
-                            let _ = tally.latencies.record(micros.max(1));
-                        }
-                        Err(_) => tally.errors += 1,
-                    }
+                    tally
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .note(&answered, micros);
                     n += 1;
                 }
             })

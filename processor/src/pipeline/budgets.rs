@@ -27,7 +27,6 @@ use std::sync::Mutex;
 use evalstream_evaluators::otlp;
 use evalstream_evaluators::pricing::PriceTable;
 use evalstream_evaluators::span::{GenAiSpan, OperationKind};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prometheus::{CounterVec, GaugeVec, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 
@@ -297,7 +296,7 @@ impl Budgets {
                 otlp::find(&span.raw().attributes, k)
                     .or_else(|| span.resource().attribute(k))
                     .and_then(|v| v.value.as_ref())
-                    .and_then(text_of)
+                    .and_then(super::sampling::text_of)
             }) else {
                 continue;
             };
@@ -307,35 +306,10 @@ impl Budgets {
 
     fn add(&self, budget: &Budget, key: String, at: u64, amount: f64) {
         let length = budget.config.window_seconds;
-        let window = at / length * length;
-        let mut keys = budget.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if !keys.contains_key(&key) && keys.len() >= budget.config.max_keys {
-            // Keys of past windows go first.
-            let current = crate::now_unix_nanos() / 1_000_000_000 / length * length;
-            keys.retain(|_, s| s.window >= current);
-            if keys.len() >= budget.config.max_keys {
-                self.untracked.with_label_values(&[&budget.name]).inc();
-                return;
-            }
-        }
-        let spend = keys.entry(key.clone()).or_default();
-        if window < spend.window {
-            // A span of a window already over: it is not this window's spend.
+        let Some(after) = self.update(budget, &key, at / length * length, |s| s.own += amount)
+        else {
             return;
-        }
-        if window > spend.window {
-            *spend = Spend {
-                window,
-                ..Spend::default()
-            };
-        }
-        let before = spend.own + spend.others;
-        spend.own += amount;
-        let after = spend.own + spend.others;
-        drop(keys);
-        if before < budget.limit && after >= budget.limit {
-            self.exhausted.with_label_values(&[&budget.name]).inc();
-        }
+        };
         self.counted
             .with_label_values(&[&budget.name, budget.unit.as_str()])
             .inc_by(amount);
@@ -346,6 +320,49 @@ impl Budgets {
         gauge
             .with_label_values(&[&budget.name, &budget.labels.label(&key)])
             .set(after);
+    }
+
+    /// Applies `change` to the spend of `key` in `window` — a window older than the key's
+    /// current one is not changed, a newer one starts from nothing — and counts the key as
+    /// exhausted when the change crosses the limit. Returns the spend after, or `None` when
+    /// nothing changed (an old window, or no room for the key).
+    fn update(
+        &self,
+        budget: &Budget,
+        key: &str,
+        window: u64,
+        change: impl FnOnce(&mut Spend),
+    ) -> Option<f64> {
+        let mut keys = budget.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if !keys.contains_key(key) && keys.len() >= budget.config.max_keys {
+            // Keys of past windows go first.
+            let length = budget.config.window_seconds;
+            let current = crate::now_unix_nanos() / 1_000_000_000 / length * length;
+            keys.retain(|_, s| s.window >= current);
+            if keys.len() >= budget.config.max_keys {
+                self.untracked.with_label_values(&[&budget.name]).inc();
+                return None;
+            }
+        }
+        let spend = keys.entry(key.to_owned()).or_default();
+        if window < spend.window {
+            // A window already over: not this window's spend.
+            return None;
+        }
+        if window > spend.window {
+            *spend = Spend {
+                window,
+                ..Spend::default()
+            };
+        }
+        let before = spend.own + spend.others;
+        change(spend);
+        let after = spend.own + spend.others;
+        drop(keys);
+        if before < budget.limit && after >= budget.limit {
+            self.exhausted.with_label_values(&[&budget.name]).inc();
+        }
+        Some(after)
     }
 
     /// The standing of the key `attributes` give in budget `name`, now.
@@ -413,29 +430,8 @@ impl Budgets {
     /// Sets what the other workers of the group spent on a key in a window (the sum of their
     /// latest publications). A window older than the key's current one is ignored.
     pub fn merge(&self, budget: &str, key: &str, window: u64, others: f64) {
-        let Some(budget) = self.budgets.iter().find(|b| b.name == budget) else {
-            return;
-        };
-        let mut keys = budget.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if !keys.contains_key(key) && keys.len() >= budget.config.max_keys {
-            return;
-        }
-        let spend = keys.entry(key.to_owned()).or_default();
-        if window < spend.window {
-            return;
-        }
-        if window > spend.window {
-            *spend = Spend {
-                window,
-                ..Spend::default()
-            };
-        }
-        let before = spend.own + spend.others;
-        spend.others = others;
-        let after = spend.own + spend.others;
-        drop(keys);
-        if before < budget.limit && after >= budget.limit {
-            self.exhausted.with_label_values(&[&budget.name]).inc();
+        if let Some(budget) = self.budgets.iter().find(|b| b.name == budget) {
+            self.update(budget, key, window, |s| s.others = others);
         }
     }
 }
@@ -453,22 +449,12 @@ fn key_of(keys: &[String], value: impl Fn(&str) -> Option<String>) -> Option<Str
     Some(out)
 }
 
-/// A scalar attribute value as text.
-fn text_of(value: &Value) -> Option<String> {
-    match value {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::DoubleValue(d) => Some(d.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use evalstream_evaluators::otlp::kv_str;
     use evalstream_evaluators::span::ResourceView;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
     use opentelemetry_proto::tonic::trace::v1::Span;
 

@@ -340,8 +340,8 @@ impl TraceFacts {
     }
 }
 
-/// An attribute value as text, for `attribute_equals` (scalars only).
-fn text_of(value: &Value) -> Option<String> {
+/// An attribute value as text, for `attribute_equals` and budget keys (scalars only).
+pub fn text_of(value: &Value) -> Option<String> {
     match value {
         Value::StringValue(s) => Some(s.clone()),
         Value::BoolValue(b) => Some(b.to_string()),
