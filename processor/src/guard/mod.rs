@@ -515,34 +515,42 @@ pub async fn serve(
         runtime,
     };
     if let Some(listener) = &config.grpc {
-        let socket = tokio::net::TcpListener::bind(&listener.endpoint)
-            .await
-            .with_context(|| {
-                format!(
-                    "guard.grpc.endpoint: cannot listen on {}",
-                    listener.endpoint
-                )
-            })?;
+        let socket = std::net::TcpListener::bind(&listener.endpoint).with_context(|| {
+            format!(
+                "guard.grpc.endpoint: cannot listen on {}",
+                listener.endpoint
+            )
+        })?;
         running.grpc = Some(socket.local_addr()?);
+        socket.set_nonblocking(true)?;
+        let socket = {
+            // Registered with the guard's runtime, where it is served.
+            let _entered = running.runtime.enter();
+            tokio::net::TcpListener::from_std(socket)?
+        };
         let server = grpc::run(socket, guards.clone(), config.max_request_bytes, stopped());
-        running.servers.push(tokio::spawn(async move {
+        running.servers.push(running.runtime.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "the guard gRPC listener failed");
             }
         }));
     }
     if let Some(listener) = &config.http {
-        let socket = tokio::net::TcpListener::bind(&listener.endpoint)
-            .await
-            .with_context(|| {
-                format!(
-                    "guard.http.endpoint: cannot listen on {}",
-                    listener.endpoint
-                )
-            })?;
+        let socket = std::net::TcpListener::bind(&listener.endpoint).with_context(|| {
+            format!(
+                "guard.http.endpoint: cannot listen on {}",
+                listener.endpoint
+            )
+        })?;
         running.http = Some(socket.local_addr()?);
+        socket.set_nonblocking(true)?;
+        let socket = {
+            // Registered with the guard's runtime, where it is served.
+            let _entered = running.runtime.enter();
+            tokio::net::TcpListener::from_std(socket)?
+        };
         let server = http::run(socket, guards, config.max_request_bytes, stopped());
-        running.servers.push(tokio::spawn(async move {
+        running.servers.push(running.runtime.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "the guard HTTP listener failed");
             }
