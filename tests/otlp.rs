@@ -47,22 +47,32 @@ fn post(port: u16, body: &[u8]) -> u16 {
 
 /// POSTs a protobuf `body` to `path`; the status.
 fn post_to(port: u16, path: &str, body: &[u8]) -> u16 {
+    post_as(port, path, "application/x-protobuf", body).0
+}
+
+/// POSTs `body` of `content_type` to `path`: the status and the response body.
+fn post_as(port: u16, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
     s.write_all(body).unwrap();
     let mut response = String::new();
     let _ = s.read_to_string(&mut response);
-    response
+    let status = response
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// The lines as a multiset.
@@ -913,26 +923,7 @@ fn the_python_sdk_sending_spans_and_log_events_gets_its_content_scored() {
 
 /// POSTs a JSON `body` to `path`: the status and the body.
 fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = s.read_to_string(&mut response);
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    post_as(port, path, "application/json", body.as_bytes())
 }
 
 /// The guard tests' process: OTLP in (HTTP), the guard API on gRPC and HTTP, three guard sets,
