@@ -2,7 +2,8 @@
 # Benchmark of the guard API's `Check` on this machine: latency at a fixed rate (p50, p99, p99.9,
 # from each request's scheduled send time) and the most checks per second, first with the
 # streaming worker idle, then with the same process evaluating a steady OTLP stream (the default
-# evaluators, events exported to a local sink), side by side in one run. The guard set is the
+# evaluators, events exported to a local sink), side by side in one run; and, idle, one caller
+# in a closed loop: the latency of the server alone. The guard set is the
 # cheap heuristic one: refusal, pii, json_valid, finish_reason, empty_output.
 #
 #   scripts/bench-guard.sh
@@ -49,6 +50,9 @@ cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / h
 echo "guard bench on $(nproc) cores: $rate checks/s for $phase s, then $concurrency callers for $phase s"
 echo "== the streaming worker idle"
 $bin guard-bench --endpoint "http://127.0.0.1:$guard_port" --rate "$rate" --seconds "$phase" --concurrency "$concurrency"
+
+echo "== one caller, each check sent when the last was answered (the server's own latency, without the open-loop client's dispatch)"
+$bin guard-bench --endpoint "http://127.0.0.1:$guard_port" --rate 1000 --seconds "$phase" --concurrency 1 | tail -1
 
 echo "== the streaming worker evaluating $stream_rate traces/s alongside"
 $bin loadgen --otlp "http://127.0.0.1:$otlp_port" --traces 100000000 --rate "$stream_rate" \
