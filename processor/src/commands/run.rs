@@ -142,8 +142,7 @@ pub async fn run(
             .context("cannot register the guard metrics")?;
             let running = crate::guard::serve(guard, Arc::new(guards), async {
                 let _ = guard_stop_rx.await;
-            })
-            .await?;
+            })?;
             (Some(running), Some(thread))
         }
         None => (None, None),
@@ -151,13 +150,8 @@ pub async fn run(
     let share_stop = Arc::new(AtomicBool::new(false));
     let share = match (&config.guard, &config.receivers.kafka, &budgets) {
         (Some(guard), Some(receiver), Some(budgets)) => {
-            let mut client = rdkafka::ClientConfig::new();
-            client.set("bootstrap.servers", receiver.brokers.join(","));
-            for (k, v) in crate::receivers::kafka::connection_properties(&receiver.client) {
-                client.set(k, v);
-            }
             let share = crate::guard::share::Share {
-                client,
+                client: state_client(receiver),
                 topic: guard.budget_share_topic.clone(),
                 group: receiver.group_id.clone(),
                 worker: format!(
@@ -169,13 +163,14 @@ pub async fn run(
                 interval: Duration::from_secs_f64(guard.budget_share_interval_seconds),
             };
             let (budgets, stop) = (budgets.clone(), share_stop.clone());
+            let started = tokio::task::spawn_blocking(move || {
+                crate::guard::share::start(share, budgets, stop)
+            });
             Some(
-                tokio::task::spawn_blocking(move || {
-                    crate::guard::share::start(share, budgets, stop)
-                })
-                .await
-                .context("starting the budget sharing panicked")?
-                .context("cannot share budgets through Kafka")?,
+                started
+                    .await
+                    .context("starting the budget sharing panicked")?
+                    .context("cannot share budgets through Kafka")?,
             )
         }
         _ => None,
@@ -453,6 +448,17 @@ fn build_exporters(
     Ok((Exporters::with_sampled(list, sampled), transaction))
 }
 
+/// A client of the receiver's cluster for the small state topics (drift baselines, budget
+/// spend): only the connection settings of the receiver's client apply to it.
+fn state_client(receiver: &crate::config::KafkaReceiver) -> rdkafka::ClientConfig {
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", receiver.brokers.join(","));
+    for (k, v) in crate::receivers::kafka::connection_properties(&receiver.client) {
+        client.set(k, v);
+    }
+    client
+}
+
 /// This machine's name (a pod's name on Kubernetes), for a default `transactional.id`.
 fn host_name() -> String {
     std::env::var("HOSTNAME")
@@ -490,14 +496,8 @@ fn start_drift_state(
     let Some(topic) = &drift_config.state_topic else {
         return Ok(None);
     };
-    let mut client = rdkafka::ClientConfig::new();
-    client.set("bootstrap.servers", receiver.brokers.join(","));
-    // Only the connection settings of the receiver's client apply to this small client.
-    for (k, v) in crate::receivers::kafka::connection_properties(&receiver.client) {
-        client.set(k, v);
-    }
     let state = crate::telemetry::drift::state::StateTopic {
-        client,
+        client: state_client(receiver),
         topic: topic.clone(),
         group: receiver.group_id.clone(),
     };

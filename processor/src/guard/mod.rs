@@ -33,7 +33,6 @@ use evalstream_evaluators::span::{self, GenAiSpan, OperationKind, ResourceView};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use prost::Message as _;
 
 use crate::config::guard::GuardSetConfig;
 use crate::pipeline::budgets::{Budgets, QueryError};
@@ -407,12 +406,12 @@ impl Checked {
             request: None,
             span: Span {
                 trace_id: if trace_id.is_empty() {
-                    generated_id(&request.encode_to_vec(), now, 16)
+                    generated_id(now, 16)
                 } else {
                     trace_id
                 },
                 span_id: if span_id.is_empty() {
-                    generated_id(&request.encode_to_vec(), now ^ 1, 8)
+                    generated_id(now, 8)
                 } else {
                     span_id
                 },
@@ -429,23 +428,21 @@ impl Checked {
     /// made from the fields.
     fn view(&self) -> GenAiSpan<'_> {
         match &self.request {
-            Some(request) => {
-                let mut spans = span::spans(request);
-                let first = span::spans(request).next();
-                spans
-                    .find(|s| s.kind() == OperationKind::Chat)
-                    .or(first)
-                    .expect("checked to hold a span")
-            }
+            Some(request) => span::spans(request)
+                .find(|s| s.kind() == OperationKind::Chat)
+                .or_else(|| span::spans(request).next())
+                .expect("checked to hold a span"),
             None => GenAiSpan::new(&self.span, ResourceView::new(None), None),
         }
     }
 }
 
-/// An id for a check that names none: a hash of the request and the time (not a secret, only
-/// unique enough to file the check's events).
-fn generated_id(request: &[u8], now: u64, len: usize) -> Vec<u8> {
-    let hash = xxhash_rust::xxh3::xxh3_128_with_seed(request, now);
+/// An id for a check that names none: a hash of the time and a process-wide count (not a
+/// secret, only unique enough to file the check's events).
+fn generated_id(now: u64, len: usize) -> Vec<u8> {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let hash = xxhash_rust::xxh3::xxh3_128_with_seed(&n.to_le_bytes(), now);
     hash.to_be_bytes()[..len].to_vec()
 }
 
@@ -484,7 +481,7 @@ impl Running {
 /// The API has a runtime of its own, one thread per core, with an evaluation thread's stack
 /// (Rhai scripts may recurse deep): a check runs where its request is read, without a hand-off
 /// (a check takes microseconds), and the receivers' I/O on `run`'s runtime does not delay it.
-pub async fn serve(
+pub fn serve(
     config: &crate::config::guard::GuardConfig,
     guards: Arc<Guards>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -498,7 +495,7 @@ pub async fn serve(
         .build()
         .context("cannot start the guard API's runtime")?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
     });
@@ -515,47 +512,48 @@ pub async fn serve(
         runtime,
     };
     if let Some(listener) = &config.grpc {
-        let socket = std::net::TcpListener::bind(&listener.endpoint).with_context(|| {
-            format!(
-                "guard.grpc.endpoint: cannot listen on {}",
-                listener.endpoint
-            )
-        })?;
+        let socket = running.bind("grpc", &listener.endpoint)?;
         running.grpc = Some(socket.local_addr()?);
-        socket.set_nonblocking(true)?;
-        let socket = {
-            // Registered with the guard's runtime, where it is served.
-            let _entered = running.runtime.enter();
-            tokio::net::TcpListener::from_std(socket)?
-        };
         let server = grpc::run(socket, guards.clone(), config.max_request_bytes, stopped());
-        running.servers.push(running.runtime.spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "the guard gRPC listener failed");
-            }
-        }));
+        running.spawn(
+            "gRPC",
+            async move { server.await.map_err(anyhow::Error::from) },
+        );
     }
     if let Some(listener) = &config.http {
-        let socket = std::net::TcpListener::bind(&listener.endpoint).with_context(|| {
-            format!(
-                "guard.http.endpoint: cannot listen on {}",
-                listener.endpoint
-            )
-        })?;
+        let socket = running.bind("http", &listener.endpoint)?;
         running.http = Some(socket.local_addr()?);
-        socket.set_nonblocking(true)?;
-        let socket = {
-            // Registered with the guard's runtime, where it is served.
-            let _entered = running.runtime.enter();
-            tokio::net::TcpListener::from_std(socket)?
-        };
         let server = http::run(socket, guards, config.max_request_bytes, stopped());
-        running.servers.push(running.runtime.spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "the guard HTTP listener failed");
-            }
-        }));
+        running.spawn(
+            "HTTP",
+            async move { server.await.map_err(anyhow::Error::from) },
+        );
     }
     tracing::info!(grpc = ?running.grpc, http = ?running.http, "serving the guard API");
     Ok(running)
+}
+
+impl Running {
+    /// Binds `guard.PROTOCOL.endpoint`, registered with the guard's runtime, where it is served.
+    fn bind(&self, protocol: &str, endpoint: &str) -> anyhow::Result<tokio::net::TcpListener> {
+        use anyhow::Context as _;
+        let socket = std::net::TcpListener::bind(endpoint)
+            .with_context(|| format!("guard.{protocol}.endpoint: cannot listen on {endpoint}"))?;
+        socket.set_nonblocking(true)?;
+        let _entered = self.runtime.enter();
+        Ok(tokio::net::TcpListener::from_std(socket)?)
+    }
+
+    /// Runs a listener's server on the guard's runtime, logging how it failed if it does.
+    fn spawn(
+        &mut self,
+        what: &'static str,
+        server: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.servers.push(self.runtime.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the guard {what} listener failed");
+            }
+        }));
+    }
 }

@@ -278,15 +278,17 @@ impl Budgets {
         let tokens = usage
             .total
             .unwrap_or(usage.input.unwrap_or(0) + usage.output.unwrap_or(0));
-        let usd = span
-            .model()
-            .and_then(|m| prices.lookup(m))
-            .and_then(|(_, price)| PriceTable::cost(price, &usage))
-            .map_or(0.0, |c| c.total_usd);
+        // The price lookup only when a USD budget asks for it.
+        let mut usd = None;
         let end_seconds = span.raw().end_time_unix_nano / 1_000_000_000;
         for budget in &self.budgets {
             let amount = match budget.unit {
-                Unit::Usd => usd,
+                Unit::Usd => *usd.get_or_insert_with(|| {
+                    span.model()
+                        .and_then(|m| prices.lookup(m))
+                        .and_then(|(_, price)| PriceTable::cost(price, &usage))
+                        .map_or(0.0, |c| c.total_usd)
+                }),
                 Unit::Tokens => tokens as f64,
             };
             if amount <= 0.0 {
