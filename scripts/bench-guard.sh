@@ -8,6 +8,11 @@
 #
 #   scripts/bench-guard.sh
 #
+# Beside the Rust client, ghz (github.com/bojand/ghz, the gRPC benchmarking tool, built with Go
+# into target/tools the first time) sends the same check at the same rate from a separate Go
+# process: a second client, whose figures tell the server's latency from the Rust client's own
+# dispatch delay (ghz counts from each request's send).
+#
 # Environment: RATE (checks/s in the fixed-rate phase, default 5000), PHASE_SECONDS (each phase,
 # default 10), CONCURRENCY (callers in the throughput phase, default 64), STREAM_RATE (traces/s of
 # the stream, default 2000).
@@ -19,6 +24,11 @@ concurrency="${CONCURRENCY:-64}"
 stream_rate="${STREAM_RATE:-2000}"
 cargo build --release -q --locked -p evalstream
 bin=target/release/evalstream
+ghz=target/tools/ghz
+if [ ! -x "$ghz" ]; then
+  echo "building ghz v0.93.0 into target/tools (Go module proxy, once per machine)"
+  GOBIN="$PWD/target/tools" go install github.com/bojand/ghz/cmd/ghz@v0.93.0
+fi
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 otlp_port=$(free_port); guard_port=$(free_port); sink_port=$(free_port); metrics_port=$(free_port)
@@ -47,9 +57,26 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$guard_port") 2>/dev/null &
 spans() { curl -s "127.0.0.1:$metrics_port/metrics" | awk '$1 == "evalstream_spans_consumed_total" { print $2 }'; }
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 
+# ghz at the fixed rate: p50, p99, p99.9 and the maximum from its per-request durations.
+ghz_phase() {
+  printf '%s' '{"guard": "default", "input_messages": [{"role": "user", "content": "Tell me about the Eiffel Tower."}], "output_text": "The Eiffel Tower is 330 metres tall and stands on the Champ de Mars in Paris.", "attributes": {"user.id": "bench", "gen_ai.request.model": "gpt-4o-mini"}}' >"$work/check.json"
+  "$ghz" --insecure --proto proto/evalstream/v1/guard.proto --call evalstream.v1.Guard.Check \
+    -D "$work/check.json" --rps "$rate" -z "${phase}s" -c 50 -O csv "127.0.0.1:$guard_port" >"$work/ghz.csv" 2>/dev/null || true
+  python3 - "$work/ghz.csv" "$rate" "$phase" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) >= 2][1:]
+ok = sorted(float(r[0]) for r in rows if r[1] == "OK")
+q = lambda p: ok[min(len(ok) - 1, int(p * len(ok)))]
+print(f"ghz, fixed rate {sys.argv[2]}/s for {sys.argv[3]} s (latency from each request's send)")
+print(f"  check: {len(ok)} answered, {len(rows) - len(ok)} errors; latency ms p50 {q(.5):.3f}  p99 {q(.99):.3f}  p99.9 {q(.999):.3f}  max {ok[-1]:.3f}")
+PY
+}
+
 echo "guard bench on $(nproc) cores: $rate checks/s for $phase s, then $concurrency callers for $phase s"
 echo "== the streaming worker idle"
 $bin guard-bench --endpoint "http://127.0.0.1:$guard_port" --rate "$rate" --seconds "$phase" --concurrency "$concurrency"
+
+ghz_phase
 
 echo "== one caller, each check sent when the last was answered (the server's own latency, without the open-loop client's dispatch)"
 $bin guard-bench --endpoint "http://127.0.0.1:$guard_port" --rate 1000 --seconds "$phase" --concurrency 1 | tail -1
@@ -61,6 +88,7 @@ stream_pid=$!
 sleep 2
 spans0=$(spans); cpu0=$(cpu_seconds "$worker_pid"); t0=$(date +%s.%N)
 $bin guard-bench --endpoint "http://127.0.0.1:$guard_port" --rate "$rate" --seconds "$phase" --concurrency "$concurrency"
+ghz_phase
 spans1=$(spans); cpu1=$(cpu_seconds "$worker_pid"); t1=$(date +%s.%N)
 kill "$stream_pid"; wait "$stream_pid" 2>/dev/null || true; stream_pid=
 python3 -c "import sys; s0, s1, c0, c1, t0, t1 = map(float, sys.argv[1:]); print(f'  stream: {(s1 - s0) / (t1 - t0):.0f} spans/s evaluated meanwhile; worker process CPU {c1 - c0:.1f} s in {t1 - t0:.1f} s')" \

@@ -940,6 +940,11 @@ struct Guarded {
 
 impl Guarded {
     fn start(test: &str) -> Guarded {
+        Guarded::with(test, "", "")
+    }
+
+    /// With more evaluators (YAML list items) and guard sets (YAML map entries, indented by 2).
+    fn with(test: &str, evaluators: &str, guards: &str) -> Guarded {
         let sink = Sink::start();
         let dir = temp_dir(test);
         let [otlp, grpc, http, metrics] = free_ports();
@@ -952,7 +957,7 @@ evaluators:
   - type: refusal
   - type: pii
   - type: empty_output
-exporters:
+{evaluators}exporters:
   otlphttp:
     endpoint: "http://127.0.0.1:{sink}"
     retry_on_failure: {{ initial_interval: 100ms }}
@@ -966,7 +971,7 @@ guards:
   default: {{ evaluators: [refusal, pii, empty_output] }}
   redacting: {{ evaluators: [refusal, pii], block_when: [refusal], redact: {{}} }}
   refusals: {{ evaluators: [refusal] }}
-budgets:
+{guards}budgets:
   per_user: {{ keys: [user.id], limit_tokens: 1000, window_seconds: 4 }}
 "#,
             sink = sink.port
@@ -1028,6 +1033,141 @@ impl Drop for Guarded {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
+}
+
+/// LLM judges in guard sets: a check waits for the judge's verdict up to the set's
+/// `judge_deadline_ms`, through the judge's own endpoint (its cache answers a repeated check);
+/// past the deadline the judge's verdict is a `timeout` error, which blocks only where the set
+/// fails closed (`on_judge_error: block`); and the judge's verdict reaches the output with the
+/// check's.
+#[test]
+fn a_judge_in_a_guard_set_answers_within_its_deadline_or_times_out_open_or_closed() {
+    use evalstream::guard::proto::{Action, CheckRequest, CheckResponse};
+
+    let (judge_url, judge) = evalstream::pipeline::judge::stand_in::start().unwrap();
+    let guarded = Guarded::with(
+        "guard-judge",
+        &format!(
+            "  - {{ type: llm_judge, name: tox, template: toxicity, endpoint: \"{judge_url}\", model: judge-model, max_retries: 0 }}\n"
+        ),
+        "  judged: { evaluators: [refusal, tox], judge_deadline_ms: 1500 }\n  \
+         open: { evaluators: [refusal, tox], judge_deadline_ms: 300 }\n  \
+         closed: { evaluators: [refusal, tox], judge_deadline_ms: 300, on_judge_error: block }\n",
+    );
+    let (runtime, mut client) = guarded.client();
+    let mut check = |guard: &str, answer: &str| -> (CheckResponse, Duration) {
+        let started = Instant::now();
+        let answered = runtime
+            .block_on(client.check(CheckRequest {
+                guard: guard.into(),
+                output_text: answer.into(),
+                ..Default::default()
+            }))
+            .unwrap()
+            .into_inner();
+        (answered, started.elapsed())
+    };
+    let tox = |r: &CheckResponse| {
+        r.verdicts
+            .iter()
+            .find(|v| v.evaluator == "tox")
+            .unwrap()
+            .clone()
+    };
+
+    // The judge answers in 100 ms: its verdict is in the answer, after the cheap ones.
+    judge.set_latency(Duration::from_millis(100));
+    let (clean, took) = check("judged", "It is 330 metres tall.");
+    assert_eq!(clean.action, Action::Allow as i32, "{clean:?}");
+    let names: Vec<&str> = clean
+        .verdicts
+        .iter()
+        .map(|v| v.evaluator.as_str())
+        .collect();
+    assert_eq!(names, ["refusal", "tox"]);
+    assert_eq!(tox(&clean).outcome, "scored", "{clean:?}");
+    assert!(tox(&clean).passed);
+    assert!(
+        took >= Duration::from_millis(100),
+        "the check waited for the judge: {took:?}"
+    );
+    assert_eq!(judge.answered(), 1);
+    // A failing verdict blocks.
+    let (failed, _) = check("judged", "FAIL_ME, this one is toxic.");
+    assert_eq!(failed.action, Action::Block as i32, "{failed:?}");
+    assert!(!tox(&failed).passed && tox(&failed).blocks, "{failed:?}");
+    // The same check again: the judge's cache answers, the endpoint is not called.
+    let (again, _) = check("judged", "It is 330 metres tall.");
+    assert_eq!(tox(&again), tox(&clean));
+    assert_eq!(judge.answered(), 2);
+    assert_eq!(
+        metric(
+            guarded.metrics,
+            r#"evalstream_judge_not_sent_total{evaluator="tox",reason="cache_hit"}"#
+        ),
+        Some(1.0)
+    );
+
+    // The judge takes 5 s: past the deadline the verdict is a timeout, and the check is
+    // answered at its deadline, not the judge's; open, it allows; closed, it blocks.
+    judge.set_latency(Duration::from_secs(5));
+    let (open, took) = check("open", "The tower has 1,665 steps.");
+    assert_eq!(tox(&open).outcome, "error", "{open:?}");
+    assert_eq!(tox(&open).label, "timeout", "{open:?}");
+    assert!(!tox(&open).blocks);
+    assert_eq!(open.action, Action::Allow as i32, "{open:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "answered at the deadline: {took:?}"
+    );
+    let (closed, _) = check("closed", "The tower was finished in 1889.");
+    assert_eq!(tox(&closed).label, "timeout", "{closed:?}");
+    assert!(tox(&closed).blocks);
+    assert_eq!(closed.action, Action::Block as i32, "{closed:?}");
+    // A refusal blocks whatever the judge does.
+    let (refused, _) = check("open", "I'm sorry, but I can't help with that.");
+    assert_eq!(refused.action, Action::Block as i32, "{refused:?}");
+
+    // The judge's verdicts reach the output with the checks' others.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let judged = loop {
+        let labels: Vec<String> = guarded
+            .sink
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| ExportLogsServiceRequest::decode(&b[..]).unwrap())
+            .flat_map(|r| r.resource_logs)
+            .flat_map(|r| r.scope_logs)
+            .flat_map(|s| s.log_records)
+            .filter(|e| {
+                evalstream_evaluators::otlp::find(&e.attributes, "gen_ai.evaluation.name")
+                    .and_then(evalstream_evaluators::otlp::as_str)
+                    == Some("tox")
+            })
+            .map(|e| {
+                evalstream_evaluators::otlp::find(&e.attributes, "gen_ai.evaluation.score.label")
+                    .or_else(|| evalstream_evaluators::otlp::find(&e.attributes, "error.type"))
+                    .and_then(evalstream_evaluators::otlp::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        if labels.len() >= 6 || Instant::now() > deadline {
+            break labels;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut judged = judged;
+    judged.sort();
+    assert_eq!(
+        judged,
+        ["fail", "pass", "pass", "timeout", "timeout", "timeout"],
+        "one tox event per check"
+    );
+    drop(client);
+    guarded.stop();
 }
 
 /// A metric's value from `/metrics` (the line that starts with `series`, labels included).

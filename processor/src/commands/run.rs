@@ -135,7 +135,7 @@ pub async fn run(
             let guards = Guards::new(
                 &config.guards,
                 evaluators.clone(),
-                budgets.clone(),
+                (budgets.clone(), pipeline.judges().and_then(|j| j.direct())),
                 Some(events),
                 &metrics.registry,
             )

@@ -73,7 +73,31 @@ pub struct GuardSetConfig {
     /// output holds personal data of these kinds, is answered `REDACT` with the masked text.
     #[serde(default)]
     pub redact: Option<RedactConfig>,
+    /// How long a check waits for the set's LLM judges, in milliseconds: required when the set
+    /// names one (a judge answers in a second or more; the cheap evaluators in microseconds, so
+    /// the wait is the check's latency and the application must choose it).
+    #[serde(default)]
+    pub judge_deadline_ms: Option<u64>,
+    /// What a judge's `error` verdict (its deadline passed, the endpoint failed, the circuit is
+    /// open) does when `block_when` names the judge: `allow` (fail open, the default: an
+    /// unavailable judge does not take the application down) or `block` (fail closed).
+    #[serde(default)]
+    pub on_judge_error: OnJudgeError,
 }
+
+/// `guards.NAME.on_judge_error`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnJudgeError {
+    /// The judge's error does not block.
+    #[default]
+    Allow,
+    /// The judge's error blocks, as a failed verdict does.
+    Block,
+}
+
+/// The longest `judge_deadline_ms`: past a minute an in-request check is no longer one.
+pub const MAX_JUDGE_DEADLINE_MS: u64 = 60_000;
 
 fn default_block_when() -> Vec<String> {
     vec!["*".into()]
@@ -144,13 +168,26 @@ pub fn validate_sets(
                         names.join(", ")
                     ));
                 }
-                Some((_, true)) => {
+                Some((_, true)) if set.judge_deadline_ms.is_none() => {
                     return Err(format!(
-                        "guards.{name}.evaluators[{i}]: `{e}` is an LLM judge; in-request checks run the cheap evaluators (heuristics, schema, tool arguments, scripts) only, in microseconds"
+                        "guards.{name}.evaluators[{i}]: `{e}` is an LLM judge, which takes a second or more; set `guards.{name}.judge_deadline_ms` to how long a check may wait for it (the cheap evaluators answer in microseconds)"
                     ));
                 }
                 Some(_) => {}
             }
+        }
+        match set.judge_deadline_ms {
+            Some(0) => {
+                return Err(format!(
+                    "guards.{name}.judge_deadline_ms: must be at least 1"
+                ));
+            }
+            Some(ms) if ms > MAX_JUDGE_DEADLINE_MS => {
+                return Err(format!(
+                    "guards.{name}.judge_deadline_ms: {ms} is over {MAX_JUDGE_DEADLINE_MS} (a minute)"
+                ));
+            }
+            _ => {}
         }
         for (i, e) in set.block_when.iter().enumerate() {
             if e != "*" && !set.evaluators.contains(e) {
@@ -162,4 +199,55 @@ pub fn validate_sets(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sets(yaml: &str) -> BTreeMap<String, GuardSetConfig> {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    const EVALUATORS: [(&str, bool); 2] = [("refusal", false), ("tox", true)];
+
+    #[test]
+    fn a_judge_in_a_guard_set_needs_a_deadline_within_a_minute() {
+        let no_deadline = validate_sets(&sets("s: { evaluators: [refusal, tox] }"), &EVALUATORS);
+        let why = no_deadline.unwrap_err();
+        assert!(
+            why.starts_with("guards.s.evaluators[1]: `tox` is an LLM judge")
+                && why.contains("guards.s.judge_deadline_ms"),
+            "{why}"
+        );
+        let ok = sets(
+            "s: { evaluators: [refusal, tox], judge_deadline_ms: 800, on_judge_error: block }",
+        );
+        assert_eq!(validate_sets(&ok, &EVALUATORS), Ok(()));
+        assert_eq!(ok["s"].on_judge_error, OnJudgeError::Block);
+        assert_eq!(
+            sets("s: { evaluators: [refusal] }")["s"].on_judge_error,
+            OnJudgeError::Allow,
+            "fails open by default"
+        );
+        for (deadline, says) in [(0, "at least 1"), (60_001, "over 60000")] {
+            let why = validate_sets(
+                &sets(&format!(
+                    "s: {{ evaluators: [tox], judge_deadline_ms: {deadline} }}"
+                )),
+                &EVALUATORS,
+            )
+            .unwrap_err();
+            assert!(
+                why.starts_with("guards.s.judge_deadline_ms: ") && why.contains(says),
+                "{why}"
+            );
+        }
+        let unknown = serde_saphyr::from_str::<BTreeMap<String, GuardSetConfig>>(
+            "s: { evaluators: [tox], judge_deadline_ms: 5, on_judge_error: maybe }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unknown.contains("unknown variant `maybe`"), "{unknown}");
+    }
 }

@@ -34,6 +34,7 @@ impl Guard for Service {
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         self.guards
             .check(request.into_inner())
+            .await
             .map(tonic::Response::new)
             .map_err(status)
     }

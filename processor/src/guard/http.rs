@@ -78,7 +78,7 @@ async fn check(State(guards): State<Arc<Guards>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    match guards.check(request) {
+    match guards.check(request).await {
         Ok(response) => Json(response).into_response(),
         Err(e) => refused(e),
     }

@@ -7,8 +7,10 @@
 //! verdict in the request is the verdict online — on a span made from the request (the input
 //! messages and output text as `gen_ai.input.messages` / `gen_ai.output.messages`, the attributes
 //! as span attributes), or on the model-call span of an OTLP request given instead. The cheap
-//! evaluators take microseconds; LLM judges are refused in guard sets. The answer is `BLOCK` when
-//! an evaluator the set's `block_when` names failed, else `REDACT` when the set redacts and the
+//! evaluators take microseconds; an LLM judge is called directly through its endpoint's limits
+//! ([`DirectJudge`]) and waited for up to the set's `judge_deadline_ms`. The answer is `BLOCK`
+//! when an evaluator the set's `block_when` names failed (or a judge erred, where the set fails
+//! closed), else `REDACT` when the set redacts and the
 //! text held personal data (the masked text comes with it), else `ALLOW`. Each check's verdicts
 //! also go to the exporters ([`events`]), as `gen_ai.evaluation.result` events and one
 //! `gen_ai.guardrail.result` event, so in-request and online verdicts are one stream.
@@ -24,7 +26,7 @@ pub mod share;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use evalstream_evaluators::evaluator::{Evaluation, EvaluatorSet, Outcome};
 use evalstream_evaluators::otlp::{self, Encoding};
@@ -34,8 +36,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-use crate::config::guard::GuardSetConfig;
+use evalstream_evaluators::scorers::judge::JudgeRequest;
+
+use crate::config::guard::{GuardSetConfig, OnJudgeError};
 use crate::pipeline::budgets::{Budgets, QueryError};
+use crate::pipeline::judge::DirectJudge;
 
 /// The API's messages and service, generated from `proto/evalstream/v1/guard.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -76,6 +81,10 @@ struct GuardSet {
     blocking: Vec<usize>,
     /// Kinds redacted, when the set redacts.
     redact: Option<Vec<PiiKind>>,
+    /// How long a check waits for the set's judges.
+    judge_deadline: Duration,
+    /// Whether a blocking judge's `error` verdict blocks.
+    judge_errors_block: bool,
 }
 
 /// The guard sets, the budgets and where verdicts go: what both listeners share.
@@ -83,6 +92,7 @@ pub struct Guards {
     evaluators: Arc<EvaluatorSet>,
     sets: BTreeMap<String, GuardSet>,
     budgets: Option<Arc<Budgets>>,
+    judges: Option<DirectJudge>,
     events: Option<events::Events>,
     checks: IntCounterVec,
     seconds: HistogramVec,
@@ -90,11 +100,12 @@ pub struct Guards {
 
 impl Guards {
     /// The sets of `config` over `evaluators` (names checked already by the configuration),
-    /// answering budgets from `budgets`, sending verdicts to `events`; metrics on `registry`.
+    /// answering budgets from `budgets`, calling LLM judges through `judges`, sending verdicts
+    /// to `events`; metrics on `registry`.
     pub fn new(
         config: &BTreeMap<String, GuardSetConfig>,
         evaluators: Arc<EvaluatorSet>,
-        budgets: Option<Arc<Budgets>>,
+        (budgets, judges): (Option<Arc<Budgets>>, Option<DirectJudge>),
         events: Option<events::Events>,
         registry: &Registry,
     ) -> prometheus::Result<Guards> {
@@ -112,6 +123,8 @@ impl Guards {
                     evaluators: members,
                     blocking,
                     redact: set.redact.as_ref().map(|r| r.kinds.clone()),
+                    judge_deadline: Duration::from_millis(set.judge_deadline_ms.unwrap_or(0)),
+                    judge_errors_block: set.on_judge_error == OnJudgeError::Block,
                 };
                 (name.clone(), guard)
             })
@@ -139,26 +152,49 @@ impl Guards {
             evaluators,
             sets,
             budgets,
+            judges,
             events,
             checks,
             seconds,
         })
     }
 
-    /// Answers a check: CPU work of microseconds, run on the guard's own runtime threads
-    /// ([`serve`]). A panic outside the evaluators' own guard (a bug) is answered as an internal
-    /// error, not a lost listener.
-    pub fn check(&self, request: CheckRequest) -> Result<CheckResponse, GuardError> {
-        catch_unwind(AssertUnwindSafe(|| self.check_unguarded(request))).unwrap_or_else(|panic| {
-            Err(GuardError::Internal(format!(
-                "the check failed: {}",
-                crate::pipeline::evaluate::panic_message(panic.as_ref())
-            )))
-        })
+    /// Answers a check. The cheap evaluators are CPU work of microseconds, run on the guard's
+    /// own runtime threads ([`serve`]); a set's LLM judges are awaited, concurrently, up to the
+    /// set's `judge_deadline_ms`. A panic outside the evaluators' own guard (a bug) is answered
+    /// as an internal error, not a lost listener.
+    pub async fn check(&self, request: CheckRequest) -> Result<CheckResponse, GuardError> {
+        let started = Instant::now();
+        let mut check = guarded(|| self.evaluate(&request))?;
+        if !check.judging.is_empty() {
+            let (Some(judges), Some(set)) = (&self.judges, self.sets.get(&request.guard)) else {
+                return Err(GuardError::Internal("the judges are not running".into()));
+            };
+            // Every call starts at once; each is awaited against the one deadline.
+            let deadline = tokio::time::Instant::now() + set.judge_deadline;
+            let calls: Vec<_> = std::mem::take(&mut check.judging)
+                .into_iter()
+                .map(|(slot, index, call)| (slot, judges.start(index, call)))
+                .collect();
+            let mut outcomes = Vec::with_capacity(calls.len());
+            for (slot, call) in calls {
+                outcomes.push((slot, call.until(deadline, set.judge_deadline).await));
+            }
+            guarded(|| {
+                let view = check.checked.view();
+                let all = self.evaluators.evaluators();
+                for (slot, outcome) in std::mem::take(&mut outcomes) {
+                    let index = check.order[slot];
+                    check.made[slot] = Some(all[index].evaluation(&view, outcome));
+                }
+                Ok(())
+            })?;
+        }
+        guarded(|| Ok(self.answer(&request, &mut check, started)))
     }
 
-    fn check_unguarded(&self, request: CheckRequest) -> Result<CheckResponse, GuardError> {
-        let started = Instant::now();
+    /// The first part of a check: the set's cheap evaluators run, its judges' requests made.
+    fn evaluate(&self, request: &CheckRequest) -> Result<Check<'_>, GuardError> {
         let Some(set) = self.sets.get(&request.guard) else {
             return Err(if request.guard.is_empty() {
                 GuardError::Invalid("`guard`: name the guard set to run".into())
@@ -170,23 +206,68 @@ impl Guards {
                 ))
             });
         };
-        let checked = Checked::of(&request)?;
+        let checked = Checked::of(request)?;
         let view = checked.view();
         let all = self.evaluators.evaluators();
-        let mut evaluations: Vec<Evaluation<'_>> = Vec::new();
-        let mut verdicts = Vec::new();
-        let mut blocked = false;
+        let mut check = Check {
+            set,
+            order: Vec::with_capacity(set.evaluators.len()),
+            made: Vec::with_capacity(set.evaluators.len()),
+            judging: Vec::new(),
+            checked: Checked::default(),
+        };
         for &i in &set.evaluators {
             let e = &all[i];
-            let Some(evaluation) = run_guarded(e, &view) else {
-                continue;
+            let evaluation = match e.evaluator.as_judge() {
+                Some(llm) if e.applies(&view, None) => match llm.request(&view, None) {
+                    Ok(call) => {
+                        check.judging.push((check.made.len(), i, call));
+                        None
+                    }
+                    Err(outcome) => Some(e.evaluation(&view, outcome)),
+                },
+                Some(_) => continue,
+                None => match run_guarded(e, &view) {
+                    Some(evaluation) => Some(evaluation),
+                    None => continue,
+                },
             };
-            let mut verdict = verdict_of(&evaluation);
-            verdict.blocks = matches!(&evaluation.outcome, Outcome::Scored(s) if !s.passed)
-                && set.blocking.contains(&i);
+            check.order.push(i);
+            check.made.push(evaluation);
+        }
+        drop(view);
+        check.checked = checked;
+        Ok(check)
+    }
+
+    /// The answer to a check whose evaluations are all made: the action, the verdicts, the
+    /// redacted text; its metrics and events.
+    fn answer(
+        &self,
+        request: &CheckRequest,
+        check: &mut Check<'_>,
+        started: Instant,
+    ) -> CheckResponse {
+        let set = check.set;
+        let evaluations: Vec<Evaluation<'_>> = check.made.drain(..).flatten().collect();
+        let mut verdicts = Vec::with_capacity(evaluations.len());
+        let mut blocked = false;
+        for (evaluation, &i) in evaluations.iter().zip(&check.order) {
+            let mut verdict = verdict_of(evaluation);
+            let fails = match &evaluation.outcome {
+                Outcome::Scored(s) => !s.passed,
+                Outcome::Error { .. } => {
+                    set.judge_errors_block
+                        && self.evaluators.evaluators()[i]
+                            .evaluator
+                            .as_judge()
+                            .is_some()
+                }
+                Outcome::Skipped { .. } => false,
+            };
+            verdict.blocks = fails && set.blocking.contains(&i);
             blocked |= verdict.blocks;
             verdicts.push(verdict);
-            evaluations.push(evaluation);
         }
         let mut response = CheckResponse {
             action: Action::Allow as i32,
@@ -195,7 +276,7 @@ impl Guards {
             ..Default::default()
         };
         if let Some(kinds) = &set.redact
-            && let Some((messages, output)) = redacted(&request, kinds)
+            && let Some((messages, output)) = redacted(request, kinds)
         {
             response.redacted_input_messages = messages;
             response.redacted_output_text = output;
@@ -221,9 +302,13 @@ impl Guards {
             } else {
                 "llm_output"
             };
-            events.send((&request.guard, target, action), &view, &evaluations);
+            events.send(
+                (&request.guard, target, action),
+                &check.checked.view(),
+                &evaluations,
+            );
         }
-        Ok(response)
+        response
     }
 
     /// Answers a budget query.
@@ -263,6 +348,17 @@ pub fn action_name(action: i32) -> &'static str {
         Ok(Action::Allow) => "allow",
         _ => "unspecified",
     }
+}
+
+/// Runs a step of a check, a panic (a bug outside the evaluators' own guard) becoming an
+/// internal error.
+fn guarded<T>(step: impl FnOnce() -> Result<T, GuardError>) -> Result<T, GuardError> {
+    catch_unwind(AssertUnwindSafe(step)).unwrap_or_else(|panic| {
+        Err(GuardError::Internal(format!(
+            "the check failed: {}",
+            crate::pipeline::evaluate::panic_message(panic.as_ref())
+        )))
+    })
 }
 
 /// Runs an evaluator on the checked span, a panic becoming an `error` verdict.
@@ -333,7 +429,18 @@ fn redacted(request: &CheckRequest, kinds: &[PiiKind]) -> Option<(Vec<Message>, 
     found.then_some((messages, output))
 }
 
+/// A check under way: its set, the evaluations made in the set's order (a judge's slot empty
+/// until its verdict comes), and the judges' calls to make (slot, evaluator, request).
+struct Check<'g> {
+    set: &'g GuardSet,
+    order: Vec<usize>,
+    made: Vec<Option<Evaluation<'g>>>,
+    judging: Vec<(usize, usize, JudgeRequest)>,
+    checked: Checked,
+}
+
 /// What a check judges: a span made from the request's fields, or the request's OTLP span.
+#[derive(Default)]
 struct Checked {
     request: Option<ExportTraceServiceRequest>,
     span: Span,

@@ -190,6 +190,11 @@ impl Pipeline {
         self.worker.traces.clone()
     }
 
+    /// The judge service, when an evaluator is a judge and judges are on.
+    pub fn judges(&self) -> Option<&Arc<JudgeService>> {
+        self.worker.judges.as_ref()
+    }
+
     /// Inputs held by queued and running judge calls (once per call).
     pub fn held_by_judges(&self) -> Arc<AtomicUsize> {
         self.worker

@@ -72,6 +72,8 @@ pub enum WhenFull {
 
 /// The handle the workers queue jobs on.
 pub struct JudgeService {
+    /// The evaluators, for the direct calls' verdicts.
+    evaluators: Arc<EvaluatorSet>,
     /// Per evaluator index: its endpoint (none for evaluators that are not judges).
     endpoints: Vec<Option<Arc<Endpoint>>>,
     queues: Vec<Option<mpsc::Sender<JudgeJob>>>,
@@ -224,12 +226,23 @@ impl JudgeService {
             queues.push(Some(tx));
         }
         Ok(Some(JudgeService {
+            evaluators: evaluators.clone(),
             endpoints,
             queues,
             held: Arc::new(AtomicUsize::new(0)),
             when_full,
             runtime: Some(runtime),
         }))
+    }
+
+    /// A handle that calls the judges directly and waits for the verdict (the guard API),
+    /// through the same endpoints as the queued calls.
+    pub fn direct(&self) -> Option<DirectJudge> {
+        Some(DirectJudge {
+            evaluators: self.evaluators.clone(),
+            endpoints: self.endpoints.clone(),
+            runtime: self.runtime.as_ref()?.handle().clone(),
+        })
     }
 
     /// Messages held by queued and running calls (once per call).
@@ -251,33 +264,8 @@ impl JudgeService {
         else {
             return Submitted::Now(Outcome::not_applicable("not a judge"));
         };
-        let not_sent = |reason: &str| {
-            endpoint
-                .output
-                .metrics
-                .judge_not_sent
-                .with_label_values(&[endpoint.name.as_str(), reason])
-                .inc();
-        };
-        if let Some(outcome) = endpoint
-            .cache
-            .as_ref()
-            .and_then(|c| c.get(&request.cache_key))
-        {
-            not_sent("cache_hit");
+        if let Some(outcome) = endpoint.not_to_send(&request) {
             return Submitted::Now(outcome);
-        }
-        if !endpoint
-            .spend
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allows(unix_seconds())
-        {
-            not_sent("budget");
-            return Submitted::Now(Outcome::Skipped {
-                reason: SkipReason::Budget,
-                detail: "the judge's spend budget for the period is used up".into(),
-            });
         }
         let holds = tokens.iter().map(|t| Hold::new(t, &self.held)).collect();
         let job = JudgeJob {
@@ -293,7 +281,12 @@ impl JudgeService {
         match sent {
             true => Submitted::Queued,
             false => {
-                not_sent("shed");
+                endpoint
+                    .output
+                    .metrics
+                    .judge_not_sent
+                    .with_label_values(&[endpoint.name.as_str(), "shed"])
+                    .inc();
                 Submitted::Now(Outcome::Skipped {
                     reason: SkipReason::Shed,
                     detail: "the judge's queue is full".into(),
@@ -336,22 +329,7 @@ async fn dispatch(
             let call = tokio::spawn({
                 let (endpoint, evaluators) = (endpoint.clone(), evaluators.clone());
                 let request = job.request.clone();
-                async move {
-                    let result = endpoint.call(&request).await;
-                    let outcome = match (
-                        &result,
-                        evaluators.evaluators()[endpoint.index].evaluator.as_judge(),
-                    ) {
-                        (Some(result), Some(llm)) => verdict(llm, result),
-                        (Some(_), None) => Outcome::not_applicable("not a judge"),
-                        (None, _) => Outcome::Error {
-                            error_type: "judge_circuit_open".into(),
-                            message: "the judge endpoint failed repeatedly; calls are paused"
-                                .into(),
-                        },
-                    };
-                    (result.and_then(Result::ok), outcome)
-                }
+                async move { endpoint.judge(&request, &evaluators).await }
             });
             let (completion, outcome) = match call.await {
                 Ok(done) => done,
@@ -378,6 +356,144 @@ async fn dispatch(
                 started.elapsed(),
             );
         });
+    }
+}
+
+/// Calls the judges directly and waits for each verdict, up to a deadline: what the guard API
+/// needs to run an `llm_judge` inside a request. Each call goes through the judge's own endpoint
+/// (its cache, spend budget, breaker, rate limits, concurrency limit, retries and metrics), so a
+/// guard set cannot reach the model past the limits the stream's calls keep. The call runs on
+/// the judge service's runtime; a caller that stops waiting (its deadline passed) aborts it, so
+/// abandoned calls never pile up behind a slow endpoint.
+///
+/// It holds a handle to the service's runtime, not the runtime: once the service has stopped,
+/// a call is an `error` verdict.
+#[derive(Clone)]
+pub struct DirectJudge {
+    evaluators: Arc<EvaluatorSet>,
+    endpoints: Vec<Option<Arc<Endpoint>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl DirectJudge {
+    /// Starts the call of evaluator `index` (a judge) on `request`; a cached verdict or a spent
+    /// budget is decided at once. Calls started together run at once: [`Verdict::until`] each
+    /// against one deadline.
+    pub fn start(&self, index: usize, request: JudgeRequest) -> Verdict {
+        let Some(Some(endpoint)) = self.endpoints.get(index).cloned() else {
+            return Verdict::Now(Outcome::not_applicable("not a judge"));
+        };
+        if let Some(outcome) = endpoint.not_to_send(&request) {
+            return Verdict::Now(outcome);
+        }
+        let evaluators = self.evaluators.clone();
+        Verdict::Calling(self.runtime.spawn(async move {
+            let Ok(_slot) = endpoint.slots.clone().acquire_owned().await else {
+                return stopped();
+            };
+            let (_, outcome) = endpoint.judge(&request, &evaluators).await;
+            if let (Some(cache), Outcome::Scored(_)) = (&endpoint.cache, &outcome) {
+                cache.insert(request.cache_key, outcome.clone());
+            }
+            outcome
+        }))
+    }
+}
+
+/// A direct call's verdict, decided or on its way.
+pub enum Verdict {
+    /// Decided without a call.
+    Now(Outcome),
+    /// The call, running on the judge service's runtime.
+    Calling(tokio::task::JoinHandle<Outcome>),
+}
+
+impl Verdict {
+    /// The verdict, or an `error` outcome (`timeout`) when none came by `deadline` (the call is
+    /// then aborted); `allowed` is how long the caller allowed, for the message.
+    pub async fn until(self, deadline: tokio::time::Instant, allowed: Duration) -> Outcome {
+        let mut call = match self {
+            Verdict::Now(outcome) => return outcome,
+            Verdict::Calling(call) => call,
+        };
+        match tokio::time::timeout_at(deadline, &mut call).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) if e.is_panic() => Outcome::Error {
+                error_type: "panic".into(),
+                message: "the judge call panicked; see the worker's log".into(),
+            },
+            Ok(Err(_)) => stopped(),
+            Err(_) => {
+                call.abort();
+                Outcome::Error {
+                    error_type: "timeout".into(),
+                    message: format!(
+                        "no verdict within the deadline of {} ms",
+                        allowed.as_millis()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The outcome of a call the stopped service could not make.
+fn stopped() -> Outcome {
+    Outcome::Error {
+        error_type: "judge_stopped".into(),
+        message: "the judge service has stopped".into(),
+    }
+}
+
+impl Endpoint {
+    /// A call's verdict, with the completion when the endpoint answered.
+    async fn judge(
+        &self,
+        request: &JudgeRequest,
+        evaluators: &EvaluatorSet,
+    ) -> (Option<Completion>, Outcome) {
+        let result = self.call(request).await;
+        let outcome = match (
+            &result,
+            evaluators.evaluators()[self.index].evaluator.as_judge(),
+        ) {
+            (Some(result), Some(llm)) => verdict(llm, result),
+            (Some(_), None) => Outcome::not_applicable("not a judge"),
+            (None, _) => Outcome::Error {
+                error_type: "judge_circuit_open".into(),
+                message: "the judge endpoint failed repeatedly; calls are paused".into(),
+            },
+        };
+        (result.and_then(Result::ok), outcome)
+    }
+
+    /// The outcome of a request decided without a call — a cached verdict, or a spent budget —
+    /// counted as not sent.
+    fn not_to_send(&self, request: &JudgeRequest) -> Option<Outcome> {
+        let not_sent = |reason: &str| {
+            self.output
+                .metrics
+                .judge_not_sent
+                .with_label_values(&[self.name.as_str(), reason])
+                .inc();
+        };
+        if let Some(outcome) = self.cache.as_ref().and_then(|c| c.get(&request.cache_key)) {
+            not_sent("cache_hit");
+            return Some(outcome);
+        }
+        if !self
+            .spend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allows(unix_seconds())
+        {
+            not_sent("budget");
+            return Some(Outcome::Skipped {
+                reason: SkipReason::Budget,
+                detail: "the judge's spend budget for the period is used up".into(),
+            });
+        }
+        None
     }
 }
 
