@@ -68,7 +68,8 @@ rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) >= 2][1:]
 ok = sorted(float(r[0]) for r in rows if r[1] == "OK")
 q = lambda p: ok[min(len(ok) - 1, int(p * len(ok)))]
 print(f"ghz, fixed rate {sys.argv[2]}/s for {sys.argv[3]} s (latency from each request's send)")
-print(f"  check: {len(ok)} answered, {len(rows) - len(ok)} errors; latency ms p50 {q(.5):.3f}  p99 {q(.99):.3f}  p99.9 {q(.999):.3f}  max {ok[-1]:.3f}")
+cut = sum(1 for r in rows if r[1] == "Canceled")  # in flight when the phase ended
+print(f"  check: {len(ok)} answered, {len(rows) - len(ok) - cut} errors ({cut} cut off at the end); latency ms p50 {q(.5):.3f}  p99 {q(.99):.3f}  p99.9 {q(.999):.3f}  max {ok[-1]:.3f}")
 PY
 }
 
