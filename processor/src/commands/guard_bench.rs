@@ -8,6 +8,9 @@
 //!    scheduled time whether or not earlier ones have returned (open loop), and its latency is
 //!    counted from that time, so a stall shows in the percentiles instead of slowing the sender
 //!    down (no coordinated omission). p50, p99, p99.9 and the maximum, from an HdrHistogram.
+//!    Beside it, the latency counted from each request's send (when its task started on this
+//!    client's runtime): the difference is this client's own dispatch delay, which on a machine
+//!    whose cores the server shares is most of the tail from the schedule (docs/performance.md).
 //! 2. **Most throughput** (`--concurrency` callers each sending as soon as its last answer came,
 //!    for `--seconds`): answers per second.
 
