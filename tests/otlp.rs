@@ -1048,11 +1048,13 @@ fn a_judge_in_a_guard_set_answers_within_its_deadline_or_times_out_open_or_close
     let guarded = Guarded::with(
         "guard-judge",
         &format!(
-            "  - {{ type: llm_judge, name: tox, template: toxicity, endpoint: \"{judge_url}\", model: judge-model, max_retries: 0 }}\n"
+            "  - {{ type: llm_judge, name: tox, template: toxicity, endpoint: \"{judge_url}\", model: judge-model, max_retries: 0 }}\n  \
+             - {{ type: llm_judge, name: gated, template: toxicity, endpoint: \"{judge_url}\", model: judge-model, cache_size: 0, when: {{ evaluator: refusal, passed: true }} }}\n"
         ),
         "  judged: { evaluators: [refusal, tox], judge_deadline_ms: 1500 }\n  \
          open: { evaluators: [refusal, tox], judge_deadline_ms: 300 }\n  \
-         closed: { evaluators: [refusal, tox], judge_deadline_ms: 300, on_judge_error: block }\n",
+         closed: { evaluators: [refusal, tox], judge_deadline_ms: 300, on_judge_error: block }\n  \
+         gated: { evaluators: [refusal, gated], judge_deadline_ms: 1500 }\n",
     );
     let (runtime, mut client) = guarded.client();
     let mut check = |guard: &str, answer: &str| -> (CheckResponse, Duration) {
@@ -1107,6 +1109,22 @@ fn a_judge_in_a_guard_set_answers_within_its_deadline_or_times_out_open_or_close
         ),
         Some(1.0)
     );
+    // A judge's `when` holds in a guard set as in the stream: after a refusal it is skipped and
+    // not called; after an answer it judges.
+    let gated = |r: &CheckResponse| {
+        let v = r.verdicts.iter().find(|v| v.evaluator == "gated").unwrap();
+        (v.outcome.clone(), v.label.clone())
+    };
+    let (refused, _) = check("gated", "I'm sorry, but I can't help with that.");
+    assert_eq!(
+        gated(&refused),
+        ("skipped".into(), "condition".into()),
+        "{refused:?}"
+    );
+    assert_eq!(judge.answered(), 2, "a skipped judge is not called");
+    let (answered, _) = check("gated", "It is 330 metres tall.");
+    assert_eq!(gated(&answered).0, "scored", "{answered:?}");
+    assert_eq!(judge.answered(), 3);
 
     // The judge takes 5 s: past the deadline the verdict is a timeout, and the check is
     // answered at its deadline, not the judge's; open, it allows; closed, it blocks.

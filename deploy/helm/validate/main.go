@@ -331,6 +331,14 @@ func (r *rendered) check(errs *problems, rulesFile string) map[string]any {
 			errs.add("container port %s is open but the OTLP receiver has no %s protocol", port, protocol)
 		}
 	}
+	guard, _ := dig(config, "guard").(map[string]any)
+	for protocol, port := range map[string]string{"grpc": "guard-grpc", "http": "guard-http"} {
+		if p, ok := guard[protocol]; ok {
+			listen("guard."+protocol+".endpoint", str(dig(p, "endpoint")), port)
+		} else if _, ok := ports[port]; ok {
+			errs.add("container port %s is open but the guard API has no %s listener", port, protocol)
+		}
+	}
 
 	// The grace period outlasts the drain.
 	drain := 30.0

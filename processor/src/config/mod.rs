@@ -942,6 +942,23 @@ impl fmt::Display for Config {
                 write!(f, " by {}", segments.join(", "))?;
             }
         }
+        if let Some(g) = &self.guard {
+            let listeners: Vec<String> = [("gRPC", &g.grpc), ("HTTP", &g.http)]
+                .into_iter()
+                .filter_map(|(p, l)| l.as_ref().map(|l| format!("{p} {}", l.endpoint)))
+                .collect();
+            let count = |n: usize, what: &str| match n {
+                1 => format!("1 {what}"),
+                n => format!("{n} {what}s"),
+            };
+            write!(
+                f,
+                "; guard API on {} ({}, {})",
+                listeners.join(" and "),
+                count(self.guards.len(), "guard set"),
+                count(self.budgets.len(), "budget")
+            )?;
+        }
         Ok(())
     }
 }
@@ -959,6 +976,23 @@ mod tests {
             _ => None,
         };
         Config::parse(text, Path::new("test.yaml"), &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_summary_names_the_guard_api() {
+        let config = parse(
+            "guard: { grpc: { endpoint: 127.0.0.1:4319 }, http: { endpoint: 127.0.0.1:4320 } }\n\
+             guards: { a: { evaluators: [refusal] }, b: { evaluators: [pii] } }\n\
+             budgets: { per_user: { keys: [user.id], limit_tokens: 100 } }\n",
+        )
+        .unwrap();
+        let said = config.to_string();
+        assert!(
+            said.ends_with(
+                "; guard API on gRPC 127.0.0.1:4319 and HTTP 127.0.0.1:4320 (2 guard sets, 1 budget)"
+            ),
+            "{said}"
+        );
     }
 
     /// Exactly once commits input offsets with the outputs, once nothing is in flight: only the

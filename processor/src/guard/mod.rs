@@ -28,7 +28,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use evalstream_evaluators::evaluator::{Evaluation, EvaluatorSet, Outcome};
+use evalstream_evaluators::evaluator::{ConfiguredEvaluator, Evaluation, EvaluatorSet, Outcome};
 use evalstream_evaluators::otlp::{self, Encoding};
 use evalstream_evaluators::scorers::pii::{self, PiiKind};
 use evalstream_evaluators::span::{self, GenAiSpan, OperationKind, ResourceView};
@@ -219,6 +219,24 @@ impl Guards {
         for &i in &set.evaluators {
             let e = &all[i];
             let evaluation = match e.evaluator.as_judge() {
+                _ if !e.when.is_empty() && e.applies(&view, None) => {
+                    match self.refused_by_cascade(e, &view, &check) {
+                        Some(skip) => Some(e.evaluation(&view, skip)),
+                        None => match e.evaluator.as_judge() {
+                            Some(llm) => match llm.request(&view, None) {
+                                Ok(call) => {
+                                    check.judging.push((check.made.len(), i, call));
+                                    None
+                                }
+                                Err(outcome) => Some(e.evaluation(&view, outcome)),
+                            },
+                            None => match run_guarded(e, &view) {
+                                Some(evaluation) => Some(evaluation),
+                                None => continue,
+                            },
+                        },
+                    }
+                }
                 Some(llm) if e.applies(&view, None) => match llm.request(&view, None) {
                     Ok(call) => {
                         check.judging.push((check.made.len(), i, call));
@@ -238,6 +256,35 @@ impl Guards {
         drop(view);
         check.checked = checked;
         Ok(check)
+    }
+
+    /// The skip of an evaluator whose `when` does not hold on the checked span, as in the
+    /// stream: an earlier evaluator of the set is read from the check so far, one outside the set
+    /// is run for it (a judge outside the set counts as not having scored).
+    fn refused_by_cascade(
+        &self,
+        e: &ConfiguredEvaluator,
+        view: &GenAiSpan<'_>,
+        check: &Check<'_>,
+    ) -> Option<Outcome> {
+        let all = self.evaluators.evaluators();
+        let elsewhere: Vec<(usize, Option<Evaluation<'_>>)> = e
+            .when
+            .dependencies()
+            .filter(|i| !check.order.contains(i))
+            .map(|i| {
+                let dependency = &all[i];
+                let cheap = dependency.evaluator.as_judge().is_none();
+                (i, cheap.then(|| run_guarded(dependency, view)).flatten())
+            })
+            .collect();
+        e.when.refuses(|i| {
+            if let Some((_, evaluation)) = elsewhere.iter().find(|(j, _)| *j == i) {
+                return evaluation.as_ref().map(|m| &m.outcome);
+            }
+            let slot = check.order.iter().position(|&j| j == i)?;
+            check.made[slot].as_ref().map(|m| &m.outcome)
+        })
     }
 
     /// The answer to a check whose evaluations are all made: the action, the verdicts, the

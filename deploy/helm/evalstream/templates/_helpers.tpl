@@ -58,7 +58,23 @@ The configuration file: .Values.config with the addresses the worker listens on 
 {{- end }}
 {{- $_ := set . "protocols" $protocols }}
 {{- end }}
+{{- with get $config "guard" }}
+{{- if hasKey . "grpc" }}
+{{- $_ := set . "grpc" (dict "endpoint" (printf "0.0.0.0:%d" (int $.Values.ports.guardGrpc))) }}
+{{- end }}
+{{- if hasKey . "http" }}
+{{- $_ := set . "http" (dict "endpoint" (printf "0.0.0.0:%d" (int $.Values.ports.guardHttp))) }}
+{{- end }}
+{{- end }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* Whether the configuration serves the guard API, and on which protocols. */}}
+{{- define "evalstream.guard" -}}
+{{- with get .Values.config "guard" }}
+{{- if hasKey . "grpc" }}grpc {{ end }}
+{{- if hasKey . "http" }}http{{ end }}
+{{- end }}
 {{- end }}
 
 {{/* Whether the configuration has an OTLP receiver, and which of its protocols. */}}
