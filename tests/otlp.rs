@@ -495,6 +495,19 @@ struct Sink {
 }
 
 impl Sink {
+    /// Every log record received so far.
+    fn log_records(&self) -> Vec<opentelemetry_proto::tonic::logs::v1::LogRecord> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| ExportLogsServiceRequest::decode(&b[..]).unwrap())
+            .flat_map(|r| r.resource_logs)
+            .flat_map(|r| r.scope_logs)
+            .flat_map(|s| s.log_records)
+            .collect()
+    }
+
     fn start() -> Sink {
         use axum::body::Bytes;
         use axum::http::HeaderMap;
@@ -1151,14 +1164,8 @@ fn a_judge_in_a_guard_set_answers_within_its_deadline_or_times_out_open_or_close
     let judged = loop {
         let labels: Vec<String> = guarded
             .sink
-            .logs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| ExportLogsServiceRequest::decode(&b[..]).unwrap())
-            .flat_map(|r| r.resource_logs)
-            .flat_map(|r| r.scope_logs)
-            .flat_map(|s| s.log_records)
+            .log_records()
+            .into_iter()
             .filter(|e| {
                 evalstream_evaluators::otlp::find(&e.attributes, "gen_ai.evaluation.name")
                     .and_then(evalstream_evaluators::otlp::as_str)
@@ -1432,17 +1439,7 @@ fn guard_checks_over_grpc_and_http_allow_block_and_redact_and_their_verdicts_rea
     // guardrail event per check with its decision, on the checked span.
     let deadline = Instant::now() + Duration::from_secs(30);
     let events = loop {
-        let events: Vec<_> = guarded
-            .sink
-            .logs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| ExportLogsServiceRequest::decode(&b[..]).unwrap())
-            .flat_map(|r| r.resource_logs)
-            .flat_map(|r| r.scope_logs)
-            .flat_map(|s| s.log_records)
-            .collect();
+        let events = guarded.sink.log_records();
         let guardrails = events
             .iter()
             .filter(|e| e.event_name == "gen_ai.guardrail.result")
