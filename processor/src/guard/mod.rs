@@ -140,10 +140,12 @@ impl Guards {
         let seconds = HistogramVec::new(
             HistogramOpts::new(
                 "evalstream_guard_check_seconds",
-                "Time a guard check's evaluators took, by guard set.",
+                "Time a guard check's evaluators took, its LLM judges' wait included, by guard set.",
             )
+            // Microseconds for the cheap evaluators, up to seconds for a set with a judge.
             .buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05,
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0,
+                2.5, 10.0,
             ]),
             &["guard"],
         )?;
