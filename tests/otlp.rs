@@ -1158,6 +1158,27 @@ fn a_judge_in_a_guard_set_answers_within_its_deadline_or_times_out_open_or_close
     // A refusal blocks whatever the judge does.
     let (refused, _) = check("open", "I'm sorry, but I can't help with that.");
     assert_eq!(refused.action, Action::Block as i32, "{refused:?}");
+    // A client's own gRPC deadline, shorter than the set's, ends the wait (and the call) first.
+    let started = Instant::now();
+    let mut short = tonic::Request::new(CheckRequest {
+        guard: "judged".into(),
+        output_text: "The tower is repainted every seven years.".into(),
+        ..Default::default()
+    });
+    short.set_timeout(Duration::from_millis(200));
+    let cut = runtime.block_on(client.check(short)).unwrap_err();
+    assert!(
+        matches!(
+            cut.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{cut:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The judge's verdicts reach the output with the checks' others.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -411,12 +411,16 @@ pub enum Verdict {
 impl Verdict {
     /// The verdict, or an `error` outcome (`timeout`) when none came by `deadline` (the call is
     /// then aborted); `allowed` is how long the caller allowed, for the message.
+    ///
+    /// A caller that stops waiting earlier (a gRPC client's own `grpc-timeout` passed, an HTTP
+    /// client went away) drops this future, which aborts the call too.
     pub async fn until(self, deadline: tokio::time::Instant, allowed: Duration) -> Outcome {
-        let mut call = match self {
+        let call = match self {
             Verdict::Now(outcome) => return outcome,
             Verdict::Calling(call) => call,
         };
-        match tokio::time::timeout_at(deadline, &mut call).await {
+        let mut call = AbortOnDrop(call);
+        match tokio::time::timeout_at(deadline, &mut call.0).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) if e.is_panic() => Outcome::Error {
                 error_type: "panic".into(),
@@ -424,7 +428,7 @@ impl Verdict {
             },
             Ok(Err(_)) => stopped(),
             Err(_) => {
-                call.abort();
+                // Aborted as `call` is dropped.
                 Outcome::Error {
                     error_type: "timeout".into(),
                     message: format!(
@@ -434,6 +438,15 @@ impl Verdict {
                 }
             }
         }
+    }
+}
+
+/// A running call, aborted when it is no longer awaited (a no-op once it has finished).
+struct AbortOnDrop(tokio::task::JoinHandle<Outcome>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
