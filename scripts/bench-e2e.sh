@@ -32,7 +32,9 @@
 # 0 skips step 3), JUDGE_LATENCY_MS (default 200; 0 skips step 4), JUDGE_SLOTS (256), JUDGE_QUEUE
 # (the judge's max_queued: 2560, two seconds of calls at the bound), OUT_CLIENT (extra output-producer properties as YAML flow-map entries, e.g.
 # 'linger.ms: "50"'), IN_FLIGHT (the receiver's max_in_flight_messages; default the worker's),
-# OTLP_TRACES (default 100000; 0 skips step 5), OTLP_CONCURRENCY (8), OTLP_COMPRESSION (gzip).
+# OTLP_TRACES (default 100000; 0 skips step 5), OTLP_CONCURRENCY (8), OTLP_COMPRESSION (gzip),
+# OTLP_RUNS (step 5's runs, each with a fresh worker and sink, default 3: this machine's speed
+# drifts between runs by more than many a change, so the step prints each run and their median).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces="${1:-20000}"
@@ -247,7 +249,8 @@ if [ "$peer_traces" -gt 0 ]; then
     "$peer" "$work/evaluate"
 fi
 
-if [ "$otlp_traces" -gt 0 ]; then
+# Step 5, once: prints the run's figures and appends its spans/s to $work/otlp.rates.
+otlp_run() {
   sink_port=$(free_port)
   grpc_port=$(free_port)
   $bin otlp-sink --listen "127.0.0.1:$sink_port" 2>"$work/sink.log" &
@@ -281,17 +284,27 @@ YAML
   rss=$(awk '/VmHWM/ { printf "%.0f", $2/1024 }' "/proc/$worker_pid/status")
   stop_worker
   kill "$sink_pid" 2>/dev/null || true; sink_pid=
-  python3 - "$(cat "$work/loadgen-otlp.log")" "$(cat "$work/loadgen-otlp.time")" "$worker_cpu" "$sink_cpu" "$evaluated" "$received" "$rss" "${OTLP_COMPRESSION:-gzip}" <<'PY'
+  python3 - "$(cat "$work/loadgen-otlp.log")" "$(cat "$work/loadgen-otlp.time")" "$worker_cpu" "$sink_cpu" "$evaluated" "$received" "$rss" "${OTLP_COMPRESSION:-gzip}" "$work/otlp.rates" <<'PY'
 import re, sys
-log, sender_time, worker_cpu, sink_cpu, evaluated, received, rss, compression = sys.argv[1:]
+log, sender_time, worker_cpu, sink_cpu, evaluated, received, rss, compression = sys.argv[1:9]
 m = re.search(r"\((\d+) spans\).* in (\d+) requests.* in ([\d.]+) s", log)
 if not m:
     sys.exit(f"loadgen did not finish: {log}")
 spans, requests, seconds = int(m.group(1)), int(m.group(2)), float(m.group(3))
 sender_cpu = sum(float(x) for x in sender_time.split())
+open(sys.argv[9], "a").write(f"{spans / seconds:.0f}\n")
 print(f"otlp_grpc      {spans / seconds:9.0f} spans/s ({spans} spans in {requests} requests of ~512, {seconds:.1f} s; otlphttp events, {compression})   peak RSS {rss} MiB")
 print(f"               CPU: worker {worker_cpu} s ({spans / max(float(worker_cpu), 1e-9):.0f} spans per CPU-second), sender {sender_cpu:.1f} s, sink {sink_cpu} s")
 status = "every one" if int(received) == int(evaluated) else "MISMATCH"
 print(f"               evaluation events: {evaluated} scored or errored, {received} at the sink ({status})")
+PY
+}
+
+if [ "$otlp_traces" -gt 0 ]; then
+  for _ in $(seq "${OTLP_RUNS:-3}"); do otlp_run; done
+  python3 - "$work/otlp.rates" <<'PY'
+import statistics, sys
+rates = [float(x) for x in open(sys.argv[1]).read().split()]
+print(f"otlp_grpc      median {statistics.median(rates):.0f} spans/s over {len(rates)} runs ({min(rates):.0f}-{max(rates):.0f})")
 PY
 fi
