@@ -136,18 +136,17 @@ pub async fn run(options: &GuardBenchOptions) -> anyhow::Result<()> {
     }
 
     let paced = client.clone();
-    let tally = Arc::new(Mutex::new(Tally::new()));
-    let from_send = Arc::new(Mutex::new(Tally::new()));
+    // From each request's schedule, and from its send.
+    let tallies = Arc::new(Mutex::new([Tally::new(), Tally::new()]));
     let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
     let started = Instant::now();
     // The sends are paced by an OS thread: tokio's timer ticks in milliseconds, which would send
     // in bursts and add up to a millisecond to every latency measured from its scheduled time.
     let pacer = {
-        let (runtime, tally, guard, from_send) = (
+        let (runtime, tallies, guard) = (
             tokio::runtime::Handle::current(),
-            tally.clone(),
+            tallies.clone(),
             options.guard.clone(),
-            from_send.clone(),
         );
         std::thread::spawn(move || {
             let mut tasks = Vec::new();
@@ -158,25 +157,16 @@ pub async fn run(options: &GuardBenchOptions) -> anyhow::Result<()> {
                     return tasks;
                 }
                 std::thread::sleep(scheduled.saturating_duration_since(Instant::now()));
-                let (mut client, tally, request, from_send) = (
-                    paced.clone(),
-                    tally.clone(),
-                    request(&guard, i),
-                    from_send.clone(),
-                );
+                let (mut client, tallies, request) =
+                    (paced.clone(), tallies.clone(), request(&guard, i));
                 tasks.push(runtime.spawn(async move {
                     let sent = Instant::now();
                     let answered = client.check(request).await;
-                    let micros = scheduled.elapsed().as_micros() as u64;
-                    let since_sent = sent.elapsed().as_micros() as u64;
-                    tally
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .note(&answered, micros);
-                    from_send
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .note(&answered, since_sent);
+                    let [from_schedule, from_send] =
+                        [scheduled, sent].map(|since| since.elapsed().as_micros() as u64);
+                    let mut tallies = tallies.lock().unwrap_or_else(|e| e.into_inner());
+                    tallies[0].note(&answered, from_schedule);
+                    tallies[1].note(&answered, from_send);
                 }));
                 i += 1;
             }
@@ -193,14 +183,11 @@ pub async fn run(options: &GuardBenchOptions) -> anyhow::Result<()> {
         "fixed rate {}/s for {:.0} s (latency from each request's scheduled send time)",
         options.rate, options.seconds
     );
-    tally
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .print("  check", took);
-    from_send
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .print("  from send", took);
+    {
+        let tallies = tallies.lock().unwrap_or_else(|e| e.into_inner());
+        tallies[0].print("  check", took);
+        tallies[1].print("  from send", took);
+    }
 
     let tally = Arc::new(Mutex::new(Tally::new()));
     let started = Instant::now();

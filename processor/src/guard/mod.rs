@@ -40,6 +40,7 @@ use evalstream_evaluators::scorers::judge::JudgeRequest;
 
 use crate::config::guard::{GuardSetConfig, OnJudgeError};
 use crate::pipeline::budgets::{Budgets, QueryError};
+use crate::pipeline::evaluate::run_guarded;
 use crate::pipeline::judge::DirectJudge;
 
 /// The API's messages and service, generated from `proto/evalstream/v1/guard.proto`.
@@ -169,9 +170,10 @@ impl Guards {
         let started = Instant::now();
         let mut check = guarded(|| self.evaluate(&request))?;
         if !check.judging.is_empty() {
-            let (Some(judges), Some(set)) = (&self.judges, self.sets.get(&request.guard)) else {
+            let Some(judges) = &self.judges else {
                 return Err(GuardError::Internal("the judges are not running".into()));
             };
+            let set = check.set;
             // Every call starts at once; each is awaited against the one deadline.
             let deadline = tokio::time::Instant::now() + set.judge_deadline;
             let calls: Vec<_> = std::mem::take(&mut check.judging)
@@ -185,7 +187,7 @@ impl Guards {
             guarded(|| {
                 let view = check.checked.view();
                 let all = self.evaluators.evaluators();
-                for (slot, outcome) in std::mem::take(&mut outcomes) {
+                for (slot, outcome) in outcomes {
                     let index = check.order[slot];
                     check.made[slot] = Some(all[index].evaluation(&view, outcome));
                 }
@@ -220,37 +222,23 @@ impl Guards {
         };
         for &i in &set.evaluators {
             let e = &all[i];
-            let evaluation = match e.evaluator.as_judge() {
-                _ if !e.when.is_empty() && e.applies(&view, None) => {
-                    match self.refused_by_cascade(e, &view, &check) {
-                        Some(skip) => Some(e.evaluation(&view, skip)),
-                        None => match e.evaluator.as_judge() {
-                            Some(llm) => match llm.request(&view, None) {
-                                Ok(call) => {
-                                    check.judging.push((check.made.len(), i, call));
-                                    None
-                                }
-                                Err(outcome) => Some(e.evaluation(&view, outcome)),
-                            },
-                            None => match run_guarded(e, &view) {
-                                Some(evaluation) => Some(evaluation),
-                                None => continue,
-                            },
-                        },
-                    }
-                }
-                Some(llm) if e.applies(&view, None) => match llm.request(&view, None) {
+            if !e.applies(&view, None) {
+                continue;
+            }
+            let evaluation = match (
+                self.refused_by_cascade(e, &view, &check),
+                e.evaluator.as_judge(),
+            ) {
+                (Some(skip), _) => Some(e.evaluation(&view, skip)),
+                // The judge's slot stays empty until its verdict comes.
+                (None, Some(llm)) => match llm.request(&view, None) {
                     Ok(call) => {
                         check.judging.push((check.made.len(), i, call));
                         None
                     }
                     Err(outcome) => Some(e.evaluation(&view, outcome)),
                 },
-                Some(_) => continue,
-                None => match run_guarded(e, &view) {
-                    Some(evaluation) => Some(evaluation),
-                    None => continue,
-                },
+                (None, None) => Some(run_guarded(e, &view, None)),
             };
             check.order.push(i);
             check.made.push(evaluation);
@@ -269,6 +257,9 @@ impl Guards {
         view: &GenAiSpan<'_>,
         check: &Check<'_>,
     ) -> Option<Outcome> {
+        if e.when.is_empty() {
+            return None;
+        }
         let all = self.evaluators.evaluators();
         let elsewhere: Vec<(usize, Option<Evaluation<'_>>)> = e
             .when
@@ -277,7 +268,8 @@ impl Guards {
             .map(|i| {
                 let dependency = &all[i];
                 let cheap = dependency.evaluator.as_judge().is_none();
-                (i, cheap.then(|| run_guarded(dependency, view)).flatten())
+                let judged = cheap && dependency.applies(view, None);
+                (i, judged.then(|| run_guarded(dependency, view, None)))
             })
             .collect();
         e.when.refuses(|i| {
@@ -408,23 +400,6 @@ fn guarded<T>(step: impl FnOnce() -> Result<T, GuardError>) -> Result<T, GuardEr
             crate::pipeline::evaluate::panic_message(panic.as_ref())
         )))
     })
-}
-
-/// Runs an evaluator on the checked span, a panic becoming an `error` verdict.
-fn run_guarded<'e>(
-    e: &'e evalstream_evaluators::evaluator::ConfiguredEvaluator,
-    view: &GenAiSpan<'_>,
-) -> Option<Evaluation<'e>> {
-    match catch_unwind(AssertUnwindSafe(|| e.run_in(view, None))) {
-        Ok(evaluation) => evaluation,
-        Err(panic) => Some(e.evaluation(
-            view,
-            Outcome::Error {
-                error_type: "panic".into(),
-                message: crate::pipeline::evaluate::panic_message(panic.as_ref()),
-            },
-        )),
-    }
 }
 
 fn verdict_of(evaluation: &Evaluation<'_>) -> Verdict {

@@ -64,14 +64,14 @@ pub struct Scoring {
     pub budgets: Option<Arc<Budgets>>,
 }
 
-/// Runs one evaluator on a span of `trace` it applies to, turning a panic into an `error`
-/// outcome.
-fn run_guarded<'e>(
+/// Runs one evaluator on a span it applies to (in `trace`, when there is one), turning a panic
+/// into an `error` outcome. The guard API's checks run their evaluators through it too.
+pub(crate) fn run_guarded<'e>(
     e: &'e ConfiguredEvaluator,
     span: &GenAiSpan<'_>,
-    trace: &TraceView<'_>,
+    trace: Option<&TraceView<'_>>,
 ) -> Evaluation<'e> {
-    match catch_unwind(AssertUnwindSafe(|| e.run_applied(span, Some(trace)))) {
+    match catch_unwind(AssertUnwindSafe(|| e.run_applied(span, trace))) {
         Ok(evaluation) => evaluation,
         Err(panic) => {
             let message = panic_message(panic.as_ref());
@@ -159,7 +159,7 @@ impl Scoring {
                     } else if let (Some(llm), Some(service)) = (e.evaluator.as_judge(), judges) {
                         Self::send_to_judge(index, e, llm, service, s, trace, tokens, &mut queued)
                     } else {
-                        Some(run_guarded(e, s, trace))
+                        Some(run_guarded(e, s, Some(trace)))
                     };
                     if let Some(evaluation) = evaluation {
                         self.metrics.record(index, &evaluation, s);
@@ -219,7 +219,7 @@ impl Scoring {
             .map(|i| {
                 let dependency = &all[i];
                 let judged = dependency.applies(s, Some(trace));
-                (i, judged.then(|| run_guarded(dependency, s, trace)))
+                (i, judged.then(|| run_guarded(dependency, s, Some(trace))))
             })
             .collect();
         e.when.refuses(|i| {

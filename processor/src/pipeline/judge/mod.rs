@@ -281,12 +281,7 @@ impl JudgeService {
         match sent {
             true => Submitted::Queued,
             false => {
-                endpoint
-                    .output
-                    .metrics
-                    .judge_not_sent
-                    .with_label_values(&[endpoint.name.as_str(), "shed"])
-                    .inc();
+                endpoint.not_sent("shed");
                 Submitted::Now(Outcome::Skipped {
                     reason: SkipReason::Shed,
                     detail: "the judge's queue is full".into(),
@@ -343,9 +338,6 @@ async fn dispatch(
                 }
             };
             drop(slot);
-            if let (Some(cache), Outcome::Scored(_)) = (&endpoint.cache, &outcome) {
-                cache.insert(job.request.cache_key, outcome.clone());
-            }
             deliver(
                 &endpoint,
                 e,
@@ -391,11 +383,7 @@ impl DirectJudge {
             let Ok(_slot) = endpoint.slots.clone().acquire_owned().await else {
                 return stopped();
             };
-            let (_, outcome) = endpoint.judge(&request, &evaluators).await;
-            if let (Some(cache), Outcome::Scored(_)) = (&endpoint.cache, &outcome) {
-                cache.insert(request.cache_key, outcome.clone());
-            }
-            outcome
+            endpoint.judge(&request, &evaluators).await.1
         }))
     }
 }
@@ -459,7 +447,7 @@ fn stopped() -> Outcome {
 }
 
 impl Endpoint {
-    /// A call's verdict, with the completion when the endpoint answered.
+    /// A call's verdict, with the completion when the endpoint answered; a score is cached.
     async fn judge(
         &self,
         request: &JudgeRequest,
@@ -477,21 +465,17 @@ impl Endpoint {
                 message: "the judge endpoint failed repeatedly; calls are paused".into(),
             },
         };
+        if let (Some(cache), Outcome::Scored(_)) = (&self.cache, &outcome) {
+            cache.insert(request.cache_key, outcome.clone());
+        }
         (result.and_then(Result::ok), outcome)
     }
 
     /// The outcome of a request decided without a call — a cached verdict, or a spent budget —
     /// counted as not sent.
     fn not_to_send(&self, request: &JudgeRequest) -> Option<Outcome> {
-        let not_sent = |reason: &str| {
-            self.output
-                .metrics
-                .judge_not_sent
-                .with_label_values(&[self.name.as_str(), reason])
-                .inc();
-        };
         if let Some(outcome) = self.cache.as_ref().and_then(|c| c.get(&request.cache_key)) {
-            not_sent("cache_hit");
+            self.not_sent("cache_hit");
             return Some(outcome);
         }
         if !self
@@ -500,13 +484,22 @@ impl Endpoint {
             .unwrap_or_else(|e| e.into_inner())
             .allows(unix_seconds())
         {
-            not_sent("budget");
+            self.not_sent("budget");
             return Some(Outcome::Skipped {
                 reason: SkipReason::Budget,
                 detail: "the judge's spend budget for the period is used up".into(),
             });
         }
         None
+    }
+
+    /// Counts a span not sent to the judge, and why.
+    fn not_sent(&self, reason: &str) {
+        self.output
+            .metrics
+            .judge_not_sent
+            .with_label_values(&[self.name.as_str(), reason])
+            .inc();
     }
 }
 
@@ -523,10 +516,7 @@ impl Endpoint {
             .permit(Instant::now())
             == Permit::Refused
         {
-            metrics
-                .judge_not_sent
-                .with_label_values(&[name, "circuit_open"])
-                .inc();
+            self.not_sent("circuit_open");
             return None;
         }
         if let Some(limiter) = &self.requests {
